@@ -1,0 +1,1 @@
+"""The `dvsgkit` command line: one thin click module per command."""

@@ -1,0 +1,39 @@
+"""The package's import contract and the CLI shell."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+import dvsgkit
+from dvsgkit import constants
+from dvsgkit_cli.main import COMMANDS, cli
+
+
+def test_import_dvsgkit_pulls_no_heavy_dependency() -> None:
+    code = (
+        "import sys, dvsgkit, dvsgkit.constants, dvsgkit_cli.main; "
+        "heavy = {'torch', 'cupy', 'zarr', 'h5py'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_and_help_list_every_command() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and dvsgkit.__version__ in result.output
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_dataset_facts() -> None:
+    assert len(constants.CLASS_NAMES) == constants.NUM_CLASSES == 11
+    assert sorted(constants.SPIKINGJELLY_LABEL_ORDER) == list(range(11))
+    assert constants.SENSOR_SIZE == (128, 128)
+    assert constants.EVENT_DTYPE.names == ("t", "x", "y", "p")
