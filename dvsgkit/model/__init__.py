@@ -1,1 +1,5 @@
 """Spiking networks: reference LIF, fused CuPy LIF kernels, the gesture net, checkpoint import."""
+
+from dvsgkit.model.net import GestureNet
+
+__all__ = ["GestureNet"]

@@ -1,0 +1,122 @@
+"""GestureNet: the PLIF-paper spiking CNN for DVS128 Gesture, step-by-step or layer-by-layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dvsgkit.model.lif import (
+    ALPHA,
+    TAU,
+    V_RESET,
+    V_THRESHOLD,
+    VOTERS,
+    MultiStepLIF,
+    SampleDropout,
+    lif_step,
+    vote,
+)
+
+MODES = ("step", "layer")
+BACKENDS = ("torch", "cupy")
+NUM_OUTPUTS = 11  # classes; the last layer has NUM_OUTPUTS * VOTERS neurons
+CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
+INPUT_SIZE = 128
+
+
+class GestureNet(nn.Module):
+    """5 x [Conv3x3 -> BN -> LIF -> MaxPool2] -> Dropout -> Linear -> LIF -> Dropout -> Linear ->
+    LIF -> voting (SPEC §5), with `channels` = C feature maps.
+
+    mode "step" feeds one time step at a time through the whole net (the seed's PythonNet);
+    mode "layer" runs each Conv/BN/pool/Linear on all T*N inputs at once and each LIF layer over
+    all T in one call (the seed's CextNet), with backend "torch" (any device) or "cupy" (the fused
+    CUDA kernels; CUDA tensors only). Every mode/backend has the same parameters and state_dict,
+    and computes the same function in eval mode. In train mode BatchNorm normalises over N per
+    step in "step" mode but over T*N in "layer" mode, exactly as the two seed networks differ.
+
+    `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
+    The neurons' membranes live only inside forward, so every call starts from rest.
+    """
+
+    def __init__(self, channels: int = 128, mode: str = "layer", backend: str = "torch") -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "cupy" and mode != "layer":
+            raise ValueError("backend 'cupy' runs whole sequences: use mode='layer' with it")
+        self.channels, self.mode, self.backend = channels, mode, backend
+        self.convs = nn.ModuleList(
+            nn.Conv2d(2 if i == 0 else channels, channels, 3, padding=1, bias=False)
+            for i in range(CONV_BLOCKS)
+        )
+        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(CONV_BLOCKS))
+        side = INPUT_SIZE >> CONV_BLOCKS  # 4
+        self.drop1 = SampleDropout()
+        self.fc1 = nn.Linear(channels * side * side, channels * 2 * 2, bias=False)
+        self.drop2 = SampleDropout()
+        self.fc2 = nn.Linear(channels * 2 * 2, NUM_OUTPUTS * VOTERS, bias=False)
+        # Parameter-free, so it adds nothing to the state_dict; checks CuPy up front for "cupy".
+        self.lif = MultiStepLIF(
+            backend=backend if mode == "layer" else "torch",
+            tau=TAU,
+            v_threshold=V_THRESHOLD,
+            v_reset=V_RESET,
+            alpha=ALPHA,
+        )
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(
+                f"GestureNet takes frames [N, T, 2, {INPUT_SIZE}, {INPUT_SIZE}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        if self.backend == "cupy" and not x.is_cuda:
+            raise ValueError(
+                f"backend 'cupy' needs CUDA tensors, got input on {x.device}; move the model "
+                "and the data to a CUDA device, or build GestureNet(backend='torch')"
+            )
+        if self.mode == "layer":
+            return self._forward_layer(x)
+        return self._forward_step(x)
+
+    def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        y = x.transpose(0, 1).reshape(t * n, *x.shape[2:])  # [T*N, 2, H, W], time-major
+        for conv, bn in zip(self.convs, self.bns, strict=True):
+            y = bn(conv(y))  # [T*N, C, H, W]
+            y = self.lif(y.unflatten(0, (t, n))).flatten(0, 1)  # LIF over T on [T, N, C, H, W]
+            y = F.max_pool2d(y, 2, 2)  # [T*N, C, H/2, W/2]
+        y = y.reshape(t, n, -1)  # [T, N, C*4*4]
+        y = self.lif(self.fc1(self.drop1(y)))  # [T, N, C*2*2]
+        y = self.lif(self.fc2(self.drop2(y)))  # [T, N, 110]
+        return vote(y).mean(0)  # [N, 11]
+
+    def _forward_step(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        # One membrane per LIF layer (5 conv + 2 fc), at rest before the first step.
+        v: list[torch.Tensor | float] = [V_RESET] * (CONV_BLOCKS + 2)
+        mask1 = mask2 = None
+        rates = x.new_zeros(n, NUM_OUTPUTS)
+        for step in range(t):
+            y = x[:, step]  # [N, 2, H, W]
+            for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+                spike, v[i] = lif_step(bn(conv(y)), v[i])
+                y = F.max_pool2d(spike, 2, 2)
+            y = y.flatten(1)  # [N, C*4*4]
+            if step == 0:  # masks drawn once per sample, reused for every step
+                mask1 = self.drop1.mask(y)
+            spike, v[-2] = lif_step(self.fc1(y if mask1 is None else y * mask1), v[-2])
+            if step == 0:
+                mask2 = self.drop2.mask(spike)
+            spike, v[-1] = lif_step(self.fc2(spike if mask2 is None else spike * mask2), v[-1])
+            rates = rates + vote(spike)  # [N, 11]
+        return rates / t

@@ -1,0 +1,109 @@
+"""GestureNet: shapes, arguments, and step-by-step == layer-by-layer in values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvsgkit.model import GestureNet
+
+
+def active_net(channels: int, mode: str, seed: int = 0) -> GestureNet:
+    """A small net whose layers all fire (default init is nearly silent at the output), so the
+    comparisons below compare real spike trains, not zeros."""
+    torch.manual_seed(seed)
+    net = GestureNet(channels, mode)
+    with torch.no_grad():
+        for bn in net.bns:
+            bn.running_var.fill_(0.05)
+            bn.running_mean.fill_(-0.1)
+        net.fc1.weight.mul_(8)
+        net.fc2.weight.mul_(8)
+    return net
+
+
+def frames(n: int = 2, t: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, t, 2, 128, 128, generator=g) < 0.3).float()  # [N, T, 2, H, W]
+
+
+def test_output_is_class_firing_rates() -> None:
+    net = active_net(4, "layer").eval()
+    out = net(frames(t=4))
+    assert out.shape == (2, 11)
+    assert out.max() > 0, "the test net must fire"
+    # rates averaged over T=4 of means over 10 voters: multiples of 1/40 in [0, 1]
+    assert torch.all((out >= 0) & (out <= 1))
+    assert torch.allclose(out * 40, (out * 40).round(), atol=1e-5)
+
+
+def test_state_is_cleared_between_calls() -> None:
+    for mode in ("step", "layer"):
+        net = active_net(4, mode).eval()
+        x = frames()
+        assert torch.equal(net(x), net(x))
+
+
+def test_state_dict_is_the_same_in_every_mode() -> None:
+    step, layer = active_net(4, "step"), GestureNet(4, "layer")
+    assert step.state_dict().keys() == layer.state_dict().keys()
+    layer.load_state_dict(step.state_dict())
+    assert layer.fc2.weight.shape == (110, 16) and layer.fc1.weight.shape == (16, 64)
+
+
+def _grads(net: GestureNet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    # MSE against a fixed target, as in training
+    target = torch.zeros_like(out)
+    target[:, 3] = 1
+    torch.nn.functional.mse_loss(out, target).backward()
+    grads = {k: p.grad.clone() for k, p in net.named_parameters()}
+    return out.detach(), {"input": x.grad, **grads}
+
+
+def test_step_and_layer_modes_agree_in_eval() -> None:
+    step, layer = active_net(4, "step").eval(), active_net(4, "layer").eval()
+    x = frames(t=4)
+    out_s, g_s = _grads(step, x)
+    out_l, g_l = _grads(layer, x)
+    torch.testing.assert_close(out_s, out_l, rtol=0, atol=1e-6)
+    assert g_s["fc1.weight"].abs().sum() > 0 and g_s["convs.0.weight"].abs().sum() > 0
+    for name in g_s:
+        torch.testing.assert_close(g_s[name], g_l[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_step_and_layer_modes_agree_in_train_mode_with_dropout() -> None:
+    # With T = 1, BatchNorm batch statistics cover the same N inputs in both modes, so train
+    # mode (batch statistics + dropout masks drawn from the same seed) must agree too.
+    step, layer = active_net(4, "step").train(), active_net(4, "layer").train()
+    x = frames(n=3, t=1)
+    torch.manual_seed(7)
+    out_s, g_s = _grads(step, x)
+    torch.manual_seed(7)
+    out_l, g_l = _grads(layer, x)
+    torch.testing.assert_close(out_s, out_l, rtol=0, atol=1e-6)
+    for name in g_s:
+        torch.testing.assert_close(g_s[name], g_l[name], rtol=1e-4, atol=1e-6, msg=name)
+    torch.manual_seed(8)
+    assert not torch.equal(_grads(layer, x)[1]["fc2.weight"], g_l["fc2.weight"]), "new masks"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"channels": 0}, "channels must be a positive int"),
+        ({"mode": "fast"}, r"mode must be one of \('step', 'layer'\)"),
+        ({"backend": "triton"}, r"backend must be one of \('torch', 'cupy'\)"),
+        ({"mode": "step", "backend": "cupy"}, "use mode='layer'"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GestureNet(**kwargs)
+
+
+def test_wrong_input_shape_names_the_expected_one() -> None:
+    with pytest.raises(ValueError, match=r"\[N, T, 2, 128, 128\], got shape \(2, 3, 2, 64, 64\)"):
+        GestureNet(4)(torch.zeros(2, 3, 2, 64, 64))
