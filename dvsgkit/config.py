@@ -1,0 +1,146 @@
+"""The training run's one config dataclass: built by the CLI, saved as JSON and in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = ("cosalr", "steplr")
+SPLIT_BYS = ("number", "time")
+DEFAULT_SEED = 2020  # the seed script's _seed_
+
+# Fields that define what is learned. A run directory holds one recipe; resuming may change only the
+# other fields (epochs to extend training, and where/how it executes: device, workers, amp, ...).
+RECIPE_FIELDS = (
+    "T",
+    "batch_size",
+    "channels",
+    "split_by",
+    "opt",
+    "lr",
+    "momentum",
+    "lr_scheduler",
+    "step_size",
+    "gamma",
+    "T_max",
+    "seed",
+    "sync_bn",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; the defaults are the seed's (SPEC §6)."""
+
+    T: int = 16
+    device: str = "cpu"
+    batch_size: int = 16
+    epochs: int = 64
+    workers: int = 4
+    channels: int = 128
+    root: str = "data"
+    out_dir: str = "runs"
+    amp: bool = False
+    cupy: bool = False
+    opt: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    lr_scheduler: str = "cosalr"
+    step_size: int = 32
+    gamma: float = 0.1
+    T_max: int = 32
+    split_by: str = "number"
+    seed: int = DEFAULT_SEED
+    sync_bn: bool = False
+    channels_last: bool = True  # only acts on CUDA, where cuDNN's fp16 convolutions prefer NHWC
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if self.opt not in OPTIMIZERS:
+            raise ValueError(f"opt must be one of {OPTIMIZERS}, got {self.opt!r}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.split_by not in SPLIT_BYS:
+            raise ValueError(f"split_by must be one of {SPLIT_BYS}, got {self.split_by!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    @property
+    def mode(self) -> str:
+        """GestureNet mode: --cupy runs layer-by-layer with the fused LIF, else step-by-step."""
+        return "layer" if self.cupy else "step"
+
+    @property
+    def backend(self) -> str:
+        return "cupy" if self.cupy else "torch"
+
+    def run_name(self) -> str:
+        """The run directory's name, built like the seed's (`T_16_b_16_c_128_adam_lr_0.001_...`)."""
+        name = f"T_{self.T}_b_{self.batch_size}_c_{self.channels}_{self.opt}_lr_{self.lr}_"
+        if self.lr_scheduler == "cosalr":
+            name += f"cosalr_{self.T_max}"
+        else:
+            name += f"steplr_{self.step_size}_{self.gamma}"
+        # Beyond the seed: the other recipe fields appear only when they leave the default, so the
+        # seed's own configurations keep the seed's names.
+        if self.split_by != "number":
+            name += f"_split_{self.split_by}"
+        if self.seed != DEFAULT_SEED:
+            name += f"_seed_{self.seed}"
+        if self.sync_bn:
+            name += "_syncbn"
+        if self.amp:
+            name += "_amp"
+        if self.cupy:
+            name += "_cupy"
+        return name
+
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so it fits in JSON and in a `weights_only=True` checkpoint."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict` output; unknown keys (a newer dvsgkit) are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; written by a newer dvsgkit?")
+        return cls(**data)
+
+    def recipe_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """{field: (self's value, other's value)} for every recipe field that differs."""
+        return {
+            name: (getattr(self, name), getattr(other, name))
+            for name in RECIPE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        }
+
+    def save_json(self, path: Path) -> None:
+        """Write config.json atomically (a reader never sees half a file)."""
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load_json(cls, path: Path) -> TrainConfig:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{path} is not valid JSON ({exc}); delete it or pick another run"
+            ) from exc
+        return cls.from_dict(data)
