@@ -161,3 +161,28 @@ def test_bad_parameters(T: int, split_by: str, match: str) -> None:
 def test_events_off_the_sensor_are_rejected(x: int, y: int, p: int) -> None:
     with pytest.raises(ValueError, match="outside the 128x128 sensor"):
         integrate(make_events([0, 1], [0, x], [0, y], [0, p]), 2)
+
+
+def test_time_split_out_of_order_timestamps_follow_each_event_time() -> None:
+    # Not time-ordered: each event goes to the window of its own timestamp (SPEC's rule); one
+    # earlier than the first event goes to frame 0, one after the last window to the last frame.
+    t = np.array([100, 900, 150, 50, 700, 1100, 400, 500])
+    ev = make_events(t, np.arange(8), [0] * 8, [1] * 8)
+    got = integrate(ev, 4, "time")  # t0 = 100, dt = (500 - 100) // 4 = 100
+    frame_of = {int(x): int(np.flatnonzero(got[:, 1, 0, x])[0]) for x in range(8)}
+    assert frame_of == {0: 0, 1: 3, 2: 0, 3: 0, 4: 3, 5: 3, 6: 3, 7: 3}
+    assert got.sum() == 8
+
+
+def test_blocks_with_empty_samples_and_a_drop_in_time_between_samples() -> None:
+    rng = np.random.default_rng(3)
+    late, early = random_events(rng, 50), random_events(rng, 60)
+    early["t"] -= 10**8  # the next sample starts earlier in time: still each sample in order
+    samples = [make_events([], [], [], []), late, make_events([], [], [], []), early]
+    many = integrate_many(
+        np.concatenate(samples), np.cumsum([0] + [s.size for s in samples]), 4, "time"
+    )
+    for i, s in enumerate(samples):
+        np.testing.assert_array_equal(
+            many[i], reference_frames(s, 4, "time", crash=False) if s.size else 0
+        )
