@@ -1,0 +1,52 @@
+"""`dvsgkit events`: cut the recordings into labelled samples in ROOT/events.h5."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from dvsgkit_cli.common import root_option, user_errors
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the partial cache is removed on the way out.
+    raise SystemExit(128 + signum)
+
+
+@click.command("events")
+@root_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Processes that parse recordings (the main process writes).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+def events(root: Path, workers: int, progress: bool) -> None:
+    """Cut ROOT/extract/DvsGesture/ into labelled samples and write ROOT/events.h5."""
+    from dvsgkit.io.aedat import AedatError
+    from dvsgkit.store.events import EventCache, build_event_cache, event_cache_path
+
+    signal.signal(signal.SIGTERM, _terminate)
+    path = event_cache_path(root)
+    before = path.stat().st_mtime_ns if path.exists() else None
+    start = time.perf_counter()
+    with user_errors(AedatError, ValueError, FileNotFoundError, FileExistsError, PermissionError):
+        build_event_cache(root, workers=workers, progress=progress)
+        with EventCache(path) as cache:
+            counts = {split: cache.num_samples(split) for split in ("train", "test")}
+            total = int(sum(cache.offsets(s)[-1] for s in counts))
+    seconds = time.perf_counter() - start
+    if before is not None and path.stat().st_mtime_ns == before:
+        click.echo(f"{path} is up to date ({counts['train']} train, {counts['test']} test samples)")
+        return
+    size = path.stat().st_size
+    click.echo(
+        f"wrote {path}: {counts['train']} train + {counts['test']} test samples, "
+        f"{total:,} events, {size / 1e6:.1f} MB, {seconds:.1f} s "
+        f"({total / max(seconds, 1e-9) / 1e6:.1f} M events/s)"
+    )

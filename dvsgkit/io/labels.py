@@ -1,0 +1,93 @@
+"""Read the DvsGesture labels CSVs and trials lists (CRLF or LF, blank lines skipped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dvsgkit.constants import NUM_CLASSES
+
+# One labelled window per row: dvsgkit label (class - 1), [start, end) in microseconds, and the
+# 0-based data row of the CSV it came from.
+WINDOW_DTYPE = np.dtype([("label", "u1"), ("start", "<i8"), ("end", "<i8"), ("row", "<i4")])
+LABELS_HEADER = "class,startTime_usec,endTime_usec"
+
+
+def labels_path_for(aedat: str | os.PathLike[str]) -> Path:
+    """`user01_natural.aedat` -> `user01_natural_labels.csv` beside it."""
+    aedat = Path(aedat)
+    return aedat.with_name(f"{aedat.stem}_labels.csv")
+
+
+def _text(path: Path, what: str) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{what} {path} not found; the DvsGesture folder is incomplete (extract the archive "
+            "again with 'dvsgkit download', or write a synthetic set with 'dvsgkit synth')"
+        ) from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: byte {exc.start} is not ASCII; expected a text file") from None
+
+
+def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """Parse a `*_labels.csv` file into WINDOW_DTYPE [rows], in file order.
+
+    The first line is the header `class,startTime_usec,endTime_usec`; blank lines are skipped.
+    Classes must be 1..11 and 0 <= start <= end; rows may come in any order, repeat a class and
+    overlap. Raises ValueError naming the file, the line and the data row on bad input.
+    """
+    path = Path(path)
+    lines = _text(path, "labels file").splitlines()  # CRLF and LF alike
+    if not lines or lines[0].strip().replace(" ", "") != LABELS_HEADER:
+        first = lines[0] if lines else ""
+        raise ValueError(f"{path}, line 1: expected the header {LABELS_HEADER!r}, got {first!r}")
+    rows = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        row = len(rows)
+        where = f"{path}, line {lineno} (data row {row})"
+        fields = line.split(",")
+        try:
+            cls, start, end = (int(f) for f in fields)
+        except ValueError:
+            msg = f"{where}: expected three integers class,start,end, got {line!r}"
+            raise ValueError(msg) from None
+        if not 1 <= cls <= NUM_CLASSES:
+            raise ValueError(f"{where}: class {cls} is outside 1..{NUM_CLASSES}")
+        if start < 0 or start > end:
+            raise ValueError(f"{where}: window start {start} must satisfy 0 <= start <= end {end}")
+        rows.append((cls - 1, start, end, row))
+    if not rows:
+        raise ValueError(f"{path}: no labelled rows after the header")
+    return np.array(rows, dtype=WINDOW_DTYPE)
+
+
+def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: bool = True) -> Path:
+    """Write WINDOW_DTYPE windows as a labels CSV (class = label + 1), CRLF like the real files.
+    Written to `<name>.partial` and renamed, so an interrupted write leaves nothing."""
+    path = Path(path)
+    eol = "\r\n" if crlf else "\n"
+    body = [LABELS_HEADER] + [
+        f"{int(w['label']) + 1},{int(w['start'])},{int(w['end'])}" for w in windows
+    ]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes((eol.join(body) + eol).encode("ascii"))
+    os.replace(partial, path)
+    return path
+
+
+def read_trials(path: str | os.PathLike[str]) -> list[str]:
+    """The recording names of a `trials_to_{train,test}.txt` list, in order (blanks skipped)."""
+    path = Path(path)
+    names = [line.strip() for line in _text(path, "trials list").splitlines()]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"{path}: the trials list names no recording")
+    return names
