@@ -78,7 +78,7 @@ def md5_file(path: Path, *, chunk: int = CHUNK, progress: bool = False) -> str:
             total=os.fstat(f.fileno()).st_size,
             unit="B",
             unit_scale=True,
-            desc=f"md5 {Path(path).name}",
+            desc=f"md5 {Path(path).name.removesuffix(PARTIAL_SUFFIX)}",
             disable=not progress,
             leave=False,
         ) as bar,
@@ -348,8 +348,9 @@ def fetch_resource(
                 break
             except _TransientError as exc:
                 if attempt == len(retry_delays):
+                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
                     raise DownloadError(
-                        f"{where}: gave up after {attempt + 1} attempts; last error: {exc}. "
+                        f"{where}: gave up after {tries}; last error: {exc}. "
                         f"{partial.name} keeps what arrived; rerun to resume"
                     ) from exc
                 sleep(retry_delays[attempt])
