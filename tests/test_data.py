@@ -1,0 +1,141 @@
+"""FrameDataset and make_loader over a real (tiny, synthetic) frame store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from dvsgkit.data import FrameDataset, make_loader
+from dvsgkit.store.frames import build_frame_store
+from dvsgkit.synth import write_synthetic_dataset
+
+T = 4
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 train + 12 test samples at T=4."""
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_dataset(root, seed=2, train_trials=2, test_trials=1, events_per_sample=400)
+    return build_frame_store(root, T, workers=1, progress=False)
+
+
+def test_dataset_items_are_float_frames_and_int_labels(store: Path) -> None:
+    ds = FrameDataset(store, "train")
+    group = zarr.open_group(store, mode="r")["train"]
+    assert len(ds) == group["labels"].shape[0] == 24
+    frames, label = ds[5]
+    assert frames.dtype == torch.float32 and frames.shape == (T, 2, 128, 128)
+    assert isinstance(label, int) and label == int(group["labels"][5])
+    np.testing.assert_array_equal(frames.numpy(), group["frames"][5].astype(np.float32))
+    assert ds[-1][1] == ds[23][1]
+    with pytest.raises(IndexError, match="sample 24 out of range"):
+        ds[24]
+
+
+def test_dataset_works_in_a_dataloader_with_a_worker_process(store: Path) -> None:
+    ds = FrameDataset(store, "test")
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=1)
+    frames, labels = next(iter(loader))
+    assert frames.shape == (5, T, 2, 128, 128) and frames.dtype == torch.float32
+    assert labels.tolist() == [ds[i][1] for i in range(5)]
+    assert torch.equal(frames[3], ds[3][0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_and_stream_modes_serve_the_same_batches(store: Path, device: str) -> None:
+    kw = dict(shuffle=True, drop_last=True, device=device, seed=7)
+    memory = make_loader(store, "train", 5, **kw)
+    stream = make_loader(store, "train", 5, memory_budget=0, **kw)
+    assert (memory.mode, stream.mode) == ("memory", "stream")
+    assert len(memory) == len(stream) == 24 // 5 and memory.num_samples == 24
+    ds = FrameDataset(store, "train")
+    order = memory.indices(0).tolist()
+    seen = []
+    for (xm, ym), (xs, ys) in zip(memory, stream, strict=True):
+        assert xm.dtype == torch.float32 and ym.dtype == torch.int64
+        assert xm.shape == (5, T, 2, 128, 128) and xm.device.type == device
+        assert torch.equal(xm, xs) and torch.equal(ym, ys)
+        for x, y in zip(xm, ym, strict=True):  # row k is stored sample order[k], with its label
+            i = order[len(seen)]
+            assert torch.equal(ds[i][0].to(device), x) and ds[i][1] == int(y)
+            seen.append(i)
+    assert len(seen) == 20
+
+
+def test_order_is_a_function_of_seed_and_epoch(store: Path) -> None:
+    def order(loader) -> list[int]:
+        return [int(i) for i in loader.indices(loader.epoch)]
+
+    a = make_loader(store, "train", 4, shuffle=True, drop_last=False, seed=1)
+    first = order(a)
+    assert sorted(first) == list(range(24)) and first != list(range(24))
+    list(a)  # a full pass advances the epoch: a new order without set_epoch
+    assert order(a) != first
+    b = make_loader(store, "train", 4, shuffle=True, drop_last=False, seed=1)
+    b.set_epoch(1)  # a resumed run at epoch 1 sees what a saw at epoch 1
+    assert order(b) == order(a)
+    b.set_epoch(0)
+    labels_b = torch.cat([y for _, y in b])
+    labels = torch.from_numpy(FrameDataset(store, "train").labels)
+    assert torch.equal(labels_b, labels[first])
+    c = make_loader(store, "train", 4, shuffle=True, drop_last=False, seed=2)
+    assert order(c) != first
+    test = make_loader(store, "test", 5, shuffle=False, drop_last=False)
+    assert len(test) == 3 and [len(y) for _, y in test] == [5, 5, 2]
+    assert test.indices(0).tolist() == test.indices(9).tolist() == list(range(12))
+
+
+@pytest.mark.parametrize(("drop_last", "per_rank"), [(True, 2), (False, 3)])
+def test_ranks_get_disjoint_equal_shares(store: Path, drop_last: bool, per_rank: int) -> None:
+    # 12 test samples over 5 ranks: drop the tail (2 each) or pad with repeats (3 each).
+    shares = [
+        make_loader(
+            store, "test", 2, shuffle=True, drop_last=drop_last, seed=3, rank=r, world_size=5
+        ).indices(4)  # fmt: skip
+        for r in range(5)
+    ]
+    assert all(len(s) == per_rank for s in shares)
+    flat = np.concatenate(shares)
+    if drop_last:
+        assert len(set(flat.tolist())) == len(flat) == 10
+    else:
+        assert set(flat.tolist()) == set(range(12)) and len(flat) == 15
+    three = [
+        make_loader(store, "test", 2, shuffle=True, drop_last=True, rank=r, world_size=3)
+        for r in range(3)
+    ]
+    parts = [set(loader.indices(0).tolist()) for loader in three]
+    assert set.union(*parts) == set(range(12)) and sum(map(len, parts)) == 12
+    assert three[0].num_samples == 4 and len(three[0]) == 2
+
+
+def test_wide_counts_load_exactly(tmp_path: Path) -> None:
+    root = tmp_path
+    write_synthetic_dataset(root, seed=0, train_trials=1, test_trials=1, events_per_sample=300)
+    path = build_frame_store(root, T, workers=1, progress=False)
+    # Turn the store's train frames into uint16 values above 255, as a dense sample would give.
+    group = zarr.open_group(path, mode="r+")["train"]
+    frames = group["frames"][:].astype(np.uint16) * 300
+    del group["frames"]
+    group.create_array("frames", data=frames, chunks=(1, T, 2, 128, 128))
+    group.attrs["max_count"] = int(frames.max())
+    x, _ = next(iter(make_loader(path, "train", 12, shuffle=False, drop_last=False)))
+    np.testing.assert_array_equal(x.numpy(), frames[:12].astype(np.float32))
+    assert x.max() > 255
+
+
+def test_bad_input_names_the_path(store: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr not found"):
+        make_loader(tmp_path / "nowhere.zarr", "train", 4, shuffle=True, drop_last=True)
+    with pytest.raises(ValueError, match="split must be one of"):
+        FrameDataset(store, "validation")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        make_loader(store, "train", 0, shuffle=True, drop_last=True)
+    with pytest.raises(ValueError, match="rank 2, world 2"):
+        make_loader(store, "train", 4, shuffle=True, drop_last=True, rank=2, world_size=2)
