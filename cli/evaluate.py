@@ -1,0 +1,72 @@
+"""`dvsgkit evaluate CHECKPOINT`: accuracy, per-class accuracy and confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dvsgkit.config import SPLIT_BYS
+from dvsgkit.constants import SPLITS
+from dvsgkit_cli.common import root_option, user_errors
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@root_option
+@click.option(
+    "-T", "T", type=click.IntRange(min=1), default=None,
+    help="Frames per sample.  [default: the checkpoint's T; 16 for a SpikingJelly checkpoint]",
+)  # fmt: skip
+@click.option(
+    "--split-by", type=click.Choice(SPLIT_BYS), default=None,
+    help="Frame cutting.  [default: the checkpoint's; number for a SpikingJelly checkpoint]",
+)  # fmt: skip
+@click.option("--split", type=click.Choice(SPLITS), default="test", help="Which split to score.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size.")
+@click.option(
+    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
+)
+@click.option("-j", "--workers", type=click.IntRange(min=0), default=0, help="Loader workers.")
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where the JSON, text and PNG go.  [default: beside the checkpoint]",
+)  # fmt: skip
+@click.option("--progress/--no-progress", default=True, help="Progress bars while building frames.")
+def evaluate(
+    checkpoint: Path,
+    root: Path,
+    T: int | None,
+    split_by: str | None,
+    split: str,
+    batch_size: int,
+    device: str | None,
+    workers: int,
+    out_dir: Path | None,
+    progress: bool,
+) -> None:
+    """Score CHECKPOINT (a dvsgkit checkpoint_*.pth, a run directory, or a SpikingJelly
+    classify_dvsg checkpoint) on ROOT's frames: prints the report and writes
+    <stem>_<split>_eval.json, <stem>_<split>_eval.txt and <stem>_<split>_confusion.png."""
+    from dvsgkit.evaluate import evaluate as run_evaluation
+    from dvsgkit.evaluate import write_outputs
+    from dvsgkit_cli.train import default_device
+
+    with user_errors():
+        result = run_evaluation(
+            checkpoint,
+            root=root,
+            T=T,
+            split_by=split_by,
+            split=split,
+            batch_size=batch_size,
+            device=device or default_device(),
+            workers=workers,
+            progress=progress,
+        )
+        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        paths = write_outputs(result, out_dir or folder)
+    click.echo(result.report())
+    click.echo("")
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")

@@ -1,0 +1,128 @@
+"""`dvsgkit train`: the seed's classify_dvsg options, on the frame store; works under torchrun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dvsgkit.config import OPTIMIZERS, SCHEDULERS, SPLIT_BYS, TrainConfig
+from dvsgkit_cli.common import root_option, user_errors
+
+
+def default_device() -> str:
+    """cuda:0 when a GPU is visible, else cpu (imports torch only when the command runs)."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+@click.command(context_settings={"show_default": True})
+@click.option(
+    "-T", "T", type=click.IntRange(min=1), default=16, help="Time steps (frames) per sample."
+)
+@click.option(
+    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
+)
+@click.option(
+    "-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size per process."
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=64,
+    help="Total epochs (a resumed run counts the ones done).",
+)
+@click.option(
+    "-j",
+    "--workers",
+    type=click.IntRange(min=0),
+    default=4,
+    help="Data loading workers (and frame-building processes).",
+)
+@click.option(
+    "--channels", type=click.IntRange(min=1), default=128, help="Conv channels of the network."
+)
+@root_option
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    help="Where run directories are made.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Continue from a checkpoint (.pth) or run directory; its epoch + 1 is the first one run.",
+)
+@click.option(
+    "--amp", is_flag=True, help="Mixed precision: float16 autocast + GradScaler (CUDA only)."
+)
+@click.option(
+    "--cupy",
+    is_flag=True,
+    help="Layer-by-layer network with the fused CuPy LIF (else step-by-step).",
+)
+@click.option("--opt", type=click.Choice(OPTIMIZERS), default="adam", help="Optimizer.")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Learning rate."
+)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, help="SGD momentum.")
+@click.option(
+    "--lr-scheduler",
+    type=click.Choice(SCHEDULERS),
+    default="cosalr",
+    help="Cosine annealing or step decay, stepped once per epoch.",
+)
+@click.option(
+    "--step-size", type=click.IntRange(min=1), default=32, help="StepLR: epochs between decays."
+)
+@click.option("--gamma", type=click.FloatRange(min=0), default=0.1, help="StepLR: decay factor.")
+@click.option(
+    "--T-max",
+    "T_max",
+    type=click.IntRange(min=1),
+    default=32,
+    help="CosineAnnealingLR: period in epochs.",
+)
+@click.option(
+    "--split-by",
+    type=click.Choice(SPLIT_BYS),
+    default="number",
+    help="How events are cut into frames.",
+)
+@click.option(
+    "--seed", type=int, default=2020, help="Seeds weights, dropout and the shuffle order."
+)
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    help="Under torchrun: synchronise BatchNorm statistics across processes.",
+)
+@click.option(
+    "--channels-last/--no-channels-last", default=True, help="NHWC memory layout on CUDA."
+)
+@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+def train(
+    resume: Path | None, device: str | None, root: Path, out_dir: Path, **options: object
+) -> None:
+    """Train the spiking CNN with the seed recipe (SPEC §6) on ROOT's frame store, which is built
+    first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
+    checkpoint_latest.pth, checkpoint_max.pth, tensorboard/.
+
+    For several GPUs (or CPU processes with gloo) run the same command under
+    `torchrun --nproc_per_node K`; --batch-size is per process.
+    """
+    from dvsgkit.train import train as run_training
+
+    with user_errors():
+        config = TrainConfig(
+            device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
+        )
+        result = run_training(config, resume=resume)
+    if result.last:
+        click.echo(
+            f"done: max test accuracy {100 * result.max_test_acc:.2f} %; run directory "
+            f"{result.run_dir} (plot it with: dvsgkit plot {result.run_dir})"
+        )

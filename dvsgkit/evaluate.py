@@ -1,0 +1,209 @@
+"""Evaluate a checkpoint (dvsgkit's or SpikingJelly's): accuracy, per-class accuracy, confusion."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
+    """Counts `[true, predicted]`, int64 [k, k]."""
+    labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} differ in shape")
+    for name, values in (("labels", labels), ("predictions", preds)):
+        if values.size and (values.min() < 0 or values.max() >= k):
+            raise ValueError(f"{name} must lie in 0..{k - 1}, got {values.min()}..{values.max()}")
+    return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """Recall of each true class, float64 [k]; NaN for a class with no samples."""
+    rows = matrix.sum(1)
+    return np.divide(np.diag(matrix), rows, out=np.full(len(rows), np.nan), where=rows > 0)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `dvsgkit evaluate` reports for one checkpoint on one split."""
+
+    checkpoint: str
+    source: str  # "dvsgkit" or "spikingjelly"
+    epoch: int | None
+    split: str
+    T: int
+    split_by: str
+    channels: int
+    loss: float  # mean MSE between firing rates and one-hot labels (the training loss)
+    confusion: np.ndarray  # int64 [11, 11], rows true, columns predicted
+
+    @property
+    def samples(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(self.samples, 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        per_class = per_class_accuracy(self.confusion)
+        return {
+            "checkpoint": self.checkpoint,
+            "source": self.source,
+            "epoch": self.epoch,
+            "split": self.split,
+            "T": self.T,
+            "split_by": self.split_by,
+            "channels": self.channels,
+            "samples": self.samples,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "class_names": list(CLASS_NAMES),
+            "per_class_accuracy": {
+                name: None if np.isnan(acc) else float(acc)
+                for name, acc in zip(CLASS_NAMES, per_class, strict=True)
+            },
+            "per_class_samples": {
+                name: int(n) for name, n in zip(CLASS_NAMES, self.confusion.sum(1), strict=True)
+            },
+            "confusion_matrix": self.confusion.tolist(),
+            "confusion_matrix_axes": ["true", "predicted"],
+        }
+
+    def report(self) -> str:
+        """Plain text: headline, per-class table, confusion matrix with class names."""
+        epoch = "" if self.epoch is None else f", epoch {self.epoch}"
+        lines = [
+            f"{self.checkpoint} ({self.source}{epoch}) on {self.split}: {self.samples} samples, "
+            f"T={self.T}, split_by={self.split_by}, channels={self.channels}",
+            f"accuracy {100 * self.accuracy:.2f} %  ({np.trace(self.confusion)}/{self.samples})"
+            f"   loss {self.loss:.6f}",
+            "",
+            f"{'class':<32}{'samples':>8}{'accuracy':>11}",
+        ]
+        width = max(len(n) for n in CLASS_NAMES) + 4
+        per_class = per_class_accuracy(self.confusion)
+        for i, (name, acc) in enumerate(zip(CLASS_NAMES, per_class, strict=True)):
+            shown = "-" if np.isnan(acc) else f"{100 * acc:.2f} %"
+            lines.append(f"{i:>2} {name:<29}{self.confusion[i].sum():>8}{shown:>11}")
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
+        lines.append(" " * width + "".join(f"{j:>5}" for j in range(NUM_CLASSES)))
+        for i, name in enumerate(CLASS_NAMES):
+            counts = "".join(f"{c:>5}" for c in self.confusion[i])
+            lines.append(f"{i:>2} {name:<{width - 3}}{counts}")
+        return "\n".join(lines)
+
+
+def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
+    """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
+    its recipe: {"source", "epoch", "T", "split_by", "channels"} (T/split_by None when unknown)."""
+    from dvsgkit.model import GestureNet, from_spikingjelly
+    from dvsgkit.train import is_dvsgkit_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if is_dvsgkit_checkpoint(ckpt):
+        config = ckpt["config"]
+        # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
+        net = GestureNet(config["channels"], mode="layer", backend="torch")
+        net.load_state_dict(ckpt["net"])
+        meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
+        meta |= {"split_by": config["split_by"], "channels": config["channels"]}
+    else:
+        net = from_spikingjelly(ckpt)
+        meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
+        meta |= {"split_by": None, "channels": net.channels}
+    return net.eval(), meta
+
+
+def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[Any, Any, float]:
+    """Run `net` over `loader`: (labels int64 [N], predictions int64 [N], mean MSE loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels, preds, loss_sum = [], [], torch.zeros((), dtype=torch.float64, device=device)
+    with torch.inference_mode():
+        for frames, target in loader:
+            with torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=amp):
+                rates = net(frames)  # [B, 11]
+            loss_sum += F.mse_loss(rates.float(), F.one_hot(target, NUM_CLASSES).float()) * len(
+                target
+            )
+            labels.append(target)
+            preds.append(rates.argmax(1))
+    labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
+    return labels_all, preds_all, float(loss_sum) / max(len(labels_all), 1)
+
+
+def evaluate(
+    checkpoint: Path,
+    *,
+    root: Path,
+    T: int | None = None,
+    split_by: str | None = None,
+    split: str = "test",
+    batch_size: int = 16,
+    device: str = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate `checkpoint` on ROOT's frames (built if missing). T and split_by default to the
+    checkpoint's recipe; a SpikingJelly checkpoint holds none, so they default to 16 / number."""
+    import torch
+
+    from dvsgkit.data import make_loader
+    from dvsgkit.store.frames import build_frame_store
+
+    net, meta = load_net(Path(checkpoint))
+    T = T or meta["T"] or 16
+    split_by = split_by or meta["split_by"] or "number"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device here; use --device cpu")
+    store = build_frame_store(Path(root), T, split_by, workers=max(workers, 1), progress=progress)
+    loader = make_loader(
+        store, split, batch_size, shuffle=False, drop_last=False, device=dev, workers=workers
+    )
+    labels, preds, loss = predict(net.to(dev), loader, dev)
+    return Evaluation(
+        checkpoint=str(checkpoint),
+        source=meta["source"],
+        epoch=meta["epoch"],
+        split=split,
+        T=T,
+        split_by=split_by,
+        channels=meta["channels"],
+        loss=loss,
+        confusion=confusion_matrix(labels, preds),
+    )
+
+
+def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
+    """`<stem>_<split>_eval.json`, `_eval.txt` and `_confusion.png` in out_dir, each written whole
+    under a temp name first."""
+    from dvsgkit.plots import plot_confusion
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(result.checkpoint).stem}_{result.split}"
+    paths = {
+        "json": out_dir / f"{stem}_eval.json",
+        "text": out_dir / f"{stem}_eval.txt",
+        "png": out_dir / f"{stem}_confusion.png",
+    }
+    for kind, text in (
+        ("json", json.dumps(result.to_dict(), indent=2) + "\n"),
+        ("text", result.report() + "\n"),
+    ):
+        tmp = paths[kind].with_name(f".{paths[kind].name}.{os.getpid()}.partial")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, paths[kind])
+    title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
+    plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
+    return paths

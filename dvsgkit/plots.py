@@ -1,0 +1,112 @@
+"""PNG figures: loss/accuracy curves of a run and a confusion matrix (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CURVES_PNG = "curves.png"
+METRICS = "metrics.jsonl"  # one JSON object per epoch, written by dvsgkit.train
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's per-epoch records, in the order written."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; is {run_dir} a dvsgkit run directory?")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number} is not JSON ({exc})") from exc
+    return records
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """RUN_DIR/metrics.jsonl -> RUN_DIR/curves.png (or `out`)."""
+    run_dir = Path(run_dir)
+    out = run_dir / CURVES_PNG if out is None else Path(out)
+    return plot_curves(read_metrics(run_dir), out, title=run_dir.name)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the PNG under a temp name and rename, so a half-written image never looks complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train/test loss and accuracy against epoch, two panels side by side (the seed tutorial's
+    four TensorBoard scalars), with the best test accuracy marked. `records` are metrics.jsonl
+    lines: each needs epoch, train_loss, train_acc, test_loss, test_acc."""
+    from matplotlib.figure import Figure  # Figure without pyplot: no GUI backend is touched
+
+    if not records:
+        raise ValueError(f"no epochs to plot for {path}; train at least one epoch first")
+    epoch = np.array([r["epoch"] for r in records])
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for split, style in (("train", "-"), ("test", "--")):
+        loss_ax.plot(epoch, [r[f"{split}_loss"] for r in records], style, marker=".", label=split)
+        acc = np.array([r[f"{split}_acc"] for r in records]) * 100
+        acc_ax.plot(epoch, acc, style, marker=".", label=split)
+    test_acc = np.array([r["test_acc"] for r in records]) * 100
+    best = int(np.argmax(test_acc))
+    acc_ax.annotate(
+        f"max test {test_acc[best]:.2f} % (epoch {epoch[best]})",
+        (epoch[best], test_acc[best]),
+        xytext=(0, -28),
+        textcoords="offset points",
+        ha="center",
+        arrowprops={"arrowstyle": "->"},
+    )
+    acc_ax.axhline(100 / 11, color="grey", lw=0.8, ls=":", label="chance (1/11)")
+    loss_ax.set(xlabel="epoch", ylabel="MSE loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_confusion(
+    matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = ""
+) -> Path:
+    """A confusion matrix `[true, predicted]` of counts, shaded by row share, counts written in."""
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    k = len(class_names)
+    if matrix.shape != (k, k):
+        raise ValueError(f"confusion matrix must be [{k}, {k}] for {k} classes, got {matrix.shape}")
+    rows = matrix.sum(1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    fig = Figure(figsize=(8.5, 7.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            color = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

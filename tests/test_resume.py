@@ -1,0 +1,96 @@
+"""Exact resume: on CPU, 3 epochs straight equal 2 epochs + resume to 3, bit for bit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvsgkit.config import TrainConfig
+from dvsgkit.plots import read_metrics
+from dvsgkit.store.frames import build_frame_store
+from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit.train import BEST, LATEST, load_checkpoint, train
+
+TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
+TIMING = {"total_time", "train_samples_per_s"}
+
+
+@pytest.fixture(scope="module")
+def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 train / 12 test synthetic samples, framed at T=4."""
+    root = tmp_path_factory.mktemp("dvsg")
+    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
+    build_frame_store(root, 4, "number", workers=1, progress=False)
+    return root
+
+
+def _assert_same_tree(a: object, b: object, where: str = "") -> None:
+    """Equal nested dicts/lists of tensors and plain values, tensors compared exactly."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_resume_is_bit_exact(frame_root: Path, tmp_path: Path) -> None:
+    # T_max=2: the learning rate changes every epoch, so a scheduler restored wrong would show.
+    straight = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "a"), epochs=3, T_max=2,
+                           **TINY)  # fmt: skip
+    train(straight)
+    first = replace(straight, out_dir=str(tmp_path / "b"), epochs=2)
+    train(first)
+    run_b = first.run_dir()
+    # --out-dir may differ when resuming: the run continues in the checkpoint's directory.
+    result = train(replace(first, epochs=3, out_dir=str(tmp_path / "c")), resume=run_b / LATEST)
+    assert result.run_dir == run_b and result.epochs_run == 1
+    assert not (tmp_path / "c").exists()
+
+    a, b = load_checkpoint(straight.run_dir() / LATEST), load_checkpoint(run_b / LATEST)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("net", "optimizer", "lr_scheduler", "rng", "max_test_acc", "scaler"):
+        _assert_same_tree(a[key], b[key], key)
+    # config differs only in out_dir (the resumed command's), which is no recipe field
+    assert a["config"]["epochs"] == b["config"]["epochs"] == 3
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_b)]
+    assert strip == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(straight.run_dir())
+    ]
+    _assert_same_tree(
+        load_checkpoint(straight.run_dir() / BEST)["net"], load_checkpoint(run_b / BEST)["net"]
+    )
+
+
+def test_resume_from_a_corrupt_checkpoint_fails_and_changes_nothing(
+    frame_root: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
+    train(config)
+    run_dir = config.run_dir()
+    latest = run_dir / LATEST
+    latest.write_bytes(latest.read_bytes()[:1000])  # a copy cut short
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train(replace(config, epochs=2), resume=latest)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_resume_with_other_channels_or_T_is_refused(frame_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
+    train(config)
+    latest = config.run_dir() / LATEST
+    with pytest.raises(ValueError, match=r"channels=4 \(now 8\)"):
+        train(replace(config, epochs=2, channels=8), resume=latest)
+    with pytest.raises(ValueError, match=r"T=4 \(now 6\)"):
+        train(replace(config, epochs=2, T=6), resume=latest)
+    assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0]

@@ -1,0 +1,227 @@
+"""TrainConfig, checkpoint files, RNG state, run-directory refusals, a short real training run."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dvsgkit.config import TrainConfig
+from dvsgkit.plots import read_metrics
+from dvsgkit.store.frames import build_frame_store
+from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit.train import (
+    BEST,
+    CONFIG,
+    LATEST,
+    load_checkpoint,
+    prepare_run,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    train,
+)
+
+TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 train / 12 test synthetic samples, framed at T=4."""
+    root = tmp_path_factory.mktemp("dvsg")
+    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
+    build_frame_store(root, 4, "number", workers=1, progress=False)
+    return root
+
+
+def test_defaults_are_the_seeds() -> None:
+    c = TrainConfig()
+    seed = (16, 16, 64, 4, 128, 1e-3, 0.9, "cosalr", 32, 32, 0.1, 2020, "number")
+    got = (c.T, c.batch_size, c.epochs, c.workers, c.channels, c.lr, c.momentum)
+    got += (c.lr_scheduler, c.T_max, c.step_size, c.gamma, c.seed, c.split_by)
+    assert got == seed
+    assert (c.mode, c.backend) == ("step", "torch")
+    assert (replace(c, cupy=True).mode, replace(c, cupy=True).backend) == ("layer", "cupy")
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({}, "cosalr_32"),
+        ({"amp": True, "cupy": True, "T_max": 64}, "cosalr_64_amp_cupy"),
+        ({"lr_scheduler": "steplr", "gamma": 0.5}, "steplr_32_0.5"),
+        ({"split_by": "time", "seed": 1}, "cosalr_32_split_time_seed_1"),
+    ],
+)
+def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
+    config = TrainConfig(out_dir="out", **changes)
+    name = f"T_16_b_16_c_128_adam_lr_0.001_{name}"
+    assert config.run_name() == name
+    assert replace(config, opt="sgd").run_name() == name.replace("adam", "sgd")
+    assert config.run_dir() == Path("out") / name
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"T": 0}, "T must be an integer >= 1, got 0"),
+        ({"batch_size": -2}, "batch_size must be"),
+        ({"opt": "rmsprop"}, r"opt must be one of \('sgd', 'adam'\), got 'rmsprop'"),
+        ({"lr_scheduler": "CosALR"}, "lr_scheduler must be one of"),
+        ({"split_by": "events"}, "split_by must be one of"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"workers": -1}, "workers must be"),
+    ],
+)
+def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**changes)
+
+
+def test_config_round_trips_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    config = TrainConfig(T=8, amp=True, lr=0.01)
+    config.save_json(tmp_path / "c.json")
+    assert TrainConfig.load_json(tmp_path / "c.json") == config
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(ValueError, match=r"unknown config keys \['warmup'\]"):
+        TrainConfig.from_dict({**config.to_dict(), "warmup": 3})
+    assert config.recipe_differences(replace(config, epochs=9, device="cuda:0")) == {}
+    assert config.recipe_differences(replace(config, channels=4)) == {"channels": (128, 4)}
+
+
+def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_latest.pth"
+    save_atomic({"net": {"w": torch.ones(3)}, "epoch": 0}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for an unpicklable value
+        save_atomic({"net": {}, "epoch": 1, "bad": lambda: 0}, path)
+    assert load_checkpoint(path)["epoch"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+class _NotWeights:
+    pass
+
+
+def test_load_checkpoint_refuses_missing_truncated_and_unsafe_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pth not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+    good = tmp_path / "good.pth"
+    save_atomic({"net": {"w": torch.arange(1000.0)}, "epoch": 3}, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cut.pth is not a readable checkpoint"):
+        load_checkpoint(cut)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"net": {}, "x": _NotWeights()}, unsafe)  # loading it would need a full unpickle
+    with pytest.raises(ValueError, match="unsafe.pth is not a readable checkpoint"):
+        load_checkpoint(unsafe)
+    no_net = tmp_path / "no_net.pth"
+    torch.save({"model": {}}, no_net)
+    with pytest.raises(ValueError, match="holds no 'net'"):
+        load_checkpoint(no_net)
+    save_atomic({"net": {}, "epoch": 7}, tmp_path / LATEST)
+    assert load_checkpoint(tmp_path)["epoch"] == 7  # a run directory means its latest checkpoint
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    torch.rand(5), np.random.rand(7), random.random()
+    save_atomic({"net": {}, "rng": [rng_state()]}, tmp_path / "c.pth")
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    torch.rand(10), np.random.rand(10), random.random()
+    set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
+    run_dir.mkdir(parents=True)
+    config.save_json(run_dir / CONFIG)
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
+    )
+    ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
+    save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
+
+
+def test_prepare_run_refuses_to_start_over_an_existing_run(tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path), epochs=3, **TINY)
+    run_dir, ckpt = prepare_run(config, None)
+    assert (run_dir, ckpt) == (config.run_dir(), None) and not run_dir.exists()
+    _fake_run(run_dir, config, epoch=2)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(finished: epochs 0..2 of 3"):
+        prepare_run(config, None)
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    with pytest.raises(FileExistsError, match=r"\(unfinished: epochs 0..0 of 3 done\)"):
+        prepare_run(config, None)
+    (run_dir / LATEST).unlink()  # a crashed start: config.json only
+    with pytest.raises(FileExistsError, match=r"different run \(momentum=0.9 \(now 0.5\)\)"):
+        prepare_run(replace(config, momentum=0.5), None)
+    assert prepare_run(config, None) == (run_dir, None)
+
+
+def test_prepare_run_checks_the_checkpoint_it_resumes(tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path), epochs=3, **TINY)
+    run_dir = config.run_dir()
+    _fake_run(run_dir, config, epoch=1)
+    got_dir, ckpt = prepare_run(replace(config, out_dir="elsewhere"), run_dir / LATEST)
+    assert got_dir == run_dir and ckpt["epoch"] == 1
+    assert prepare_run(config, run_dir)[0] == run_dir  # a run directory means its latest
+    with pytest.raises(ValueError, match=r"channels=4 \(now 8\).*T=4 \(now 6\)|T=4 \(now 6\)"):
+        prepare_run(replace(config, channels=8, T=6), run_dir / LATEST)
+    with pytest.raises(ValueError, match="already trained 2 epochs; pass --epochs larger than 2"):
+        prepare_run(replace(config, epochs=2), run_dir / LATEST)
+    foreign = tmp_path / "sj.pth"
+    torch.save({"net": {"conv.0.weight": torch.zeros(1)}, "epoch": 5, "max_test_acc": 0.9}, foreign)
+    with pytest.raises(ValueError, match="not a dvsgkit training checkpoint"):
+        prepare_run(config, foreign)
+
+
+def test_amp_on_cpu_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path / "runs"), root=str(tmp_path), amp=True, **TINY)
+    with pytest.raises(ValueError, match="--amp needs a CUDA device.*drop --amp on CPU"):
+        train(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cupy_without_cupy_or_gpu_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path / "runs"), root=str(tmp_path), cupy=True, **TINY)
+    with pytest.raises(ValueError, match="--cupy"):
+        train(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_short_training_run_writes_every_artefact(frame_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=2, **TINY)
+    result = train(config)
+    run_dir = config.run_dir()
+    assert result.run_dir == run_dir and result.epochs_run == 2
+    assert TrainConfig.load_json(run_dir / CONFIG) == config
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [0, 1]
+    keys = {"train_loss", "train_acc", "test_loss", "test_acc", "max_test_acc", "total_time"}
+    assert keys | {"train_samples_per_s"} <= set(records[0])
+    # drop_last: the train split's 24 samples in batches of 4; the test split unabridged.
+    assert records[0]["train_samples"] == 24 and records[0]["test_samples"] == 12
+    assert records[1]["max_test_acc"] == max(r["test_acc"] for r in records)
+    latest = load_checkpoint(run_dir / LATEST)
+    seed_keys = {"net", "optimizer", "lr_scheduler", "epoch", "max_test_acc"}
+    assert seed_keys | {"scaler", "rng", "config"} <= set(latest)
+    assert latest["epoch"] == 1 and latest["config"] == config.to_dict()
+    best = load_checkpoint(run_dir / BEST)
+    assert best["max_test_acc"] == result.max_test_acc
+    assert not list(run_dir.glob("*.partial")) and not list(run_dir.glob(".*.partial"))
+    assert (run_dir / "tensorboard").is_dir()
+
+
+def test_sync_bn_on_cpu_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path / "runs"), root=str(tmp_path), sync_bn=True, **TINY)
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        train(config)
