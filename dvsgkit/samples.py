@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import DATASET_DIR, EVENT_DTYPE, SPLITS, TRIALS_FILES
-from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events
+from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events, iter_words, unpack_data
 from dvsgkit.io.labels import labels_path_for, read_labels, read_trials
 
 
@@ -49,6 +49,23 @@ def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recordin
     return recordings
 
 
+def _selectors(t: np.ndarray, windows: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+    """For one chunk's timestamps: (window index, slice or mask of the chunk's events with
+    start <= t < end), for every window that the chunk reaches."""
+    if len(t) == 0:
+        return []
+    starts, ends = windows["start"], windows["end"]
+    hit = np.flatnonzero((starts <= t.max()) & (ends > t.min()))
+    if len(hit) == 0:
+        return []
+    if np.all(t[1:] >= t[:-1]):  # recorded order is time order: binary search
+        lo = np.searchsorted(t, starts[hit], side="left")
+        hi = np.searchsorted(t, ends[hit], side="left")
+        return [(i, slice(a, b)) for i, a, b in zip(hit, lo, hi, strict=True)]
+    # Timestamps go back somewhere: masks keep the recorded order, like the reference.
+    return [(i, (t >= starts[i]) & (t < ends[i])) for i in hit]
+
+
 def cut(events: np.ndarray, windows: np.ndarray) -> list[np.ndarray]:
     """Cut EVENT_DTYPE events into one sample per window: the events with start <= t < end, in
     their recorded order, timestamps kept absolute. Windows (WINDOW_DTYPE) may overlap."""
@@ -59,33 +76,38 @@ def cut_chunks(chunks: Iterable[np.ndarray], windows: np.ndarray) -> list[np.nda
     """`cut` over a recording given as consecutive EVENT_DTYPE chunks (see `iter_events`), so
     that only one chunk of the recording is held besides the samples themselves."""
     pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
-    starts, ends = windows["start"], windows["end"]
     for chunk in chunks:
-        t = chunk["t"]
-        if len(t) == 0:
-            continue
-        hit = (starts <= t.max()) & (ends > t.min())  # skip windows outside this chunk
-        if not hit.any():
-            continue
-        if np.all(t[1:] >= t[:-1]):  # recorded order is time order: binary search
-            lo = np.searchsorted(t, starts, side="left")
-            hi = np.searchsorted(t, ends, side="left")
-            for i in np.flatnonzero(hit):
-                pieces[i].append(chunk[lo[i] : hi[i]])
-        else:  # timestamps go back somewhere: a mask keeps the recorded order, like the reference
-            for i in np.flatnonzero(hit):
-                pieces[i].append(chunk[(t >= starts[i]) & (t < ends[i])])
-    # A sample inside one chunk stays a view of it: the chunk is mostly samples anyway.
-    return [
-        np.concatenate(p) if len(p) > 1 else (p[0] if p else np.empty(0, EVENT_DTYPE))
-        for p in pieces
-    ]
+        for i, sel in _selectors(chunk["t"], windows):
+            pieces[i].append(chunk[sel])
+    return [np.concatenate(p) if p else np.empty(0, EVENT_DTYPE) for p in pieces]
 
 
 def cut_recording(
     recording: Recording, *, chunk_events: int = DEFAULT_CHUNK_EVENTS
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Read one recording and its labels; return (windows WINDOW_DTYPE [12], samples)."""
+    """Read one recording and its labels; return (windows WINDOW_DTYPE [rows], samples)."""
     windows = read_labels(recording.labels)
     samples = cut_chunks(iter_events(recording.aedat, chunk_events=chunk_events), windows)
     return windows, samples
+
+
+def cut_recording_columns(
+    recording: Recording, *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """`cut_recording` in the form the event cache stores: (windows, lengths int64 [rows],
+    {"t", "x", "y", "p"} columns of all samples concatenated in row order). Cuts the undecoded
+    words and decodes only the events that land in a sample."""
+    windows = read_labels(recording.labels)
+    t_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
+    d_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
+    for t, data in iter_words(recording.aedat, chunk_events=chunk_events):
+        for i, sel in _selectors(t, windows):
+            t_pieces[i].append(t[sel])
+            d_pieces[i].append(data[sel])
+    lengths = np.array([sum(len(p) for p in pieces) for pieces in t_pieces], dtype=np.int64)
+    t_all = [p for pieces in t_pieces for p in pieces]
+    d_all = [p for pieces in d_pieces for p in pieces]
+    t = np.concatenate(t_all) if t_all else np.empty(0, np.int64)
+    data = np.concatenate(d_all) if d_all else np.empty(0, np.uint32)
+    x, y, p = unpack_data(data)
+    return windows, lengths, {"t": t, "x": x, "y": y, "p": p}

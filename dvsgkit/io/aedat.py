@@ -134,35 +134,35 @@ def _polarity_packets(mm: mmap.mmap, start: int, path: Path) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _decode(raw: np.ndarray, overflow: np.ndarray) -> np.ndarray:
-    """Decode [n, 2] uint32 (data, timestamp) words into EVENT_DTYPE, dropping events whose
-    valid bit is 0. `overflow` is each event's eventTSOverflow (int64 [n]) or a scalar."""
-    data = raw[:, 0]
-    valid = (data & 1).astype(bool)
-    if not valid.all():
-        raw, data = raw[valid], data[valid]
-        if np.ndim(overflow):
-            overflow = overflow[valid]
-    out = np.empty(len(raw), dtype=EVENT_DTYPE)
-    t = raw[:, 1].astype(np.int64)
-    if np.any(overflow):
-        t |= np.asarray(overflow, dtype=np.int64) << 31
+def unpack_data(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Polarity data words (uint32) -> x uint16, y uint16, p uint8."""
+    tmp = np.right_shift(data, _X_SHIFT)
+    x = np.bitwise_and(tmp, _XY_MASK, out=tmp).astype(np.uint16)
+    tmp = np.right_shift(data, _Y_SHIFT, out=tmp)
+    y = np.bitwise_and(tmp, _XY_MASK, out=tmp).astype(np.uint16)
+    tmp = np.right_shift(data, _P_SHIFT, out=tmp)
+    p = np.bitwise_and(tmp, 1, out=tmp).astype(np.uint8)
+    return x, y, p
+
+
+def decode_words(t: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """(t int64, data uint32) as yielded by `iter_words` -> EVENT_DTYPE [n]."""
+    out = np.empty(len(t), dtype=EVENT_DTYPE)
     out["t"] = t
-    out["x"] = (data >> _X_SHIFT) & _XY_MASK
-    out["y"] = (data >> _Y_SHIFT) & _XY_MASK
-    out["p"] = (data >> _P_SHIFT) & 1
+    out["x"], out["y"], out["p"] = unpack_data(data)
     return out
 
 
-def iter_events(
+def iter_words(
     path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
-) -> Iterator[np.ndarray]:
-    """Yield the file's polarity events in file order as EVENT_DTYPE chunks of at most about
-    `chunk_events` events (a packet is never split). Memory stays bounded whatever the file size:
-    the file is memory-mapped and decoded one chunk at a time.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The polarity events of an AEDAT 3.x file in file order, as chunks of (t int64 µs [n],
+    data uint32 [n]) of at most about `chunk_events` events (a packet is never split): the
+    undecoded form, cheapest to cut (see `unpack_data`). Memory stays bounded whatever the file
+    size: the file is memory-mapped and decoded one chunk at a time.
 
     Each polarity packet contributes its first `eventNumber` slots (slots beyond it are unused
-    capacity), minus the events whose valid bit is 0. Timestamps are int64 microseconds,
+    capacity), minus the events whose valid bit is 0. Timestamps are
     `timestamp | eventTSOverflow << 31`. Raises AedatError (file + byte offset) on bad input.
     """
     if chunk_events < 1:
@@ -177,6 +177,14 @@ def iter_events(
             yield from _decode_packets(mm, packets, chunk_events)
 
 
+def iter_events(
+    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+) -> Iterator[np.ndarray]:
+    """`iter_words`, decoded: EVENT_DTYPE chunks in file order."""
+    for t, data in iter_words(path, chunk_events=chunk_events):
+        yield decode_words(t, data)
+
+
 def _groups(numbers: np.ndarray, chunk_events: int) -> Iterator[slice]:
     """Consecutive packet ranges holding about chunk_events events each (at least one packet)."""
     start, acc = 0, 0
@@ -189,7 +197,9 @@ def _groups(numbers: np.ndarray, chunk_events: int) -> Iterator[slice]:
         yield slice(start, len(numbers))
 
 
-def _decode_packets(mm: mmap.mmap, packets: np.ndarray, chunk_events: int) -> Iterator[np.ndarray]:
+def _decode_packets(
+    mm: mmap.mmap, packets: np.ndarray, chunk_events: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     parts: list[np.ndarray] = []
     try:
         for group in _groups(packets[:, 1], chunk_events):
@@ -201,8 +211,17 @@ def _decode_packets(mm: mmap.mmap, packets: np.ndarray, chunk_events: int) -> It
             ]
             raw = np.concatenate(parts).reshape(-1, 2)  # [n, (data, timestamp)]
             parts = []
-            overflow = np.repeat(overflows, numbers) if overflows.any() else 0
-            yield _decode(raw, overflow)
+            data = raw[:, 0]
+            overflow = np.repeat(overflows, numbers) if overflows.any() else None
+            # AND over all words has bit 0 set iff every event is valid: one pass, no temporary.
+            if not np.bitwise_and.reduce(data) & 1:
+                valid = (data & 1).astype(bool)
+                raw, data = raw[valid], data[valid]
+                overflow = overflow[valid] if overflow is not None else None
+            t = raw[:, 1].astype(np.int64)
+            if overflow is not None:
+                t |= overflow << 31
+            yield t, np.ascontiguousarray(data)
     finally:
         parts = []  # release the views so that the map can close
 

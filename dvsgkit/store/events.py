@@ -25,7 +25,8 @@ from dvsgkit.constants import (
     SPLITS,
     TRIALS_FILES,
 )
-from dvsgkit.samples import Recording, cut_recording, dataset_dir, list_recordings
+from dvsgkit.io.aedat import AedatError
+from dvsgkit.samples import Recording, cut_recording_columns, dataset_dir, list_recordings
 
 LAYOUT = "dvsgkit.events"
 LAYOUT_VERSION = 1
@@ -33,9 +34,10 @@ CACHE_NAME = "events.h5"
 FIELDS = ("t", "x", "y", "p")
 # 256 Ki events per chunk: a 360 k-event sample spans 2-3 chunks; t chunks are 2 MiB raw.
 CHUNK_EVENTS = 1 << 18
-# Byte shuffle + LZF: ~6x faster to write than gzip level 1 for ~10 % more bytes (measured, see
-# the README). LZF ships with h5py; other HDF5 readers need the LZF filter plugin (id 32000).
-FILTERS: dict[str, Any] = {"compression": "lzf", "shuffle": True}
+# HDF5's built-in scale-offset filter, lossless for integers (minimum bits per chunk): every HDF5
+# reader decodes it without a plugin, and it writes ~3x faster than shuffle + LZF and ~5x faster
+# than shuffle + gzip level 1, for ~5 bytes per event (LZF ~3.8, gzip ~2.9; .aedat: 8).
+FILTERS: dict[str, Any] = {"scaleoffset": 0}
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
 
 
@@ -84,15 +86,22 @@ def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
 
 def _process(recording: Recording) -> dict[str, Any]:
     """Worker: cut one recording; return its samples as concatenated columns + bookkeeping."""
-    windows, samples = cut_recording(recording)
-    lengths = np.array([len(s) for s in samples], dtype=np.int64)
-    events = np.concatenate(samples) if samples else np.empty(0, EVENT_DTYPE)
-    del samples
+    windows, lengths, columns = cut_recording_columns(recording)
+    height, width = SENSOR_SIZE
+    if (
+        len(lengths)
+        and lengths.sum()
+        and (columns["x"].max() >= width or columns["y"].max() >= height)
+    ):
+        raise AedatError(
+            f"{recording.aedat}: events with x up to {columns['x'].max()} and y up to "
+            f"{columns['y'].max()} do not fit the {width}x{height} sensor; not a DVS128 recording"
+        )
     return {
         "recording": recording,
         "windows": windows,
         "lengths": lengths,
-        "columns": {name: np.ascontiguousarray(events[name]) for name in FIELDS},
+        "columns": columns,
         "md5": {
             recording.aedat.name: _md5(recording.aedat),
             recording.labels.name: _md5(recording.labels),
@@ -160,27 +169,35 @@ class _SplitWriter:
         self.labels.append(windows["label"])
         self.rows.append(windows["row"])
         self.trials += [result["recording"].trial] * len(windows)
-        for name in FIELDS:
-            self.pending[name] = np.concatenate([self.pending[name], result["columns"][name]])
-        self._flush(whole_chunks=True)
+        self._append(result["columns"])
 
-    def _flush(self, whole_chunks: bool) -> None:
-        n = len(self.pending["t"])
-        if whole_chunks:
-            n -= n % CHUNK_EVENTS
-        if n == 0:
+    def _append(self, columns: dict[str, np.ndarray]) -> None:
+        held, new = len(self.pending["t"]), len(columns["t"])
+        if held + new < CHUNK_EVENTS:
+            for name in FIELDS:
+                self.pending[name] = np.concatenate([self.pending[name], columns[name]])
             return
+        head = CHUNK_EVENTS - held  # new events that complete the held chunk
+        whole = (new - head) // CHUNK_EVENTS * CHUNK_EVENTS  # then whole chunks straight from new
         for name in FIELDS:
-            dset = self.group[name]
-            dset.resize((self.size + n,))
-            dset[self.size : self.size + n] = self.pending[name][:n]
-            self.pending[name] = self.pending[name][n:].copy()
-        self.size += n
+            dset, col = self.group[name], columns[name]
+            dset.resize((self.size + CHUNK_EVENTS + whole,))
+            dset[self.size : self.size + CHUNK_EVENTS] = np.concatenate(
+                [self.pending[name], col[:head]]
+            )
+            if whole:
+                dset[self.size + CHUNK_EVENTS :] = col[head : head + whole]
+            self.pending[name] = col[head + whole :].copy()
+        self.size += CHUNK_EVENTS + whole
 
     def finish(self) -> None:
         import h5py
 
-        self._flush(whole_chunks=False)
+        n = len(self.pending["t"])  # the last, partial chunk
+        for name in FIELDS:
+            self.group[name].resize((self.size + n,))
+            self.group[name][self.size :] = self.pending[name]
+        self.size += n
         lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if offsets[-1] != self.size:  # internal consistency, cheap to check, fatal if wrong
