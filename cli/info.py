@@ -1,0 +1,26 @@
+"""`dvsgkit info PATH`: summarise an event cache or a frame store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dvsgkit_cli.common import user_errors
+
+
+@click.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(path: Path, as_json: bool) -> None:
+    """Summarise PATH (ROOT/events.h5 or a ROOT/frames_*.zarr store): samples per split and
+    class, T, dtype, size on disk, provenance, and whether it is complete. Exits 1 when the
+    store is incomplete."""
+    from dvsgkit.store.info import format_summary, summarize
+
+    with user_errors():
+        summary = summarize(path)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    if not summary["complete"]:
+        raise SystemExit(1)

@@ -1,0 +1,154 @@
+"""Summaries of an event cache (events.h5) or a frame store (.zarr) for `dvsgkit info`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SPLITS
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum((Path(d) / f).stat().st_size for d, _, files in os.walk(path) for f in files)
+
+
+def summarize(path: Path) -> dict[str, Any]:
+    """What `path` holds: kind "events" or "frames", splits with samples per class, dtype, size
+    on disk, provenance and completeness. ValueError / FileNotFoundError name the path."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; give an events.h5 or a frames_*.zarr path")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(8) != HDF5_SIGNATURE:
+                raise ValueError(f"{path} is neither an HDF5 event cache nor a Zarr frame store")
+        return _summarize_events(path)
+    if (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
+        return _summarize_frames(path)
+    raise ValueError(f"{path} is a folder but not a Zarr group (no .zgroup or zarr.json)")
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(labels.astype(np.int64), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return dict(zip(CLASS_NAMES, counts.tolist(), strict=True))
+
+
+def _summarize_events(path: Path) -> dict[str, Any]:
+    from dvsgkit.store.events import EventCache
+    from dvsgkit.store.frames import read_events_index
+
+    out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
+    try:
+        read_events_index(path)  # the layout checks a frame build relies on
+        with EventCache(path) as cache:
+            attrs = cache.attrs
+            out["splits"] = {
+                split: {
+                    "samples": cache.num_samples(split),
+                    "events": int(cache.offsets(split)[-1]),
+                    "classes": _class_counts(cache.labels(split)),
+                }
+                for split in SPLITS
+            }
+            sources = json.loads(attrs.get("sources", "[]"))
+            out["provenance"] = {
+                "layout_version": attrs.get("layout_version"),
+                "dvsgkit_version": attrs.get("dvsgkit_version"),
+                "checksum": cache.checksum(),
+                "sources": len(sources),
+                "source_bytes": sum(int(s.get("bytes", 0)) for s in sources),
+            }
+        # build_event_cache renames the file into place only once it is whole.
+        out["complete"] = True
+    except (ValueError, KeyError, OSError) as exc:
+        out["complete"] = False
+        out["problem"] = str(exc)
+    return out
+
+
+def _summarize_frames(path: Path) -> dict[str, Any]:
+    import zarr
+
+    from dvsgkit.store.frames import LAYOUT
+
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("layout") != LAYOUT:
+        raise ValueError(f"{path} is a Zarr group but not a dvsgkit frame store")
+    out: dict[str, Any] = {
+        "path": str(path),
+        "kind": "frames",
+        "bytes": size_on_disk(path),
+        "T": attrs.get("T"),
+        "split_by": attrs.get("split_by"),
+        "zarr_format": group.metadata.zarr_format,
+        "splits": {},
+        "provenance": {
+            "layout_version": attrs.get("layout_version"),
+            "dvsgkit_version": attrs.get("dvsgkit_version"),
+            "events": attrs.get("events"),
+            "build_id": attrs.get("build_id"),
+        },
+    }
+    problems = []
+    for split in SPLITS:
+        if split not in group or not {"frames", "labels"} <= set(group[split].keys()):
+            problems.append(f"split '{split}' missing")
+            continue
+        frames, labels = group[split]["frames"], group[split]["labels"][:]
+        out["splits"][split] = {
+            "samples": int(frames.shape[0]),
+            "shape": list(frames.shape),
+            "dtype": str(frames.dtype),
+            "max_count": group[split].attrs.get("max_count"),
+            "bytes": size_on_disk(path / split),
+            "raw_bytes": int(frames.nbytes),
+            "classes": _class_counts(labels),
+        }
+    if attrs.get("complete") is not True:
+        problems.append("not marked complete (an interrupted or foreign build)")
+    out["complete"] = not problems
+    if problems:
+        out["problem"] = "; ".join(problems)
+    return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    """The summary as aligned text lines."""
+    lines = [f"{info['path']}: {'event cache' if info['kind'] == 'events' else 'frame store'}"]
+    lines.append(f"  complete        {'yes' if info['complete'] else 'NO: ' + info['problem']}")
+    lines.append(f"  size on disk    {_mb(info['bytes'])}")
+    if info["kind"] == "frames":
+        lines.append(f"  T               {info['T']} (split_by {info['split_by']})")
+        lines.append(f"  zarr format     {info['zarr_format']}")
+    for split, s in info.get("splits", {}).items():
+        if info["kind"] == "events":
+            head = f"{s['samples']} samples, {s['events']:,} events"
+        else:
+            ratio = s["raw_bytes"] / max(s["bytes"], 1)
+            head = (
+                f"{s['samples']} samples, {s['dtype']} {s['shape']}, max count "
+                f"{s['max_count']}, {_mb(s['bytes'])} ({ratio:.1f}x compressed)"
+            )
+        lines.append(f"  {split:<15} {head}")
+        per_class = ", ".join(f"{n}" for n in s["classes"].values())
+        lines.append(f"  {'':<15} per class (0..10): {per_class}")
+    prov = info.get("provenance", {})
+    for key, value in prov.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        lines.append(f"  {key:<15} {value}")
+    return "\n".join(lines)

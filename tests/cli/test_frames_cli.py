@@ -1,0 +1,125 @@
+"""`dvsgkit frames` and `dvsgkit info` through click's CliRunner, good input and bad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from dvsgkit.store.events import build_event_cache
+from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    write_synthetic_dataset(root, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
+    return root
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_frames_builds_events_then_store_and_reruns_as_noop(recordings: Path) -> None:
+    root = str(recordings)
+    code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
+    path = recordings / "frames_number_6_split_by_time.zarr"
+    assert code == 0, out
+    assert f"wrote {path}: 12 train + 12 test samples, T=6, split_by=time, uint8" in out
+    assert (recordings / "events.h5").is_file()
+    code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
+    assert code == 0 and f"{path} is up to date" in out
+    code, out = run(
+        "frames", "--root", root, "-T", "3", "--zarr-format", "3", "--workers", "1", "--no-progress"
+    )
+    assert (
+        code == 0
+        and zarr.open_group(
+            recordings / "frames_number_3_split_by_number.zarr"
+        ).metadata.zarr_format
+        == 3
+    )
+
+    code, out = run("info", str(path))
+    assert code == 0, out
+    assert "frame store" in out and "complete        yes" in out and "T               6" in out
+    assert "12 samples, uint8 [12, 6, 2, 128, 128]" in out
+    code, out = run("info", "--json", str(path))
+    summary = json.loads(out)
+    assert summary["complete"] and summary["splits"]["train"]["samples"] == 12
+    assert sum(summary["splits"]["test"]["classes"].values()) == 12
+    code, out = run("info", str(recordings / "events.h5"))
+    assert code == 0 and "event cache" in out and "checksum" in out
+    assert summary["provenance"]["events"]["checksum"] in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-T", "0"], "0 is not in the range x>=1"),
+        (["-T", "-2"], "-2 is not in the range"),
+        (["--split-by", "space"], "'space' is not one of 'number', 'time'"),
+        (["--zarr-format", "4"], "'4' is not one of '2', '3'"),
+    ],
+)
+def test_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    code, out = run("frames", "--root", str(tmp_path), *args)
+    assert code == 2 and message in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_event_cache_without_recordings(tmp_path: Path) -> None:
+    code, out = run("frames", "--root", str(tmp_path), "--no-progress")
+    assert code == 1 and "Traceback" not in out
+    assert f"{tmp_path / 'extract' / 'DvsGesture'} not found" in out
+
+
+def test_corrupted_event_cache_is_named_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "events.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 500)
+    code, out = run("frames", "--root", str(tmp_path), "--no-progress")
+    assert code == 1 and f"{tmp_path / 'events.h5'} is not a readable HDF5 event cache" in out
+    assert (tmp_path / "events.h5").read_bytes()[8:] == b"\0" * 500
+    code, out = run("info", str(tmp_path / "events.h5"))
+    assert code == 1 and "complete        NO" in out
+
+
+def test_store_of_another_configuration_is_not_overwritten(
+    recordings: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    assert (
+        run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0] == 0
+    )
+    two, four = (tmp_path / f"frames_number_{t}_split_by_number.zarr" for t in (2, 4))
+    two.rename(four)
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    assert code == 1 and f"{four} holds a frame store of another configuration (T=2" in out
+    assert zarr.open_group(four, mode="r").attrs["T"] == 2
+
+
+def test_info_reports_a_store_missing_a_split(recordings: Path, tmp_path: Path) -> None:
+    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    assert (
+        run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0] == 0
+    )
+    path = tmp_path / "frames_number_2_split_by_number.zarr"
+    del zarr.open_group(path, mode="r+")["test"]
+    code, out = run("info", str(path))
+    assert code == 1 and "NO: split 'test' missing" in out
+
+
+@pytest.mark.parametrize("kind", ["missing", "text file", "plain folder"])
+def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "thing"
+    if kind == "text file":
+        path.write_text("hello")
+    elif kind == "plain folder":
+        path.mkdir()
+    code, out = run("info", str(path))
+    assert code == 1 and str(path) in out and "Traceback" not in out
