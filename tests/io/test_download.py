@@ -86,8 +86,8 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
             if name in mirror.drop_after:
                 body = body[: mirror.drop_after.pop(name)]
                 self.close_connection = True
-            self.wfile.write(body)
-            mirror.body_bytes_sent += len(body)
+            mirror.body_bytes_sent += len(body)  # counted first: the client may finish before
+            self.wfile.write(body)  # this thread runs again
 
     return Handler
 
