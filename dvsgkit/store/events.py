@@ -149,15 +149,6 @@ class _SplitWriter:
         self.group = group
         self.size = 0  # events written to the datasets
         self.pending = {name: np.empty(0, EVENT_DTYPE[name]) for name in FIELDS}
-        for name in FIELDS:
-            group.create_dataset(
-                name,
-                shape=(0,),
-                maxshape=(None,),
-                dtype=EVENT_DTYPE[name],
-                chunks=(CHUNK_EVENTS,),
-                **FILTERS,
-            )
         self.lengths: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
@@ -177,6 +168,8 @@ class _SplitWriter:
             for name in FIELDS:
                 self.pending[name] = np.concatenate([self.pending[name], columns[name]])
             return
+        if self.size == 0:
+            self._create(CHUNK_EVENTS)
         head = CHUNK_EVENTS - held  # new events that complete the held chunk
         whole = (new - head) // CHUNK_EVENTS * CHUNK_EVENTS  # then whole chunks straight from new
         for name in FIELDS:
@@ -190,10 +183,25 @@ class _SplitWriter:
             self.pending[name] = col[head + whole :].copy()
         self.size += CHUNK_EVENTS + whole
 
+    def _create(self, chunk: int) -> None:
+        for name in FIELDS:
+            self.group.create_dataset(
+                name,
+                shape=(0,),
+                maxshape=(None,),
+                dtype=EVENT_DTYPE[name],
+                chunks=(chunk,),
+                **FILTERS,
+            )
+
     def finish(self) -> None:
         import h5py
 
         n = len(self.pending["t"])  # the last, partial chunk
+        if self.size == 0:
+            # A split smaller than a chunk gets one chunk of its size: scale-offset would store
+            # the padding of a larger chunk at the full width of the timestamps.
+            self._create(max(n, 1))
         for name in FIELDS:
             self.group[name].resize((self.size + n,))
             self.group[name][self.size :] = self.pending[name]
@@ -234,8 +242,12 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
             f"{folder} not found; run 'dvsgkit download' (the real dataset) or 'dvsgkit synth' "
             "(a synthetic one) first"
         )
-    recordings = [rec for split in SPLITS for rec in list_recordings(folder, split)]
     out = event_cache_path(root)
+    try:
+        recordings = [rec for split in SPLITS for rec in list_recordings(folder, split)]
+    except (OSError, ValueError):
+        out.unlink(missing_ok=True)  # its sources are broken: it cannot be up to date
+        raise
     if out.exists():
         if _up_to_date(out, folder, recordings):
             return out

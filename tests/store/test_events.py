@@ -1,0 +1,219 @@
+"""events.h5: layout, equality with the cutting rule, atomicity, up-to-date checks, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dvsgkit import __version__
+from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
+from dvsgkit.io.aedat import AedatError
+from dvsgkit.samples import cut_recording, dataset_dir, list_recordings
+from dvsgkit.store import events as store
+from dvsgkit.store.events import EventCache, build_event_cache, event_cache_path
+from dvsgkit.synth import write_synthetic_dataset
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    write_synthetic_dataset(tmp_path, seed=1, train_trials=2, test_trials=1, events_per_sample=800)
+    return tmp_path
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("events"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cache_holds_exactly_the_cut_samples(root: Path, workers: int) -> None:
+    path = build_event_cache(root, workers=workers, progress=False)
+    assert path == event_cache_path(root) == root / "events.h5"
+    with EventCache(path) as cache:
+        for split in SPLITS:
+            recs = list_recordings(dataset_dir(root), split)
+            want, labels, trials, rows = [], [], [], []
+            for rec in recs:
+                windows, samples = cut_recording(rec)
+                want += samples
+                labels += windows["label"].tolist()
+                trials += [rec.trial] * len(windows)
+                rows += windows["row"].tolist()
+            assert cache.num_samples(split) == len(want) == 12 * len(recs)
+            assert cache.labels(split).tolist() == labels
+            assert cache.trials(split) == trials
+            assert cache.rows(split).tolist() == rows
+            offsets = cache.offsets(split)
+            assert offsets.dtype == np.int64 and offsets[0] == 0
+            assert np.diff(offsets).tolist() == [len(s) for s in want]
+            for i, sample in enumerate(want):
+                got = cache.sample(split, i)
+                assert got.dtype == EVENT_DTYPE
+                np.testing.assert_array_equal(got, sample)
+        np.testing.assert_array_equal(cache.sample("test", -1), want[-1])
+        with pytest.raises(IndexError, match="sample 12 out of range"):
+            cache.sample("test", 12)
+        with pytest.raises(ValueError, match="split must be one of"):
+            cache.labels("val")
+
+
+def test_layout_readable_with_plain_h5py(root: Path) -> None:
+    path = build_event_cache(root, progress=False)
+    aedat_bytes = sum(p.stat().st_size for p in dataset_dir(root).glob("*.aedat"))
+    assert path.stat().st_size < aedat_bytes
+    with h5py.File(path, "r") as f:
+        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 1
+        assert f.attrs["dvsgkit_version"] == __version__
+        assert f.attrs["sensor_size"].tolist() == [128, 128]
+        assert list(f.attrs["class_names"]) == list(CLASS_NAMES)
+        sources = json.loads(f.attrs["sources"])
+        names = [s["name"] for s in sources]
+        assert names[:2] == ["trials_to_train.txt", "trials_to_test.txt"]
+        assert "user01_fluorescent.aedat" in names and "user24_fluorescent_labels.csv" in names
+        for s in sources:
+            assert s["bytes"] == (dataset_dir(root) / s["name"]).stat().st_size
+            assert len(s["md5"]) == 32
+        for split in SPLITS:
+            g = f[split]
+            types = {k: g[k].dtype for k in ("t", "x", "y", "p", "offsets", "labels", "row")}
+            assert types == {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.uint8,
+                             "offsets": np.int64, "labels": np.uint8, "row": np.int32}  # fmt: skip
+            assert g["t"].compression is None and g["t"].scaleoffset == 0  # built-in filter
+            assert len(g["offsets"]) == len(g["labels"]) + 1 == len(g["trial"]) + 1
+            assert g["offsets"][-1] == len(g["t"]) == len(g["p"])
+            a, b = g["offsets"][3:5]
+            assert np.all(g["t"][a:b] >= 0) and g["trial"][3].decode().startswith("user")
+
+
+def test_up_to_date_cache_is_a_no_op_and_changes_rebuild(root: Path) -> None:
+    path = build_event_cache(root, progress=False)
+    stamp = path.stat().st_mtime_ns
+    with EventCache(path) as cache:
+        checksum = cache.checksum()
+    assert build_event_cache(root, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp
+    # A regenerated dataset (other seed, same sizes or not) is noticed and rebuilt.
+    write_synthetic_dataset(root, seed=2, train_trials=2, test_trials=1, events_per_sample=800)
+    build_event_cache(root, progress=False)
+    assert path.stat().st_mtime_ns != stamp
+    with EventCache(path) as cache:
+        assert cache.checksum() != checksum
+        assert len(cache.checksum()) == 64
+
+
+def test_checksum_is_stable_across_rebuilds(root: Path) -> None:
+    path = build_event_cache(root, progress=False)
+    with EventCache(path) as cache:
+        first = cache.checksum()
+    path.unlink()
+    build_event_cache(root, workers=1, progress=False)
+    with EventCache(path) as cache:
+        assert cache.checksum() == first
+        assert cache.attrs["layout"] == "dvsgkit.events"
+        assert isinstance(cache.attrs["sources"], str)
+
+
+def corrupt_aedat(folder: Path) -> str:
+    path = folder / "user01_fluorescent_led.aedat"
+    path.write_bytes(path.read_bytes()[:-5])
+    return r"user01_fluorescent_led.aedat: packet at byte \d+ declares"
+
+
+def corrupt_labels(folder: Path) -> str:
+    path = folder / "user24_fluorescent_labels.csv"
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\r\n13,1,2\r\n", 1))
+    return r"user24_fluorescent_labels.csv, line 2 \(data row 0\): class 13"
+
+
+def missing_recording(folder: Path) -> str:
+    (folder / "user01_fluorescent.aedat").unlink()
+    return r"trials_to_train.txt names 'user01_fluorescent.aedat'"
+
+
+def missing_labels(folder: Path) -> str:
+    (folder / "user24_fluorescent_labels.csv").unlink()
+    return r"user24_fluorescent_labels.csv does not exist"
+
+
+def bad_header(folder: Path) -> str:
+    path = folder / "user24_fluorescent.aedat"
+    path.write_bytes(path.read_bytes().replace(b"#!END-HEADER", b"#!END-HEADEX"))
+    return r"user24_fluorescent.aedat: no #!END-HEADER line"
+
+
+@pytest.mark.parametrize(
+    "corrupt", [corrupt_aedat, corrupt_labels, missing_recording, missing_labels, bad_header]
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_input_raises_named_error_and_leaves_no_cache(
+    root: Path, corrupt: object, workers: int
+) -> None:
+    build_event_cache(root, progress=False)  # a cache of the good files exists
+    match = corrupt(dataset_dir(root))  # type: ignore[operator]
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        build_event_cache(root, workers=workers, progress=False)
+    assert leftovers(root) == []  # the stale cache went too
+
+
+def test_interrupt_leaves_nothing_and_next_run_starts_clean(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = store._process
+
+    def interrupted(rec: object) -> dict:
+        calls.append(rec)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(rec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_process", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_event_cache(root, workers=1, progress=False)
+    assert leftovers(root) == []
+    monkeypatch.setattr(store, "_process", real)
+    (root / "events.h5.partial").write_bytes(b"left by a killed run")
+    build_event_cache(root, progress=False)
+    assert leftovers(root) == ["events.h5"]
+
+
+def test_events_outside_the_sensor_are_rejected(root: Path) -> None:
+    from dvsgkit.io.aedat import read_events, write_aedat
+
+    path = dataset_dir(root) / "user01_fluorescent.aedat"
+    ev = read_events(path)
+    ev["x"][len(ev) // 2] = 300
+    write_aedat(path, ev)
+    with pytest.raises(AedatError, match="x up to 300 .* do not fit the 128x128 sensor"):
+        build_event_cache(root, workers=1, progress=False)
+    assert leftovers(root) == []
+
+
+def test_missing_dataset_and_bad_caches(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run 'dvsgkit download'.*'dvsgkit synth'"):
+        build_event_cache(tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="run 'dvsgkit events' first"):
+        EventCache(tmp_path / "events.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["layout"] = "something.else"
+    with pytest.raises(ValueError, match="not a dvsgkit event cache"):
+        EventCache(tmp_path / "other.h5")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        build_event_cache(tmp_path, workers=0)
+
+
+def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recordings straddle HDF5 chunks; a tiny chunk size exercises every append branch."""
+    monkeypatch.setattr(store, "CHUNK_EVENTS", 1000)
+    path = build_event_cache(root, workers=1, progress=False)
+    rec = list_recordings(dataset_dir(root), "train")[1]
+    _, samples = cut_recording(rec)
+    with EventCache(path) as cache, h5py.File(path, "r") as f:
+        assert f["train/t"].chunks == (1000,)
+        for k, sample in enumerate(samples):
+            np.testing.assert_array_equal(cache.sample("train", 12 + k), sample)
+    assert os.path.exists(path)
