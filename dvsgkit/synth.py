@@ -27,9 +27,10 @@ FIRST_TEST_USER = 24  # the real test split holds users 24..29
 MARKER = "SYNTHETIC.txt"  # marks a folder this module may replace
 ROW_CLASSES = (*range(1, NUM_CLASSES + 1), 8)  # 12 rows per recording: arm roll (8) twice
 NOISE_FRACTION = 0.1  # share of a window's events that are uniform background noise
+POLARITY_FLIP = 0.15  # share of gesture events whose polarity disagrees with the motion
 IDLE_DENSITY = 0.2  # events per microsecond outside the windows, relative to inside
 CHUNK_EVENTS = 1 << 20  # generation chunk: memory stays bounded at any events_per_sample
-# Per class: cycles of the movement per window (direction in time is what tells cw from ccw).
+# Per class: cycles of the movement per labelled window.
 CYCLES = (4, 5, 5, 3, 3, 3, 3, 6, 4, 5, 8)
 
 
@@ -50,8 +51,8 @@ def _path(label: int, theta: np.ndarray, blob: np.ndarray, jitter: np.ndarray) -
     `theta` (radians); `blob` (0/1) picks one of two hands; `jitter` shifts the whole gesture."""
     s, c = np.sin(theta), np.cos(theta)
     side = np.where(blob == 0, -1.0, 1.0)
-    if label == 0:  # hand clapping: two hands meet in the middle and part
-        x, y = 64 + side * (8 + 16 * (1 + c) / 2), np.full_like(theta, 64.0)
+    if label == 0:  # hand clapping: two hands meet in the middle and part, chest high
+        x, y = 64 + side * (8 + 16 * (1 + c) / 2), np.full_like(theta, 52.0)
     elif label in (1, 2):  # right / left hand wave: side to side, high up
         x, y = (88.0 if label == 1 else 40.0) + 18 * s, 38 + 4 * c
     elif label in (3, 4, 5, 6):  # right / left arm, clockwise / counter-clockwise circles
@@ -59,9 +60,9 @@ def _path(label: int, theta: np.ndarray, blob: np.ndarray, jitter: np.ndarray) -
         sense = 1.0 if label in (3, 5) else -1.0  # y points down: +theta turns clockwise
         x, y = cx + 22 * c, 64 + 22 * sense * s
     elif label == 7:  # arm roll: two hands circling each other in front of the body
-        x, y = 64 + side * 10 * c, 74 + side * 10 * s
+        x, y = 64 + side * 10 * c, 82 + side * 10 * s
     elif label == 8:  # air drums: two hands beating up and down in turn, low
-        x, y = 64 + side * 22, 92 + side * 12 * s
+        x, y = 64 + side * 30, 96 + side * 12 * s
     elif label == 9:  # air guitar: one hand strums a diagonal, the other holds the neck
         x = np.where(blob == 0, 36.0, 76 + 12 * s)
         y = np.where(blob == 0, 58.0, 86 + 12 * s)
@@ -94,10 +95,13 @@ def _window_events(
             blob = rng.integers(0, 2, m)
             centre = _path(label, theta, blob, jitter)
             velocity = _path(label, theta + 1e-2, blob, jitter) - centre
-            offset = rng.normal(0, sigma, (2, m))
-            xy = centre + offset
-            # Like a real DVS: the leading edge of a moving bright hand turns ON, the trailing OFF.
-            p = (offset * velocity).sum(axis=0) > 0
+            xy = centre + rng.normal(0, sigma, (2, m))
+            # Polarity follows the direction of motion (ON while the hand moves right or up on
+            # the sensor, mostly), so that the rotation sense shows in a single frame even at
+            # low resolution; a real DVS gives ON at the leading edge, which is subtler.
+            toward = velocity[0] - velocity[1]  # y points down: up is -y
+            p = (toward > 0) ^ (rng.random(m) < POLARITY_FLIP)
+            p[toward == 0] = rng.integers(0, 2, int((toward == 0).sum())).astype(bool)
             noisy = rng.random(m) < noise
         else:
             xy, p, noisy = np.empty((2, m)), np.zeros(m, bool), np.ones(m, bool)
