@@ -104,7 +104,7 @@ class Evaluation:
 def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
     its recipe: {"source", "epoch", "T", "split_by", "channels"} (T/split_by None when unknown)."""
-    from dvsgkit.model import GestureNet, from_spikingjelly
+    from dvsgkit.model import GestureNet
     from dvsgkit.train import is_dvsgkit_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -116,6 +116,8 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
         meta |= {"split_by": config["split_by"], "channels": config["channels"]}
     else:
+        from dvsgkit.model import from_spikingjelly
+
         net = from_spikingjelly(ckpt)
         meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
         meta |= {"split_by": None, "channels": net.channels}

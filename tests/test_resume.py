@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,26 +72,40 @@ def test_resume_is_bit_exact(frame_root: Path, tmp_path: Path) -> None:
     )
 
 
-def test_resume_from_a_corrupt_checkpoint_fails_and_changes_nothing(
-    frame_root: Path, tmp_path: Path
-) -> None:
-    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
+@pytest.fixture(scope="module")
+def one_epoch(frame_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path_factory.mktemp("runs")),
+                         epochs=1, **TINY)  # fmt: skip
     train(config)
-    run_dir = config.run_dir()
+    return config
+
+
+def test_resume_from_a_corrupt_checkpoint_fails_and_changes_nothing(
+    one_epoch: TrainConfig, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(one_epoch.run_dir(), run_dir)
     latest = run_dir / LATEST
     latest.write_bytes(latest.read_bytes()[:1000])  # a copy cut short
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        train(replace(config, epochs=2), resume=latest)
+        train(replace(one_epoch, epochs=2), resume=latest)
+    with pytest.raises(FileNotFoundError, match="nothing.pth not found"):
+        train(replace(one_epoch, epochs=2), resume=run_dir / "nothing.pth")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-def test_resume_with_other_channels_or_T_is_refused(frame_root: Path, tmp_path: Path) -> None:
-    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
-    train(config)
-    latest = config.run_dir() / LATEST
+def test_resume_with_other_channels_or_T_is_refused(one_epoch: TrainConfig) -> None:
+    latest = one_epoch.run_dir() / LATEST
     with pytest.raises(ValueError, match=r"channels=4 \(now 8\)"):
-        train(replace(config, epochs=2, channels=8), resume=latest)
+        train(replace(one_epoch, epochs=2, channels=8), resume=latest)
     with pytest.raises(ValueError, match=r"T=4 \(now 6\)"):
-        train(replace(config, epochs=2, T=6), resume=latest)
-    assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0]
+        train(replace(one_epoch, epochs=2, T=6), resume=latest)
+    assert [r["epoch"] for r in read_metrics(one_epoch.run_dir())] == [0]
+
+
+def test_starting_over_a_finished_run_is_refused(one_epoch: TrainConfig) -> None:
+    before = (one_epoch.run_dir() / LATEST).read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a run \(finished: epochs 0..0 of 1"):
+        train(one_epoch)
+    assert (one_epoch.run_dir() / LATEST).read_bytes() == before

@@ -1,0 +1,100 @@
+"""`dvsgkit train` under torchrun: 2 CPU processes with gloo split the data and agree on weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvsgkit.plots import read_metrics
+from dvsgkit.store.frames import build_frame_store
+from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit.train import BEST, LATEST, load_checkpoint
+
+# Runs in each torchrun process: records what the train loader served and the final weights,
+# then runs the real CLI command.
+WORKER = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import torch
+    import dvsgkit.train as tr
+    from dvsgkit_cli.main import cli
+
+    rank, out = int(os.environ["RANK"]), sys.argv[1]
+    seen, nets = [], []
+
+    class Recording:
+        def __init__(self, loader):
+            self.loader = loader
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+        def __len__(self):
+            return len(self.loader)
+        def __iter__(self):
+            epoch = []
+            seen.append(epoch)
+            for frames, labels in self.loader:
+                epoch += [hashlib.sha1(f.numpy().tobytes()).hexdigest() for f in frames]
+                yield frames, labels
+
+    make_loader = tr.make_loader
+    tr.make_loader = lambda store, split, *a, **k: (
+        Recording(make_loader(store, split, *a, **k)) if split == "train"
+        else make_loader(store, split, *a, **k)
+    )
+    GestureNet = tr.GestureNet
+    tr.GestureNet = lambda *a, **k: nets.append(GestureNet(*a, **k)) or nets[-1]
+    try:
+        cli(sys.argv[2:], standalone_mode=False)
+    finally:
+        json.dump(seen, open(f"{out}/seen{rank}.json", "w"))
+        torch.save(nets[0].state_dict(), f"{out}/net{rank}.pt")
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, seed=1, train_trials=2, test_trials=1, events_per_sample=2000)
+    build_frame_store(root, 4, "number", workers=1, progress=False)
+    (tmp_path / "worker.py").write_text(WORKER)
+    out_dir = tmp_path / "runs"
+    args = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "2", "-j", "0"]
+    args += ["--device", "cpu", "--root", str(root), "--out-dir", str(out_dir), "--no-progress"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(tmp_path / "worker.py"), str(tmp_path), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Each epoch: the 24 training samples split into two disjoint shares of 12 (3 batches of 4).
+    seen = [json.loads((tmp_path / f"seen{r}.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2
+    for epoch in range(2):
+        a, b = seen[0][epoch], seen[1][epoch]
+        assert len(a) == len(b) == 12 and not set(a) & set(b)
+    assert seen[0][0] != seen[0][1]  # reshuffled between epochs
+
+    # The ranks end with identical weights and BatchNorm statistics.
+    nets = [torch.load(tmp_path / f"net{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, value in nets[0].items():
+        assert torch.equal(value, nets[1][key]), key
+
+    # Rank 0 alone wrote the run: one metrics line per epoch, counting both ranks' samples.
+    run_dirs = list(out_dir.iterdir())
+    assert len(run_dirs) == 1
+    records = read_metrics(run_dirs[0])
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["train_samples"] == 24 and r["test_samples"] == 12 for r in records)
+    assert proc.stdout.count("epoch=1,") == 1
+    latest = load_checkpoint(run_dirs[0] / LATEST)
+    assert latest["world_size"] == 2 and len(latest["rng"]) == 2 and (run_dirs[0] / BEST).exists()
+    for key, value in latest["net"].items():
+        assert torch.equal(value, nets[0][key]), key
