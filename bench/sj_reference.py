@@ -1,0 +1,125 @@
+"""dvsgkit's LIF and networks against the real SpikingJelly 0.0.0.0.14 (the seed's own code).
+
+Needs SpikingJelly, which needs torchvision, so it runs in .venv-bench (or on the GPU machine
+with the wheel carried), not in CI:
+
+    .venv-bench/bin/python bench/sj_reference.py            # CPU: LIF + PythonNet
+    python3 bench/sj_reference.py                           # CUDA + CuPy: also CextNet
+
+Checks (each prints the largest difference; exit 1 if any fails):
+1. MultiStepLIFNode(backend='torch') == lif_multistep: spikes, input gradients.
+2. The seed's PythonNet, imported with from_spikingjelly: rates equal with SpikingJelly's output
+   group j at true label SPIKINGJELLY_LABEL_ORDER[j]; input gradients equal; in eval mode (both
+   dvsgkit modes) and in train mode (batch statistics + dropout masks from the same seed).
+3. With CUDA and CuPy: the seed's CextNet vs GestureNet(mode="layer", backend="cupy").
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+
+from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
+from dvsgkit.model import from_spikingjelly
+from dvsgkit.model.lif import lif_multistep
+
+try:  # the seed's example module imports SummaryWriter at import time; only that is missing
+    import torch.utils.tensorboard  # noqa: F401
+except ImportError:
+    stub = types.ModuleType("torch.utils.tensorboard")
+    stub.SummaryWriter = None
+    sys.modules["torch.utils.tensorboard"] = stub
+
+from spikingjelly.clock_driven import functional, neuron, surrogate  # noqa: E402
+from spikingjelly.clock_driven.examples import classify_dvsg  # noqa: E402
+
+FAILURES: list[str] = []
+
+
+def report(name: str, diff: float, tol: float) -> None:
+    ok = diff <= tol
+    print(f"{'ok ' if ok else 'BAD'} {name}: max |diff| {diff:.3g} (tolerance {tol:g})")
+    if not ok:
+        FAILURES.append(name)
+
+
+def check_lif() -> None:
+    for dtype in (torch.float64, torch.float32):
+        x = (torch.rand(16, 4, 300, dtype=dtype) * 3 - 0.5).requires_grad_(True)
+        grad = torch.randn_like(x)
+        node = neuron.MultiStepLIFNode(
+            tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True, backend="torch"
+        )
+        sj = node(x)
+        (sj_grad,) = torch.autograd.grad(sj, x, grad)
+        ours = lif_multistep(x)
+        (our_grad,) = torch.autograd.grad(ours, x, grad)
+        report(f"LIF spikes {dtype}", float((sj - ours).detach().abs().max()), 0.0)
+        report(f"LIF input grad {dtype}", float((sj_grad - our_grad).abs().max()), 1e-6)
+
+
+def seeded_like_trained(net: torch.nn.Module) -> None:
+    """Non-default BN statistics and louder fc layers, so every layer fires."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.03, 0.08)
+                m.running_mean.uniform_(-0.2, 0.0)
+                m.weight.uniform_(0.8, 1.2)
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.mul_(8)
+
+
+def compare(name: str, seed_net: torch.nn.Module, ours: torch.nn.Module, x: torch.Tensor) -> None:
+    outs, grads = [], []
+    for net in (seed_net, ours):
+        torch.manual_seed(7)  # same dropout masks in train mode
+        xi = x.clone().requires_grad_(True)
+        out = net(xi)
+        out.sum().backward()  # the sum is invariant to the label permutation
+        if net is seed_net:
+            functional.reset_net(net)
+        outs.append(out.detach())
+        grads.append(xi.grad)
+    sj_out, out = outs
+    assert sj_out.abs().sum() > 0, "the check needs a firing network"
+    reordered = torch.empty_like(sj_out)
+    reordered[:, list(SPIKINGJELLY_LABEL_ORDER)] = sj_out  # group j -> true label ORDER[j]
+    report(f"{name} rates (true label order)", float((reordered - out).abs().max()), 1e-6)
+    report(f"{name} input grad", float((grads[0] - grads[1]).abs().max()), 1e-5)
+
+
+def check_net(seed_cls: type, mode: str, backend: str, device: str, channels: int = 8) -> None:
+    torch.manual_seed(0)
+    seed_net = seed_cls(channels)
+    seeded_like_trained(seed_net)
+    seed_net = seed_net.to(device)
+    x = (torch.rand(2, 4, 2, 128, 128, device=device) < 0.3).float()  # [N, T, 2, H, W]
+    ours = from_spikingjelly(seed_net.state_dict(), mode=mode, backend=backend).to(device)
+    label = f"{seed_cls.__name__} vs {mode}/{backend} on {device}"
+    compare(f"{label}, eval", seed_net.eval(), ours.eval(), x)
+    # Train mode: PythonNet and step mode normalise each step over N, CextNet and layer mode
+    # over T*N; across those pairs only T = 1 makes the batch statistics the same.
+    same_kind = (seed_cls.__name__ == "PythonNet") == (mode == "step")
+    xt = x if same_kind else x[:, :1].contiguous()
+    compare(f"{label}, train T={xt.shape[1]}", seed_net.train(), ours.train(), xt)
+
+
+def main() -> int:
+    check_lif()
+    check_net(classify_dvsg.PythonNet, "step", "torch", "cpu")
+    check_net(classify_dvsg.PythonNet, "layer", "torch", "cpu")
+    if torch.cuda.is_available() and hasattr(classify_dvsg, "CextNet"):
+        check_net(classify_dvsg.CextNet, "layer", "cupy", "cuda")
+        check_net(classify_dvsg.CextNet, "layer", "torch", "cuda")
+    else:
+        print("skipped CextNet: needs CUDA and CuPy (the seed defines it only when CuPy imports)")
+    print("FAILED: " + ", ".join(FAILURES) if FAILURES else "all checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
