@@ -91,6 +91,8 @@ def kernel_ms(fn: LifFn, x: torch.Tensor, grad: torch.Tensor, names: tuple[str, 
     for evt in prof.key_averages():
         if any(n in evt.key for n in names):
             total_us += getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0))
+    if total_us == 0.0:  # the profiler saw no such kernel (CUPTI unavailable?): no number
+        return float("nan")
     return total_us / reps / 1e3
 
 

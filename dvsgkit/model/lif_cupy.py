@@ -251,7 +251,7 @@ def _cuda_versions() -> str:
         nvrtc = ".".join(map(str, cp.cuda.nvrtc.getVersion()))
         driver = cp.cuda.runtime.driverGetVersion()
         runtime = cp.cuda.runtime.runtimeGetVersion()
-    except (cp.cuda.nvrtc.NVRTCError, cp.cuda.runtime.CUDARuntimeError) as exc:
+    except (RuntimeError, OSError) as exc:  # NVRTCError, CUDARuntimeError, a missing library
         return f"CuPy {cp.__version__}; other versions unavailable ({exc})"
     return (
         f"CuPy {cp.__version__}, NVRTC {nvrtc}, CUDA runtime {runtime // 1000}."
@@ -283,7 +283,12 @@ def _kernels(dtype_name: str, params: tuple[float, float, float, float], device:
         try:
             module = cp.RawModule(code=source, name_expressions=None)
             return {name: module.get_function(name) for name in names}
-        except (cp.cuda.compiler.CompileException, cp.cuda.driver.CUDADriverError) as exc:
+        except (
+            cp.cuda.compiler.CompileException,  # NVRTC rejected the source
+            cp.cuda.driver.CUDADriverError,  # e.g. PTX newer than the driver
+            cp.cuda.nvrtc.NVRTCError,
+            OSError,  # libnvrtc missing
+        ) as exc:
             raise readable_kernel_error(exc, dtype_name) from exc
 
 
@@ -320,7 +325,7 @@ class LIFMultiStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spike: torch.Tensor):
         (h,) = ctx.saved_tensors
-        grad_spike = grad_spike.contiguous()
+        grad_spike = grad_spike.to(h.dtype).contiguous()  # the kernel reads h's dtype
         grad_x = torch.empty_like(h)
         _launch("backward", [grad_spike, h, grad_x], h, ctx.params)
         return grad_x, None
