@@ -14,18 +14,18 @@ if TYPE_CHECKING:
 
 # Sized for a 2-core CPU: a few minutes end to end, well above chance (1/11) on the test split.
 DEMO_CONFIG = {
-    "T": 4,
+    "T": 8,
     "batch_size": 8,
-    "epochs": 8,
+    "epochs": 12,
     "workers": 0,
     "channels": 8,
     "opt": "adam",
     "lr": 1e-2,
     "lr_scheduler": "cosalr",
-    "T_max": 8,
+    "T_max": 12,
     "device": "cpu",
 }
-DEMO_DATA = {"train_trials": 10, "test_trials": 4, "events_per_sample": 20_000}
+DEMO_DATA = {"train_trials": 20, "test_trials": 8, "events_per_sample": 20_000}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ def run_demo(
     out_dir: Path = Path("runs/demo"),
     *,
     epochs: int | None = None,
+    train_trials: int = DEMO_DATA["train_trials"],
+    test_trials: int = DEMO_DATA["test_trials"],
     seed: int = 0,
     progress: bool = True,
     log: bool = True,
@@ -77,7 +79,9 @@ def run_demo(
         shutil.rmtree(run_dir)  # the demo's own previous output: the demo always trains anew
 
     say(f"[1/4] synthetic recordings -> {root / 'extract'}")
-    write_synthetic_dataset(root, seed=seed, **DEMO_DATA)
+    events = DEMO_DATA["events_per_sample"]
+    write_synthetic_dataset(root, seed=seed, train_trials=train_trials, test_trials=test_trials,
+                            events_per_sample=events)  # fmt: skip
     say(f"[2/4] events -> {root / 'events.h5'}")
     build_event_cache(root, progress=progress)
     say(f"[3/4] frames (T={config.T}) -> {root}")

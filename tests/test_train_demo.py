@@ -1,0 +1,35 @@
+"""The demo at toy size: every stage runs, outputs land, a rerun replaces only its own run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dvsgkit.demo import run_demo
+from dvsgkit.plots import read_metrics
+
+
+def test_demo_runs_end_to_end_and_reruns_cleanly(tmp_path: Path) -> None:
+    root, out = tmp_path / "data", tmp_path / "runs"
+    kwargs = {"epochs": 1, "train_trials": 2, "test_trials": 1, "progress": False, "log": False}
+    result = run_demo(root, out, **kwargs)
+    assert result.run_dir.parent == out
+    assert [r["epoch"] for r in read_metrics(result.run_dir)] == [0]
+    for path in (result.curves, result.confusion, result.best_checkpoint):
+        assert path.is_file() and path.parent == result.run_dir
+    evaluation = json.loads((result.run_dir / "checkpoint_max_test_eval.json").read_text())
+    assert evaluation["samples"] == 12 and evaluation["accuracy"] == result.max_test_acc
+    assert (root / "events.h5").is_file()
+
+    (result.run_dir / "stale.txt").write_text("from the first demo")
+    again = run_demo(root, out, **kwargs)  # the demo's own previous run is replaced
+    assert again.run_dir == result.run_dir and not (again.run_dir / "stale.txt").exists()
+
+    config = json.loads((again.run_dir / "config.json").read_text())
+    config["momentum"] = 0.5  # now it looks like somebody else's run: never deleted
+    (again.run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileExistsError, match="is not a previous demo run"):
+        run_demo(root, out, **kwargs)
+    assert (again.run_dir / "checkpoint_latest.pth").is_file()
