@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dvsgkit.model import lif_cupy
 from dvsgkit.model.lif import TAU, V_RESET, V_THRESHOLD, lif_multistep, surrogate_grad
 from dvsgkit.model.lif_cupy import (
+    VEC,
     CupyUnavailableError,
+    _conversions,
     kernel_source,
     lif_multistep_cupy,
     readable_kernel_error,
@@ -127,9 +131,149 @@ def emulated(x_seq: torch.Tensor) -> torch.Tensor:
     return EmulatedKernel.apply(x_seq.reshape(x_seq.shape[0], -1)).view(x_seq.shape)
 
 
+# The generated CUDA source, compiled as C++ for the CPU: CUDA's built-ins become plain C++
+# (IEEE float ops, no FMA contraction), fp16 conversion uses GCC's _Float16 instead of PTX, and
+# a loop plays the grid. It runs the kernels' real indexing, vector types and arithmetic here.
+CPP_PRELUDE = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+struct dim3_t { long long x; };
+static dim3_t blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __align__(n) alignas(n)
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __frcp_rn(float a) { return 1.0f / a; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+"""
+CPP_F16 = """
+inline float to_f32(unsigned short u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
+inline unsigned short from_f32(float f) { _Float16 h = (_Float16)f; unsigned short u;
+  memcpy(&u, &h, 2); return u; }
+"""
+CPP_MAIN = r"""
+static void* load(const char* path, size_t bytes) {
+  void* p = aligned_alloc(64, bytes + 64); FILE* f = fopen(path, "rb");
+  if (!f || fread(p, 1, bytes, f) != bytes) { perror(path); exit(2); } fclose(f); return p; }
+static void save(const char* path, const void* p, size_t bytes) {
+  FILE* f = fopen(path, "wb"); fwrite(p, 1, bytes, f); fclose(f); }
+int main(int argc, char** argv) {  // kind T M w in1 in2 out1 [out2]
+  const int steps = atoi(argv[2]); const long long m = atoll(argv[3]); const int w = atoi(argv[4]);
+  const size_t bytes = (size_t)steps * m * sizeof(elem_t);
+  void* a = load(argv[5], bytes); void* b = load(argv[6], bytes);
+  void* o1 = aligned_alloc(64, bytes + 64); void* o2 = aligned_alloc(64, bytes + 64);
+  const long long groups = m / w;
+  blockDim.x = 3; gridDim.x = 2;  // a small grid, so the grid-stride loop runs too
+  const char k = argv[1][0];
+  for (blockIdx.x = 0; blockIdx.x < gridDim.x; ++blockIdx.x)
+    for (threadIdx.x = 0; threadIdx.x < blockDim.x; ++threadIdx.x) {
+      if (k == 'f' && w == 1) lif_forward_w1((vec1_t*)a, (vec1_t*)o1, (vec1_t*)o2, groups, steps);
+      if (k == 'f' && w != 1) lif_forward_wV((vecV_t*)a, (vecV_t*)o1, (vecV_t*)o2, groups, steps);
+      if (k == 'b' && w == 1) lif_backward_w1((vec1_t*)a, (vec1_t*)b, (vec1_t*)o1, groups, steps);
+      if (k == 'b' && w != 1) lif_backward_wV((vecV_t*)a, (vecV_t*)b, (vecV_t*)o1, groups, steps);
+    }
+  save(argv[7], o1, bytes);
+  if (argc > 8) save(argv[8], o2, bytes);
+  return 0; }
+"""
+
+
+def _to_file(t: torch.Tensor, path: Path) -> None:
+    t.detach().contiguous().flatten().view(torch.uint8).numpy().tofile(path)
+
+
+def _from_file(path: Path, like: torch.Tensor) -> torch.Tensor:
+    raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    return raw.view(like.dtype).view(like.shape)
+
+
+class CppKernels:
+    """Compiles the kernel source per dtype with g++ (once) and runs it like `_launch`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.binaries: dict[str, Path] = {}
+
+    def binary(self, dtype_name: str) -> Path:
+        if dtype_name not in self.binaries:
+            src = kernel_source(dtype_name)
+            if dtype_name == "float16":  # PTX cvt -> GCC _Float16 (the only CUDA-only part)
+                src = src.replace(_conversions("float16"), CPP_F16)
+            main = CPP_MAIN.replace("wV", f"w{VEC}").replace("vecV_t", f"vec{VEC}_t")
+            path = self.folder / f"lif_{dtype_name}.cpp"
+            path.write_text(CPP_PRELUDE + src.replace('extern "C" ', "") + main)
+            exe = self.folder / f"lif_{dtype_name}"
+            cmd = ["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-o", str(exe), str(path)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            self.binaries[dtype_name] = exe
+        return self.binaries[dtype_name]
+
+    def run(self, kind: str, a: torch.Tensor, b: torch.Tensor, outs: int) -> list[torch.Tensor]:
+        steps, m = a.shape
+        w = VEC if m % VEC == 0 else 1
+        files = [self.folder / f"{name}.bin" for name in ("a", "b", "o1", "o2")]
+        _to_file(a, files[0])
+        _to_file(b, files[1])
+        exe = self.binary(str(a.dtype).removeprefix("torch."))
+        args = [str(exe), kind, str(steps), str(m), str(w), *map(str, files[: 2 + outs])]
+        subprocess.run(args, check=True)
+        return [_from_file(f, a) for f in files[2 : 2 + outs]]
+
+
+class CppLIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernels: CppKernels) -> torch.Tensor:
+        spike, h = kernels.run("f", x, x, outs=2)
+        ctx.save_for_backward(h)
+        ctx.kernels = kernels
+        return spike
+
+    @staticmethod
+    def backward(ctx, grad_spike: torch.Tensor):
+        (h,) = ctx.saved_tensors
+        (grad_x,) = ctx.kernels.run("b", grad_spike.contiguous(), h, outs=1)
+        return grad_x, None
+
+
+@pytest.fixture(scope="module")
+def cpp_kernels(tmp_path_factory: pytest.TempPathFactory) -> CppKernels:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed (it runs the CUDA kernel source on the CPU)")
+    return CppKernels(tmp_path_factory.mktemp("cpp_lif"))
+
+
+def cpp_lif(kernels: CppKernels) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x_seq: torch.Tensor) -> torch.Tensor:
+        x = x_seq.reshape(x_seq.shape[0], -1)
+        return CppLIF.apply(x, kernels).view(x_seq.shape)
+
+    return run
+
+
+@pytest.fixture
+def fused(request: pytest.FixtureRequest) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fused LIF under test: "emulated" (torch transcription), "cpp" (the kernel source
+    on the CPU) or "cupy" (the real kernels on a GPU)."""
+    kind = request.param
+    if kind == "emulated":
+        return emulated
+    if kind == "cpp":
+        return cpp_lif(request.getfixturevalue("cpp_kernels"))
+    return lif_multistep_cupy
+
+
 FUSED = [
-    pytest.param(emulated, "cpu", id="emulated-cpu"),
-    pytest.param(lif_multistep_cupy, "cuda", id="cupy-cuda", marks=pytest.mark.gpu),
+    pytest.param("emulated", "cpu", id="emulated-cpu"),
+    pytest.param("cpp", "cpu", id="kernel-source-cpu"),
+    pytest.param("cupy", "cuda", id="cupy-cuda", marks=pytest.mark.gpu),
 ]
 SHAPES = [(16, 2, 4, 8, 8), (5, 3, 7, 11), (1, 1), (3, 2, 5)]  # vector path, odd sizes, tiny
 TOL = {  # gradients: 16-bit storage of h and grad_x costs a few ulps of that dtype
@@ -149,7 +293,7 @@ def lif_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: in
     return x.to(device, dtype), grad.to(device, dtype)
 
 
-@pytest.mark.parametrize(("fused", "device"), FUSED)
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_fused_lif_matches_reference(fused, device: str, dtype: torch.dtype, shape) -> None:
@@ -170,7 +314,7 @@ def test_fused_lif_matches_reference(fused, device: str, dtype: torch.dtype, sha
     torch.testing.assert_close(x_fused.grad.float(), x_ref.grad, **TOL[dtype])
 
 
-@pytest.mark.parametrize(("fused", "device"), FUSED)
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
 def test_fused_lif_handles_strided_and_misaligned_inputs(fused, device: str) -> None:
     x, grad = lif_inputs((6, 4, 10), torch.float32, device)
     base = torch.zeros(x.numel() + 1, device=device)
@@ -184,7 +328,7 @@ def test_fused_lif_handles_strided_and_misaligned_inputs(fused, device: str) -> 
         assert torch.equal(fused(xc), expected), name
 
 
-@pytest.mark.parametrize(("fused", "device"), FUSED)
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
 @pytest.mark.parametrize(("dtype", "mantissa"), [(torch.float16, 10), (torch.bfloat16, 7)])
 def test_h_rounded_onto_the_threshold_keeps_the_spike_decision(
     fused, device: str, dtype: torch.dtype, mantissa: int
