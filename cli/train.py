@@ -101,7 +101,9 @@ def default_device() -> str:
     help="Under torchrun: synchronise BatchNorm statistics across processes.",
 )
 @click.option(
-    "--channels-last/--no-channels-last", default=True, help="NHWC memory layout on CUDA."
+    "--channels-last/--no-channels-last",
+    default=True,
+    help="NHWC memory layout on CUDA (step-by-step network; ignored with --cupy).",
 )
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 def train(

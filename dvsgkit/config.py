@@ -56,7 +56,7 @@ class TrainConfig:
     split_by: str = "number"
     seed: int = DEFAULT_SEED
     sync_bn: bool = False
-    channels_last: bool = True  # only acts on CUDA, where cuDNN's fp16 convolutions prefer NHWC
+    channels_last: bool = True  # NHWC weights on CUDA with the torch LIF (see train.py)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -342,9 +342,11 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net.to(device)
         if device.type == "cuda":
-            # Kernel autotuning pays off for the fixed input shape; NHWC suits fp16 tensor cores.
+            # Kernel autotuning pays off for the fixed input shape. NHWC suits cuDNN's fp16
+            # convolutions, but the CuPy LIF reads contiguous [T, M] and would copy NHWC
+            # activations at every layer, so channels_last is for the torch backend only.
             torch.backends.cudnn.benchmark = True
-            if config.channels_last:
+            if config.channels_last and not config.cupy:
                 net.to(memory_format=torch.channels_last)
         optimizer, scheduler = build_optim(config, net.parameters())
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)

@@ -198,8 +198,23 @@ def test_cupy_without_cupy_or_gpu_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_short_training_run_writes_every_artefact(frame_root: Path, tmp_path: Path) -> None:
-    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=2, **TINY)
+CUDA_AMP = {"device": "cuda:0", "amp": True}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="cpu"),
+        pytest.param(CUDA_AMP, marks=pytest.mark.gpu, id="cuda-amp-step"),
+        pytest.param({**CUDA_AMP, "cupy": True}, marks=pytest.mark.gpu, id="cuda-amp-cupy"),
+    ],
+)
+def test_short_training_run_writes_every_artefact(
+    frame_root: Path, tmp_path: Path, changes: dict
+) -> None:
+    config = TrainConfig(
+        root=str(frame_root), out_dir=str(tmp_path), epochs=2, **{**TINY, **changes}
+    )
     result = train(config)
     run_dir = config.run_dir()
     assert result.run_dir == run_dir and result.epochs_run == 2
@@ -219,6 +234,8 @@ def test_short_training_run_writes_every_artefact(frame_root: Path, tmp_path: Pa
     assert best["max_test_acc"] == result.max_test_acc
     assert not list(run_dir.glob("*.partial")) and not list(run_dir.glob(".*.partial"))
     assert (run_dir / "tensorboard").is_dir()
+    if config.amp:  # the GradScaler's state travels with the checkpoint
+        assert latest["scaler"]["scale"] > 0
 
 
 def test_sync_bn_on_cpu_is_refused(tmp_path: Path) -> None:
