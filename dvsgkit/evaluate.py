@@ -162,7 +162,10 @@ def evaluate(
     from dvsgkit.data import make_loader
     from dvsgkit.store.frames import build_frame_store
 
-    net, meta = load_net(Path(checkpoint))
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():  # a run directory: its latest checkpoint, named so in the outputs
+        checkpoint = checkpoint / "checkpoint_latest.pth"
+    net, meta = load_net(checkpoint)
     T = T or meta["T"] or 16
     split_by = split_by or meta["split_by"] or "number"
     dev = torch.device(device)

@@ -129,6 +129,12 @@ def test_evaluate_cli_on_a_dvsgkit_checkpoint(trained: tuple[Path, Path]) -> Non
     assert data["accuracy"] == pytest.approx(max_acc)  # the same net on the same frames
     assert "confusion matrix" in result.output and "hand clapping" in result.output
     assert (run_dir / "checkpoint_max_test_confusion.png").read_bytes()[:8] == PNG_MAGIC
+    # A run directory means its latest checkpoint; --split train scores the other split.
+    args = ["evaluate", str(run_dir), "--root", str(root), "--device", "cpu", "--split", "train"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((run_dir / "checkpoint_latest_train_eval.json").read_text())
+    assert data["split"] == "train" and data["samples"] == 24 and data["epoch"] == 0
 
 
 def test_evaluate_imports_a_spikingjelly_checkpoint(
