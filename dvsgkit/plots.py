@@ -68,10 +68,11 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
     acc_ax.annotate(
         f"max test {test_acc[best]:.2f} % (epoch {epoch[best]})",
         (epoch[best], test_acc[best]),
-        xytext=(0, -28),
+        xytext=(0, -40),
         textcoords="offset points",
         ha="center",
         arrowprops={"arrowstyle": "->"},
+        bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85},
     )
     acc_ax.axhline(100 / 11, color="grey", lw=0.8, ls=":", label="chance (1/11)")
     loss_ax.set(xlabel="epoch", ylabel="MSE loss", title="loss")
