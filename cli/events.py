@@ -31,15 +31,18 @@ def events(root: Path, workers: int, progress: bool) -> None:
     from dvsgkit.io.aedat import AedatError
     from dvsgkit.store.events import EventCache, build_event_cache, event_cache_path
 
-    signal.signal(signal.SIGTERM, _terminate)
     path = event_cache_path(root)
     before = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
-    with user_errors(AedatError, ValueError, FileNotFoundError, FileExistsError, PermissionError):
-        build_event_cache(root, workers=workers, progress=progress)
-        with EventCache(path) as cache:
-            counts = {split: cache.num_samples(split) for split in ("train", "test")}
-            total = int(sum(cache.offsets(s)[-1] for s in counts))
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError):
+            build_event_cache(root, workers=workers, progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with user_errors(ValueError, FileNotFoundError), EventCache(path) as cache:
+        counts = {split: cache.num_samples(split) for split in ("train", "test")}
+        total = int(sum(cache.offsets(s)[-1] for s in counts))
     seconds = time.perf_counter() - start
     if before is not None and path.stat().st_mtime_ns == before:
         click.echo(f"{path} is up to date ({counts['train']} train, {counts['test']} test samples)")

@@ -109,36 +109,41 @@ def _process(recording: Recording) -> dict[str, Any]:
     }
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C is handled once, by the parent, which then terminates the pool.
+def _init_worker() -> None:
+    # Ctrl-C is handled once, by the parent, which then terminates the pool; the pool stops a
+    # worker with SIGTERM, which must kill it even if the parent installed a handler for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _results(recordings: list[Recording], workers: int) -> Iterator[dict[str, Any]]:
-    """`_process` over the recordings, in order, with at most workers + 1 results waiting so that
-    memory stays bounded while the parent writes. A worker's exception is raised here."""
-    if workers <= 1 or len(recordings) <= 1:
+def _pool(workers: int, jobs: int) -> Any:
+    """A process pool, or None when one process will do. Made before any other thread of ours
+    (the progress bar's monitor) exists, since the workers are forked."""
+    if workers <= 1 or jobs <= 1:
+        return None
+    method = "fork" if sys.platform == "linux" else "spawn"
+    return multiprocessing.get_context(method).Pool(min(workers, jobs), initializer=_init_worker)
+
+
+def _results(recordings: list[Recording], pool: Any, ahead: int) -> Iterator[dict[str, Any]]:
+    """`_process` over the recordings, in order, with at most `ahead` jobs submitted and not yet
+    consumed, so that memory stays bounded while the parent writes. A worker's exception is
+    raised here."""
+    if pool is None:
         yield from map(_process, recordings)
         return
-    method = "fork" if sys.platform == "linux" else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
-    try:
-        pending: collections.deque = collections.deque()
-        todo = iter(recordings)
-        for rec in todo:
+    pending: collections.deque = collections.deque()
+    todo = iter(recordings)
+    for rec in todo:
+        pending.append(pool.apply_async(_process, (rec,)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        result = pending.popleft().get()
+        rec = next(todo, None)
+        if rec is not None:
             pending.append(pool.apply_async(_process, (rec,)))
-            if len(pending) > workers:
-                break
-        while pending:
-            result = pending.popleft().get()
-            rec = next(todo, None)
-            if rec is not None:
-                pending.append(pool.apply_async(_process, (rec,)))
-            yield result
-        pool.close()
-    finally:
-        pool.terminate()  # no-op after close(); stops the workers on error or Ctrl-C
-        pool.join()
+        yield result
 
 
 class _SplitWriter:
@@ -257,12 +262,13 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         sources[name]["md5"] = _md5(folder / name)
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)  # left by a killed run: start clean
+    pool = _pool(workers, len(recordings))
     bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
     try:
         with h5py.File(partial, "w") as f:
             writers = {split: _SplitWriter(f.create_group(split)) for split in SPLITS}
             events = 0
-            for result in _results(recordings, workers):
+            for result in _results(recordings, pool, ahead=workers + 1):
                 rec = result["recording"]
                 writers[rec.split].add(result)
                 for name, md5 in result["md5"].items():
@@ -284,6 +290,9 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         raise
     finally:
         bar.close()
+        if pool is not None:
+            pool.terminate()  # stops the workers on an error or Ctrl-C; idle ones otherwise
+            pool.join()
     return out
 
 

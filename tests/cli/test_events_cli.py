@@ -1,0 +1,149 @@
+"""`dvsgkit synth` and `dvsgkit events` as a user runs them: output, errors, interruption."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dvsgkit_cli.main import cli
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_synth_then_events_then_up_to_date(tmp_path: Path) -> None:
+    code, out = run("synth", "--root", str(tmp_path), "--train-trials", "2", "--test-trials", "1",
+                    "--events-per-sample", "500", "--seed", "5")  # fmt: skip
+    assert code == 0, out
+    assert "2 train + 1 test recordings, 36 samples" in out
+    code, out = run("events", "--root", str(tmp_path), "--no-progress")
+    assert code == 0, out
+    assert "wrote" in out and "24 train + 12 test samples" in out
+    assert (tmp_path / "events.h5").is_file()
+    code, out = run("events", "--root", str(tmp_path))
+    assert code == 0 and "is up to date (24 train, 12 test samples)" in out
+
+
+def test_root_from_the_environment(tmp_path: Path) -> None:
+    env = {"DVSGKIT_ROOT": str(tmp_path)}
+    assert run("synth", "--train-trials", "1", "--test-trials", "1", env=env)[0] == 0
+    code, out = run("events", "--no-progress", "--workers", "1", env=env)
+    assert code == 0, out
+    assert (tmp_path / "events.h5").is_file()
+
+
+def truncate_mid_packet(folder: Path) -> str:
+    path = folder / "user01_fluorescent.aedat"
+    path.write_bytes(path.read_bytes()[:-3])
+    return "user01_fluorescent.aedat: packet at byte"
+
+
+def truncate_mid_header(folder: Path) -> str:
+    path = folder / "user01_fluorescent.aedat"
+    path.write_bytes(path.read_bytes()[:40])
+    return "user01_fluorescent.aedat: no #!END-HEADER line: the header ends at byte"
+
+
+def wrong_version(folder: Path) -> str:
+    path = folder / "user24_fluorescent.aedat"
+    path.write_bytes(b"#!AER-DAT2.0" + path.read_bytes()[12:])
+    return "user24_fluorescent.aedat: not an AEDAT 3.x file: byte 0"
+
+
+def bad_event_size(folder: Path) -> str:
+    path = folder / "user24_fluorescent.aedat"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"#!END-HEADER\r\n") + 14
+    data[start + 4] = 12  # eventSize of the first packet
+    path.write_bytes(bytes(data))
+    return f"user24_fluorescent.aedat: polarity packet at byte {start} has eventSize 12"
+
+
+def non_numeric_labels(folder: Path) -> str:
+    path = folder / "user01_fluorescent_labels.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = "4,12x,13"
+    path.write_text("\r\n".join(lines))
+    return "user01_fluorescent_labels.csv, line 4 (data row 2): expected three integers"
+
+
+def start_after_end(folder: Path) -> str:
+    path = folder / "user01_fluorescent_labels.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = "2,900,100"
+    path.write_text("\n".join(lines))
+    return "user01_fluorescent_labels.csv, line 2 (data row 0): window start 900"
+
+
+def missing_labels(folder: Path) -> str:
+    (folder / "user01_fluorescent_labels.csv").unlink()
+    return "user01_fluorescent_labels.csv does not exist"
+
+
+def missing_recording(folder: Path) -> str:
+    (folder / "trials_to_test.txt").write_text("user24_fluorescent.aedat\nuser99_lab.aedat\n")
+    return "trials_to_test.txt names 'user99_lab.aedat'"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [truncate_mid_packet, truncate_mid_header, wrong_version, bad_event_size,
+     non_numeric_labels, start_after_end, missing_labels, missing_recording],
+)  # fmt: skip
+def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: object) -> None:
+    assert (
+        run("synth", "--root", str(tmp_path), "--train-trials", "1", "--test-trials", "1")[0] == 0
+    )
+    expected = corrupt(tmp_path / "extract" / "DvsGesture")  # type: ignore[operator]
+    code, out = run("events", "--root", str(tmp_path), "--no-progress")
+    assert code == 1
+    assert "Traceback" not in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out
+    assert expected in lines[0]
+    assert not any(p.name.startswith("events.h5") for p in tmp_path.iterdir())
+
+
+def test_missing_dataset_says_what_to_run(tmp_path: Path) -> None:
+    code, out = run("events", "--root", str(tmp_path))
+    assert code == 1 and "run 'dvsgkit download'" in out and "'dvsgkit synth'" in out
+
+
+def test_synth_validates_its_options(tmp_path: Path) -> None:
+    code, out = run("synth", "--root", str(tmp_path), "--train-trials", "0")
+    assert code == 2 and "--train-trials" in out
+    (tmp_path / "extract" / "DvsGesture").mkdir(parents=True)
+    code, out = run("synth", "--root", str(tmp_path))
+    assert code == 1 and "not written by 'dvsgkit synth'" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_process_leaves_no_cache_and_next_run_works(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    args = ["--root", str(tmp_path)]
+    assert run("synth", *args, "--train-trials", "2", "--test-trials", "1",
+               "--events-per-sample", "40000")[0] == 0  # fmt: skip
+    cmd = [sys.executable, "-m", "dvsgkit_cli.main", "events", *args, "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "events.h5.partial"
+    deadline = time.monotonic() + 30
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        pytest.skip("the build finished before it could be interrupted")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert not any(p.name.startswith("events.h5") for p in tmp_path.iterdir())
+    code, out = run("events", *args, "--no-progress")
+    assert code == 0 and "wrote" in out
