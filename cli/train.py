@@ -123,7 +123,7 @@ def train(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
         )
         result = run_training(config, resume=resume)
-    if result.last:
+    if result.main and result.last:
         click.echo(
             f"done: max test accuracy {100 * result.max_test_acc:.2f} %; run directory "
             f"{result.run_dir} (plot it with: dvsgkit plot {result.run_dir})"

@@ -250,6 +250,7 @@ class TrainResult:
     epochs_run: int
     max_test_acc: float
     last: dict[str, Any]  # the last epoch's metrics record
+    main: bool = True  # False on torchrun ranks other than 0, which print and write nothing
 
 
 def build_optim(
@@ -480,7 +481,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
                 )
         if writer is not None:
             writer.close()
-        return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record)
+        return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:
         if d.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

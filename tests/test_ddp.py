@@ -93,7 +93,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     records = read_metrics(run_dirs[0])
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(r["train_samples"] == 24 and r["test_samples"] == 12 for r in records)
-    assert proc.stdout.count("epoch=1,") == 1
+    assert proc.stdout.count("epoch=1,") == 1 and proc.stdout.count("done: max test") == 1
     latest = load_checkpoint(run_dirs[0] / LATEST)
     assert latest["world_size"] == 2 and len(latest["rng"]) == 2 and (run_dirs[0] / BEST).exists()
     for key, value in latest["net"].items():
