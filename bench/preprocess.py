@@ -1,0 +1,178 @@
+"""Benchmark `dvsgkit events` against SpikingJelly 0.0.0.0.14's reader on the same AEDAT files.
+
+Run from the bench venv (it has spikingjelly):
+
+    .venv-bench/bin/python bench/preprocess.py --recordings 6 --events-per-sample 100000
+
+Full size (the real set's shape: 122 recordings, ~600 M events, ~5 GB; takes a while):
+
+    .venv-bench/bin/python bench/preprocess.py --recordings 122 --events-per-sample 360000
+
+It writes a synthetic dataset (temporary unless --dir), times `dvsgkit events` end to end as a
+subprocess (wall time, peak RSS of the process tree), then times SpikingJelly's
+`load_aedat_v3` + `DVS128Gesture.split_aedat_files_to_np` on the first --reference-recordings
+recordings (it parses one event at a time: the whole set would take ~30 min), writing its npz
+files to a temporary folder. Rates are events in the .aedat files per second, for both tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dvsgkit.constants import SPLITS
+from dvsgkit.io.aedat import _parse_header, _polarity_packets
+from dvsgkit.samples import Recording, dataset_dir, list_recordings
+from dvsgkit.synth import write_synthetic_dataset
+
+REAL_TRAIN, REAL_TEST = 98, 24
+
+
+def count_events(path: Path) -> int:
+    """Polarity events in a file, from its packet headers (no decoding)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        packets = _polarity_packets(mm, _parse_header(mm, path).data_offset, path)
+        return int(packets[:, 1].sum())
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def run_dvsgkit(root: Path, workers: int) -> tuple[float, int, int]:
+    """(seconds, peak RSS of the process tree sampled every 20 ms, peak RSS of the largest
+    single process from getrusage) of `dvsgkit events` on a fresh cache."""
+    cmd = [sys.executable, "-m", "dvsgkit_cli.main", "events", "--root", str(root),
+           "--workers", str(workers), "--no-progress"]  # fmt: skip
+    peak = 0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = proc.wait()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if code != 0:
+        raise SystemExit(f"dvsgkit events failed with exit code {code}")
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return seconds, peak, largest
+
+
+def run_reference(recordings: list[Recording]) -> float:
+    """Seconds SpikingJelly takes to read and split these recordings (npz into a temp dir)."""
+    from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+
+    out = Path(tempfile.mkdtemp(prefix="sj-split-"))
+    try:
+        for label in range(11):
+            (out / str(label)).mkdir()
+        start = time.perf_counter()
+        for rec in recordings:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per sample
+                DVS128Gesture.split_aedat_files_to_np(
+                    rec.trial, str(rec.aedat), str(rec.labels), str(out)
+                )
+        return time.perf_counter() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recordings", type=int, default=122, help="train + test recordings")
+    parser.add_argument("--events-per-sample", type=int, default=360_000)
+    parser.add_argument(
+        "--reference-recordings",
+        type=int,
+        default=2,
+        help="recordings SpikingJelly parses (0: skip the reference)",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dir", type=Path, help="dataset root to use and keep (default: temp)")
+    args = parser.parse_args()
+    if args.recordings < 2:
+        parser.error("--recordings must be >= 2 (one per split at least)")
+
+    root = args.dir or Path(tempfile.mkdtemp(prefix="dvsgkit-bench-"))
+    try:
+        test = max(1, round(args.recordings * REAL_TEST / (REAL_TRAIN + REAL_TEST)))
+        train = args.recordings - test
+        folder = dataset_dir(root)
+        if not (folder / "SYNTHETIC.txt").is_file() or args.dir is None:
+            start = time.perf_counter()
+            write_synthetic_dataset(root, seed=args.seed, train_trials=train, test_trials=test,
+                                    events_per_sample=args.events_per_sample)  # fmt: skip
+            print(f"generated {train} + {test} recordings in {time.perf_counter() - start:.1f} s")
+        recs = [r for split in SPLITS for r in list_recordings(folder, split)]
+        counts = np.array([count_events(r.aedat) for r in recs])
+        aedat_bytes = sum(r.aedat.stat().st_size for r in recs)
+        total = int(counts.sum())
+        print(f"dataset: {len(recs)} recordings, {total:,} events, {aedat_bytes / 1e9:.2f} GB")
+
+        (root / "events.h5").unlink(missing_ok=True)
+        seconds, tree_peak, largest = run_dvsgkit(root, args.workers)
+        cache = (root / "events.h5").stat().st_size
+        ours = total / seconds
+        print(f"dvsgkit events (CLI, {args.workers} workers): {seconds:.2f} s, "
+              f"{ours / 1e6:.1f} M events/s, peak RSS {tree_peak / 1e9:.2f} GB (process tree), "
+              f"{largest / 1e9:.2f} GB (largest process)")  # fmt: skip
+        print(f"cache: {cache / 1e9:.3f} GB = {cache / aedat_bytes:.2f} x the .aedat size, "
+              f"{cache / total:.2f} bytes/event")  # fmt: skip
+
+        m = min(args.reference_recordings, len(recs))
+        if m == 0:
+            return
+        try:
+            ref_seconds = run_reference(recs[:m])
+        except ImportError as exc:
+            print(f"reference skipped: {exc} (run this script with .venv-bench/bin/python)")
+            return
+        ref = int(counts[:m].sum()) / ref_seconds
+        print(f"SpikingJelly 0.0.0.0.14 load_aedat_v3 + split_aedat_files_to_np on the first {m} "
+              f"recordings ({int(counts[:m].sum()):,} events): {ref_seconds:.1f} s, "
+              f"{ref / 1e6:.2f} M events/s")  # fmt: skip
+        print(f"ratio dvsgkit / SpikingJelly: {ours / ref:.0f}x")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
