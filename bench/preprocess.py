@@ -45,7 +45,7 @@ def count_events(path: Path) -> int:
     import mmap
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        packets = _polarity_packets(mm, _parse_header(mm, path).data_offset, path)
+        packets, _ = _polarity_packets(mm, _parse_header(mm, path).data_offset, path)
         return int(packets[:, 1].sum())
 
 

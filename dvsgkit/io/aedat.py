@@ -96,15 +96,20 @@ def read_header(path: str | os.PathLike[str]) -> AedatHeader:
             return _parse_header(mm, path)
 
 
-def _polarity_packets(mm: mmap.mmap, start: int, path: Path) -> np.ndarray:
-    """Walk the packet headers from `start`; return [K, 3] int64 rows (payload offset,
-    eventNumber, eventTSOverflow) of the polarity packets. Other packet types are skipped by
-    their declared size. One Python step per packet: packets hold thousands of events."""
+def _polarity_packets(
+    mm: mmap.mmap, start: int, path: Path, max_events: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Walk the packet headers from byte `start` until the end of the file, or until the
+    polarity packets seen hold at least `max_events` events; return ([K, 3] int64 rows (payload
+    offset, eventNumber, eventTSOverflow) of the polarity packets, byte offset where the walk
+    stopped). Other packet types are skipped by their declared size. One Python step per
+    packet: packets hold thousands of events."""
     size = len(mm)
     rows = []
     pos = start
+    events = 0
     unpack = PACKET_HEADER.unpack_from
-    while pos < size:
+    while pos < size and (max_events is None or events < max_events):
         if size - pos < PACKET_HEADER.size:
             raise AedatError(
                 f"{path}: truncated packet header at byte {pos}: {size - pos} bytes left, "
@@ -130,8 +135,9 @@ def _polarity_packets(mm: mmap.mmap, start: int, path: Path) -> np.ndarray:
                 )
             if number:
                 rows.append((pos + PACKET_HEADER.size, number, overflow))
+                events += number
         pos += PACKET_HEADER.size + payload
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return np.array(rows, dtype=np.int64).reshape(-1, 3), pos
 
 
 def unpack_data(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,9 +178,13 @@ def iter_words(
         if os.fstat(f.fileno()).st_size == 0:
             raise AedatError(f"{path}: empty file at byte 0, expected '#!AER-DAT3.1'")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            header = _parse_header(mm, path)
-            packets = _polarity_packets(mm, header.data_offset, path)
-            yield from _decode_packets(mm, packets, chunk_events)
+            pos = _parse_header(mm, path).data_offset
+            while pos < len(mm):
+                packets, end = _polarity_packets(mm, pos, path, chunk_events)
+                if len(packets):
+                    yield _decode_packets(mm, packets)
+                _release(mm, pos, end)
+                pos = end
 
 
 def iter_events(
@@ -185,45 +195,36 @@ def iter_events(
         yield decode_words(t, data)
 
 
-def _groups(numbers: np.ndarray, chunk_events: int) -> Iterator[slice]:
-    """Consecutive packet ranges holding about chunk_events events each (at least one packet)."""
-    start, acc = 0, 0
-    for i, n in enumerate(numbers.tolist()):
-        acc += n
-        if acc >= chunk_events:
-            yield slice(start, i + 1)
-            start, acc = i + 1, 0
-    if start < len(numbers):
-        yield slice(start, len(numbers))
+def _release(mm: mmap.mmap, start: int, end: int) -> None:
+    """Unmap the pages of [start, end) that are done with, so that the resident size stays one
+    chunk however large the file (they stay in the page cache)."""
+    if hasattr(mmap, "MADV_DONTNEED"):  # Linux and most Unixes
+        lo, hi = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
-def _decode_packets(
-    mm: mmap.mmap, packets: np.ndarray, chunk_events: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    parts: list[np.ndarray] = []
-    try:
-        for group in _groups(packets[:, 1], chunk_events):
-            offsets, numbers, overflows = packets[group].T
-            # Views into the map (no copy); the concatenation below is the only copy.
-            parts = [
-                np.frombuffer(mm, dtype="<u4", count=2 * n, offset=o)
-                for o, n in zip(offsets.tolist(), numbers.tolist(), strict=True)
-            ]
-            raw = np.concatenate(parts).reshape(-1, 2)  # [n, (data, timestamp)]
-            parts = []
-            data = raw[:, 0]
-            overflow = np.repeat(overflows, numbers) if overflows.any() else None
-            # AND over all words has bit 0 set iff every event is valid: one pass, no temporary.
-            if not np.bitwise_and.reduce(data) & 1:
-                valid = (data & 1).astype(bool)
-                raw, data = raw[valid], data[valid]
-                overflow = overflow[valid] if overflow is not None else None
-            t = raw[:, 1].astype(np.int64)
-            if overflow is not None:
-                t |= overflow << 31
-            yield t, np.ascontiguousarray(data)
-    finally:
-        parts = []  # release the views so that the map can close
+def _decode_packets(mm: mmap.mmap, packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t int64, data uint32) of the valid events of these polarity packets, in file order."""
+    offsets, numbers, overflows = packets.T
+    # Views into the map (no copy); the concatenation is the only copy.
+    parts = [
+        np.frombuffer(mm, dtype="<u4", count=2 * n, offset=o)
+        for o, n in zip(offsets.tolist(), numbers.tolist(), strict=True)
+    ]
+    raw = np.concatenate(parts).reshape(-1, 2)  # [n, (data, timestamp)]
+    del parts  # release the views so that the map can close
+    data = raw[:, 0]
+    overflow = np.repeat(overflows, numbers) if overflows.any() else None
+    # AND over all words has bit 0 set iff every event is valid: one pass, no temporary.
+    if not np.bitwise_and.reduce(data) & 1:
+        valid = (data & 1).astype(bool)
+        raw, data = raw[valid], data[valid]
+        overflow = overflow[valid] if overflow is not None else None
+    t = raw[:, 1].astype(np.int64)
+    if overflow is not None:
+        t |= overflow << 31
+    return t, np.ascontiguousarray(data)
 
 
 def read_events(
