@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,12 +91,20 @@ def cut_recording(
     return windows, samples
 
 
+def _empty_columns(n: int) -> dict[str, np.ndarray]:
+    return {name: np.empty(n, dtype=EVENT_DTYPE[name]) for name in EVENT_DTYPE.names}
+
+
 def cut_recording_columns(
-    recording: Recording, *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+    recording: Recording,
+    *,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    alloc: Callable[[int], dict[str, np.ndarray]] = _empty_columns,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """`cut_recording` in the form the event cache stores: (windows, lengths int64 [rows],
     {"t", "x", "y", "p"} columns of all samples concatenated in row order). Cuts the undecoded
-    words and decodes only the events that land in a sample."""
+    words and decodes only the events that land in a sample. `alloc(n)` provides the output
+    columns (e.g. in memory shared with another process)."""
     windows = read_labels(recording.labels)
     t_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
     d_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
@@ -105,9 +113,10 @@ def cut_recording_columns(
             t_pieces[i].append(t[sel])
             d_pieces[i].append(data[sel])
     lengths = np.array([sum(len(p) for p in pieces) for pieces in t_pieces], dtype=np.int64)
+    columns = alloc(int(lengths.sum()))
     t_all = [p for pieces in t_pieces for p in pieces]
     d_all = [p for pieces in d_pieces for p in pieces]
-    t = np.concatenate(t_all) if t_all else np.empty(0, np.int64)
-    data = np.concatenate(d_all) if d_all else np.empty(0, np.uint32)
-    x, y, p = unpack_data(data)
-    return windows, lengths, {"t": t, "x": x, "y": y, "p": p}
+    if t_all:
+        np.concatenate(t_all, out=columns["t"])
+        columns["x"][:], columns["y"][:], columns["p"][:] = unpack_data(np.concatenate(d_all))
+    return windows, lengths, columns

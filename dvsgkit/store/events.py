@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import mmap
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -84,15 +86,33 @@ def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
     return [{k: s.get(k) for k in ("name", "bytes", "mtime_ns")} for s in recorded] == now
 
 
-def _process(recording: Recording) -> dict[str, Any]:
-    """Worker: cut one recording; return its samples as concatenated columns + bookkeeping."""
-    windows, lengths, columns = cut_recording_columns(recording)
+def _spool(path: Path, n: int, *, mode: str) -> dict[str, np.ndarray]:
+    """n events as four columns t, x, y, p, back to back in a memory-mapped file: how a worker
+    hands its samples to the writer without pickling them through a pipe."""
+    sizes = [n * EVENT_DTYPE[name].itemsize for name in FIELDS]
+    if mode == "w+":
+        with open(path, "wb") as f:
+            f.truncate(sum(sizes))
+    if n == 0:
+        return {name: np.empty(0, EVENT_DTYPE[name]) for name in FIELDS}
+    buf = np.memmap(path, dtype=np.uint8, mode=mode, shape=(sum(sizes),))
+    starts = np.cumsum([0, *sizes])  # t first: every column stays aligned to its item size
+    return {
+        name: buf[starts[k] : starts[k + 1]].view(EVENT_DTYPE[name])
+        for k, name in enumerate(FIELDS)
+    }
+
+
+def _process(recording: Recording, spool: Path | None = None) -> dict[str, Any]:
+    """Cut one recording; return its samples' columns (or, in a worker, the file holding them:
+    `spool`) and bookkeeping."""
+    if spool is None:
+        windows, lengths, columns = cut_recording_columns(recording)
+    else:
+        alloc = functools.partial(_spool, spool, mode="w+")
+        windows, lengths, columns = cut_recording_columns(recording, alloc=alloc)
     height, width = SENSOR_SIZE
-    if (
-        len(lengths)
-        and lengths.sum()
-        and (columns["x"].max() >= width or columns["y"].max() >= height)
-    ):
+    if lengths.sum() and (columns["x"].max() >= width or columns["y"].max() >= height):
         raise AedatError(
             f"{recording.aedat}: events with x up to {columns['x'].max()} and y up to "
             f"{columns['y'].max()} do not fit the {width}x{height} sensor; not a DVS128 recording"
@@ -101,7 +121,8 @@ def _process(recording: Recording) -> dict[str, Any]:
         "recording": recording,
         "windows": windows,
         "lengths": lengths,
-        "columns": columns,
+        "columns": columns if spool is None else None,
+        "spool": spool,
         "md5": {
             recording.aedat.name: _md5(recording.aedat),
             recording.labels.name: _md5(recording.labels),
@@ -125,25 +146,33 @@ def _pool(workers: int, jobs: int) -> Any:
     return multiprocessing.get_context(method).Pool(min(workers, jobs), initializer=_init_worker)
 
 
-def _results(recordings: list[Recording], pool: Any, ahead: int) -> Iterator[dict[str, Any]]:
+def _results(
+    recordings: list[Recording], pool: Any, ahead: int, spool: Path
+) -> Iterator[dict[str, Any]]:
     """`_process` over the recordings, in order, with at most `ahead` jobs submitted and not yet
     consumed, so that memory stays bounded while the parent writes. A worker's exception is
-    raised here."""
+    raised here. Workers leave their columns in files under `spool`, mapped here."""
     if pool is None:
         yield from map(_process, recordings)
         return
     pending: collections.deque = collections.deque()
-    todo = iter(recordings)
-    for rec in todo:
-        pending.append(pool.apply_async(_process, (rec,)))
-        if len(pending) >= ahead:
-            break
+    jobs = iter(enumerate(recordings))
+
+    def submit() -> None:
+        job = next(jobs, None)
+        if job is not None:
+            pending.append(pool.apply_async(_process, (job[1], spool / f"{job[0]}.bin")))
+
+    for _ in range(ahead):
+        submit()
     while pending:
         result = pending.popleft().get()
-        rec = next(todo, None)
-        if rec is not None:
-            pending.append(pool.apply_async(_process, (rec,)))
+        submit()
+        path = result["spool"]
+        result["columns"] = _spool(path, int(result["lengths"].sum()), mode="r")
         yield result
+        result["columns"] = None  # unmap before removing
+        path.unlink()
 
 
 class _SplitWriter:
@@ -261,14 +290,18 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["md5"] = _md5(folder / name)
     partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)  # left by a killed run: start clean
+    spool = out.with_name(out.name + ".spool")  # workers' hand-over files
+    partial.unlink(missing_ok=True)  # both left by a killed run: start clean
+    shutil.rmtree(spool, ignore_errors=True)
     pool = _pool(workers, len(recordings))
+    if pool is not None:
+        spool.mkdir()
     bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
     try:
         with h5py.File(partial, "w") as f:
             writers = {split: _SplitWriter(f.create_group(split)) for split in SPLITS}
             events = 0
-            for result in _results(recordings, pool, ahead=workers + 1):
+            for result in _results(recordings, pool, workers + 1, spool):
                 rec = result["recording"]
                 writers[rec.split].add(result)
                 for name, md5 in result["md5"].items():
@@ -293,6 +326,7 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         if pool is not None:
             pool.terminate()  # stops the workers on an error or Ctrl-C; idle ones otherwise
             pool.join()
+            shutil.rmtree(spool, ignore_errors=True)
     return out
 
 
