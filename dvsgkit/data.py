@@ -152,7 +152,8 @@ class FrameLoader:
         idx = torch.from_numpy(order).to(self.device)
         for start in range(0, idx.numel(), self.batch_size):
             batch = idx[start : start + self.batch_size]
-            yield self._frames[batch].float(), self._labels[batch]  # [B, T, 2, H, W], [B]
+            frames = self._frames.index_select(0, batch).float()  # [B, T, 2, H, W]
+            yield frames, self._labels[batch]
 
     def _iter_stream(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"

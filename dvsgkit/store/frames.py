@@ -6,6 +6,7 @@ import fcntl
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -315,9 +316,7 @@ def _write_store(
         }
     )
     total = sum(s["labels"].shape[0] for s in index["splits"].values())
-    # spawn: safe even when the caller already holds CUDA or threads (fork is not).
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context()) if workers > 1 else None
     try:
         with tqdm(total=total, unit="sample", desc=tmp.name[1:].split(".zarr")[0],
                   disable=not progress) as bar:  # fmt: skip
@@ -328,6 +327,17 @@ def _write_store(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     group.attrs["complete"] = True
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe: workers start at once, not after re-importing the caller's modules
+    (torch, ~seconds, under spawn). zarr resets its IO loop in a forked child; CUDA cannot be
+    forked, so a process that has initialised it gets spawn."""
+    torch = sys.modules.get("torch")
+    cuda_live = torch is not None and torch.cuda.is_initialized()
+    if cuda_live or "fork" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork")
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
