@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +127,33 @@ def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
         path.mkdir()
     code, out = run("info", str(path))
     assert code == 1 and str(path) in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: int) -> None:
+    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    # The real command, with each block slowed down so that the signal lands mid-build.
+    code = (
+        "import sys, time; from dvsgkit.store import frames as s; real = s._integrate_block; "
+        "s._integrate_block = lambda task: (time.sleep(0.3), real(task))[1]; "
+        "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+    )
+    args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".frames_number_2_split_by_number.zarr.*.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
+    time.sleep(0.4)  # some samples written
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    store = tmp_path / "frames_number_2_split_by_number.zarr"
+    assert not store.exists()
+    leftovers = list(tmp_path.glob("*.partial"))
+    assert not leftovers if sig != signal.SIGKILL else len(leftovers) == 1
+    # The next run starts clean and completes.
+    code_, out = run(
+        "frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"
+    )
+    assert code_ == 0 and "wrote" in out and not list(tmp_path.glob("*.partial"))
