@@ -329,12 +329,75 @@ def _run_epoch(
     return sums
 
 
+def _build_net(config: TrainConfig, device: torch.device, d: Dist) -> nn.Module:
+    """The seeded GestureNet on `device` (weights are a function of --seed alone)."""
+    seed_everything(config.seed)
+    net = GestureNet(config.channels, mode=config.mode, backend=config.backend)
+    if config.sync_bn and d.world_size > 1:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(device)
+    if device.type == "cuda":
+        # Kernel autotuning pays off for the fixed input shape. NHWC suits cuDNN's fp16
+        # convolutions, but the CuPy LIF reads contiguous [T, M] and would copy NHWC
+        # activations at every layer, so channels_last is for the torch backend only.
+        torch.backends.cudnn.benchmark = True
+        if config.channels_last and not config.cupy:
+            net.to(memory_format=torch.channels_last)
+    # Dropout masks differ between ranks: a fresh run draws them from (seed, rank).
+    torch.manual_seed(config.seed + d.rank)
+    return net
+
+
+def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path | None) -> None:
+    """Load a checkpoint's states into `parts` (net, optimizer, lr_scheduler, scaler) and put
+    this rank's RNGs where they were when it was written."""
+    for key, part in parts.items():
+        if key not in ckpt:
+            raise ValueError(f"{source} lacks {key!r}; it cannot resume a run")
+        if ckpt[key]:  # a run without AMP saved an empty scaler state
+            part.load_state_dict(ckpt[key])
+    states = ckpt.get("rng", [])
+    if len(states) == d.world_size:
+        set_rng_state(states[d.rank])
+    elif d.main:
+        print(
+            f"note: {source} was written by {len(states)} process(es), this job has "
+            f"{d.world_size}; dropout masks restart from the seed (not bit-exact)"
+        )
+
+
+def _write_epoch(
+    run_dir: Path, checkpoint: dict[str, Any], record: dict[str, Any], best: bool, writer: Any
+) -> None:
+    """Rank 0's files for one epoch: checkpoints first, so a metrics line never names an epoch
+    that no checkpoint holds."""
+    if best:
+        save_atomic(checkpoint, run_dir / BEST)
+    save_atomic(checkpoint, run_dir / LATEST)
+    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            writer.add_scalar(key, record[key], record["epoch"])
+        writer.flush()
+    r = record
+    print(
+        f"epoch={r['epoch']}, train_loss={r['train_loss']:.6f}, train_acc={r['train_acc']:.4f}, "
+        f"test_loss={r['test_loss']:.6f}, test_acc={r['test_acc']:.4f}, "
+        f"max_test_acc={r['max_test_acc']:.4f}, total_time={r['total_time']:.2f}, "
+        f"train_samples/s={r['train_samples_per_s']:.1f}",
+        flush=True,
+    )
+
+
 def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
     """Train `config`'s recipe, or continue the run whose checkpoint is `resume`.
 
     Per epoch: one printed line, one metrics.jsonl record, TensorBoard scalars (when installed),
     checkpoint_latest.pth, and checkpoint_max.pth on a new best test accuracy. On CPU, training
-    E epochs equals training E' < E and resuming, bit for bit.
+    E epochs equals training E' < E and resuming, bit for bit. Under torchrun every rank trains
+    on its share of each batch-shuffled epoch and tests on the whole test split (equal shares
+    would pad it with repeats); rank 0 alone prints and writes.
     """
     from tqdm.auto import tqdm
 
@@ -343,45 +406,20 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
     try:
         run_dir, ckpt = prepare_run(config, resume)
         store, provenance = _frame_store(config, d)
-
-        seed_everything(config.seed)
-        net = GestureNet(config.channels, mode=config.mode, backend=config.backend)
-        if config.sync_bn and d.world_size > 1:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net.to(device)
-        if device.type == "cuda":
-            # Kernel autotuning pays off for the fixed input shape. NHWC suits cuDNN's fp16
-            # convolutions, but the CuPy LIF reads contiguous [T, M] and would copy NHWC
-            # activations at every layer, so channels_last is for the torch backend only.
-            torch.backends.cudnn.benchmark = True
-            if config.channels_last and not config.cupy:
-                net.to(memory_format=torch.channels_last)
+        net = _build_net(config, device, d)
         optimizer, scheduler = build_optim(config, net.parameters(), device)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+        parts = {"net": net, "optimizer": optimizer, "lr_scheduler": scheduler, "scaler": scaler}
         start_epoch, max_test_acc = 0, 0.0
-        # Dropout masks differ between ranks; a fresh run draws from (seed, rank).
-        torch.manual_seed(config.seed + d.rank)
         if ckpt is not None:
-            net.load_state_dict(ckpt["net"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["lr_scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+            _restore(ckpt, parts, d, resume)
             start_epoch, max_test_acc = ckpt["epoch"] + 1, float(ckpt["max_test_acc"])
-            states = ckpt.get("rng", [])
-            if len(states) == d.world_size:
-                set_rng_state(states[d.rank])
-            elif d.main:
-                print(
-                    f"note: {resume} was written by {len(states)} process(es), this job has "
-                    f"{d.world_size}; dropout masks restart from the seed (not bit-exact)"
-                )
         model = net
         if d.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-        loader_args = dict(device=device, seed=config.seed, workers=config.workers)
+        loader_args = {"device": device, "seed": config.seed, "workers": config.workers}
         train_loader = make_loader(
             store, "train", config.batch_size, shuffle=True, drop_last=True,
             rank=d.rank, world_size=d.world_size, **loader_args,
@@ -396,65 +434,57 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
             )
 
         writer = None
-        if d.main:
+        if d.main:  # nothing is written before every check above has passed
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save_json(run_dir / CONFIG)
             _truncate_metrics(run_dir, start_epoch - 1)
             writer = _tensorboard(run_dir, start_epoch)
             print(f"run directory: {run_dir}  (frames: {store}, {d.world_size} process(es))")
 
-        def bar_for(total: int, desc: str) -> Any:
+        def bar(total: int, desc: str) -> Any:
+            show = config.progress and d.main
             return tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not show)
 
-        show = config.progress and d.main
         record: dict[str, Any] = {}
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
             train_loader.set_epoch(epoch)
             net.train()
-            with bar_for(train_loader.num_samples, f"epoch {epoch} train") as bar:
-                sums = _run_epoch(model, train_loader, device, config.amp, optimizer, scaler, bar)
-            train_sums = _all_sum(sums, d).tolist()
+            with bar(train_loader.num_samples, f"epoch {epoch} train") as b:
+                sums = _run_epoch(model, train_loader, device, config.amp, optimizer, scaler, b)
+            train_sums = _all_sum(sums, d).tolist()  # the epoch's one host sync (and all-reduce)
             train_time = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             scheduler.step()
 
             net.eval()
             _sync_buffers(net, d)
-            with (
-                torch.inference_mode(),
-                bar_for(test_loader.num_samples, f"epoch {epoch} test") as bar,
-            ):
-                test_sums = _run_epoch(net, test_loader, device, config.amp, None, None, bar)
+            with torch.inference_mode(), bar(test_loader.num_samples, f"epoch {epoch} test") as b:
+                test_sums = _run_epoch(net, test_loader, device, config.amp, None, None, b)
             test_sums = test_sums.tolist()
 
-            train_loss, train_acc = train_sums[0] / train_sums[2], train_sums[1] / train_sums[2]
-            test_loss, test_acc = test_sums[0] / test_sums[2], test_sums[1] / test_sums[2]
-            save_max = test_acc > max_test_acc
+            test_acc = test_sums[1] / test_sums[2]
+            best = test_acc > max_test_acc
             max_test_acc = max(max_test_acc, test_acc)
-            states = _gather_rng(d)
-            total_time = time.perf_counter() - start
+            states = _gather_rng(d)  # where the next epoch's dropout masks start, per rank
             record = {
                 "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": test_loss,
+                "train_loss": train_sums[0] / train_sums[2],
+                "train_acc": train_sums[1] / train_sums[2],
+                "test_loss": test_sums[0] / test_sums[2],
                 "test_acc": test_acc,
                 "max_test_acc": max_test_acc,
-                "total_time": total_time,
+                "total_time": time.perf_counter() - start,
                 "train_samples_per_s": train_sums[2] / train_time,
                 "lr": lr,
                 "train_samples": int(train_sums[2]),
                 "test_samples": int(test_sums[2]),
             }
             if d.main:
-                checkpoint = {
-                    "net": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(),
+                checkpoint = {key: part.state_dict() for key, part in parts.items()}
+                checkpoint |= {
                     "epoch": epoch,
                     "max_test_acc": max_test_acc,
-                    "scaler": scaler.state_dict(),
                     "rng": states,
                     "config": config.to_dict(),
                     "world_size": d.world_size,
@@ -463,22 +493,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
                     "format_version": CHECKPOINT_VERSION,
                     "dvsgkit_version": __version__,
                 }
-                if save_max:
-                    save_atomic(checkpoint, run_dir / BEST)
-                save_atomic(checkpoint, run_dir / LATEST)
-                with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
-                        writer.add_scalar(key, record[key], epoch)
-                    writer.flush()
-                print(
-                    f"epoch={epoch}, train_loss={train_loss:.6f}, train_acc={train_acc:.4f}, "
-                    f"test_loss={test_loss:.6f}, test_acc={test_acc:.4f}, "
-                    f"max_test_acc={max_test_acc:.4f}, total_time={total_time:.2f}, "
-                    f"train_samples/s={record['train_samples_per_s']:.1f}",
-                    flush=True,
-                )
+                _write_epoch(run_dir, checkpoint, record, best, writer)
         if writer is not None:
             writer.close()
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
