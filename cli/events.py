@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
 import click
 
 from dvsgkit_cli.common import root_option, user_errors
-
-
-def _terminate(signum: int, frame: object) -> None:
-    # A kill (SIGTERM) unwinds like Ctrl-C, so the partial cache is removed on the way out.
-    raise SystemExit(128 + signum)
 
 
 @click.command("events")
@@ -34,12 +28,9 @@ def events(root: Path, workers: int, progress: bool) -> None:
     path = event_cache_path(root)
     before = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError):
-            build_event_cache(root, workers=workers, progress=progress)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its partial file.
+    with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError):
+        build_event_cache(root, workers=workers, progress=progress)
     with user_errors(ValueError, FileNotFoundError), EventCache(path) as cache:
         counts = {split: cache.num_samples(split) for split in ("train", "test")}
         total = int(sum(cache.offsets(s)[-1] for s in counts))

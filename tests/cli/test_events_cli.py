@@ -125,6 +125,15 @@ def test_synth_validates_its_options(tmp_path: Path) -> None:
     assert code == 1 and "not written by 'dvsgkit synth'" in out and "Traceback" not in out
 
 
+def stopped_state(pid: int) -> str:
+    """The process state letter from /proc ("T" once SIGSTOP has taken effect)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "?"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_process_leaves_no_cache_and_next_run_works(
     tmp_path: Path, sig: signal.Signals
@@ -138,9 +147,15 @@ def test_interrupted_process_leaves_no_cache_and_next_run_works(
     deadline = time.monotonic() + 30
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    if proc.poll() is not None:
+    proc.send_signal(signal.SIGSTOP)  # hold it: if the partial file is still there, it is mid-build
+    while proc.poll() is None and stopped_state(proc.pid) != "T":
+        time.sleep(0.001)
+    if proc.poll() is not None or not partial.exists():
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=30)
         pytest.skip("the build finished before it could be interrupted")
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import h5py
@@ -217,3 +218,21 @@ def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPa
         for k, sample in enumerate(samples):
             np.testing.assert_array_equal(cache.sample("train", 12 + k), sample)
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_build_cleanly(
+    root: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    real = store._process
+
+    def signalled(rec: object) -> dict:
+        os.kill(os.getpid(), sig)  # noted by the build's handler, acted on between steps
+        return real(rec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_process", signalled)
+    before = signal.getsignal(sig)
+    with pytest.raises(KeyboardInterrupt, match=f"interrupted by {sig.name}"):
+        build_event_cache(root, workers=1, progress=False)
+    assert leftovers(root) == []
+    assert signal.getsignal(sig) is before  # the caller's handler is back
