@@ -158,7 +158,8 @@ def main() -> None:
               f"{total_events / build_s / 1e6:.1f} M events/s); SpikingJelly events_np -> "
               f"frames: {sj_build_s:.2f} s ({sj_build_s / build_s:.1f}x ours)")  # fmt: skip
         full = 1464 * 360_000 / (total_events / build_s)
-        print(f"  at this rate the full dataset (1464 samples, ~527 M events) takes ~{full:.0f} s")
+        print(f"  at this rate the full dataset (1464 samples, ~527 M events) takes ~{full:.0f} s "
+              "(an upper bound from small runs: start-up dominates them)")  # fmt: skip
         print(f"bytes on disk: store {ours_bytes / 1e6:.1f} MB, SpikingJelly frames "
               f"{sj_bytes / 1e6:.1f} MB: store = 1/{sj_bytes / ours_bytes:.1f}")  # fmt: skip
         # The issue's ~4.9 GB for the train split is float64 written without compression

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,54 @@ def _torch_compatible(frames: np.ndarray, max_count: int) -> np.ndarray:
     raise ValueError(f"counts up to {max_count} do not fit int64")
 
 
+@dataclass(frozen=True)
+class EpochOrder:
+    """Which samples a rank serves in which epoch: a pure function of (seed, epoch), so that a
+    resumed run, and each DataLoader worker, compute the same order."""
+
+    n: int  # samples in the split
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per rank and epoch. Like DistributedSampler: equal shares, dropping the tail
+        when drop_last, else padding with the order's first indices (seen twice that epoch)."""
+        if self.drop_last:
+            return self.n // self.world_size
+        return math.ceil(self.n / self.world_size)
+
+    @property
+    def num_batches(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices for `epoch`, in the order they are served."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        total = self.num_samples * self.world_size
+        if total > self.n:  # pad to an equal share per rank
+            order = np.concatenate([order, np.resize(order, total - self.n)])
+        order = order[:total][self.rank :: self.world_size]
+        return order[: self.num_batches * self.batch_size]  # drop_last: whole batches only
+
+    def batch(self, epoch: int, k: int) -> np.ndarray:
+        return self.indices(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+
+
 class FrameLoader:
     """Batches (float32 [B, T, 2, H, W], int64 [B]) on `device`, shuffled as a pure function of
     (seed, epoch). Mode "memory" holds the whole split on the device as integers and gathers each
-    batch there; mode "stream" reads batches through a DataLoader (with `workers` processes)."""
+    batch there; mode "stream" reads batches through a DataLoader with `workers` persistent
+    processes, each reading whole batches."""
 
     def __init__(
         self,
@@ -94,32 +139,30 @@ class FrameLoader:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.shuffle, self.drop_last, self.device = shuffle, drop_last, device
-        self.seed, self.workers, self.rank, self.world_size = seed, workers, rank, world_size
-        self.epoch = 0
-        n = len(dataset)
-        # Like DistributedSampler: equal shares, dropping the tail when drop_last, else padding
-        # with the first indices of the order (a few samples seen twice per epoch).
-        per_rank = n // world_size if drop_last else math.ceil(n / world_size)
-        self.num_samples = per_rank  # samples this rank sees per epoch
-        budget = _default_budget(device) if memory_budget is None else memory_budget
-        nbytes = (
-            math.prod(dataset.shape)
-            * _torch_compatible(np.zeros(1, dataset.dtype), dataset.max_count).itemsize
+        self.dataset, self.device, self.workers = dataset, device, workers
+        self.order = EpochOrder(
+            len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size
         )
-        self.mode = "memory" if nbytes <= budget else "stream"
-        self._frames: torch.Tensor | None = None
+        self.batch_size = batch_size
+        self.num_samples = self.order.num_samples  # samples this rank sees per epoch
+        self.epoch = 0  # the epoch the next pass serves
+        self._serving = [0]  # the epoch being served, boxed for the stream sampler
+        budget = _default_budget(device) if memory_budget is None else memory_budget
+        itemsize = _torch_compatible(np.zeros(1, dataset.dtype), dataset.max_count).itemsize
+        self.mode = "memory" if math.prod(dataset.shape) * itemsize <= budget else "stream"
         self._labels = torch.from_numpy(dataset.labels).to(device)
+        self._host: np.ndarray | None = None  # memory mode on the CPU
+        self._frames: torch.Tensor | None = None  # memory mode on an accelerator
+        self._stream: torch.utils.data.DataLoader | None = None
         if self.mode == "memory":
-            self._frames = torch.from_numpy(
-                _torch_compatible(dataset.frames[:], dataset.max_count)
-            ).to(device)  # [N, T, 2, H, W] integers, uploaded once
+            split = _torch_compatible(dataset.frames[:], dataset.max_count)  # [N, T, 2, H, W]
+            if device.type == "cpu":
+                self._host = split
+            else:
+                self._frames = torch.from_numpy(split).to(device)  # uploaded once
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return self.order.num_batches
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the next pass's order to that of `epoch` (a resumed run sees the same order)."""
@@ -127,47 +170,76 @@ class FrameLoader:
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample indices for `epoch`, in the order they are served."""
-        n = len(self.dataset)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n)
-        total = self.num_samples * self.world_size
-        if total > n:  # pad to an equal share per rank
-            order = np.concatenate([order, np.resize(order, total - n)])
-        return order[:total][self.rank :: self.world_size]
+        return self.order.indices(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices(self.epoch)
+        self._serving[0] = self.epoch
         self.epoch += 1  # without set_epoch, each pass still gets a new order
-        if self.drop_last:
-            order = order[: len(self) * self.batch_size]
         if self.mode == "memory":
-            yield from self._iter_memory(order)
-        else:
-            yield from self._iter_stream(order)
+            return self._iter_memory(self.order.indices(self._serving[0]))
+        return self._iter_stream()
 
     def _iter_memory(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        assert self._frames is not None
         idx = torch.from_numpy(order).to(self.device)
         for start in range(0, idx.numel(), self.batch_size):
             batch = idx[start : start + self.batch_size]
-            frames = self._frames.index_select(0, batch).float()  # [B, T, 2, H, W]
-            yield frames, self._labels[batch]
+            if self._host is not None:
+                # numpy gathers and converts ~5x faster than torch on our CPUs (measured): it
+                # asks for huge pages for big arrays; fresh torch CPU tensors fault in 4 KiB pages.
+                host = self._host[order[start : start + self.batch_size]].astype(np.float32)
+                frames = torch.from_numpy(host)
+            else:
+                frames = self._frames.index_select(0, batch).float()
+            yield frames, self._labels[batch]  # [B, T, 2, H, W] float32, [B] int64
 
-    def _iter_stream(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iter_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=order.tolist(),
-            num_workers=self.workers,
-            pin_memory=pin,
-            prefetch_factor=4 if self.workers else None,
-        )
-        for frames, labels in loader:
-            frames = frames.to(self.device, non_blocking=pin).float()  # [B, T, 2, H, W]
-            yield frames, labels.to(self.device, non_blocking=pin)
+        if self._stream is None:  # built once: its worker processes persist across epochs
+            self._stream = torch.utils.data.DataLoader(
+                _Batches(self.dataset, self.order),
+                sampler=_EpochKeys(self.order, self._serving),
+                batch_size=None,  # each item already is a batch, read by one worker
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
+                pin_memory=pin,
+                prefetch_factor=4 if self.workers else None,
+            )
+        for frames, labels in self._stream:  # integers: 4x fewer bytes from workers and to GPU
+            if self.device.type == "cpu":
+                frames = torch.from_numpy(frames.numpy().astype(np.float32))  # see _iter_memory
+            else:
+                frames = frames.to(self.device, non_blocking=True).float()
+            yield frames, labels.to(self.device, non_blocking=pin)  # [B, T, 2, H, W], [B]
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """Keys (epoch, batch) of the pass being served; iterated in the main process. It holds the
+    order and a one-slot epoch box, not the loader: no reference cycle, so dropping the loader
+    shuts its workers down at once (a cycle left that to the gc, and a 5 s join timeout)."""
+
+    def __init__(self, order: EpochOrder, serving: list[int]) -> None:
+        self.order, self.serving = order, serving
+
+    def __len__(self) -> int:
+        return self.order.num_batches
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.serving[0]
+        return iter([(epoch, k) for k in range(self.order.num_batches)])
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item (epoch, k) = batch k of that epoch, read sample by sample (zarr's per-chunk reads
+    beat its fancy indexing ~8x) into one integer array, in a worker process."""
+
+    def __init__(self, dataset: FrameDataset, order: EpochOrder) -> None:
+        self.dataset, self.order = dataset, order
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.batch(*key)
+        frames = np.stack([self.dataset.frames[int(i)] for i in idx])  # [B, T, 2, H, W]
+        frames = _torch_compatible(frames, self.dataset.max_count)
+        return torch.from_numpy(frames), torch.from_numpy(self.dataset.labels[idx])
 
 
 def _default_budget(device: torch.device) -> int:

@@ -68,6 +68,20 @@ def test_memory_and_stream_modes_serve_the_same_batches(store: Path, device: str
     assert len(seen) == 20
 
 
+def test_persistent_stream_workers_follow_each_epoch(store: Path) -> None:
+    kw = dict(shuffle=True, drop_last=False, seed=4)
+    memory = make_loader(store, "train", 5, **kw)
+    stream = make_loader(store, "train", 5, memory_budget=0, workers=1, **kw)
+    for epoch in (0, 1, 5, None):  # None: the pass after 5, without set_epoch
+        if epoch is not None:
+            memory.set_epoch(epoch)
+            stream.set_epoch(epoch)
+        pairs = list(zip(memory, stream, strict=True))
+        assert [len(y) for (_, y), _ in pairs] == [5, 5, 5, 5, 4]
+        for (xm, ym), (xs, ys) in pairs:
+            assert torch.equal(xm, xs) and torch.equal(ym, ys) and xs.dtype == torch.float32
+
+
 def test_order_is_a_function_of_seed_and_epoch(store: Path) -> None:
     def order(loader) -> list[int]:
         return [int(i) for i in loader.indices(loader.epoch)]
