@@ -445,10 +445,12 @@ class EventCache:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """The root attributes (sources stays the JSON string it is stored as)."""
-        return {
-            k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self._file.attrs.items()
-        }
+        """The root attributes as plain Python values (sources stays the JSON string it is
+        stored as)."""
+        plain = {}
+        for key, value in self._file.attrs.items():
+            plain[key] = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+        return plain
 
     def checksum(self) -> str:
         """sha256 of the layout version, the sources (names, sizes, md5s) and every split's
