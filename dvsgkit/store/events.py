@@ -294,14 +294,36 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Remove the partial files and spool folders of builds that were killed (their process is
+    gone): the next run starts clean. Those of a build still running are left alone."""
+    for path in out.parent.glob(f"{out.name}.*"):
+        owner = path.name.rsplit("-", 1)[-1]
+        if path.suffix.startswith((".partial", ".spool")) and owner.isdigit():
+            try:
+                os.kill(int(owner), 0)
+                continue  # alive (or not ours to signal): still being written
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif path.name not in (f"{out.name}.partial", f"{out.name}.spool"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
 
     Worker processes parse recordings while this process writes. The file is written as
-    `events.h5.partial` and renamed only when complete, so an error (named file and byte offset
-    or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A complete cache
-    whose sources are unchanged (names, sizes, modification times) is returned as it is.
+    `events.h5.partial-<pid>` and renamed only when complete, so an error (named file and byte
+    offset or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A
+    complete cache whose sources are unchanged (names, sizes, modification times) is returned
+    as it is.
     """
     import h5py
     from tqdm import tqdm
@@ -324,14 +346,14 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     if out.exists():
         if _up_to_date(out, folder, recordings):
             return out
-        out.unlink()  # stale: never leave a cache that disagrees with its sources
+        out.unlink(missing_ok=True)  # stale: never leave a cache disagreeing with its sources
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["md5"] = _md5(folder / name)
-    partial = out.with_name(out.name + ".partial")
-    spool = out.with_name(out.name + ".spool")  # workers' hand-over files
-    partial.unlink(missing_ok=True)  # both left by a killed run: start clean
-    shutil.rmtree(spool, ignore_errors=True)
+    _remove_leftovers(out)
+    # Names unique to this process, so that two builds of one root cannot trip over each other.
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # workers' hand-over files
     with _Signals() as signals:
         pool = _pool(workers, len(recordings))
         if pool is not None:

@@ -143,7 +143,7 @@ def test_interrupted_process_leaves_no_cache_and_next_run_works(
                "--events-per-sample", "40000")[0] == 0  # fmt: skip
     cmd = [sys.executable, "-m", "dvsgkit_cli.main", "events", *args, "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = tmp_path / "events.h5.partial"
+    partial = tmp_path / f"events.h5.partial-{proc.pid}"
     deadline = time.monotonic() + 30
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -179,9 +181,26 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
         build_event_cache(root, workers=1, progress=False)
     assert leftovers(root) == []
     monkeypatch.setattr(store, "_process", real)
-    (root / "events.h5.partial").write_bytes(b"left by a killed run")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (root / f"events.h5.partial-{dead}").write_bytes(b"left by a killed run")
+    (root / f"events.h5.spool-{dead}").mkdir()
+    (root / f"events.h5.partial-{os.getpid()}9").write_bytes(b"")  # no such process either
     build_event_cache(root, progress=False)
     assert leftovers(root) == ["events.h5"]
+
+
+def test_two_builds_at_once_both_succeed(root: Path) -> None:
+    """Two processes building one root (e.g. two frame builds) do not trip over each other."""
+    code = "import sys; from dvsgkit.store.events import build_event_cache as b; b(sys.argv[1])"
+    cmd = [sys.executable, "-c", code, str(root)]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert leftovers(root) == ["events.h5"]
+    with EventCache(root / "events.h5") as cache:
+        assert cache.num_samples("train") == 24
 
 
 def test_events_outside_the_sensor_are_rejected(root: Path) -> None:
