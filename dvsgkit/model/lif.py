@@ -80,10 +80,10 @@ def lif_multistep(
         raise ValueError(f"x_seq must be time-major [T, N, ...], got shape {tuple(x_seq.shape)}")
     v: torch.Tensor | float = v_reset
     spikes = []
-    for t in range(x_seq.shape[0]):
-        spike, v = lif_step(
-            x_seq[t], v, tau=tau, v_threshold=v_threshold, v_reset=v_reset, alpha=alpha
-        )
+    # unbind, not x_seq[t]: each indexing op's backward would zero-fill a whole [T, ...] tensor
+    # (T^2 traffic); unbind's backward stacks the T step gradients once.
+    for x in x_seq.unbind(0):
+        spike, v = lif_step(x, v, tau=tau, v_threshold=v_threshold, v_reset=v_reset, alpha=alpha)
         spikes.append(spike)
     return torch.stack(spikes)
 
