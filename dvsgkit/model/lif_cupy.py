@@ -292,9 +292,29 @@ def _kernels(dtype_name: str, params: tuple[float, float, float, float], device:
             raise readable_kernel_error(exc, dtype_name) from exc
 
 
+def storage_is_time_major(x_seq: torch.Tensor) -> bool:
+    """True when x_seq's memory is one dense block per time step, steps in order: T is the
+    outermost dimension and the others tile each step without gaps in any order (contiguous,
+    or channels_last convolution outputs unflattened to [T, N, C, H, W]). An elementwise
+    kernel then runs on the storage as it is, and outputs made by empty_like share its strides."""
+    steps, numel = x_seq.shape[0], x_seq.numel()
+    if numel == 0 or (steps > 1 and x_seq.stride(0) != numel // steps):
+        return False
+    dims = zip(x_seq.stride()[1:], x_seq.shape[1:], strict=True)
+    inner = sorted((stride, size) for stride, size in dims if size != 1)
+    expected = 1
+    for stride, size in inner:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _launch(kind: str, tensors: list[torch.Tensor | None], ref: torch.Tensor, params: tuple):
-    """Run kernel `kind` ("forward"/"backward") on [T, M] contiguous tensors on ref's stream."""
-    steps, neurons = ref.shape
+    """Run kernel `kind` ("forward"/"backward") on ref's stream over tensors that share ref's
+    time-major storage layout, read as [T, M] (M = neurons per step)."""
+    steps = ref.shape[0]
+    neurons = ref.numel() // steps
     dtype_name = str(ref.dtype).removeprefix("torch.")
     device = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
     kernels = _kernels(dtype_name, params, device)
@@ -311,7 +331,7 @@ def _launch(kind: str, tensors: list[torch.Tensor | None], ref: torch.Tensor, pa
 
 
 class LIFMultiStep(torch.autograd.Function):
-    """Fused multi-step LIF on `[T, M]`: saves only h for backward."""
+    """Fused multi-step LIF on a time-major tensor (`storage_is_time_major`): saves only h."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, params: tuple) -> torch.Tensor:
@@ -325,7 +345,9 @@ class LIFMultiStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spike: torch.Tensor):
         (h,) = ctx.saved_tensors
-        grad_spike = grad_spike.to(h.dtype).contiguous()  # the kernel reads h's dtype
+        grad_spike = grad_spike.to(h.dtype)  # the kernel reads h's dtype and memory layout
+        if grad_spike.stride() != h.stride():
+            grad_spike = torch.empty_like(h).copy_(grad_spike)
         grad_x = torch.empty_like(h)
         _launch("backward", [grad_spike, h, grad_x], h, ctx.params)
         return grad_x, None
@@ -353,12 +375,12 @@ def lif_multistep_cupy(
             "use lif.lif_multistep (backend='torch') for other dtypes"
         )
     params = (float(tau), float(v_threshold), float(v_reset), float(alpha))
-    x = x_seq.reshape(x_seq.shape[0], -1).contiguous()  # [T, M]
-    if x.numel() == 0:
+    if x_seq.numel() == 0:
         return torch.zeros_like(x_seq)
+    # Keep a channels_last (or any dense, time-outermost) layout as is: no copy in, none out.
+    x = x_seq if storage_is_time_major(x_seq) else x_seq.contiguous()
     if torch.is_grad_enabled() and x.requires_grad:
-        spike = LIFMultiStep.apply(x, params)
-    else:  # inference: the kernel skips writing h
-        spike = torch.empty_like(x)
-        _launch("forward", [x, spike, None], x, params)
-    return spike.view(x_seq.shape)
+        return LIFMultiStep.apply(x, params)
+    spike = torch.empty_like(x)  # inference: the kernel skips writing h
+    _launch("forward", [x, spike, None], x, params)
+    return spike

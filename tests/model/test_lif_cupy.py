@@ -25,6 +25,7 @@ from dvsgkit.model.lif_cupy import (
     kernel_source,
     lif_multistep_cupy,
     readable_kernel_error,
+    storage_is_time_major,
     threshold_bracket,
 )
 from dvsgkit.model.net import GestureNet
@@ -185,13 +186,20 @@ int main(int argc, char** argv) {  // kind T M w in1 in2 out1 [out2]
 """
 
 
+def _storage(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order (what the kernel sees), as a 1-D view."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
 def _to_file(t: torch.Tensor, path: Path) -> None:
-    t.detach().contiguous().flatten().view(torch.uint8).numpy().tofile(path)
+    _storage(t.detach()).contiguous().view(torch.uint8).numpy().tofile(path)
 
 
 def _from_file(path: Path, like: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(like)  # like's strides, as the library's outputs
     raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    return raw.view(like.dtype).view(like.shape)
+    _storage(out).copy_(raw.view(like.dtype))
+    return out
 
 
 class CppKernels:
@@ -217,7 +225,8 @@ class CppKernels:
         return self.binaries[dtype_name]
 
     def run(self, kind: str, a: torch.Tensor, b: torch.Tensor, outs: int) -> list[torch.Tensor]:
-        steps, m = a.shape
+        steps = a.shape[0]
+        m = a.numel() // steps
         w = VEC if m % VEC == 0 else 1
         files = [self.folder / f"{name}.bin" for name in ("a", "b", "o1", "o2")]
         _to_file(a, files[0])
@@ -239,7 +248,9 @@ class CppLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spike: torch.Tensor):
         (h,) = ctx.saved_tensors
-        (grad_x,) = ctx.kernels.run("b", grad_spike.contiguous(), h, outs=1)
+        if grad_spike.stride() != h.stride():  # as the library: the gradient in h's layout
+            grad_spike = torch.empty_like(h).copy_(grad_spike)
+        (grad_x,) = ctx.kernels.run("b", grad_spike, h, outs=1)
         return grad_x, None
 
 
@@ -251,9 +262,9 @@ def cpp_kernels(tmp_path_factory: pytest.TempPathFactory) -> CppKernels:
 
 
 def cpp_lif(kernels: CppKernels) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x_seq: torch.Tensor) -> torch.Tensor:
-        x = x_seq.reshape(x_seq.shape[0], -1)
-        return CppLIF.apply(x, kernels).view(x_seq.shape)
+    def run(x_seq: torch.Tensor) -> torch.Tensor:  # the layout choice of lif_multistep_cupy
+        x = x_seq if storage_is_time_major(x_seq) else x_seq.contiguous()
+        return CppLIF.apply(x, kernels)
 
     return run
 
@@ -314,8 +325,21 @@ def test_fused_lif_matches_reference(fused, device: str, dtype: torch.dtype, sha
     torch.testing.assert_close(x_fused.grad.float(), x_ref.grad, **TOL[dtype])
 
 
+def test_storage_is_time_major_accepts_dense_steps_in_any_inner_order() -> None:
+    x = torch.zeros(4, 3, 5, 6, 7)  # [T, N, C, H, W]
+    channels_last = torch.zeros(12, 5, 6, 7).to(memory_format=torch.channels_last)
+    assert storage_is_time_major(x)
+    assert storage_is_time_major(channels_last.unflatten(0, (4, 3)))
+    assert storage_is_time_major(x[:1].expand(1, 3, 5, 6, 7))
+    assert storage_is_time_major(torch.zeros(4, 1, 5).transpose(1, 2))  # size-1 dims are free
+    assert not storage_is_time_major(x.transpose(0, 1))  # T not outermost
+    assert not storage_is_time_major(x[:, :, ::2])  # gaps
+    assert not storage_is_time_major(torch.zeros(4, 3, 5)[:, :2])  # gaps between steps
+    assert not storage_is_time_major(torch.zeros(4, 0, 5))
+
+
 @pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
-def test_fused_lif_handles_strided_and_misaligned_inputs(fused, device: str) -> None:
+def test_fused_lif_handles_strided_misaligned_and_channels_last_inputs(fused, device: str) -> None:
     x, grad = lif_inputs((6, 4, 10), torch.float32, device)
     base = torch.zeros(x.numel() + 1, device=device)
     base[1:] = x.flatten()
@@ -323,9 +347,21 @@ def test_fused_lif_handles_strided_and_misaligned_inputs(fused, device: str) -> 
         "transposed": x.transpose(1, 2).contiguous().transpose(1, 2),  # non-contiguous
         "offset": base[1:].view(x.shape),  # data pointer not 16-byte aligned
     }
-    expected = lif_multistep(x)
     for name, xc in cases.items():
-        assert torch.equal(fused(xc), expected), name
+        assert torch.equal(fused(xc), lif_multistep(x)), name
+    # Convolution outputs in channels_last, unflattened to [T, N, C, H, W]: no copy, the
+    # outputs and the input gradient keep that layout.
+    x5, grad5 = lif_inputs((3, 2, 8, 4, 4), torch.float32, device, seed=1)
+    xc = x5.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    xc.requires_grad_(True)
+    spikes = fused(xc)
+    spikes.backward(grad5)
+    x_ref = x5.clone().requires_grad_(True)
+    lif_multistep(x_ref).backward(grad5)
+    assert torch.equal(spikes, lif_multistep(x5))
+    torch.testing.assert_close(xc.grad, x_ref.grad, rtol=1e-6, atol=1e-7)
+    if fused is not emulated:  # the transcription reshapes; the kernels keep the layout
+        assert spikes.stride() == xc.stride() and xc.grad.stride() == xc.stride()
 
 
 @pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
