@@ -122,6 +122,7 @@ def cpu_smoke() -> None:
     print("needs CUDA: no CUDA GPU here (torch.cuda.is_available() is False); the kernels and")
     print("SpikingJelly's need one. Running only the torch reference, tiny, on CPU:")
     x = (torch.rand(16, 2, 8, 8, 8) * 2).requires_grad_(True)
+    fwd_bwd(lif_multistep, x, torch.ones_like(x))  # warm-up: first calls pay for lazy setup
     t0 = time.perf_counter()
     spikes, grad_x = fwd_bwd(lif_multistep, x, torch.ones_like(x))
     ms = (time.perf_counter() - t0) * 1e3
