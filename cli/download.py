@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.constants import DATASET_DIR, RESOURCES
+from dvsgkit.constants import DATASET_DIR, EXTRACT_DIR, MAPPING_NAME, RESOURCES
 from dvsgkit.io.download import (
     DownloadError,
     archive_status,
@@ -17,7 +17,7 @@ from dvsgkit.io.download import (
     install_mapping,
     manual_steps,
 )
-from dvsgkit.io.extract import EXTRACT_DIR, MAPPING_NAME, UnsafeArchiveError, safe_extract
+from dvsgkit.io.extract import UnsafeArchiveError, safe_extract
 from dvsgkit_cli.common import root_option, user_errors
 
 

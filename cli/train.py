@@ -116,9 +116,11 @@ def train(
     For several GPUs (or CPU processes with gloo) run the same command under
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
+    from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
     from dvsgkit.train import train as run_training
 
-    with user_errors():
+    expected = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+    with user_errors(*expected, CupyUnavailableError, CupyKernelError):
         config = TrainConfig(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
         )

@@ -37,7 +37,10 @@ EVENT_DTYPE = np.dtype([("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("p", "u1")])
 TRAIN_SAMPLES = 1176
 TEST_SAMPLES = 288
 
+DOWNLOAD_DIR = "download"  # ROOT/download/ holds the four files exactly as IBM names them
+EXTRACT_DIR = "extract"  # ROOT/extract/ receives DvsGesture/ and gesture_mapping.csv
 DATASET_DIR = "DvsGesture"  # what DvsGesture.tar.gz extracts to
+MAPPING_NAME = "gesture_mapping.csv"  # the SpikingJelly layout keeps it beside DvsGesture/
 TRAIN_TRIALS_FILE = "trials_to_train.txt"
 TEST_TRIALS_FILE = "trials_to_test.txt"
 SPLITS = ("train", "test")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dvsgkit.constants import DATASET_DIR, EVENT_DTYPE, SPLITS, TRIALS_FILES
+from dvsgkit.constants import DATASET_DIR, EVENT_DTYPE, EXTRACT_DIR, SPLITS, TRIALS_FILES
 from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events, iter_words, unpack_data
 from dvsgkit.io.labels import labels_path_for, read_labels, read_trials
 
@@ -26,7 +26,7 @@ class Recording:
 
 def dataset_dir(root: str | os.PathLike[str]) -> Path:
     """ROOT/extract/DvsGesture, where the recordings, labels and trials lists live."""
-    return Path(root) / "extract" / DATASET_DIR
+    return Path(root) / EXTRACT_DIR / DATASET_DIR
 
 
 def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recording]:

@@ -13,6 +13,8 @@ from dvsgkit.constants import (
     CLASS_NAMES,
     DATASET_DIR,
     EVENT_DTYPE,
+    EXTRACT_DIR,
+    MAPPING_NAME,
     NUM_CLASSES,
     SENSOR_HEIGHT,
     SENSOR_WIDTH,
@@ -159,7 +161,7 @@ def write_synthetic_dataset(
     ):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    extract = Path(root) / "extract"
+    extract = Path(root) / EXTRACT_DIR
     final = extract / DATASET_DIR
     if final.exists() and not (final / MARKER).is_file():
         raise FileExistsError(
@@ -188,8 +190,8 @@ def write_synthetic_dataset(
             f"{name.replace(' ', '_').replace('-', '_')},{i + 1}\r\n"
             for i, name in enumerate(CLASS_NAMES)
         )
-        (extract / "gesture_mapping.csv.partial").write_text("action,label\r\n" + mapping)
-        os.replace(extract / "gesture_mapping.csv.partial", extract / "gesture_mapping.csv")
+        (extract / f"{MAPPING_NAME}.partial").write_text("action,label\r\n" + mapping)
+        os.replace(extract / f"{MAPPING_NAME}.partial", extract / MAPPING_NAME)
         if final.exists():
             old = extract / f"{DATASET_DIR}.old-{os.getpid()}"
             os.replace(final, old)

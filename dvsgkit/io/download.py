@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dvsgkit import __version__
-from dvsgkit.constants import ARCHIVE_NAME, IBM_BOX_URL, RESOURCES, Resource
-from dvsgkit.io.extract import EXTRACT_DIR, MAPPING_NAME
+from dvsgkit.constants import (
+    ARCHIVE_NAME,
+    DOWNLOAD_DIR,
+    EXTRACT_DIR,
+    IBM_BOX_URL,
+    MAPPING_NAME,
+    RESOURCES,
+    Resource,
+)
 
-DOWNLOAD_DIR = "download"  # ROOT/download/ holds the four files exactly as IBM names them
 VERIFY_CACHE = ".dvsgkit-md5.json"  # in ROOT/download/: name -> {size, mtime_ns, md5}
 PARTIAL_SUFFIX = ".partial"
 CHUNK = (

@@ -14,8 +14,6 @@ from pathlib import Path, PurePosixPath
 
 from dvsgkit import __version__
 
-EXTRACT_DIR = "extract"  # ROOT/extract/ receives DvsGesture/ and gesture_mapping.csv
-MAPPING_NAME = "gesture_mapping.csv"  # the SpikingJelly layout keeps it beside DvsGesture/
 MARKER = ".dvsgkit-extracted.json"  # written last: its presence means the extraction completed
 _DRIVE = re.compile(r"^[A-Za-z]:")
 

@@ -20,8 +20,9 @@ import numpy as np
 import zarr
 
 import dvsgkit
-from dvsgkit.constants import CLASS_NAMES, DATASET_DIR, NUM_CLASSES, SENSOR_SIZE, SPLITS
+from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.samples import dataset_dir
 
 LAYOUT = "dvsgkit.frames"
 LAYOUT_VERSION = 1
@@ -255,7 +256,7 @@ def build_frame_store(
     root = Path(root)
     target = frame_store_path(root, T, split_by)
     events_path = root / "events.h5"
-    if not events_path.exists() or (root / "extract" / DATASET_DIR).is_dir():
+    if not events_path.exists() or dataset_dir(root).is_dir():
         # Missing: build it. Recordings present: let the event pipeline refresh a stale cache
         # (a no-op that compares file stats when current), so changed inputs reach the frames.
         from dvsgkit.store.events import build_event_cache
