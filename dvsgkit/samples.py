@@ -6,11 +6,21 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dvsgkit.constants import DATASET_DIR, EVENT_DTYPE, EXTRACT_DIR, SPLITS, TRIALS_FILES
-from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events, iter_words, unpack_data
+from dvsgkit.io.aedat import (
+    DEFAULT_CHUNK_EVENTS,
+    AedatError,
+    ReadBuffers,
+    iter_events,
+    iter_words,
+    max_xy,
+    unpack_into,
+    xy_bound,
+)
 from dvsgkit.io.labels import labels_path_for, read_labels, read_trials
 
 
@@ -95,28 +105,85 @@ def _empty_columns(n: int) -> dict[str, np.ndarray]:
     return {name: np.empty(n, dtype=EVENT_DTYPE[name]) for name in EVENT_DTYPE.names}
 
 
+class CutBuffers:
+    """Memory `cut_recording_columns` reuses from one recording to the next: the reader's
+    buffers and the staging area where a recording's sample events wait, undecoded, until
+    every window's length is known. Reuse spares the kernel faulting in fresh pages each time.
+    One cut at a time per instance."""
+
+    def __init__(self) -> None:
+        self.read = ReadBuffers()
+        self.t = np.empty(0, np.int64)
+        self.data = np.empty(0, np.uint32)
+        self.used = 0
+
+    def append(self, t: np.ndarray, data: np.ndarray) -> int:
+        """Copy (t, data) after the staged events; return where they start."""
+        start, n = self.used, len(t)
+        if start + n > len(self.t):
+            size = max(start + n, len(self.t) * 3 // 2)
+            self.t = np.concatenate([self.t[:start], np.empty(size - start, np.int64)])
+            self.data = np.concatenate([self.data[:start], np.empty(size - start, np.uint32)])
+        self.t[start : start + n] = t
+        self.data[start : start + n] = data
+        self.used = start + n
+        return start
+
+
 def cut_recording_columns(
     recording: Recording,
     *,
     chunk_events: int = DEFAULT_CHUNK_EVENTS,
     alloc: Callable[[int], dict[str, np.ndarray]] = _empty_columns,
+    sensor: tuple[int, int] | None = None,
+    digest: Any = None,
+    buffers: CutBuffers | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """`cut_recording` in the form the event cache stores: (windows, lengths int64 [rows],
     {"t", "x", "y", "p"} columns of all samples concatenated in row order). Cuts the undecoded
-    words and decodes only the events that land in a sample. `alloc(n)` provides the output
-    columns (e.g. in memory shared with another process)."""
+    words and decodes only the events that land in a sample, straight into the columns.
+
+    `alloc(n)` provides the output columns (e.g. in memory shared with another process), of
+    EVENT_DTYPE's field types or narrower unsigned ones (uint8 x and y need `sensor`).
+    `sensor` (H, W): raise AedatError if a sample event lies off it. `digest`: a hashlib
+    object fed every byte of the .aedat (see `iter_words`). `buffers`: memory to reuse."""
     windows = read_labels(recording.labels)
-    t_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
-    d_pieces: list[list[np.ndarray]] = [[] for _ in range(len(windows))]
-    for t, data in iter_words(recording.aedat, chunk_events=chunk_events):
+    buffers = CutBuffers() if buffers is None else buffers
+    buffers.used = 0
+    pieces: list[list[tuple[int, int]]] = [[] for _ in range(len(windows))]  # (start, n) staged
+    words = iter_words(
+        recording.aedat, chunk_events=chunk_events, digest=digest, buffers=buffers.read
+    )
+    for t, data in words:
         for i, sel in _selectors(t, windows):
-            t_pieces[i].append(t[sel])
-            d_pieces[i].append(data[sel])
-    lengths = np.array([sum(len(p) for p in pieces) for pieces in t_pieces], dtype=np.int64)
+            part = t[sel]
+            if len(part):
+                pieces[i].append((buffers.append(part, data[sel]), len(part)))
+    lengths = np.array([sum(n for _, n in p) for p in pieces], dtype=np.int64)
+    staged = buffers.data[: buffers.used]
+    if sensor is not None:
+        _check_sensor(recording, staged, sensor)
     columns = alloc(int(lengths.sum()))
-    t_all = [p for pieces in t_pieces for p in pieces]
-    d_all = [p for pieces in d_pieces for p in pieces]
-    if t_all:
-        np.concatenate(t_all, out=columns["t"])
-        columns["x"][:], columns["y"][:], columns["p"][:] = unpack_data(np.concatenate(d_all))
+    if sensor is None and columns["x"].dtype.itemsize < 2:
+        raise ValueError("columns with x and y narrower than uint16 need `sensor` checked")
+    a = 0
+    for piece in pieces:
+        for start, n in piece:
+            b, src = a + n, slice(start, start + n)
+            columns["t"][a:b] = buffers.t[src]
+            unpack_into(buffers.data[src], columns["x"][a:b], columns["y"][a:b], columns["p"][a:b])
+            a = b
     return windows, lengths, columns
+
+
+def _check_sensor(recording: Recording, data: np.ndarray, sensor: tuple[int, int]) -> None:
+    height, width = sensor
+    bx, by = xy_bound(data)  # cheap upper bounds, exact tests for power-of-two sizes
+    if bx < width and by < height:
+        return
+    mx, my = max_xy(data)
+    if mx >= width or my >= height:
+        raise AedatError(
+            f"{recording.aedat}: events with x up to {mx} and y up to {my} do not fit the "
+            f"{width}x{height} sensor; not a DVS128 recording"
+        )

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from dvsgkit.constants import EVENT_DTYPE
-from dvsgkit.io.aedat import write_aedat
+from dvsgkit.io.aedat import AedatError, write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.samples import (
+    CutBuffers,
     Recording,
     cut,
     cut_chunks,
@@ -102,6 +103,36 @@ def test_cut_recording_and_columns_agree_with_reference(tmp_path: Path) -> None:
     for name in EVENT_DTYPE.names:
         np.testing.assert_array_equal(columns[name], flat[name])
         assert columns[name].dtype == EVENT_DTYPE[name]
+
+
+def test_columns_into_uint8_with_the_sensor_checked(tmp_path: Path) -> None:
+    """The event cache's form: x, y, p decoded straight into uint8 columns, which is exact only
+    on the sensor, so events off it are an error, and uint8 columns without the check too."""
+    rng = np.random.default_rng(1)
+    ev = events_at(np.sort(rng.integers(0, 1 << 20, 4000)))
+    ev["x"], ev["y"] = rng.integers(0, 128, 4000), rng.integers(0, 128, 4000)
+    rows = [(3, 1000, 1 << 19), (8, 0, 1 << 21), (8, 5, 6)]
+    rec = make_recording(tmp_path, "user01_lab", ev, rows)
+
+    def alloc(n: int) -> dict[str, np.ndarray]:
+        return {k: np.empty(n, np.int64 if k == "t" else np.uint8) for k in "txyp"}
+
+    buffers = CutBuffers()
+    for _ in range(2):  # the second cut reuses the first one's memory
+        _, lengths, columns = cut_recording_columns(
+            rec, chunk_events=700, alloc=alloc, sensor=(128, 128), buffers=buffers
+        )
+        flat = np.concatenate(reference(ev, windows_of(rows)))
+        assert lengths.sum() == len(flat)
+        for name in EVENT_DTYPE.names:
+            np.testing.assert_array_equal(columns[name], flat[name])
+    with pytest.raises(ValueError, match="narrower than uint16 need `sensor`"):
+        cut_recording_columns(rec, alloc=alloc)
+    ev["y"][3000] = 200  # inside a window; uint8 would hold it, the sensor does not
+    rec = make_recording(tmp_path, "user01_lab", ev, rows)
+    with pytest.raises(AedatError, match=r"user01_lab.aedat: events with x up to 127 and y up "
+                       r"to 200 do not fit the 128x128 sensor"):  # fmt: skip
+        cut_recording_columns(rec, alloc=alloc, sensor=(128, 128))
 
 
 def test_list_recordings_follows_trials_order(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -96,17 +97,16 @@ def read_header(path: str | os.PathLike[str]) -> AedatHeader:
             return _parse_header(mm, path)
 
 
-def _polarity_packets(
-    mm: mmap.mmap, start: int, path: Path, max_events: int | None = None
-) -> tuple[np.ndarray, int]:
-    """Walk the packet headers from byte `start` until the end of the file, or until the
-    polarity packets seen hold at least `max_events` events; return ([K, 3] int64 rows (payload
-    offset, eventNumber, eventTSOverflow) of the polarity packets, byte offset where the walk
-    stopped). Other packet types are skipped by their declared size. One Python step per
-    packet: packets hold thousands of events."""
-    size = len(mm)
+def _walk(
+    buf: Any, pos: int, path: Path, max_events: int | None, base: int, stop: int, size: int
+) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Walk the packet headers from file offset `pos` while whole packets lie in `buf` (which
+    holds the file's bytes [base, stop) of a file of `size` bytes), until the polarity packets
+    seen hold at least `max_events` events. Return (polarity packets as (offset in buf of the
+    payload, eventNumber, eventCapacity, eventTSOverflow), file offset where the walk stopped).
+    Other packet types are skipped by their declared size. One Python step per packet: packets
+    hold thousands of events. Errors are judged against the file size, not the buffer."""
     rows = []
-    pos = start
     events = 0
     unpack = PACKET_HEADER.unpack_from
     while pos < size and (max_events is None or events < max_events):
@@ -115,13 +115,17 @@ def _polarity_packets(
                 f"{path}: truncated packet header at byte {pos}: {size - pos} bytes left, "
                 f"{PACKET_HEADER.size} needed"
             )
-        etype, _src, esize, _tsoff, overflow, capacity, number, _valid = unpack(mm, pos)
+        if pos + PACKET_HEADER.size > stop:
+            break
+        etype, _src, esize, _tsoff, overflow, capacity, number, _valid = unpack(buf, pos - base)
         payload = capacity * esize
         if pos + PACKET_HEADER.size + payload > size:
             raise AedatError(
                 f"{path}: packet at byte {pos} declares {capacity} x {esize} bytes of events "
                 f"but only {size - pos - PACKET_HEADER.size} bytes remain (truncated file)"
             )
+        if pos + PACKET_HEADER.size + payload > stop:
+            break
         if etype == POLARITY_EVENT:
             if esize != POLARITY_EVENT_SIZE:
                 raise AedatError(
@@ -134,21 +138,60 @@ def _polarity_packets(
                     f"eventCapacity {capacity}"
                 )
             if number:
-                rows.append((pos + PACKET_HEADER.size, number, overflow))
+                rows.append((pos - base + PACKET_HEADER.size, number, capacity, overflow))
                 events += number
         pos += PACKET_HEADER.size + payload
-    return np.array(rows, dtype=np.int64).reshape(-1, 3), pos
+    return rows, pos
+
+
+def _polarity_packets(
+    mm: mmap.mmap, start: int, path: Path, max_events: int | None = None
+) -> tuple[np.ndarray, int]:
+    """`_walk` over a whole memory-mapped file: ([K, 3] int64 rows (payload offset,
+    eventNumber, eventTSOverflow) of the polarity packets, byte offset where the walk
+    stopped)."""
+    rows, pos = _walk(mm, start, path, max_events, 0, len(mm), len(mm))
+    packets = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return packets[:, [0, 1, 3]], pos
 
 
 def unpack_data(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Polarity data words (uint32) -> x uint16, y uint16, p uint8."""
-    tmp = np.right_shift(data, _X_SHIFT)
-    x = np.bitwise_and(tmp, _XY_MASK, out=tmp).astype(np.uint16)
-    tmp = np.right_shift(data, _Y_SHIFT, out=tmp)
-    y = np.bitwise_and(tmp, _XY_MASK, out=tmp).astype(np.uint16)
-    tmp = np.right_shift(data, _P_SHIFT, out=tmp)
-    p = np.bitwise_and(tmp, 1, out=tmp).astype(np.uint8)
+    x = np.empty(len(data), np.uint16)
+    y = np.empty(len(data), np.uint16)
+    p = np.empty(len(data), np.uint8)
+    unpack_into(data, x, y, p)
     return x, y, p
+
+
+def unpack_into(data: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> None:
+    """Decode polarity data words (uint32 [n]) into the unsigned integer arrays x, y, p [n]
+    (one pass each, no temporaries). x and y need 15 bits to be exact in general; narrower
+    arrays (uint8) are exact only when every x and y fits them: check that first (`max_xy`)."""
+    # The casts keep the low bits: x is the top 15 bits of the word, so it needs no mask.
+    np.right_shift(data, _X_SHIFT, out=x, casting="unsafe")
+    np.right_shift(data, _Y_SHIFT, out=y, casting="unsafe")
+    if y.dtype.itemsize > 1:  # a uint8 y keeps 8 of its 15 bits: nothing of x to mask off
+        np.bitwise_and(y, _XY_MASK, out=y)
+    np.right_shift(data, _P_SHIFT, out=p, casting="unsafe")
+    np.bitwise_and(p, 1, out=p)
+
+
+def max_xy(data: np.ndarray) -> tuple[int, int]:
+    """(largest x, largest y) of polarity data words (uint32), or (-1, -1) when there are none."""
+    if len(data) == 0:
+        return -1, -1
+    x, y, _ = unpack_data(data)
+    return int(x.max()), int(y.max())
+
+
+def xy_bound(data: np.ndarray) -> tuple[int, int]:
+    """Upper bounds of x and y over polarity data words, in one cheap pass: the bitwise OR of
+    all x and of all y (>= the maxima, and < 2**k exactly when every value is < 2**k)."""
+    if len(data) == 0:
+        return 0, 0
+    word = int(np.bitwise_or.reduce(data))
+    return (word >> _X_SHIFT) & _XY_MASK, (word >> _Y_SHIFT) & _XY_MASK
 
 
 def decode_words(t: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -159,13 +202,40 @@ def decode_words(t: np.ndarray, data: np.ndarray) -> np.ndarray:
     return out
 
 
+class ReadBuffers:
+    """Memory that `iter_words` reads and decodes into, kept between files: pass one instance to
+    successive reads (one read at a time) so that each chunk lands in pages that are already
+    mapped, instead of fresh ones the kernel must fault in and zero for every file."""
+
+    def __init__(self) -> None:
+        self.raw = bytearray(0)  # file bytes
+        self.t = np.empty(0, np.int64)
+        self.data = np.empty(0, np.uint32)
+
+    def reserve(self, raw_bytes: int, events: int) -> None:
+        """Grow (never shrink) to hold `raw_bytes` of file and `events` decoded events."""
+        if len(self.raw) < raw_bytes:
+            self.raw = bytearray(raw_bytes)
+        if len(self.t) < events:
+            self.t = np.empty(events, np.int64)
+            self.data = np.empty(events, np.uint32)
+
+
 def iter_words(
-    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+    path: str | os.PathLike[str],
+    *,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    digest: Any = None,
+    buffers: ReadBuffers | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The polarity events of an AEDAT 3.x file in file order, as chunks of (t int64 µs [n],
     data uint32 [n]) of at most about `chunk_events` events (a packet is never split): the
-    undecoded form, cheapest to cut (see `unpack_data`). Memory stays bounded whatever the file
-    size: the file is memory-mapped and decoded one chunk at a time.
+    undecoded form, cheapest to cut (see `unpack_into`). Memory stays bounded whatever the file
+    size: the file is read one chunk at a time into one buffer.
+
+    A chunk's arrays live in `buffers` (fresh ones if None) and are overwritten by the next
+    chunk: copy what you keep. `digest` (a hashlib object), if given, is updated with every
+    byte of the file in order, so that one read of the file both hashes and decodes it.
 
     Each polarity packet contributes its first `eventNumber` slots (slots beyond it are unused
     capacity), minus the events whose valid bit is 0. Timestamps are
@@ -174,17 +244,54 @@ def iter_words(
     if chunk_events < 1:
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
     path = Path(path)
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
+    buffers = ReadBuffers() if buffers is None else buffers
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
             raise AedatError(f"{path}: empty file at byte 0, expected '#!AER-DAT3.1'")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = _parse_header(mm, path).data_offset
-            while pos < len(mm):
-                packets, end = _polarity_packets(mm, pos, path, chunk_events)
-                if len(packets):
-                    yield _decode_packets(mm, packets)
-                _release(mm, pos, end)
+            pos = _parse_header(mm, path).data_offset  # touches the first page or so
+        # A chunk of events plus their packet headers; grown below for a larger packet.
+        buffers.reserve(chunk_events * POLARITY_EVENT_SIZE + (1 << 16), chunk_events)
+        base, filled = 0, _fill(f, buffers.raw, 0, size, digest)  # the header is hashed too
+        while pos < size:
+            packets, end = _walk(buffers.raw, pos, path, chunk_events, base, base + filled, size)
+            if end > pos:
+                if packets:
+                    yield _decode_packets(buffers, packets)
                 pos = end
+                continue
+            # The next packet is not whole in the buffer: move its start to the front, or grow
+            # the buffer if it is there already, then read on.
+            if pos == base:
+                _, _, esize, _, _, capacity, _, _ = PACKET_HEADER.unpack_from(buffers.raw, 0)
+                grown = bytearray(PACKET_HEADER.size + capacity * esize)
+                grown[:filled] = buffers.raw[:filled]
+                buffers.raw = grown
+            else:
+                raw = np.frombuffer(buffers.raw, np.uint8)
+                raw[: base + filled - pos] = raw[pos - base : filled]  # overlap-safe copy
+                del raw  # release the export
+                base, filled = pos, base + filled - pos
+            filled += _fill(f, buffers.raw, filled, size - base, digest)
+
+
+def _fill(f: Any, raw: bytearray, start: int, limit: int, digest: Any) -> int:
+    """Read the file on into raw[start:] until it is full or `limit` bytes of it hold file data
+    (so that no more than the size the walk judges against is read); return the bytes read."""
+    view = memoryview(raw)
+    stop, pos = min(len(raw), limit), start
+    try:
+        while pos < stop:
+            n = f.readinto(view[pos:stop])
+            if not n:
+                break
+            if digest is not None:
+                digest.update(view[pos : pos + n])
+            pos += n
+    finally:
+        view.release()
+    return pos - start
 
 
 def iter_events(
@@ -195,36 +302,47 @@ def iter_events(
         yield decode_words(t, data)
 
 
-def _release(mm: mmap.mmap, start: int, end: int) -> None:
-    """Unmap the pages of [start, end) that are done with, so that the resident size stays one
-    chunk however large the file (they stay in the page cache)."""
-    if hasattr(mmap, "MADV_DONTNEED"):  # Linux and most Unixes
-        lo, hi = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-        if hi > lo:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-
-def _decode_packets(mm: mmap.mmap, packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(t int64, data uint32) of the valid events of these polarity packets, in file order."""
-    offsets, numbers, overflows = packets.T
-    # Views into the map (no copy); the concatenation is the only copy.
-    parts = [
-        np.frombuffer(mm, dtype="<u4", count=2 * n, offset=o)
-        for o, n in zip(offsets.tolist(), numbers.tolist(), strict=True)
-    ]
-    raw = np.concatenate(parts).reshape(-1, 2)  # [n, (data, timestamp)]
-    del parts  # release the views so that the map can close
-    data = raw[:, 0]
-    overflow = np.repeat(overflows, numbers) if overflows.any() else None
+def _decode_packets(
+    buffers: ReadBuffers, packets: list[tuple[int, int, int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(t int64, data uint32) of the valid events of these polarity packets of buffers.raw, in
+    file order, as views of buffers.t and buffers.data."""
+    rows = np.array(packets, dtype=np.int64)  # [K, (payload offset, number, capacity, overflow)]
+    offsets, numbers, capacities, overflows = rows.T
+    n = int(numbers.sum())
+    buffers.reserve(0, n)
+    t, data = buffers.t[:n], buffers.data[:n]
+    first, k = int(offsets[0]), len(rows)
+    stride = PACKET_HEADER.size + POLARITY_EVENT_SIZE * int(numbers[0])
+    if (
+        (numbers == capacities).all()
+        and (numbers == numbers[0]).all()
+        and (k == 1 or (np.diff(offsets) == stride).all())
+    ):
+        # Back-to-back full packets of one size (the dataset's form): one strided view of
+        # all their payloads, [K, events, (data, timestamp)] words, and two copies.
+        head = PACKET_HEADER.size
+        words = np.frombuffer(buffers.raw, "<u4", count=k * stride // 4, offset=first - head)
+        words = words.reshape(k, stride // 4)[:, head // 4 :].reshape(k, -1, 2)
+        t.reshape(k, -1)[...] = words[:, :, 1]
+        data.reshape(k, -1)[...] = words[:, :, 0]
+    else:
+        a = 0
+        for o, m in zip(offsets.tolist(), numbers.tolist(), strict=True):
+            words = np.frombuffer(buffers.raw, "<u4", count=2 * m, offset=o).reshape(m, 2)
+            t[a : a + m] = words[:, 1]
+            data[a : a + m] = words[:, 0]
+            a += m
+    del words  # release the export of buffers.raw
+    if overflows.any():
+        t |= np.repeat(overflows, numbers) << 31
     # AND over all words has bit 0 set iff every event is valid: one pass, no temporary.
     if not np.bitwise_and.reduce(data) & 1:
         valid = (data & 1).astype(bool)
-        raw, data = raw[valid], data[valid]
-        overflow = overflow[valid] if overflow is not None else None
-    t = raw[:, 1].astype(np.int64)
-    if overflow is not None:
-        t |= overflow << 31
-    return t, np.ascontiguousarray(data)
+        m = int(valid.sum())
+        t[:m], data[:m] = t[valid], data[valid]
+        t, data = t[:m], data[:m]
+    return t, data
 
 
 def read_events(

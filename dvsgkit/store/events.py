@@ -28,20 +28,30 @@ from dvsgkit.constants import (
     SPLITS,
     TRIALS_FILES,
 )
-from dvsgkit.io.aedat import AedatError
-from dvsgkit.samples import Recording, cut_recording_columns, dataset_dir, list_recordings
+from dvsgkit.samples import (
+    CutBuffers,
+    Recording,
+    cut_recording_columns,
+    dataset_dir,
+    list_recordings,
+)
 
 LAYOUT = "dvsgkit.events"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: x, y as uint8 (1: uint16), sources with sha256 (1: md5)
 CACHE_NAME = "events.h5"
 FIELDS = ("t", "x", "y", "p")
+# What the cache stores: x and y fit uint8 on the 128 x 128 sensor (the build refuses events off
+# it), which halves them and spares a filter; EventCache.sample returns EVENT_DTYPE all the same.
+STORED_DTYPES = {"t": np.dtype(np.int64), "x": np.dtype(np.uint8), "y": np.dtype(np.uint8),
+                 "p": np.dtype(np.uint8)}  # fmt: skip
 # 64 Ki events per chunk: a 360 k-event sample spans ~6 chunks; scale-offset packs a small chunk
 # tighter (its timestamps span less) at the same speed: 4.6 bytes/event here, 5.1 at 256 Ki.
 CHUNK_EVENTS = 1 << 16
-# HDF5's built-in scale-offset filter, lossless for integers (minimum bits per chunk): every HDF5
-# reader decodes it without a plugin, and it writes ~3x faster than shuffle + LZF and ~5x faster
-# than shuffle + gzip level 1, for ~5 bytes per event (LZF ~3.8, gzip ~2.9; .aedat: 8).
-FILTERS: dict[str, Any] = {"scaleoffset": 0}
+# Timestamps go through HDF5's built-in scale-offset filter, lossless for integers (minimum bits
+# per chunk): every HDF5 reader decodes it without a plugin, and it writes ~3x faster than
+# shuffle + LZF and ~5x faster than shuffle + gzip level 1. x, y, p (one byte each) are stored
+# as they are: the filter would halve them but cost more time than the rest of the build.
+FILTERS: dict[str, dict[str, Any]] = {"t": {"scaleoffset": 0}, "x": {}, "y": {}, "p": {}}
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
 
 
@@ -50,13 +60,10 @@ def event_cache_path(root: str | os.PathLike[str]) -> Path:
     return Path(root) / CACHE_NAME
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def _sha256(path: Path) -> str:
+    # sha256 rather than md5: CPUs with SHA extensions hash it ~2-3x faster.
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                digest.update(mm)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stat(folder: Path, name: str) -> dict[str, Any]:
@@ -74,7 +81,7 @@ def _source_names(recordings: list[Recording]) -> list[str]:
 def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
     """True when `path` is a complete cache of this layout whose recorded sources have the names,
     sizes and modification times of the files on disk now. (Hashing ~5 GB on every run would
-    take longer than a build's parsing; the md5s are recorded for provenance.)"""
+    take seconds; the sha256s are recorded for provenance.)"""
     import h5py
 
     try:
@@ -88,48 +95,97 @@ def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
     return [{k: s.get(k) for k in ("name", "bytes", "mtime_ns")} for s in recorded] == now
 
 
-def _spool(path: Path, n: int, *, mode: str) -> dict[str, np.ndarray]:
-    """n events as four columns t, x, y, p, back to back in a memory-mapped file: how a worker
-    hands its samples to the writer without pickling them through a pipe."""
-    sizes = [n * EVENT_DTYPE[name].itemsize for name in FIELDS]
-    if mode == "w+":
-        # Resize without truncating first: a reused spool file keeps its pages, which saves
-        # the workers allocating fresh ones for every recording.
-        with open(path, "ab") as f:
-            f.truncate(sum(sizes))
-    if n == 0:
-        return {name: np.empty(0, EVENT_DTYPE[name]) for name in FIELDS}
-    buf = np.memmap(path, dtype=np.uint8, mode=mode, shape=(sum(sizes),))
-    starts = np.cumsum([0, *sizes])  # t first: every column stays aligned to its item size
-    return {
-        name: buf[starts[k] : starts[k + 1]].view(EVENT_DTYPE[name])
-        for k, name in enumerate(FIELDS)
-    }
+Slot = int | Path  # a spool: a memfd inherited by the workers, or a file
 
 
-def _process(recording: Recording, spool: Path | None = None) -> dict[str, Any]:
+class _Spools:
+    """Spools, memory-mapped: how a worker hands a recording's samples to the writer without
+    pickling them through a pipe. A recording's n events lie in a slot as four columns t, x, y,
+    p back to back. Maps stay open from one recording to the next and slots only grow, so that
+    pages are faulted in once per process, not once per recording."""
+
+    def __init__(self, writable: bool) -> None:
+        self.writable = writable
+        self.maps: dict[Slot, np.ndarray] = {}
+
+    def columns(self, slot: Slot, n: int) -> dict[str, np.ndarray]:
+        sizes = [n * STORED_DTYPES[name].itemsize for name in FIELDS]
+        if n == 0:
+            return {name: np.empty(0, STORED_DTYPES[name]) for name in FIELDS}
+        buf = self.maps.get(slot)
+        if buf is None or len(buf) < sum(sizes):
+            self.maps.pop(slot, None)
+            buf = self.maps[slot] = self._map(slot, sum(sizes))
+        starts = np.cumsum([0, *sizes])  # t first: every column stays aligned to its item size
+        return {
+            name: buf[starts[k] : starts[k + 1]].view(STORED_DTYPES[name])
+            for k, name in enumerate(FIELDS)
+        }
+
+    def _map(self, slot: Slot, need: int) -> np.ndarray:
+        if isinstance(slot, int):
+            fd = slot
+        else:
+            fd = os.open(slot, (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY, 0o600)
+        try:
+            if self.writable and os.fstat(fd).st_size < need:
+                # Grow, never shrink: other processes' maps of it stay valid.
+                os.ftruncate(fd, need + need // 4)  # with room to grow into
+            access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+            return np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size, access=access), np.uint8)
+        finally:
+            if not isinstance(slot, int):
+                os.close(fd)
+
+    def close(self) -> None:
+        self.maps.clear()
+
+
+def _make_slots(count: int, folder: Path) -> list[Slot]:
+    """Spools for a pool's hand-over: anonymous memory files (Linux, where the workers are
+    forked and inherit them; nothing to clean up, no disk writes) or files in `folder`."""
+    if sys.platform == "linux" and hasattr(os, "memfd_create"):
+        return [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
+    folder.mkdir()
+    return [folder / f"{k}.bin" for k in range(count)]
+
+
+_local = threading.local()  # per process (and thread): buffers and spool maps kept between jobs
+
+
+def _reused() -> tuple[CutBuffers, _Spools]:
+    if not hasattr(_local, "buffers"):
+        _local.buffers, _local.spools = CutBuffers(), _Spools(writable=True)
+    return _local.buffers, _local.spools
+
+
+def _release_reused() -> None:
+    for name in ("buffers", "spools"):
+        _local.__dict__.pop(name, None)
+
+
+def _alloc(n: int) -> dict[str, np.ndarray]:
+    return {name: np.empty(n, STORED_DTYPES[name]) for name in FIELDS}
+
+
+def _process(recording: Recording, spool: Slot | None = None) -> dict[str, Any]:
     """Cut one recording; return its samples' columns (or, in a worker, the file holding them:
-    `spool`) and bookkeeping."""
-    if spool is None:
-        windows, lengths, columns = cut_recording_columns(recording)
-    else:
-        alloc = functools.partial(_spool, spool, mode="w+")
-        windows, lengths, columns = cut_recording_columns(recording, alloc=alloc)
-    height, width = SENSOR_SIZE
-    if lengths.sum() and (columns["x"].max() >= width or columns["y"].max() >= height):
-        raise AedatError(
-            f"{recording.aedat}: events with x up to {columns['x'].max()} and y up to "
-            f"{columns['y'].max()} do not fit the {width}x{height} sensor; not a DVS128 recording"
-        )
+    `spool`) and bookkeeping. Hashes the .aedat while reading it."""
+    buffers, spools = _reused()
+    alloc = _alloc if spool is None else functools.partial(spools.columns, spool)
+    digest = hashlib.sha256()
+    windows, lengths, columns = cut_recording_columns(
+        recording, alloc=alloc, sensor=SENSOR_SIZE, digest=digest, buffers=buffers
+    )
     return {
         "recording": recording,
         "windows": windows,
         "lengths": lengths,
         "columns": columns if spool is None else None,
         "spool": spool,
-        "md5": {
-            recording.aedat.name: _md5(recording.aedat),
-            recording.labels.name: _md5(recording.labels),
+        "sha256": {
+            recording.aedat.name: digest.hexdigest(),
+            recording.labels.name: _sha256(recording.labels),
         },
     }
 
@@ -166,6 +222,7 @@ def _init_worker() -> None:
     # worker with SIGTERM, which must kill it even if the parent installed a handler for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _release_reused()  # the parent's, if it had any: each worker makes its own
 
 
 def _pool(workers: int, jobs: int) -> Any:
@@ -178,25 +235,26 @@ def _pool(workers: int, jobs: int) -> Any:
 
 
 def _results(
-    recordings: list[Recording], pool: Any, ahead: int, spool: Path, signals: _Signals
+    recordings: list[Recording], pool: Any, ahead: int, slots: list[Slot], signals: _Signals
 ) -> Iterator[dict[str, Any]]:
     """`_process` over the recordings, in order, with at most `ahead` jobs submitted and not yet
     consumed, so that memory stays bounded while the parent writes. A worker's exception is
-    raised here. Workers leave their columns in files under `spool`, mapped here."""
+    raised here. Workers leave their columns in `slots` (ahead + 1 of them), mapped here."""
     if pool is None:
         for rec in recordings:
             signals.check()
             yield _process(rec)
         return
+    spools = _Spools(writable=False)
     pending: collections.deque = collections.deque()
     jobs = iter(enumerate(recordings))
 
     def submit() -> None:
         job = next(jobs, None)
         if job is not None:
-            # ahead + 1 spool files in turn: job k + ahead reuses the file of job k - 1, which
-            # has been consumed by the time job k + ahead is submitted.
-            slot = spool / f"{job[0] % (ahead + 1)}.bin"
+            # ahead + 1 slots in turn: job k + ahead reuses the slot of job k - 1, which has
+            # been consumed by the time job k + ahead is submitted.
+            slot = slots[job[0] % (ahead + 1)]
             pending.append(pool.apply_async(_process, (job[1], slot)))
 
     for _ in range(ahead):
@@ -208,10 +266,10 @@ def _results(
             job.wait(0.1)
         result = job.get()
         submit()
-        path = result["spool"]
-        result["columns"] = _spool(path, int(result["lengths"].sum()), mode="r")
+        result["columns"] = spools.columns(result["spool"], int(result["lengths"].sum()))
         yield result
-        result["columns"] = None  # unmap
+        result["columns"] = None
+    spools.close()
 
 
 class _SplitWriter:
@@ -221,7 +279,7 @@ class _SplitWriter:
     def __init__(self, group: Any) -> None:
         self.group = group
         self.size = 0  # events written to the datasets
-        self.pending = {name: np.empty(0, EVENT_DTYPE[name]) for name in FIELDS}
+        self.pending = {name: np.empty(0, STORED_DTYPES[name]) for name in FIELDS}
         self.lengths: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
@@ -262,9 +320,9 @@ class _SplitWriter:
                 name,
                 shape=(0,),
                 maxshape=(None,),
-                dtype=EVENT_DTYPE[name],
+                dtype=STORED_DTYPES[name],
                 chunks=(chunk,),
-                **FILTERS,
+                **FILTERS[name],
             )
 
     def finish(self) -> None:
@@ -349,25 +407,26 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         out.unlink(missing_ok=True)  # stale: never leave a cache disagreeing with its sources
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
     for name in (TRIALS_FILES[s] for s in SPLITS):
-        sources[name]["md5"] = _md5(folder / name)
+        sources[name]["sha256"] = _sha256(folder / name)
     _remove_leftovers(out)
     # Names unique to this process, so that two builds of one root cannot trip over each other.
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # workers' hand-over files
+    spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
+    ahead = workers + 1  # jobs submitted and not yet written
     with _Signals() as signals:
+        # The slots exist before the pool forks its workers, which inherit them.
+        slots = _make_slots(ahead + 1, spool) if min(workers, len(recordings)) > 1 else []
         pool = _pool(workers, len(recordings))
-        if pool is not None:
-            spool.mkdir()
         bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
         try:
             with h5py.File(partial, "w") as f:
                 writers = {split: _SplitWriter(f.create_group(split)) for split in SPLITS}
                 events = 0
-                for result in _results(recordings, pool, workers + 1, spool, signals):
+                for result in _results(recordings, pool, ahead, slots, signals):
                     rec = result["recording"]
                     writers[rec.split].add(result)
-                    for name, md5 in result["md5"].items():
-                        sources[name]["md5"] = md5
+                    for name, sha in result["sha256"].items():
+                        sources[name]["sha256"] = sha
                     events += len(result["columns"]["t"])
                     bar.set_postfix_str(f"{rec.trial}, {events:,} events", refresh=False)
                     bar.update()
@@ -386,10 +445,14 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
             raise
         finally:
             bar.close()
+            _release_reused()
             if pool is not None:
                 pool.terminate()  # stops the workers on an error or Ctrl-C; idle ones otherwise
                 pool.join()
-                shutil.rmtree(spool, ignore_errors=True)
+            for slot in slots:
+                if isinstance(slot, int):
+                    os.close(slot)
+            shutil.rmtree(spool, ignore_errors=True)
     return out
 
 
@@ -475,12 +538,13 @@ class EventCache:
         return plain
 
     def checksum(self) -> str:
-        """sha256 of the layout version, the sources (names, sizes, md5s) and every split's
+        """sha256 of the layout version, the sources (names, sizes, sha256s) and every split's
         offsets, labels, trials and rows: a cheap fingerprint that changes whenever the samples
         can, without reading the events (they are a function of the sources' bytes)."""
         digest = hashlib.sha256(f"{LAYOUT}/{LAYOUT_VERSION}".encode())
         sources = json.loads(self._file.attrs["sources"])
-        digest.update(json.dumps([[s["name"], s["bytes"], s.get("md5")] for s in sources]).encode())
+        named = [[s["name"], s["bytes"], s.get("sha256")] for s in sources]
+        digest.update(json.dumps(named).encode())
         for split in SPLITS:
             digest.update(self._offsets[split].tobytes())
             digest.update(self._labels[split].tobytes())

@@ -27,7 +27,7 @@ from dvsgkit.samples import dataset_dir
 LAYOUT = "dvsgkit.frames"
 LAYOUT_VERSION = 1
 EVENTS_LAYOUT = "dvsgkit.events"
-EVENTS_LAYOUT_VERSION = 1
+EVENTS_LAYOUT_VERSION = 2  # the events.h5 layout this reads (x, y uint8 since 2)
 # Format 2 is the default: zarr-python 2.x (still common), zarr-python 3 and tensorstore all read
 # it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
 ZARR_FORMATS = (2, 3)

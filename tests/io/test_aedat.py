@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.io.aedat import (
     AedatError,
     AedatWriter,
+    ReadBuffers,
+    decode_words,
     iter_events,
+    iter_words,
     packet_header,
     read_events,
     read_header,
@@ -118,6 +122,30 @@ def test_chunked_reading_equals_whole(tmp_path: Path) -> None:
     chunks = list(iter_events(path, chunk_events=1000))
     assert len(chunks) > 5 and all(len(c) <= 1000 + 300 for c in chunks)
     np.testing.assert_array_equal(np.concatenate(chunks), ev)
+
+
+@pytest.mark.parametrize("chunk_events", [1, 999, 1 << 22])
+def test_one_read_decodes_and_hashes_the_whole_file(tmp_path: Path, chunk_events: int) -> None:
+    """Packets larger than the read buffer (chunk_events=1), chunks ending mid-buffer, and a
+    whole-file buffer: the same events, and the digest sees every byte, header included."""
+    ev = make_events(30_000)
+    path = write_aedat(tmp_path / "a.aedat", ev, packet_events=20_000)  # 160 kB packets
+    digest = hashlib.sha256()
+    parts = [(t.copy(), d.copy()) for t, d in iter_words(path, chunk_events=chunk_events,
+                                                         digest=digest)]  # fmt: skip
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    t = np.concatenate([p[0] for p in parts])
+    np.testing.assert_array_equal(t, ev["t"])
+    assert len(parts) == (2 if chunk_events < 20_000 else 1)
+
+
+def test_reused_buffers_serve_files_of_any_size_in_turn(tmp_path: Path) -> None:
+    buffers = ReadBuffers()
+    for k, n in enumerate([5000, 20, 12_000, 0, 3000]):
+        ev = make_events(n, seed=k)
+        path = write_aedat(tmp_path / f"{k}.aedat", ev, packet_events=1 + k * 700)
+        got = [decode_words(t, d) for t, d in iter_words(path, chunk_events=2000, buffers=buffers)]
+        np.testing.assert_array_equal(np.concatenate(got) if got else ev[:0], ev)
 
 
 def test_other_packet_types_are_skipped_by_declared_size(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -69,7 +70,7 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
     aedat_bytes = sum(p.stat().st_size for p in dataset_dir(root).glob("*.aedat"))
     assert path.stat().st_size < aedat_bytes
     with h5py.File(path, "r") as f:
-        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 1
+        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 2
         assert f.attrs["dvsgkit_version"] == __version__
         assert f.attrs["sensor_size"].tolist() == [128, 128]
         assert list(f.attrs["class_names"]) == list(CLASS_NAMES)
@@ -79,13 +80,15 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
         assert "user01_fluorescent.aedat" in names and "user24_fluorescent_labels.csv" in names
         for s in sources:
             assert s["bytes"] == (dataset_dir(root) / s["name"]).stat().st_size
-            assert len(s["md5"]) == 32
+            want = hashlib.sha256((dataset_dir(root) / s["name"]).read_bytes()).hexdigest()
+            assert s["sha256"] == want
         for split in SPLITS:
             g = f[split]
             types = {k: g[k].dtype for k in ("t", "x", "y", "p", "offsets", "labels", "row")}
-            assert types == {"t": np.int64, "x": np.uint16, "y": np.uint16, "p": np.uint8,
+            assert types == {"t": np.int64, "x": np.uint8, "y": np.uint8, "p": np.uint8,
                              "offsets": np.int64, "labels": np.uint8, "row": np.int32}  # fmt: skip
             assert g["t"].compression is None and g["t"].scaleoffset == 0  # built-in filter
+            assert all(g[k].compression is None and g[k].scaleoffset is None for k in "xyp")
             assert len(g["offsets"]) == len(g["labels"]) + 1 == len(g["trial"]) + 1
             assert g["offsets"][-1] == len(g["t"]) == len(g["p"])
             a, b = g["offsets"][3:5]
