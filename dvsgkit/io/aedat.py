@@ -98,14 +98,14 @@ def read_header(path: str | os.PathLike[str]) -> AedatHeader:
 
 
 def _walk(
-    buf: Any, pos: int, path: Path, max_events: int | None, base: int, stop: int, size: int
+    mm: mmap.mmap, pos: int, path: Path, max_events: int | None
 ) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Walk the packet headers from file offset `pos` while whole packets lie in `buf` (which
-    holds the file's bytes [base, stop) of a file of `size` bytes), until the polarity packets
-    seen hold at least `max_events` events. Return (polarity packets as (offset in buf of the
-    payload, eventNumber, eventCapacity, eventTSOverflow), file offset where the walk stopped).
+    """Walk the packet headers from byte `pos` until the end of the file, or until the polarity
+    packets seen hold at least `max_events` events. Return (polarity packets as (payload
+    offset, eventNumber, eventCapacity, eventTSOverflow), byte offset where the walk stopped).
     Other packet types are skipped by their declared size. One Python step per packet: packets
-    hold thousands of events. Errors are judged against the file size, not the buffer."""
+    hold thousands of events."""
+    size = len(mm)
     rows = []
     events = 0
     unpack = PACKET_HEADER.unpack_from
@@ -115,17 +115,13 @@ def _walk(
                 f"{path}: truncated packet header at byte {pos}: {size - pos} bytes left, "
                 f"{PACKET_HEADER.size} needed"
             )
-        if pos + PACKET_HEADER.size > stop:
-            break
-        etype, _src, esize, _tsoff, overflow, capacity, number, _valid = unpack(buf, pos - base)
+        etype, _src, esize, _tsoff, overflow, capacity, number, _valid = unpack(mm, pos)
         payload = capacity * esize
         if pos + PACKET_HEADER.size + payload > size:
             raise AedatError(
                 f"{path}: packet at byte {pos} declares {capacity} x {esize} bytes of events "
                 f"but only {size - pos - PACKET_HEADER.size} bytes remain (truncated file)"
             )
-        if pos + PACKET_HEADER.size + payload > stop:
-            break
         if etype == POLARITY_EVENT:
             if esize != POLARITY_EVENT_SIZE:
                 raise AedatError(
@@ -138,7 +134,7 @@ def _walk(
                     f"eventCapacity {capacity}"
                 )
             if number:
-                rows.append((pos - base + PACKET_HEADER.size, number, capacity, overflow))
+                rows.append((pos + PACKET_HEADER.size, number, capacity, overflow))
                 events += number
         pos += PACKET_HEADER.size + payload
     return rows, pos
@@ -147,10 +143,9 @@ def _walk(
 def _polarity_packets(
     mm: mmap.mmap, start: int, path: Path, max_events: int | None = None
 ) -> tuple[np.ndarray, int]:
-    """`_walk` over a whole memory-mapped file: ([K, 3] int64 rows (payload offset,
-    eventNumber, eventTSOverflow) of the polarity packets, byte offset where the walk
-    stopped)."""
-    rows, pos = _walk(mm, start, path, max_events, 0, len(mm), len(mm))
+    """`_walk` as arrays: ([K, 3] int64 rows (payload offset, eventNumber, eventTSOverflow) of
+    the polarity packets, byte offset where the walk stopped)."""
+    rows, pos = _walk(mm, start, path, max_events)
     packets = np.array(rows, dtype=np.int64).reshape(-1, 4)
     return packets[:, [0, 1, 3]], pos
 
@@ -203,19 +198,16 @@ def decode_words(t: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 
 class ReadBuffers:
-    """Memory that `iter_words` reads and decodes into, kept between files: pass one instance to
+    """Memory that `iter_words` decodes into, kept between files: pass one instance to
     successive reads (one read at a time) so that each chunk lands in pages that are already
     mapped, instead of fresh ones the kernel must fault in and zero for every file."""
 
     def __init__(self) -> None:
-        self.raw = bytearray(0)  # file bytes
         self.t = np.empty(0, np.int64)
         self.data = np.empty(0, np.uint32)
 
-    def reserve(self, raw_bytes: int, events: int) -> None:
-        """Grow (never shrink) to hold `raw_bytes` of file and `events` decoded events."""
-        if len(self.raw) < raw_bytes:
-            self.raw = bytearray(raw_bytes)
+    def reserve(self, events: int) -> None:
+        """Grow (never shrink) to hold `events` decoded events."""
         if len(self.t) < events:
             self.t = np.empty(events, np.int64)
             self.data = np.empty(events, np.uint32)
@@ -231,11 +223,12 @@ def iter_words(
     """The polarity events of an AEDAT 3.x file in file order, as chunks of (t int64 µs [n],
     data uint32 [n]) of at most about `chunk_events` events (a packet is never split): the
     undecoded form, cheapest to cut (see `unpack_into`). Memory stays bounded whatever the file
-    size: the file is read one chunk at a time into one buffer.
+    size: the file is memory-mapped and decoded one chunk at a time, and the pages of a chunk
+    are unmapped once it is decoded (they stay in the page cache).
 
     A chunk's arrays live in `buffers` (fresh ones if None) and are overwritten by the next
     chunk: copy what you keep. `digest` (a hashlib object), if given, is updated with every
-    byte of the file in order, so that one read of the file both hashes and decodes it.
+    byte of the file in order, so that one pass over the file both hashes and decodes it.
 
     Each polarity packet contributes its first `eventNumber` slots (slots beyond it are unused
     capacity), minus the events whose valid bit is 0. Timestamps are
@@ -245,53 +238,35 @@ def iter_words(
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
     path = Path(path)
     buffers = ReadBuffers() if buffers is None else buffers
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise AedatError(f"{path}: empty file at byte 0, expected '#!AER-DAT3.1'")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = _parse_header(mm, path).data_offset  # touches the first page or so
-        # A chunk of events plus their packet headers; grown below for a larger packet.
-        buffers.reserve(chunk_events * POLARITY_EVENT_SIZE + (1 << 16), chunk_events)
-        base, filled = 0, _fill(f, buffers.raw, 0, size, digest)  # the header is hashed too
-        while pos < size:
-            packets, end = _walk(buffers.raw, pos, path, chunk_events, base, base + filled, size)
-            if end > pos:
+            pos = _parse_header(mm, path).data_offset
+            _hash(digest, mm, 0, pos)
+            while pos < size:
+                packets, end = _walk(mm, pos, path, chunk_events)
+                _hash(digest, mm, pos, end)  # before the decode: then the pages are mapped
                 if packets:
-                    yield _decode_packets(buffers, packets)
+                    yield _decode_packets(mm, packets, buffers)
+                _release(mm, pos, end)
                 pos = end
-                continue
-            # The next packet is not whole in the buffer: move its start to the front, or grow
-            # the buffer if it is there already, then read on.
-            if pos == base:
-                _, _, esize, _, _, capacity, _, _ = PACKET_HEADER.unpack_from(buffers.raw, 0)
-                grown = bytearray(PACKET_HEADER.size + capacity * esize)
-                grown[:filled] = buffers.raw[:filled]
-                buffers.raw = grown
-            else:
-                raw = np.frombuffer(buffers.raw, np.uint8)
-                raw[: base + filled - pos] = raw[pos - base : filled]  # overlap-safe copy
-                del raw  # release the export
-                base, filled = pos, base + filled - pos
-            filled += _fill(f, buffers.raw, filled, size - base, digest)
 
 
-def _fill(f: Any, raw: bytearray, start: int, limit: int, digest: Any) -> int:
-    """Read the file on into raw[start:] until it is full or `limit` bytes of it hold file data
-    (so that no more than the size the walk judges against is read); return the bytes read."""
-    view = memoryview(raw)
-    stop, pos = min(len(raw), limit), start
-    try:
-        while pos < stop:
-            n = f.readinto(view[pos:stop])
-            if not n:
-                break
-            if digest is not None:
-                digest.update(view[pos : pos + n])
-            pos += n
-    finally:
-        view.release()
-    return pos - start
+def _hash(digest: Any, mm: mmap.mmap, start: int, end: int) -> None:
+    if digest is not None:
+        with memoryview(mm) as view:  # no copy
+            digest.update(view[start:end])
+
+
+def _release(mm: mmap.mmap, start: int, end: int) -> None:
+    """Unmap the pages of [start, end) that are done with, so that the resident size stays one
+    chunk however large the file (they stay in the page cache)."""
+    if hasattr(mmap, "MADV_DONTNEED"):  # Linux and most Unixes
+        lo, hi = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def iter_events(
@@ -303,14 +278,15 @@ def iter_events(
 
 
 def _decode_packets(
-    buffers: ReadBuffers, packets: list[tuple[int, int, int, int]]
+    mm: mmap.mmap, packets: list[tuple[int, int, int, int]], buffers: ReadBuffers
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(t int64, data uint32) of the valid events of these polarity packets of buffers.raw, in
-    file order, as views of buffers.t and buffers.data."""
+    """(t int64, data uint32) of the valid events of these polarity packets of the map, in file
+    order, as views of buffers.t and buffers.data: copied out of the map with strided views,
+    nothing else allocated."""
     rows = np.array(packets, dtype=np.int64)  # [K, (payload offset, number, capacity, overflow)]
     offsets, numbers, capacities, overflows = rows.T
     n = int(numbers.sum())
-    buffers.reserve(0, n)
+    buffers.reserve(n)
     t, data = buffers.t[:n], buffers.data[:n]
     first, k = int(offsets[0]), len(rows)
     stride = PACKET_HEADER.size + POLARITY_EVENT_SIZE * int(numbers[0])
@@ -322,18 +298,18 @@ def _decode_packets(
         # Back-to-back full packets of one size (the dataset's form): one strided view of
         # all their payloads, [K, events, (data, timestamp)] words, and two copies.
         head = PACKET_HEADER.size
-        words = np.frombuffer(buffers.raw, "<u4", count=k * stride // 4, offset=first - head)
+        words = np.frombuffer(mm, "<u4", count=k * stride // 4, offset=first - head)
         words = words.reshape(k, stride // 4)[:, head // 4 :].reshape(k, -1, 2)
         t.reshape(k, -1)[...] = words[:, :, 1]
         data.reshape(k, -1)[...] = words[:, :, 0]
     else:
         a = 0
         for o, m in zip(offsets.tolist(), numbers.tolist(), strict=True):
-            words = np.frombuffer(buffers.raw, "<u4", count=2 * m, offset=o).reshape(m, 2)
+            words = np.frombuffer(mm, "<u4", count=2 * m, offset=o).reshape(m, 2)
             t[a : a + m] = words[:, 1]
             data[a : a + m] = words[:, 0]
             a += m
-    del words  # release the export of buffers.raw
+    del words  # release the export of the map, so that it can close
     if overflows.any():
         t |= np.repeat(overflows, numbers) << 31
     # AND over all words has bit 0 set iff every event is valid: one pass, no temporary.

@@ -125,9 +125,9 @@ def test_chunked_reading_equals_whole(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("chunk_events", [1, 999, 1 << 22])
-def test_one_read_decodes_and_hashes_the_whole_file(tmp_path: Path, chunk_events: int) -> None:
-    """Packets larger than the read buffer (chunk_events=1), chunks ending mid-buffer, and a
-    whole-file buffer: the same events, and the digest sees every byte, header included."""
+def test_one_pass_decodes_and_hashes_the_whole_file(tmp_path: Path, chunk_events: int) -> None:
+    """Chunks of one packet larger than chunk_events, of several packets, and the whole file:
+    the same events, and the digest sees every byte, header included."""
     ev = make_events(30_000)
     path = write_aedat(tmp_path / "a.aedat", ev, packet_events=20_000)  # 160 kB packets
     digest = hashlib.sha256()
