@@ -25,7 +25,7 @@ _VERSION_LINE = re.compile(rb"#!AER-DAT3\.(\d+)\r?\n")
 # y bits 2..16, x bits 17..31.
 _X_SHIFT, _Y_SHIFT, _P_SHIFT, _XY_MASK = 17, 2, 1, 0x7FFF
 _TS_MASK = 0x7FFFFFFF  # a packet's timestamps hold 31 bits; eventTSOverflow holds the rest
-DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per decoded chunk: ~32 MB in, ~55 MB out
+DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per chunk: ~32 MB of file, 48 MB decoded (t, data)
 
 
 class AedatError(ValueError):

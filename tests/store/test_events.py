@@ -193,6 +193,27 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
     assert leftovers(root) == ["events.h5"]
 
 
+def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without memfd_create (not Linux) the workers hand over through files in a spool folder,
+    which goes when the build ends; the samples are the same."""
+    made = []
+    real = store._make_slots
+
+    def spy(count: int, folder: Path) -> list:
+        made.append(real(count, folder))
+        return made[-1]
+
+    monkeypatch.delattr(os, "memfd_create")
+    monkeypatch.setattr(store, "_make_slots", spy)
+    path = build_event_cache(root, workers=2, progress=False)
+    assert [type(s) for s in made[0]] == [type(root)] * 4  # workers + 2 files
+    assert leftovers(root) == ["events.h5"]
+    rec = list_recordings(dataset_dir(root), "test")[0]
+    with EventCache(path) as cache:
+        for k, sample in enumerate(cut_recording(rec)[1]):
+            np.testing.assert_array_equal(cache.sample("test", k), sample)
+
+
 def test_two_builds_at_once_both_succeed(root: Path) -> None:
     """Two processes building one root (e.g. two frame builds) do not trip over each other."""
     code = "import sys; from dvsgkit.store.events import build_event_cache as b; b(sys.argv[1])"
