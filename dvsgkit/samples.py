@@ -164,8 +164,11 @@ def cut_recording_columns(
     if sensor is not None:
         _check_sensor(recording, staged, sensor)
     columns = alloc(int(lengths.sum()))
-    if sensor is None and columns["x"].dtype.itemsize < 2:
-        raise ValueError("columns with x and y narrower than uint16 need `sensor` checked")
+    narrow = min(int(np.iinfo(columns[k].dtype).max) for k in "xy")
+    if narrow < 0x7FFF and (sensor is None or max(sensor) - 1 > narrow):  # x, y have 15 bits
+        raise ValueError(
+            f"x, y columns holding up to {narrow} need a `sensor` that fits them, got {sensor}"
+        )
     a = 0
     for piece in pieces:
         for start, n in piece:

@@ -126,8 +126,10 @@ def test_columns_into_uint8_with_the_sensor_checked(tmp_path: Path) -> None:
         assert lengths.sum() == len(flat)
         for name in EVENT_DTYPE.names:
             np.testing.assert_array_equal(columns[name], flat[name])
-    with pytest.raises(ValueError, match="narrower than uint16 need `sensor`"):
+    with pytest.raises(ValueError, match="holding up to 255 need a `sensor` that fits them"):
         cut_recording_columns(rec, alloc=alloc)
+    with pytest.raises(ValueError, match="got \\(260, 346\\)"):
+        cut_recording_columns(rec, alloc=alloc, sensor=(260, 346))
     ev["y"][3000] = 200  # inside a window; uint8 would hold it, the sensor does not
     rec = make_recording(tmp_path, "user01_lab", ev, rows)
     with pytest.raises(AedatError, match=r"user01_lab.aedat: events with x up to 127 and y up "
