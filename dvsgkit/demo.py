@@ -104,8 +104,14 @@ def run_demo(
 
 
 def _is_same_run(config_json: Path, config: TrainConfig) -> bool:
-    """Whether config_json records exactly `config` (so the folder is the demo's own output)."""
+    """Whether config_json records `config` (so the folder is the demo's own output); the
+    progress flag is display only, so a rerun with --no-progress still replaces its own run."""
+
+    def settings(data: dict) -> dict:
+        return {k: v for k, v in data.items() if k != "progress"}
+
     try:
-        return json.loads(config_json.read_text(encoding="utf-8")) == config.to_dict()
+        recorded = json.loads(config_json.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return isinstance(recorded, dict) and settings(recorded) == settings(config.to_dict())

@@ -33,3 +33,17 @@ def test_demo_runs_end_to_end_and_reruns_cleanly(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="is not a previous demo run"):
         run_demo(root, out, **kwargs)
     assert (again.run_dir / "checkpoint_latest.pth").is_file()
+
+
+def test_a_rerun_with_other_progress_bars_is_still_the_demos_own_run(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dvsgkit.config import TrainConfig
+    from dvsgkit.demo import DEMO_CONFIG, _is_same_run
+
+    config = TrainConfig(root=str(tmp_path), out_dir=str(tmp_path / "runs"), **DEMO_CONFIG)
+    config.save_json(tmp_path / "config.json")  # written by `dvsgkit demo` (bars on)
+    assert _is_same_run(tmp_path / "config.json", replace(config, progress=False))
+    assert not _is_same_run(tmp_path / "config.json", replace(config, momentum=0.5))
+    (tmp_path / "config.json").write_text("[]")
+    assert not _is_same_run(tmp_path / "config.json", config)
