@@ -157,10 +157,9 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate `checkpoint` on ROOT's frames (built if missing). T and split_by default to the
     checkpoint's recipe; a SpikingJelly checkpoint holds none, so they default to 16 / number."""
-    import torch
-
     from dvsgkit.data import make_loader
     from dvsgkit.store.frames import build_frame_store
+    from dvsgkit.train import parse_device
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():  # a run directory: its latest checkpoint, named so in the outputs
@@ -168,9 +167,7 @@ def evaluate(
     net, meta = load_net(checkpoint)
     T = T or meta["T"] or 16
     split_by = split_by or meta["split_by"] or "number"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device here; use --device cpu")
+    dev = parse_device(device)
     store = build_frame_store(Path(root), T, split_by, workers=max(workers, 1), progress=progress)
     loader = make_loader(
         store, split, batch_size, shuffle=False, drop_last=False, device=dev, workers=workers

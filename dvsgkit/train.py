@@ -86,11 +86,26 @@ def _truncate_metrics(run_dir: Path, last_epoch: int) -> None:
 # ----------------------------------------------------------------------------- run directory
 
 
+def parse_device(text: str) -> torch.device:
+    """`--device` as a torch.device; ValueError naming the fix when it cannot run here."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:  # torch's message for a malformed device string
+        raise ValueError(f"--device {text}: {exc}; use e.g. cpu, cuda or cuda:0") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: no CUDA device here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "use cuda:0 .. cuda:N-1"
+            )
+    return device
+
+
 def _check_runtime(config: TrainConfig) -> torch.device:
     """Refuse option combinations this machine cannot run, naming the fix."""
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {config.device}: no CUDA device here; use --device cpu")
+    device = parse_device(config.device)
     if config.amp and device.type != "cuda":
         raise ValueError(
             f"--amp needs a CUDA device (float16 autocast + GradScaler), got --device "

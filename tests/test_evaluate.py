@@ -137,6 +137,13 @@ def test_evaluate_cli_on_a_dvsgkit_checkpoint(trained: tuple[Path, Path]) -> Non
     assert data["split"] == "train" and data["samples"] == 24 and data["epoch"] == 0
 
 
+def test_evaluate_cli_refuses_a_malformed_device(trained: tuple[Path, Path]) -> None:
+    root, run_dir = trained
+    args = ["evaluate", str(run_dir), "--root", str(root), "--device", "gpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "use e.g. cpu, cuda or cuda:0" in result.output, result.output
+
+
 def test_evaluate_imports_a_spikingjelly_checkpoint(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ def test_train_then_extend_with_resume(root: Path, tmp_path: Path) -> None:
         (["--amp"], "--amp needs a CUDA device"),
         (["--cupy"], "--cupy"),
         (["--device", "cuda:0"], "no CUDA device here"),
+        (["--device", "gpu"], "--device gpu: Expected one of cpu"),
         (["--opt", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam'"),
         (["-T", "0"], "0 is not in the range x>=1"),
         (["--resume", "missing.pth"], "does not exist"),
