@@ -496,6 +496,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
                 "test_samples": int(test_sums[2]),
             }
             if d.main:
+                # The first epoch always makes checkpoint_max.pth, even at 0 % (nothing beats
+                # the initial 0): evaluate and the demo expect it after any run.
+                best = best or not (run_dir / BEST).exists()
                 checkpoint = {key: part.state_dict() for key, part in parts.items()}
                 checkpoint |= {
                     "epoch": epoch,

@@ -245,3 +245,23 @@ def test_sync_bn_on_cpu_is_refused(tmp_path: Path) -> None:
     config = TrainConfig(out_dir=str(tmp_path / "runs"), root=str(tmp_path), sync_bn=True, **TINY)
     with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
         train(config)
+
+
+def test_a_run_scoring_zero_still_writes_checkpoint_max(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dvsgkit.train as tr
+
+    run_epoch = tr._run_epoch
+
+    def nothing_right_in_tests(net, loader, device, amp, optimizer, scaler, bar):
+        sums = run_epoch(net, loader, device, amp, optimizer, scaler, bar)
+        if optimizer is None:
+            sums[1] = 0  # no correct test prediction: 0 % never beats the initial 0
+        return sums
+
+    monkeypatch.setattr(tr, "_run_epoch", nothing_right_in_tests)
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
+    result = train(config)
+    assert result.max_test_acc == 0.0
+    assert load_checkpoint(config.run_dir() / BEST)["epoch"] == 0
