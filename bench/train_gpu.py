@@ -111,12 +111,9 @@ def _seed_networks() -> Any:
         stub = types.ModuleType("torch.utils.tensorboard")
         stub.SummaryWriter = None
         sys.modules["torch.utils.tensorboard"] = stub
-    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     from spikingjelly.clock_driven.examples import classify_dvsg
 
-    # The module sets deterministic cuDNN at import; the seed script runs that way, so the seed
-    # networks keep it, and dvsgkit's later runs get their own flags back.
-    return classify_dvsg, flags
+    return classify_dvsg
 
 
 def run_seed(name: str, net: torch.nn.Module, store: Path, config: TrainConfig,
@@ -241,10 +238,14 @@ def main() -> int:
 
 def run_seed_job(name: str, cls: str, store: Path, config: TrainConfig,
                  device: torch.device) -> dict:  # fmt: skip
-    """Build the seed's network `cls` and time it; cuDNN flags restored afterwards."""
-    classify_dvsg, flags = _seed_networks()
+    """Build the seed's network `cls` and time it under the seed script's cuDNN flags
+    (deterministic, no autotuning: what classify_dvsg sets at import, which happens once, so every
+    seed run sets them itself after dvsgkit's runs turned benchmark on); restored afterwards."""
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    classify_dvsg = _seed_networks()
     if not hasattr(classify_dvsg, cls):
         raise RuntimeError(f"SpikingJelly defines {cls} only when CuPy imports")
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     try:
         return run_seed(name, getattr(classify_dvsg, cls)(channels=config.channels), store,
                         config, device)  # fmt: skip
