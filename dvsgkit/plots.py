@@ -15,12 +15,15 @@ METRICS = "metrics.jsonl"  # one JSON object per epoch, written by dvsgkit.train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """A run's per-epoch records, in the order written."""
+    """A run's per-epoch records, in the order written. Text after the last newline is a line
+    whose write was cut short (a crash mid-append): it is ignored, not an error."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {run_dir} a dvsgkit run directory?")
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]  # every record is written with its newline
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(complete.splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))

@@ -72,8 +72,9 @@ def is_dvsgkit_checkpoint(ckpt: dict[str, Any]) -> bool:
 
 
 def _truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop records after the checkpoint's epoch (a crash between the checkpoint and the metric
-    line, or a resume from checkpoint_max), so metrics.jsonl stays one line per epoch."""
+    """Drop records after the checkpoint's epoch (a crash between the metrics line and the
+    checkpoint, or a resume from checkpoint_max) and a line cut short, so metrics.jsonl stays
+    one line per epoch."""
     path = run_dir / METRICS
     if not path.is_file():
         return
@@ -385,13 +386,14 @@ def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path 
 def _write_epoch(
     run_dir: Path, checkpoint: dict[str, Any], record: dict[str, Any], best: bool, writer: Any
 ) -> None:
-    """Rank 0's files for one epoch: checkpoints first, so a metrics line never names an epoch
-    that no checkpoint holds."""
+    """Rank 0's files for one epoch: the metrics line first, then the checkpoints. A crash in
+    between leaves a line for an epoch that checkpoint_latest.pth lacks, which a resume drops
+    (_truncate_metrics) and trains again; the other order would lose that epoch's line for good."""
+    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
     if best:
         save_atomic(checkpoint, run_dir / BEST)
     save_atomic(checkpoint, run_dir / LATEST)
-    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
     if writer is not None:
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
             writer.add_scalar(key, record[key], record["epoch"])

@@ -109,3 +109,41 @@ def test_starting_over_a_finished_run_is_refused(one_epoch: TrainConfig) -> None
     with pytest.raises(FileExistsError, match=r"already holds a run \(finished: epochs 0..0 of 1"):
         train(one_epoch)
     assert (one_epoch.run_dir() / LATEST).read_bytes() == before
+
+
+def test_a_metrics_line_cut_short_by_a_crash_does_not_block_the_resume(
+    one_epoch: TrainConfig, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(one_epoch.run_dir(), run_dir)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"epoch": 1, "train_lo')  # the append of the next epoch's line, interrupted
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0]
+    train(replace(one_epoch, epochs=2), resume=run_dir / LATEST)
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+    assert (run_dir / "metrics.jsonl").read_text().endswith("}\n")
+
+
+def test_a_crash_while_writing_an_epoch_loses_no_metrics_line(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import dvsgkit.train as tr
+
+    dumps = json.dumps
+
+    def crash_at_epoch_1(obj: object, **kwargs: object) -> str:
+        if isinstance(obj, dict) and obj.get("epoch") == 1 and "test_acc" in obj:
+            raise OSError("disk full")  # the process dies while writing epoch 1's files
+        return dumps(obj, **kwargs)
+
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=2, **TINY)
+    monkeypatch.setattr(tr.json, "dumps", crash_at_epoch_1)
+    with pytest.raises(OSError, match="disk full"):
+        train(config)
+    monkeypatch.setattr(tr.json, "dumps", dumps)
+    # Epoch 1 has no line, so no checkpoint may claim it: the resume trains it again.
+    assert load_checkpoint(config.run_dir() / LATEST)["epoch"] == 0
+    train(config, resume=config.run_dir() / LATEST)
+    assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0, 1]
