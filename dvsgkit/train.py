@@ -238,9 +238,13 @@ class Dist:
 
 def _init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the torchrun job named by the environment; NCCL on CUDA (one GPU per process), gloo on
-    CPU. Without torchrun's variables this is a single process and nothing is initialised."""
+    CPU. Without torchrun's variables this is a single process and nothing is initialised.
+    The training GPU becomes the current device either way: the checkpoint's CUDA RNG state
+    (rng_state) is the current device's, and the dropout masks come from the training GPU's."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return Dist(), device
     d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":

@@ -265,3 +265,19 @@ def test_a_run_scoring_zero_still_writes_checkpoint_max(
     result = train(config)
     assert result.max_test_acc == 0.0
     assert load_checkpoint(config.run_dir() / BEST)["epoch"] == 0
+
+
+def test_a_single_process_run_on_cuda_1_makes_it_the_current_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # rng_state() saves the current device's CUDA generator; the masks come from cuda:1's.
+    import dvsgkit.train as tr
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    d, device = tr._init_distributed(torch.device("cuda", 1))
+    assert d.world_size == 1 and device == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    tr._init_distributed(torch.device("cpu"))
+    assert current == [torch.device("cuda", 1)]
