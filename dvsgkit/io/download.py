@@ -268,7 +268,7 @@ def _open_file(path: Path, offset: int) -> tuple[BinaryIO | None, int, int | Non
     if not path.is_file():
         raise DownloadError(f"{path} not found in the mirror directory")
     total = path.stat().st_size
-    if offset >= total:
+    if offset and offset >= total:  # (offset 0 opens even an empty file: the .partial must exist)
         return (None, offset, None) if offset == total else (path.open("rb"), 0, total)
     f = path.open("rb")
     f.seek(offset)

@@ -294,6 +294,18 @@ def test_wrong_file_on_the_mirror_is_never_kept(
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a .partial
 
 
+def test_empty_file_on_a_local_mirror_is_a_checksum_error(tmp_path: Path) -> None:
+    # Nothing to copy is still a fetch: the md5 check must name the file, not trip over a
+    # .partial that was never created.
+    src = tmp_path / "mirror"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"")
+    res = Resource("a.bin", md5(b"aaa"))
+    with pytest.raises(ChecksumError, match=r"a\.bin from .*md5 d41d8cd98f00b204e9800998ecf8427e"):
+        _fetch(res, str(src), tmp_path / "dl")
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
 @pytest.mark.parametrize("kind", ["dir", "file-url"])
 def test_fetch_missing_from_local_mirror(tmp_path: Path, kind: str) -> None:
     src = tmp_path / "shared disk"
