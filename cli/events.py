@@ -23,13 +23,13 @@ from dvsgkit_cli.common import root_option, user_errors
 def events(root: Path, workers: int, progress: bool) -> None:
     """Cut ROOT/extract/DvsGesture/ into labelled samples and write ROOT/events.h5."""
     from dvsgkit.io.aedat import AedatError
-    from dvsgkit.store.events import EventCache, build_event_cache, event_cache_path
+    from dvsgkit.store.events import EventCache, WorkerError, build_event_cache, event_cache_path
 
     path = event_cache_path(root)
     before = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
     # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its partial file.
-    with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError):
+    with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError, WorkerError):
         build_event_cache(root, workers=workers, progress=progress)
     with user_errors(ValueError, FileNotFoundError), EventCache(path) as cache:
         counts = {split: cache.num_samples(split) for split in ("train", "test")}

@@ -56,6 +56,7 @@ def frames(
     when missing). Rerunning with the same inputs does nothing."""
     import zarr
 
+    from dvsgkit.store.events import WorkerError
     from dvsgkit.store.frames import build_frame_store, frame_store_path
     from dvsgkit.store.info import summarize
 
@@ -66,7 +67,8 @@ def frames(
     except Exception:  # absent or not a store: the build decides what to say about it
         before = None
     start = time.perf_counter()
-    with user_errors():  # the event pipeline's AedatError is a ValueError
+    # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
+    with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
         build_frame_store(
             root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
         )

@@ -247,6 +247,10 @@ def _results(
             yield _process(rec)
         return
     spools = _Spools(writable=False)
+    # multiprocessing.Pool never completes a task whose worker died (the OOM killer, a kill):
+    # it starts a new worker and the task's result never comes. Watch the workers it started
+    # (they live as long as the pool: no maxtasksperchild) and fail instead of waiting forever.
+    workers = list(pool._pool)
     pending: collections.deque = collections.deque()
     jobs = iter(enumerate(recordings))
 
@@ -262,8 +266,9 @@ def _results(
         submit()
     while pending:
         job = pending.popleft()
-        while not job.ready():  # wake up now and then to act on a signal
+        while not job.ready():  # wake up now and then to act on a signal or a dead worker
             signals.check()
+            _check_alive(workers)
             job.wait(0.1)
         result = job.get()
         submit()
@@ -271,6 +276,23 @@ def _results(
         yield result
         result["columns"] = None
     spools.close()
+
+
+class WorkerError(RuntimeError):
+    """A worker process of the build died (killed, out of memory); nothing was written."""
+
+
+def _check_alive(workers: list[Any]) -> None:
+    """Raise WorkerError naming the first worker process that has exited, and how."""
+    for proc in workers:
+        code = proc.exitcode
+        if code is not None:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise WorkerError(
+                f"a worker process (pid {proc.pid}) died ({how}; SIGKILL is often the "
+                "out-of-memory killer); nothing was written: rerun, with --workers 1 if memory "
+                "is short"
+            )
 
 
 class _SplitWriter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -110,6 +111,25 @@ def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: objec
     assert len(lines) == 1 and lines[0].startswith("Error: "), out
     assert expected in lines[0]
     assert not any(p.name.startswith("events.h5") for p in tmp_path.iterdir())
+
+
+def _killed(rec: object, spool: object = None) -> dict:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does to a worker
+    raise AssertionError("unreachable")
+
+
+def test_killed_worker_is_one_line_error_and_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvsgkit.store import events as store
+
+    assert run("synth", "--root", str(tmp_path), "--train-trials", "2", "--test-trials", "1",
+               "--events-per-sample", "300")[0] == 0  # fmt: skip
+    monkeypatch.setattr(store, "_process", _killed)
+    code, out = run("events", "--root", str(tmp_path), "--no-progress", "--workers", "2")
+    assert code == 1
+    assert "Error: a worker process (pid" in out and "--workers 1" in out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("events")]
 
 
 def test_missing_dataset_says_what_to_run(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -263,6 +264,35 @@ def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPa
         for k, sample in enumerate(samples):
             np.testing.assert_array_equal(cache.sample("train", 12 + k), sample)
     assert os.path.exists(path)
+
+
+def _killed(rec: object, spool: object = None) -> dict:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does to a worker
+    raise AssertionError("unreachable")
+
+
+def test_a_killed_worker_fails_the_build_instead_of_hanging(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # multiprocessing.Pool replaces a dead worker but never completes its task; the build
+    # must notice. Run in a thread so that a hang fails the test instead of blocking it.
+    monkeypatch.setattr(store, "_process", _killed)  # module level: the workers fork with it
+    outcome: list[BaseException | None] = []
+
+    def build() -> None:
+        try:
+            build_event_cache(root, workers=2, progress=False)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert outcome, "the build hung after a worker was killed"
+    assert isinstance(outcome[0], store.WorkerError)
+    assert "died (signal SIGKILL" in str(outcome[0])
+    assert leftovers(root) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
