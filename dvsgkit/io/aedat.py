@@ -350,6 +350,8 @@ def encode_polarity(events: np.ndarray) -> np.ndarray:
     y = events["y"].astype(np.uint32)
     if len(events) and (x.max() > _XY_MASK or y.max() > _XY_MASK):
         raise ValueError(f"x and y must be <= {_XY_MASK}, got max x {x.max()}, max y {y.max()}")
+    if len(events) and events["p"].max() > 1:  # a 2 would land in y's lowest bit
+        raise ValueError(f"polarity must be 0 or 1, got {events['p'].max()}")
     words = np.empty((len(events), 2), dtype="<u4")
     words[:, 0] = (x << _X_SHIFT) | (y << _Y_SHIFT) | (events["p"].astype(np.uint32) << 1) | 1
     words[:, 1] = events["t"] & _TS_MASK

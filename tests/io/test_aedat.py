@@ -256,4 +256,8 @@ def test_writer_rejects_bad_events(tmp_path: Path) -> None:
     bad["t"][0] = -1
     with pytest.raises(ValueError, match="timestamps must be >= 0"):
         write_aedat(tmp_path / "x.aedat", bad)
+    bad = make_events(3)
+    bad["p"][1] = 2
+    with pytest.raises(ValueError, match="polarity must be 0 or 1, got 2"):
+        write_aedat(tmp_path / "x.aedat", bad)
     assert list(tmp_path.iterdir()) == []
