@@ -60,19 +60,24 @@ def frames(
     from dvsgkit.store.frames import build_frame_store, frame_store_path
     from dvsgkit.store.info import summarize
 
-    signal.signal(signal.SIGTERM, _terminate)
     path = frame_store_path(root, T, split_by)
     try:
         before = zarr.open_group(path, mode="r").attrs.get("build_id")
     except Exception:  # absent or not a store: the build decides what to say about it
         before = None
     start = time.perf_counter()
-    # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
-    with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
-        build_frame_store(
-            root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
-        )
-        info = summarize(path)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
+        with user_errors(
+            ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError
+        ):
+            build_frame_store(
+                root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
+            )
+            info = summarize(path)
+    finally:  # an in-process caller (a test, a notebook) gets its own handler back
+        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - start
     splits = info["splits"]
     counts = " + ".join(f"{s['samples']} {name}" for name, s in splits.items())

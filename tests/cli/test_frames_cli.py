@@ -32,9 +32,11 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_frames_builds_events_then_store_and_reruns_as_noop(recordings: Path) -> None:
     root = str(recordings)
+    handler = signal.getsignal(signal.SIGTERM)
     code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
     path = recordings / "frames_number_6_split_by_time.zarr"
     assert code == 0, out
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command's own is gone again
     assert f"wrote {path}: 12 train + 12 test samples, T=6, split_by=time, uint8" in out
     assert (recordings / "events.h5").is_file()
     code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
