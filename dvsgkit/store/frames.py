@@ -6,6 +6,7 @@ import fcntl
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -318,7 +319,11 @@ def _write_store(
         }
     )
     total = sum(s["labels"].shape[0] for s in index["splits"].values())
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context()) if workers > 1 else None
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+        if workers > 1
+        else None
+    )
     try:
         with tqdm(total=total, unit="sample", desc=tmp.name[1:].split(".zarr")[0],
                   disable=not progress) as bar:  # fmt: skip
@@ -329,6 +334,12 @@ def _write_store(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     group.attrs["complete"] = True
+
+
+def _init_worker() -> None:
+    # Ctrl-C in a terminal reaches the whole process group. The parent alone acts on it (it
+    # cancels the rest and removes the partial store); a worker would die printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -159,3 +160,36 @@ def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: i
         "frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"
     )
     assert code_ == 0 and "wrote" in out and not list(tmp_path.glob("*.partial"))
+
+
+def test_ctrl_c_reaches_the_workers_too_and_prints_no_traceback(
+    recordings: Path, tmp_path: Path
+) -> None:
+    # A terminal's Ctrl-C goes to the whole process group: the workers as well as the command.
+    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    # The parent pauses before the test split, so that the signal finds the workers idle,
+    # waiting for work (as between splits, or when the writer falls behind).
+    code = (
+        "import sys, time; from dvsgkit.store import frames as s; real = s._write_split; "
+        "s._write_split = lambda g, p, split, *a: (split == 'test' and time.sleep(30), "
+        "real(g, p, split, *a))[1]; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+    )
+    args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a terminal would make
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if ignored here
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".frames_number_2_split_by_number.zarr.*.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
+    time.sleep(1.5)  # the train split is written
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert not (tmp_path / "frames_number_2_split_by_number.zarr").exists()
+    assert not list(tmp_path.glob("*.partial"))
