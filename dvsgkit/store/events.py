@@ -497,6 +497,16 @@ class EventCache:
                 f"{self.path} is not a dvsgkit event cache of layout version {LAYOUT_VERSION} "
                 f"(layout {layout!r}, version {version!r}); delete it and run 'dvsgkit events'"
             )
+        needed = [
+            f"{s}/{k}" for s in SPLITS for k in (*FIELDS, "offsets", "labels", "trial", "row")
+        ]
+        missing = [name for name in needed if name not in self._file]
+        if missing:  # a damaged file: say so, and do not leave it open
+            self._file.close()
+            raise ValueError(
+                f"{self.path} lacks {missing[0]!r} (a damaged event cache); delete it and run "
+                "'dvsgkit events'"
+            )
         self._offsets = {s: self._file[s]["offsets"][:] for s in SPLITS}
         self._labels = {s: self._file[s]["labels"][:] for s in SPLITS}
 

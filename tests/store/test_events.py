@@ -251,6 +251,12 @@ def test_missing_dataset_and_bad_caches(tmp_path: Path) -> None:
         EventCache(tmp_path / "other.h5")
     with pytest.raises(ValueError, match="workers must be >= 1"):
         build_event_cache(tmp_path, workers=0)
+    # Our layout attrs but datasets missing (a damaged file): an error naming what and the fix.
+    with h5py.File(tmp_path / "damaged.h5", "w") as f:
+        f.attrs["layout"], f.attrs["layout_version"] = store.LAYOUT, store.LAYOUT_VERSION
+        f.create_group("train")
+    with pytest.raises(ValueError, match=r"damaged\.h5 lacks 'train/t' .*run 'dvsgkit events'"):
+        EventCache(tmp_path / "damaged.h5")
 
 
 def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
