@@ -277,6 +277,13 @@ def build_frame_store(
         try:
             _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
                          zarr_format)  # fmt: skip
+            # The workers open events.h5 by name: had a concurrent 'dvsgkit events' replaced it
+            # with other samples, they read those against the index read above.
+            if events_checksum(events_path) != checksum:
+                raise ValueError(
+                    f"{events_path} was replaced while the frames were being built (another "
+                    "'dvsgkit events' of this root?); no store was written: rerun"
+                )
             _swap_into_place(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,25 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
         build_frame_store(root, T, workers=1, progress=False)
     assert zarr.open_group(path, mode="r").attrs["build_id"] == built
     assert open_frame_store(path, "train")["frames"].shape[0] == 3
+
+
+def test_event_cache_replaced_during_the_build_leaves_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = hand_made_root(tmp_path)
+    real = store._write_store
+
+    def concurrent_events_rebuild(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        (tmp_path / "other").mkdir()
+        other = hand_made_root(tmp_path / "other", pixel_events=20)  # other samples
+        os.replace(other / "events.h5", root / "events.h5")  # as another 'dvsgkit events' ends
+
+    monkeypatch.setattr(store, "_write_store", concurrent_events_rebuild)
+    with pytest.raises(ValueError, match=r"events\.h5 was replaced while the frames were being"):
+        build_frame_store(root, T, workers=1, progress=False)
+    assert not frame_store_path(root, T, "number").exists()
+    assert not list(root.glob("*.partial"))
 
 
 def test_leftovers_of_a_killed_build_never_look_complete_and_are_cleared(tmp_path: Path) -> None:
