@@ -203,6 +203,9 @@ class FrameLoader:
                 persistent_workers=self.workers > 0,
                 pin_memory=pin,
                 prefetch_factor=4 if self.workers else None,
+                # Its own generator for the workers' base seed: drawing it from torch's global
+                # RNG would shift the training RNG (dropout masks) and break exact resume.
+                generator=torch.Generator().manual_seed(self.order.seed),
             )
         for frames, labels in self._stream:  # integers: 4x fewer bytes from workers and to GPU
             if self.device.type == "cpu":

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
+import dvsgkit.train
 from dvsgkit.config import TrainConfig
+from dvsgkit.data import make_loader
 from dvsgkit.plots import read_metrics
 from dvsgkit.store.frames import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
@@ -44,10 +47,17 @@ def _assert_same_tree(a: object, b: object, where: str = "") -> None:
         assert a == b, where
 
 
-def test_resume_is_bit_exact(frame_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_resume_is_bit_exact(
+    frame_root: Path, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workers = 0
+    if mode == "stream":  # the streaming loader with a worker process, as on a split too big
+        monkeypatch.setattr(dvsgkit.train, "make_loader", partial(make_loader, memory_budget=0))
+        workers = 1
     # T_max=2: the learning rate changes every epoch, so a scheduler restored wrong would show.
     straight = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "a"), epochs=3, T_max=2,
-                           **TINY)  # fmt: skip
+                           **{**TINY, "workers": workers})  # fmt: skip
     train(straight)
     first = replace(straight, out_dir=str(tmp_path / "b"), epochs=2)
     train(first)
