@@ -384,7 +384,7 @@ def _remove_leftovers(out: Path) -> None:
             try:
                 os.kill(int(owner), 0)
                 continue  # alive (or not ours to signal): still being written
-            except ProcessLookupError:
+            except (ProcessLookupError, OverflowError):  # no such process (or no such pid)
                 pass
             except PermissionError:
                 continue

@@ -190,6 +190,7 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
     (root / f"events.h5.partial-{dead}").write_bytes(b"left by a killed run")
     (root / f"events.h5.spool-{dead}").mkdir()
     (root / f"events.h5.partial-{os.getpid()}9").write_bytes(b"")  # no such process either
+    (root / f"events.h5.partial-{2**64}").write_bytes(b"")  # no such pid: os.kill overflows
     build_event_cache(root, progress=False)
     assert leftovers(root) == ["events.h5"]
 
