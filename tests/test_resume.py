@@ -14,21 +14,10 @@ import dvsgkit.train
 from dvsgkit.config import TrainConfig
 from dvsgkit.data import make_loader
 from dvsgkit.plots import read_metrics
-from dvsgkit.store.frames import build_frame_store
-from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit.train import BEST, LATEST, load_checkpoint, train
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
 TIMING = {"total_time", "train_samples_per_s"}
-
-
-@pytest.fixture(scope="module")
-def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 train / 12 test synthetic samples, framed at T=4."""
-    root = tmp_path_factory.mktemp("dvsg")
-    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
-    return root
 
 
 def _assert_same_tree(a: object, b: object, where: str = "") -> None:

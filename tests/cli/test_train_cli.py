@@ -9,19 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from dvsgkit.plots import read_metrics
-from dvsgkit.store.frames import build_frame_store, frame_store_path
-from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit.store.frames import frame_store_path
 from dvsgkit_cli.main import cli
 
 RUN = "T_4_b_4_c_4_sgd_lr_0.01_steplr_1_0.5"
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dvsg")
-    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
-    return root
 
 
 def _train(root: Path, out: Path, *extra: str) -> object:
@@ -42,28 +33,28 @@ def test_help_lists_the_seed_options() -> None:
     assert "default: 2020" in result.output and "default: 64" in result.output
 
 
-def test_train_then_extend_with_resume(root: Path, tmp_path: Path) -> None:
-    result = _train(root, tmp_path, "--epochs", "1")
+def test_train_then_extend_with_resume(frame_root: Path, tmp_path: Path) -> None:
+    result = _train(frame_root, tmp_path, "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "epoch=0, train_loss=" in result.output and "train_samples/s=" in result.output
     run_dir = tmp_path / RUN
     assert f"run directory {run_dir}" in result.output
 
-    again = _train(root, tmp_path, "--epochs", "1")
+    again = _train(frame_root, tmp_path, "--epochs", "1")
     assert again.exit_code == 1 and "already holds a run (finished" in again.output
     assert "Traceback" not in again.output
 
     latest = str(run_dir / "checkpoint_latest.pth")
-    longer = _train(root, tmp_path, "--epochs", "2", "--resume", latest)
+    longer = _train(frame_root, tmp_path, "--epochs", "2", "--resume", latest)
     assert longer.exit_code == 0, longer.output
     assert "epoch=1," in longer.output and "epoch=0," not in longer.output
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [0, 1]
     assert [r["lr"] for r in records] == pytest.approx([0.01, 0.005])  # StepLR(1, 0.5)
 
-    done = _train(root, tmp_path, "--epochs", "2", "--resume", str(run_dir))
+    done = _train(frame_root, tmp_path, "--epochs", "2", "--resume", str(run_dir))
     assert done.exit_code == 1 and "pass --epochs larger than 2" in done.output
-    other = _train(root, tmp_path, "--epochs", "3", "--channels", "8", "--resume", latest)
+    other = _train(frame_root, tmp_path, "--epochs", "3", "--channels", "8", "--resume", latest)
     assert other.exit_code == 1 and "channels=4 (now 8)" in other.output
 
 
@@ -80,28 +71,28 @@ def test_train_then_extend_with_resume(root: Path, tmp_path: Path) -> None:
     ],
 )
 def test_bad_options_exit_non_zero_and_write_nothing(
-    root: Path, tmp_path: Path, extra: list[str], message: str
+    frame_root: Path, tmp_path: Path, extra: list[str], message: str
 ) -> None:
-    result = _train(root, tmp_path / "runs", "--epochs", "1", *extra)
+    result = _train(frame_root, tmp_path / "runs", "--epochs", "1", *extra)
     assert result.exit_code in (1, 2) and message in result.output, result.output
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_frame_store_with_another_T_is_refused(root: Path, tmp_path: Path) -> None:
+def test_a_frame_store_with_another_T_is_refused(frame_root: Path, tmp_path: Path) -> None:
     other = tmp_path / "data"
     other.mkdir()
-    shutil.copy2(root / "events.h5", other / "events.h5")
+    shutil.copy2(frame_root / "events.h5", other / "events.h5")
     # A T=4 store where the T=6 one belongs (renamed by hand, say).
-    shutil.copytree(frame_store_path(root, 4, "number"), frame_store_path(other, 6, "number"))
+    shutil.copytree(frame_store_path(frame_root, 4, "number"), frame_store_path(other, 6, "number"))
     result = _train(other, tmp_path / "runs", "--epochs", "1", "-T", "6")
     assert result.exit_code == 1
     assert "another configuration (T=4" in result.output, result.output
     assert not (tmp_path / "runs").exists()
 
 
-def test_corrupt_resume_checkpoint(root: Path, tmp_path: Path) -> None:
+def test_corrupt_resume_checkpoint(frame_root: Path, tmp_path: Path) -> None:
     bad = tmp_path / "checkpoint_latest.pth"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    result = _train(root, tmp_path / "runs", "--epochs", "2", "--resume", str(bad))
+    result = _train(frame_root, tmp_path / "runs", "--epochs", "2", "--resume", str(bad))
     assert result.exit_code == 1 and "is not a readable checkpoint" in result.output
     assert not (tmp_path / "runs").exists()
