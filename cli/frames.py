@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
 import click
 
 from dvsgkit_cli.common import root_option, user_errors
-
-
-def _terminate(signum: int, frame: object) -> None:
-    # A kill (SIGTERM) unwinds like Ctrl-C, so the build's temporary folder is removed.
-    raise SystemExit(128 + signum)
 
 
 @click.command("frames")
@@ -66,18 +60,13 @@ def frames(
     except Exception:  # absent or not a store: the build decides what to say about it
         before = None
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
-        with user_errors(
-            ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError
-        ):
-            build_frame_store(
-                root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
-            )
-            info = summarize(path)
-    finally:  # an in-process caller (a test, a notebook) gets its own handler back
-        signal.signal(signal.SIGTERM, previous)
+    # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its temporary folder.
+    # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
+    with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
+        build_frame_store(
+            root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
+        )
+        info = summarize(path)
     seconds = time.perf_counter() - start
     splits = info["splits"]
     counts = " + ".join(f"{s['samples']} {name}" for name, s in splits.items())

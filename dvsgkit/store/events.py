@@ -35,6 +35,7 @@ from dvsgkit.samples import (
     dataset_dir,
     list_recordings,
 )
+from dvsgkit.store.signals import BuildSignals
 
 LAYOUT = "dvsgkit.events"
 LAYOUT_VERSION = 2  # 2: x, y as uint8 (1: uint16), sources with sha256 (1: md5)
@@ -191,33 +192,6 @@ def _process(recording: Recording, spool: Slot | None = None) -> dict[str, Any]:
     }
 
 
-class _Signals:
-    """Ctrl-C (SIGINT) and kill (SIGTERM) during a build, noted by the handler and acted on by
-    `check` between steps. Raising from the handler itself is not safe: it can fire inside a
-    weakref callback (h5py runs many), where Python prints the exception and carries on."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():  # else signal() would raise
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.received = signum
-
-    def check(self) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt(f"interrupted by {signal.Signals(self.received).name}")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def _init_worker() -> None:
     # Ctrl-C is handled once, by the parent, which then terminates the pool; the pool stops a
     # worker with SIGTERM, which must kill it even if the parent installed a handler for it.
@@ -236,7 +210,7 @@ def _pool(workers: int, jobs: int) -> Any:
 
 
 def _results(
-    recordings: list[Recording], pool: Any, ahead: int, slots: list[Slot], signals: _Signals
+    recordings: list[Recording], pool: Any, ahead: int, slots: list[Slot], signals: BuildSignals
 ) -> Iterator[dict[str, Any]]:
     """`_process` over the recordings, in order, with at most `ahead` jobs submitted and not yet
     consumed, so that memory stays bounded while the parent writes. A worker's exception is
@@ -436,7 +410,7 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
     ahead = workers + 1  # jobs submitted and not yet written
-    with _Signals() as signals:
+    with BuildSignals() as signals:
         # The slots exist before the pool forks its workers, which inherit them.
         slots = _make_slots(ahead + 1, spool) if min(workers, len(recordings)) > 1 else []
         pool = _pool(workers, len(recordings))

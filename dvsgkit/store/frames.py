@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +24,7 @@ import dvsgkit
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.samples import dataset_dir
+from dvsgkit.store.signals import BuildSignals
 
 LAYOUT = "dvsgkit.frames"
 LAYOUT_VERSION = 1
@@ -152,6 +153,7 @@ def _write_split(
     zarr_format: int,
     pool: ProcessPoolExecutor | None,
     bar: Any,
+    check: Callable[[], None],
 ) -> None:
     offsets, labels = index["offsets"], index["labels"]
     n = labels.shape[0]
@@ -178,6 +180,7 @@ def _write_split(
         results = pool.map(_integrate_block, tasks) if pool else map(_integrate_block, tasks)
         largest = 0
         for s0, s1, block_max in results:
+            check()  # between blocks: an interrupted build stops here
             largest = max(largest, block_max)
             bar.update(s1 - s0)
         if largest <= np.iinfo(dtype).max:
@@ -275,8 +278,10 @@ def build_frame_store(
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=root))
         try:
-            _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
-                         zarr_format)  # fmt: skip
+            with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
+                _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
+                             zarr_format, signals.check)  # fmt: skip
+                signals.check()
             # The workers open events.h5 by name: had a concurrent 'dvsgkit events' replaced it
             # with other samples, they read those against the index read above.
             if events_checksum(events_path) != checksum:
@@ -300,6 +305,7 @@ def _write_store(
     workers: int,
     progress: bool,
     zarr_format: int,
+    check: Callable[[], None],
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -336,7 +342,7 @@ def _write_store(
                   disable=not progress) as bar:  # fmt: skip
             for split in SPLITS:
                 _write_split(group, tmp, split, index["splits"][split], events_path, T, split_by,
-                             zarr_format, pool, bar)  # fmt: skip
+                             zarr_format, pool, bar, check)  # fmt: skip
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
