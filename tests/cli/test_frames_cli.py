@@ -168,10 +168,11 @@ def test_ctrl_c_reaches_the_workers_too_and_prints_no_traceback(
     # A terminal's Ctrl-C goes to the whole process group: the workers as well as the command.
     (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
     # The parent pauses before the test split, so that the signal finds the workers idle,
-    # waiting for work (as between splits, or when the writer falls behind).
+    # waiting for work (as between splits, or when the writer falls behind). The build notes the
+    # signal and stops at its next check, after the pause.
     code = (
         "import sys, time; from dvsgkit.store import frames as s; real = s._write_split; "
-        "s._write_split = lambda g, p, split, *a: (split == 'test' and time.sleep(30), "
+        "s._write_split = lambda g, p, split, *a: (split == 'test' and time.sleep(5), "
         "real(g, p, split, *a))[1]; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
     )
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
