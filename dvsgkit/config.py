@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvsgkit.io.atomic import write_text_atomic
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
 SPLIT_BYS = ("number", "time")
@@ -131,9 +133,7 @@ class TrainConfig:
 
     def save_json(self, path: Path) -> None:
         """Write config.json atomically (a reader never sees half a file)."""
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: Path) -> TrainConfig:

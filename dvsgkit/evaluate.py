@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
+from dvsgkit.io.atomic import write_text_atomic
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
@@ -203,9 +203,7 @@ def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
         ("json", json.dumps(result.to_dict(), indent=2) + "\n"),
         ("text", result.report() + "\n"),
     ):
-        tmp = paths[kind].with_name(f".{paths[kind].name}.{os.getpid()}.partial")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[kind])
+        write_text_atomic(paths[kind], text)
     title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
     plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
     return paths

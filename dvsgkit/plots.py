@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dvsgkit.io.atomic import atomic_path
 
 CURVES_PNG = "curves.png"
 METRICS = "metrics.jsonl"  # one JSON object per epoch, written by dvsgkit.train
@@ -42,12 +43,8 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 def _save(fig: Any, path: Path) -> Path:
     """Write the PNG under a temp name and rename, so a half-written image never looks complete."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -22,6 +22,7 @@ from dvsgkit.constants import (
     TRAIN_TRIALS_FILE,
 )
 from dvsgkit.io.aedat import AedatWriter
+from dvsgkit.io.atomic import write_text_atomic
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
@@ -190,8 +191,7 @@ def write_synthetic_dataset(
             f"{name.replace(' ', '_').replace('-', '_')},{i + 1}\r\n"
             for i, name in enumerate(CLASS_NAMES)
         )
-        (extract / f"{MAPPING_NAME}.partial").write_text("action,label\r\n" + mapping)
-        os.replace(extract / f"{MAPPING_NAME}.partial", extract / MAPPING_NAME)
+        write_text_atomic(extract / MAPPING_NAME, "action,label\r\n" + mapping)
         if final.exists():
             old = extract / f"{DATASET_DIR}.old-{os.getpid()}"
             os.replace(final, old)

@@ -21,6 +21,7 @@ from dvsgkit import __version__
 from dvsgkit.config import TrainConfig
 from dvsgkit.constants import NUM_CLASSES
 from dvsgkit.data import make_loader
+from dvsgkit.io.atomic import atomic_path, write_text_atomic
 from dvsgkit.model import GestureNet
 from dvsgkit.plots import METRICS, read_metrics
 from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
@@ -37,15 +38,10 @@ CONFIG = "config.json"
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temp name in the same folder, fsync, then rename: a crash mid-write leaves
     the previous checkpoint intact, never a truncated one under the real name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -79,9 +75,7 @@ def _truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     if not path.is_file():
         return
     keep = [m for m in read_metrics(run_dir) if m["epoch"] <= last_epoch]
-    tmp = path.with_name(METRICS + ".partial")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in keep), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(m) + "\n" for m in keep))
 
 
 # ----------------------------------------------------------------------------- run directory

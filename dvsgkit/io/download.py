@@ -26,6 +26,7 @@ from dvsgkit.constants import (
     RESOURCES,
     Resource,
 )
+from dvsgkit.io.atomic import atomic_path, write_text_atomic
 
 VERIFY_CACHE = ".dvsgkit-md5.json"  # in ROOT/download/: name -> {size, mtime_ns, md5}
 PARTIAL_SUFFIX = ".partial"
@@ -125,9 +126,7 @@ class _VerifyCache:
     def remember(self, file: Path, digest: str) -> None:
         st = file.stat()
         self.entries[file.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": digest}
-        tmp = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def check_resources(
@@ -418,9 +417,8 @@ def install_mapping(root: Path) -> Path:
     src = download_dir(root) / MAPPING_NAME
     dest = Path(root) / EXTRACT_DIR / MAPPING_NAME
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return dest
 
 

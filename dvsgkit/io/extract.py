@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dvsgkit import __version__
+from dvsgkit.io.atomic import write_text_atomic
 
 MARKER = ".dvsgkit-extracted.json"  # written last: its presence means the extraction completed
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -237,9 +238,7 @@ def safe_extract(archive: Path, dest: Path, *, archive_md5: str, progress: bool 
             "dirs": done.dirs,
             "symlinks": done.symlinks,
         }
-        tmp = dest / (MARKER + ".partial")
-        tmp.write_text(json.dumps(marker, indent=1))
-        os.replace(tmp, dest / MARKER)
+        write_text_atomic(dest / MARKER, json.dumps(marker, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return True

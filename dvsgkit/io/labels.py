@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES
+from dvsgkit.io.atomic import write_bytes_atomic
 
 # One labelled window per row: dvsgkit label (class - 1), [start, end) in microseconds, and the
 # 0-based data row of the CSV it came from.
@@ -77,10 +78,7 @@ def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: boo
     body = [LABELS_HEADER] + [
         f"{int(w['label']) + 1},{int(w['start'])},{int(w['end'])}" for w in windows
     ]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes((eol.join(body) + eol).encode("ascii"))
-    os.replace(partial, path)
-    return path
+    return write_bytes_atomic(path, (eol.join(body) + eol).encode("ascii"))
 
 
 def read_trials(path: str | os.PathLike[str]) -> list[str]:
