@@ -19,9 +19,11 @@ from typing import BinaryIO
 from dvsgkit import __version__
 from dvsgkit.constants import (
     ARCHIVE_NAME,
+    ATTRIBUTION,
     DOWNLOAD_DIR,
     EXTRACT_DIR,
     IBM_BOX_URL,
+    LICENSE_NAME,
     MAPPING_NAME,
     RESOURCES,
     Resource,
@@ -205,6 +207,7 @@ def manual_steps(root: Path, statuses: Sequence[FileStatus]) -> str:
         f"     (verifies the md5s, extracts the archive), then: dvsgkit events --root {Path(root)}",
         "Or, with a lab mirror or shared disk holding the same files:",
         f"  dvsgkit download --root {Path(root)} --from URL_OR_DIR",
+        f"The dataset is licensed {LICENSE_NAME}: cite {ATTRIBUTION}.",
     ]
     return "\n".join(lines)
 

@@ -354,3 +354,4 @@ def test_manual_steps_say_where_what_and_next(tmp_path: Path) -> None:
     assert str(download_dir(tmp_path).resolve()) in text
     assert f"dvsgkit download --root {tmp_path}" in text
     assert "--from" in text
+    assert "CC BY 4.0" in text and "http://research.ibm.com/dvsgesture" in text
