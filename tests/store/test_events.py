@@ -71,7 +71,7 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
     aedat_bytes = sum(p.stat().st_size for p in dataset_dir(root).glob("*.aedat"))
     assert path.stat().st_size < aedat_bytes
     with h5py.File(path, "r") as f:
-        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 2
+        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 3
         assert f.attrs["dvsgkit_version"] == __version__
         assert f.attrs["sensor_size"].tolist() == [128, 128]
         assert list(f.attrs["class_names"]) == list(CLASS_NAMES)
@@ -90,6 +90,11 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
                              "offsets": np.int64, "labels": np.uint8, "row": np.int32}  # fmt: skip
             assert g["t"].compression is None and g["t"].scaleoffset == 0  # built-in filter
             assert all(g[k].compression is None and g[k].scaleoffset is None for k in "xyp")
+            # HDF5's built-in Fletcher-32 on every dataset, last in the pipeline, and a seal.
+            assert {k: g[k].fletcher32 for k in g} == {k: True for k in g}
+            assert list(g["t"]._filters) == ["scaleoffset", "fletcher32"]
+            assert all(len(g[k].attrs["fletcher32_seal"]) == 64 for k in g)
+            assert g["trial"].dtype.kind == "S"  # fixed-length ASCII: variable-length can't be
             assert len(g["offsets"]) == len(g["labels"]) + 1 == len(g["trial"]) + 1
             assert g["offsets"][-1] == len(g["t"]) == len(g["p"])
             a, b = g["offsets"][3:5]
