@@ -323,3 +323,22 @@ def test_a_signal_stops_the_build_cleanly(
         build_event_cache(root, workers=1, progress=False)
     assert leftovers(root) == []
     assert signal.getsignal(sig) is before  # the caller's handler is back
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_trials_lists_are_checked_before_any_work(
+    root: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """A repeated recording would duplicate samples; one in both lists would leak test data into
+    training. Both are refused before a recording is read, and never look like a stale cache."""
+    build_event_cache(root, progress=False)
+    folder = dataset_dir(root)
+    trials = folder / f"trials_to_{split}.txt"
+    trials.write_text(trials.read_text() + "user01_fluorescent.aedat\n")
+    called = []
+    monkeypatch.setattr(store, "_process", lambda *a: called.append(a))
+    match = "listed again" if split == "train" else "also listed in .*trials_to_train.txt"
+    with pytest.raises(ValueError, match=rf"trials_to_{split}.txt, line \d+: "
+                       rf"'user01_fluorescent.aedat' is {match}"):  # fmt: skip
+        build_event_cache(root, workers=1, progress=False)
+    assert called == [] and leftovers(root) == []
