@@ -63,7 +63,7 @@ FLETCHER32 = True
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
 # Free space: the cache takes ~5.4 bytes per event (bench/preprocess.py), an .aedat file 8; the
 # estimate allows 10 % more. Each write is checked against its worst case (11 bytes per event,
-# uncompressed) plus what HDF5 may hold unwritten (chunk caches, metadata).
+# uncompressed) plus what HDF5 may hold unwritten (metadata: the writer keeps no chunk cache).
 ESTIMATE_BYTES_PER_EVENT = 6.0
 WORST_BYTES_PER_EVENT = sum(d.itemsize for d in STORED_DTYPES.values())
 WRITE_MARGIN = 16 << 20
@@ -493,7 +493,9 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         pool = _pool(workers, len(recordings))
         bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
         try:
-            with h5py.File(partial, "w") as f:
+            # No chunk cache: _SplitWriter writes whole chunks, which then go straight to the
+            # file, so that free space seen before a write is free space indeed.
+            with h5py.File(partial, "w", rdcc_nbytes=0) as f:
                 writers = {split: _SplitWriter(f.create_group(split)) for split in SPLITS}
                 events = 0
                 for result in _results(recordings, pool, ahead, slots, signals):
@@ -521,7 +523,7 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         except OSError as exc:
             partial.unlink(missing_ok=True)
             error = space.storage_error(exc, partial, "write", SPACE_FIX)
-            if error is None:
+            if error is None or isinstance(exc, space.StorageError):
                 raise
             raise error from exc
         except BaseException:

@@ -30,6 +30,9 @@ class StorageError(OSError):
     """A build cannot write where it must: no space left, a read-only mount, no permission.
     The message names the path, the cause and the fix; nothing partial is left behind."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno 28] "
+
 
 def cause_of(exc: OSError) -> int | None:
     """The errno of CAUSES behind `exc` (h5py's OSErrors carry it in the text), else None."""
