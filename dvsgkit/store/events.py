@@ -6,7 +6,6 @@ import collections
 import functools
 import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -37,6 +36,7 @@ from dvsgkit.samples import (
 )
 from dvsgkit.store import integrity, space
 from dvsgkit.store.signals import BuildSignals
+from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
 LAYOUT = "dvsgkit.events"
 # 3: Fletcher-32 on every dataset, seals, `trial` fixed-length ASCII (2: x, y as uint8, sources
@@ -113,80 +113,12 @@ def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
     return [{k: s.get(k) for k in ("name", "bytes", "mtime_ns")} for s in recorded] == now
 
 
-Slot = int | Path  # a spool: a memfd inherited by the workers, or a file
-
-
-class _Spools:
-    """Spools, memory-mapped: how a worker hands a recording's samples to the writer without
-    pickling them through a pipe. A recording's n events lie in a slot as four columns t, x, y,
-    p back to back. Maps stay open from one recording to the next and slots only grow, so that
-    pages are faulted in once per process, not once per recording."""
-
-    def __init__(self, writable: bool) -> None:
-        self.writable = writable
-        self.maps: dict[Slot, np.ndarray] = {}
-
-    def columns(self, slot: Slot, n: int) -> dict[str, np.ndarray]:
-        sizes = [n * STORED_DTYPES[name].itemsize for name in FIELDS]
-        if n == 0:
-            return {name: np.empty(0, STORED_DTYPES[name]) for name in FIELDS}
-        buf = self.maps.get(slot)
-        if buf is None or len(buf) < sum(sizes):
-            self.maps.pop(slot, None)
-            buf = self.maps[slot] = self._map(slot, sum(sizes))
-        starts = np.cumsum([0, *sizes])  # t first: every column stays aligned to its item size
-        return {
-            name: buf[starts[k] : starts[k + 1]].view(STORED_DTYPES[name])
-            for k, name in enumerate(FIELDS)
-        }
-
-    def _map(self, slot: Slot, need: int) -> np.ndarray:
-        if isinstance(slot, int):
-            fd = slot
-        else:
-            fd = os.open(slot, (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY, 0o600)
-        try:
-            if self.writable and os.fstat(fd).st_size < need:
-                # Grow, never shrink: other processes' maps of it stay valid. Reserve the
-                # space: a page of a sparse file that cannot be backed when first touched
-                # (disk or memory full) kills the process with SIGBUS.
-                _reserve(fd, need + need // 4)  # with room to grow into
-            access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
-            return np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size, access=access), np.uint8)
-        finally:
-            if not isinstance(slot, int):
-                os.close(fd)
-
-    def close(self) -> None:
-        self.maps.clear()
-
-
-def _reserve(fd: int, size: int) -> None:
-    if hasattr(os, "posix_fallocate"):
-        os.posix_fallocate(fd, 0, size)  # OSError (ENOSPC) now rather than SIGBUS later
-    else:
-        os.ftruncate(fd, size)
-
-
-def _memfds() -> bool:
-    return sys.platform == "linux" and hasattr(os, "memfd_create")
-
-
-def _make_slots(count: int, folder: Path) -> list[Slot]:
-    """Spools for a pool's hand-over: anonymous memory files (Linux, where the workers are
-    forked and inherit them; nothing to clean up, no disk writes) or files in `folder`."""
-    if _memfds():
-        return [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
-    folder.mkdir()
-    return [folder / f"{k}.bin" for k in range(count)]
-
-
 _local = threading.local()  # per process (and thread): buffers and spool maps kept between jobs
 
 
-def _reused() -> tuple[CutBuffers, _Spools]:
+def _reused() -> tuple[CutBuffers, Spools]:
     if not hasattr(_local, "buffers"):
-        _local.buffers, _local.spools = CutBuffers(), _Spools(writable=True)
+        _local.buffers, _local.spools = CutBuffers(), Spools(STORED_DTYPES, writable=True)
     return _local.buffers, _local.spools
 
 
@@ -249,7 +181,7 @@ def _results(
             signals.check()
             yield _process(rec)
         return
-    spools = _Spools(writable=False)
+    spools = Spools(STORED_DTYPES, writable=False)
     # multiprocessing.Pool never completes a task whose worker died (the OOM killer, a kill):
     # it starts a new worker and the task's result never comes. Watch the workers it started
     # (they live as long as the pool: no maxtasksperchild) and fail instead of waiting forever.
@@ -482,14 +414,14 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
     _discard(out)  # stale: never leave a cache disagreeing with its sources
     _remove_leftovers(out)
-    space.require_free(root, _space_needed(recordings, pooled and not _memfds(), ahead), out,
+    space.require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out,
                        SPACE_FIX)  # fmt: skip
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["sha256"] = _sha256(folder / name)
     with BuildSignals() as signals:
         # The slots exist before the pool forks its workers, which inherit them.
-        slots = _make_slots(ahead + 1, spool) if pooled else []
+        slots = make_slots(ahead + 1, spool) if pooled else []
         pool = _pool(workers, len(recordings))
         bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
         try:

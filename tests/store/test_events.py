@@ -204,14 +204,14 @@ def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.M
     """Without memfd_create (not Linux) the workers hand over through files in a spool folder,
     which goes when the build ends; the samples are the same."""
     made = []
-    real = store._make_slots
+    real = store.make_slots
 
     def spy(count: int, folder: Path) -> list:
         made.append(real(count, folder))
         return made[-1]
 
     monkeypatch.delattr(os, "memfd_create")
-    monkeypatch.setattr(store, "_make_slots", spy)
+    monkeypatch.setattr(store, "make_slots", spy)
     path = build_event_cache(root, workers=2, progress=False)
     assert [type(s) for s in made[0]] == [type(root)] * 4  # workers + 2 files
     assert leftovers(root) == ["events.h5"]

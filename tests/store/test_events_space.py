@@ -80,9 +80,7 @@ def test_a_disk_too_small_is_refused_before_the_build(dataset: Path, mount: obje
     assert cache_files(root) == []
 
 
-def test_a_disk_filling_up_during_the_build_stops_it_cleanly(
-    dataset: Path, mount: object
-) -> None:
+def test_a_disk_filling_up_during_the_build_stops_it_cleanly(dataset: Path, mount: object) -> None:
     # With the estimate made useless the build starts, and meets the full disk while writing:
     # each write is checked against its worst case first, so HDF5 never sees ENOSPC (without
     # that check this run ends in a segmentation fault inside HDF5, exit 139).
