@@ -112,6 +112,22 @@ def run_dvsgkit(root: Path, workers: int, fletcher32: bool = True) -> tuple[floa
     return seconds, peak, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
+def time_checks(path: Path, total: int) -> None:
+    """Seconds of the seal check (part of every up-to-date check and `dvsgkit info`) and of
+    EventCache.verify (`dvsgkit info --verify`: reads everything) on the cache just built."""
+    from dvsgkit.store.events import EventCache
+
+    with EventCache(path) as cache:
+        start = time.perf_counter()
+        cache.check_sealed()
+        sealed = time.perf_counter() - start
+        start = time.perf_counter()
+        problems = cache.verify()
+        verified = time.perf_counter() - start
+    print(f"seal check {sealed * 1e3:.0f} ms; verify {verified:.2f} s "
+          f"({total / verified / 1e6:.0f} M events/s, {len(problems)} problems)")  # fmt: skip
+
+
 def compare_fletcher32(root: Path, workers: int, repeats: int, total: int) -> None:
     """Alternate builds with and without the checksums; print the medians and their ratio."""
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -204,6 +220,7 @@ def main() -> None:
               f"{cpu / total * 1e9:.1f} ns/event over all processes")  # fmt: skip
         print(f"cache: {cache / 1e9:.3f} GB = {cache / aedat_bytes:.2f} x the .aedat size, "
               f"{cache / total:.2f} bytes/event")  # fmt: skip
+        time_checks(root / "events.h5", total)
         if args.fletcher32_repeats:
             compare_fletcher32(root, args.workers, args.fletcher32_repeats, total)
 
