@@ -8,6 +8,12 @@ Full size (the real set's shape: 122 recordings, ~600 M events, ~5 GB; takes a w
 
     .venv-bench/bin/python bench/preprocess.py --recordings 122 --events-per-sample 360000
 
+What the Fletcher-32 checksums of events.h5 cost (builds with and without the filter,
+alternating, on the same files; the reference is skipped):
+
+    .venv/bin/python bench/preprocess.py --recordings 40 --events-per-sample 360000 \\
+        --fletcher32-repeats 3 --reference-recordings 0
+
 It writes a synthetic dataset (temporary unless --dir), times `dvsgkit events` end to end as a
 subprocess (wall time, peak RSS of the process tree), then times SpikingJelly's
 `load_aedat_v3` + `DVS128Gesture.split_aedat_files_to_np` on the first --reference-recordings
@@ -65,12 +71,24 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_dvsgkit(root: Path, workers: int) -> tuple[float, int, int, float]:
+# The build as `dvsgkit events` runs it, or without its Fletcher-32 filter and seals.
+NO_FLETCHER32 = (
+    "from dvsgkit.store import events as store\n"
+    "store.FLETCHER32 = False\n"
+    "store.integrity.seal = lambda f, splits: None\n"
+)
+
+
+def run_dvsgkit(root: Path, workers: int, fletcher32: bool = True) -> tuple[float, int, int, float]:
     """(seconds, peak RSS of the process tree sampled every 20 ms, peak RSS of the largest
     single process from getrusage, CPU seconds of the tree: user + system) of `dvsgkit events`
-    on a fresh cache."""
-    cmd = [sys.executable, "-m", "dvsgkit_cli.main", "events", "--root", str(root),
-           "--workers", str(workers), "--no-progress"]  # fmt: skip
+    on a fresh cache (`fletcher32` False: without the checksums)."""
+    args = ["events", "--root", str(root), "--workers", str(workers), "--no-progress"]
+    if fletcher32:
+        cmd = [sys.executable, "-m", "dvsgkit_cli.main", *args]
+    else:
+        code = f"{NO_FLETCHER32}from dvsgkit_cli.main import cli\ncli({args!r})"
+        cmd = [sys.executable, "-c", code]
     peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
@@ -92,6 +110,46 @@ def run_dvsgkit(root: Path, workers: int) -> tuple[float, int, int, float]:
         raise SystemExit(f"dvsgkit events failed with exit code {code}")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return seconds, peak, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+
+
+def time_checks(path: Path, total: int) -> None:
+    """Seconds of the seal check (part of every up-to-date check and `dvsgkit info`) and of
+    EventCache.verify (`dvsgkit info --verify`: reads everything) on the cache just built."""
+    from dvsgkit.store.events import EventCache
+
+    with EventCache(path) as cache:
+        start = time.perf_counter()
+        cache.check_sealed()
+        sealed = time.perf_counter() - start
+        start = time.perf_counter()
+        problems = cache.verify()
+        verified = time.perf_counter() - start
+    print(f"seal check {sealed * 1e3:.0f} ms; verify {verified:.2f} s "
+          f"({total / verified / 1e6:.0f} M events/s, {len(problems)} problems)")  # fmt: skip
+
+
+def compare_fletcher32(root: Path, workers: int, repeats: int, total: int) -> None:
+    """Alternate builds with and without the checksums; print the medians and their ratio."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    sizes = {}
+    for _ in range(repeats):
+        for on in (False, True):
+            (root / "events.h5").unlink(missing_ok=True)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            seconds, _, _, _ = run_dvsgkit(root, workers, fletcher32=on)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            times[on].append(seconds)
+            cpu[on].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            sizes[on] = (root / "events.h5").stat().st_size
+    for on in (False, True):
+        print(f"{'with' if on else 'without'} Fletcher-32: wall "
+              f"{', '.join(f'{t:.2f}' for t in times[on])} s (median {np.median(times[on]):.2f}), "
+              f"CPU median {np.median(cpu[on]):.2f} s, {total / np.median(times[on]) / 1e6:.1f} "
+              f"M events/s, cache {sizes[on] / 1e6:.1f} MB")  # fmt: skip
+    print(f"Fletcher-32 cost: wall {np.median(times[True]) / np.median(times[False]) - 1:+.1%}, "
+          f"CPU {np.median(cpu[True]) / np.median(cpu[False]) - 1:+.1%}, "
+          f"size {sizes[True] / sizes[False] - 1:+.2%}")  # fmt: skip
 
 
 def run_reference(recordings: list[Recording]) -> float:
@@ -126,6 +184,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, help="dataset root to use and keep (default: temp)")
+    parser.add_argument(
+        "--fletcher32-repeats",
+        type=int,
+        default=0,
+        help="also time builds without the Fletcher-32 filter, alternating, this many pairs",
+    )
     args = parser.parse_args()
     if args.recordings < 2:
         parser.error("--recordings must be >= 2 (one per split at least)")
@@ -156,6 +220,9 @@ def main() -> None:
               f"{cpu / total * 1e9:.1f} ns/event over all processes")  # fmt: skip
         print(f"cache: {cache / 1e9:.3f} GB = {cache / aedat_bytes:.2f} x the .aedat size, "
               f"{cache / total:.2f} bytes/event")  # fmt: skip
+        time_checks(root / "events.h5", total)
+        if args.fletcher32_repeats:
+            compare_fletcher32(root, args.workers, args.fletcher32_repeats, total)
 
         m = min(args.reference_recordings, len(recs))
         if m == 0:

@@ -24,12 +24,15 @@ def events(root: Path, workers: int, progress: bool) -> None:
     """Cut ROOT/extract/DvsGesture/ into labelled samples and write ROOT/events.h5."""
     from dvsgkit.io.aedat import AedatError
     from dvsgkit.store.events import EventCache, WorkerError, build_event_cache, event_cache_path
+    from dvsgkit.store.space import StorageError
 
     path = event_cache_path(root)
     before = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
     # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its partial file.
-    with user_errors(AedatError, ValueError, FileNotFoundError, PermissionError, WorkerError):
+    # A full disk or read-only mount: StorageError names the path and cause, nothing is left.
+    errors = (AedatError, ValueError, FileNotFoundError, PermissionError, WorkerError, StorageError)
+    with user_errors(*errors):
         build_event_cache(root, workers=workers, progress=progress)
     with user_errors(ValueError, FileNotFoundError), EventCache(path) as cache:
         counts = {split: cache.num_samples(split) for split in ("train", "test")}

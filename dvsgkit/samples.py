@@ -21,7 +21,7 @@ from dvsgkit.io.aedat import (
     unpack_into,
     xy_bound,
 )
-from dvsgkit.io.labels import labels_path_for, read_labels, read_trials
+from dvsgkit.io.labels import labels_path_for, read_labels, read_trials_numbered
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recordin
     folder = Path(folder)
     trials = folder / TRIALS_FILES[split]
     recordings = []
-    for name in read_trials(trials):
+    for _, name in read_trials_numbered(trials):
         aedat = folder / name
         labels = labels_path_for(aedat)
         for needed in (aedat, labels):
@@ -57,6 +57,25 @@ def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recordin
                 )
         recordings.append(Recording(split, aedat.stem, aedat, labels))
     return recordings
+
+
+def list_all_recordings(folder: str | os.PathLike[str]) -> list[Recording]:
+    """The recordings of every split, split by split in SPLITS order. A recording listed in two
+    splits' trials lists (test data leaking into training) is refused with a ValueError naming
+    both files, their lines and the recording, before any file is read beyond the lists."""
+    folder = Path(folder)
+    seen: dict[str, tuple[Path, int]] = {}
+    for split in SPLITS:
+        trials = folder / TRIALS_FILES[split]
+        for lineno, name in read_trials_numbered(trials):
+            if name in seen:
+                other, other_line = seen[name]
+                raise ValueError(
+                    f"{trials}, line {lineno}: {name!r} is also listed in {other}, line "
+                    f"{other_line}; a recording belongs to one split only: remove it from one list"
+                )
+            seen[name] = (trials, lineno)
+    return [rec for split in SPLITS for rec in list_recordings(folder, split)]
 
 
 def _selectors(t: np.ndarray, windows: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:

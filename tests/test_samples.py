@@ -17,6 +17,7 @@ from dvsgkit.samples import (
     cut_chunks,
     cut_recording,
     cut_recording_columns,
+    list_all_recordings,
     list_recordings,
 )
 
@@ -152,3 +153,17 @@ def test_trials_list_naming_a_missing_recording(tmp_path: Path) -> None:
         list_recordings(tmp_path, "test")
     with pytest.raises(ValueError, match="split must be one of"):
         list_recordings(tmp_path, "val")
+
+
+def test_a_recording_in_both_splits_is_refused(tmp_path: Path) -> None:
+    for stem in ("user02_lab", "user24_led"):
+        make_recording(tmp_path, stem, events_at([1, 2]), [(1, 0, 5)])
+    (tmp_path / "trials_to_train.txt").write_text("user02_lab.aedat\nuser24_led.aedat\n")
+    (tmp_path / "trials_to_test.txt").write_text("\nuser24_led.aedat\n")
+    with pytest.raises(ValueError, match=r"trials_to_test.txt, line 2: 'user24_led.aedat' is also "
+                       r"listed in .*trials_to_train.txt, line 2; .*one split only"):  # fmt: skip
+        list_all_recordings(tmp_path)
+    (tmp_path / "trials_to_test.txt").write_text("user24_led.aedat\n")
+    (tmp_path / "trials_to_train.txt").write_text("user02_lab.aedat\n")
+    recs = list_all_recordings(tmp_path)
+    assert [(r.split, r.trial) for r in recs] == [("train", "user02_lab"), ("test", "user24_led")]

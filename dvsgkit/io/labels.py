@@ -13,6 +13,7 @@ from dvsgkit.io.atomic import write_bytes_atomic
 # One labelled window per row: dvsgkit label (class - 1), [start, end) in microseconds, and the
 # 0-based data row of the CSV it came from.
 WINDOW_DTYPE = np.dtype([("label", "u1"), ("start", "<i8"), ("end", "<i8"), ("row", "<i4")])
+MAX_TIME_US = int(np.iinfo(np.int64).max)  # window times are int64 microseconds
 LABELS_HEADER = "class,startTime_usec,endTime_usec"
 
 
@@ -64,6 +65,11 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
             raise ValueError(f"{where}: class {cls} is outside 1..{NUM_CLASSES}")
         if start < 0 or start > end:
             raise ValueError(f"{where}: window start {start} must satisfy 0 <= start <= end {end}")
+        if end > MAX_TIME_US:
+            raise ValueError(
+                f"{where}: window end {end} does not fit int64 microseconds (at most "
+                f"{MAX_TIME_US}); fix the row"
+            )
         rows.append((cls - 1, start, end, row))
     if not rows:
         raise ValueError(f"{path}: no labelled rows after the header")
@@ -81,11 +87,26 @@ def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: boo
     return write_bytes_atomic(path, (eol.join(body) + eol).encode("ascii"))
 
 
-def read_trials(path: str | os.PathLike[str]) -> list[str]:
-    """The recording names of a `trials_to_{train,test}.txt` list, in order (blanks skipped)."""
+def read_trials_numbered(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """(1-based line number, recording name) of a `trials_to_{train,test}.txt` list, in order
+    (blanks skipped). A name listed twice would duplicate the recording's samples: ValueError
+    naming the file, both lines and the name."""
     path = Path(path)
-    names = [line.strip() for line in _text(path, "trials list").splitlines()]
-    names = [name for name in names if name]
-    if not names:
+    lines = [line.strip() for line in _text(path, "trials list").splitlines()]
+    numbered = [(lineno, name) for lineno, name in enumerate(lines, start=1) if name]
+    if not numbered:
         raise ValueError(f"{path}: the trials list names no recording")
-    return names
+    first: dict[str, int] = {}
+    for lineno, name in numbered:
+        if name in first:
+            raise ValueError(
+                f"{path}, line {lineno}: {name!r} is listed again (first on line "
+                f"{first[name]}); a recording may be listed once: remove the repeated line"
+            )
+        first[name] = lineno
+    return numbered
+
+
+def read_trials(path: str | os.PathLike[str]) -> list[str]:
+    """The recording names of a trials list, in order (see `read_trials_numbered`)."""
+    return [name for _, name in read_trials_numbered(path)]

@@ -6,7 +6,6 @@ import collections
 import functools
 import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -33,12 +32,16 @@ from dvsgkit.samples import (
     Recording,
     cut_recording_columns,
     dataset_dir,
-    list_recordings,
+    list_all_recordings,
 )
+from dvsgkit.store import integrity, space
 from dvsgkit.store.signals import BuildSignals
+from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
 LAYOUT = "dvsgkit.events"
-LAYOUT_VERSION = 2  # 2: x, y as uint8 (1: uint16), sources with sha256 (1: md5)
+# 3: Fletcher-32 on every dataset, seals, `trial` fixed-length ASCII (2: x, y as uint8, sources
+# with sha256; 1: x, y uint16, md5)
+LAYOUT_VERSION = 3
 CACHE_NAME = "events.h5"
 FIELDS = ("t", "x", "y", "p")
 # What the cache stores: x and y fit uint8 on the 128 x 128 sensor (the build refuses events off
@@ -53,8 +56,19 @@ CHUNK_EVENTS = 1 << 16
 # per chunk): every HDF5 reader decodes it without a plugin, and it writes ~3x faster than
 # shuffle + LZF and ~5x faster than shuffle + gzip level 1. x, y, p (one byte each) are stored
 # as they are: the filter would halve them but cost more time than the rest of the build.
-FILTERS: dict[str, dict[str, Any]] = {"t": {"scaleoffset": 0}, "x": {}, "y": {}, "p": {}}
+SCALE_OFFSET = {"t": True, "x": False, "y": False, "p": False}
+# Every dataset also gets HDF5's built-in Fletcher-32 filter (last in the pipeline, over the
+# stored bytes): any HDF5 reader then fails the read of a damaged chunk instead of returning it.
+FLETCHER32 = True
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
+# Free space: the cache takes ~5.4 (the real density) to ~6.4 (sparse samples) bytes per event
+# (bench/preprocess.py), an .aedat file 8. Each write is checked against its worst case (11
+# bytes per event, uncompressed) plus what HDF5 may hold unwritten (metadata: the writer keeps
+# no chunk cache).
+ESTIMATE_BYTES_PER_EVENT = 6.5
+WORST_BYTES_PER_EVENT = sum(d.itemsize for d in STORED_DTYPES.values())
+WRITE_MARGIN = 16 << 20
+SPACE_FIX = "free some space, or use another --root (copy extract/DvsGesture there)"
 
 
 def event_cache_path(root: str | os.PathLike[str]) -> Path:
@@ -81,9 +95,10 @@ def _source_names(recordings: list[Recording]) -> list[str]:
 
 
 def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
-    """True when `path` is a complete cache of this layout whose recorded sources have the names,
-    sizes and modification times of the files on disk now. (Hashing ~5 GB on every run would
-    take seconds; the sha256s are recorded for provenance.)"""
+    """True when `path` is a complete cache of this layout, unchanged since its build (its
+    seals match: 4 bytes read per chunk), whose recorded sources have the names, sizes and
+    modification times of the files on disk now. (Hashing ~5 GB on every run would take
+    seconds; the sha256s are recorded for provenance.)"""
     import h5py
 
     try:
@@ -91,73 +106,20 @@ def _up_to_date(path: Path, folder: Path, recordings: list[Recording]) -> bool:
             if f.attrs.get("layout") != LAYOUT or f.attrs.get("layout_version") != LAYOUT_VERSION:
                 return False
             recorded = json.loads(f.attrs["sources"])
+            if not all(s in f for s in SPLITS) or integrity.changed_datasets(f, SPLITS):
+                return False
     except (OSError, KeyError, ValueError):
         return False
     now = [_stat(folder, name) for name in _source_names(recordings)]
     return [{k: s.get(k) for k in ("name", "bytes", "mtime_ns")} for s in recorded] == now
 
 
-Slot = int | Path  # a spool: a memfd inherited by the workers, or a file
-
-
-class _Spools:
-    """Spools, memory-mapped: how a worker hands a recording's samples to the writer without
-    pickling them through a pipe. A recording's n events lie in a slot as four columns t, x, y,
-    p back to back. Maps stay open from one recording to the next and slots only grow, so that
-    pages are faulted in once per process, not once per recording."""
-
-    def __init__(self, writable: bool) -> None:
-        self.writable = writable
-        self.maps: dict[Slot, np.ndarray] = {}
-
-    def columns(self, slot: Slot, n: int) -> dict[str, np.ndarray]:
-        sizes = [n * STORED_DTYPES[name].itemsize for name in FIELDS]
-        if n == 0:
-            return {name: np.empty(0, STORED_DTYPES[name]) for name in FIELDS}
-        buf = self.maps.get(slot)
-        if buf is None or len(buf) < sum(sizes):
-            self.maps.pop(slot, None)
-            buf = self.maps[slot] = self._map(slot, sum(sizes))
-        starts = np.cumsum([0, *sizes])  # t first: every column stays aligned to its item size
-        return {
-            name: buf[starts[k] : starts[k + 1]].view(STORED_DTYPES[name])
-            for k, name in enumerate(FIELDS)
-        }
-
-    def _map(self, slot: Slot, need: int) -> np.ndarray:
-        if isinstance(slot, int):
-            fd = slot
-        else:
-            fd = os.open(slot, (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY, 0o600)
-        try:
-            if self.writable and os.fstat(fd).st_size < need:
-                # Grow, never shrink: other processes' maps of it stay valid.
-                os.ftruncate(fd, need + need // 4)  # with room to grow into
-            access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
-            return np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size, access=access), np.uint8)
-        finally:
-            if not isinstance(slot, int):
-                os.close(fd)
-
-    def close(self) -> None:
-        self.maps.clear()
-
-
-def _make_slots(count: int, folder: Path) -> list[Slot]:
-    """Spools for a pool's hand-over: anonymous memory files (Linux, where the workers are
-    forked and inherit them; nothing to clean up, no disk writes) or files in `folder`."""
-    if sys.platform == "linux" and hasattr(os, "memfd_create"):
-        return [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
-    folder.mkdir()
-    return [folder / f"{k}.bin" for k in range(count)]
-
-
 _local = threading.local()  # per process (and thread): buffers and spool maps kept between jobs
 
 
-def _reused() -> tuple[CutBuffers, _Spools]:
+def _reused() -> tuple[CutBuffers, Spools]:
     if not hasattr(_local, "buffers"):
-        _local.buffers, _local.spools = CutBuffers(), _Spools(writable=True)
+        _local.buffers, _local.spools = CutBuffers(), Spools(STORED_DTYPES, writable=True)
     return _local.buffers, _local.spools
 
 
@@ -220,7 +182,7 @@ def _results(
             signals.check()
             yield _process(rec)
         return
-    spools = _Spools(writable=False)
+    spools = Spools(STORED_DTYPES, writable=False)
     # multiprocessing.Pool never completes a task whose worker died (the OOM killer, a kill):
     # it starts a new worker and the task's result never comes. Watch the workers it started
     # (they live as long as the pool: no maxtasksperchild) and fail instead of waiting forever.
@@ -312,19 +274,25 @@ class _SplitWriter:
         self.size += CHUNK_EVENTS + whole
 
     def _create(self, chunk: int) -> None:
+        import h5py
+
         for name in FIELDS:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            if SCALE_OFFSET[name]:
+                # Through the property list: h5py refuses its `scaleoffset` option beside
+                # `fletcher32`, fearing lossy (float) scaling; for integers it is lossless.
+                dcpl.set_scaleoffset(h5py.h5z.SO_INT, 0)
             self.group.create_dataset(
                 name,
                 shape=(0,),
                 maxshape=(None,),
                 dtype=STORED_DTYPES[name],
                 chunks=(chunk,),
-                **FILTERS[name],
+                dcpl=dcpl,
+                fletcher32=FLETCHER32,
             )
 
     def finish(self) -> None:
-        import h5py
-
         n = len(self.pending["t"])  # the last, partial chunk
         if self.size == 0:
             # A split smaller than a chunk gets one chunk of its size: scale-offset would store
@@ -338,11 +306,17 @@ class _SplitWriter:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if offsets[-1] != self.size:  # internal consistency, cheap to check, fatal if wrong
             raise RuntimeError(f"wrote {self.size} events but the samples add up to {offsets[-1]}")
-        g = self.group
-        g.create_dataset("offsets", data=offsets)
-        g.create_dataset("labels", data=_cat(self.labels, np.uint8))
-        g.create_dataset("row", data=_cat(self.rows, np.int32))
-        g.create_dataset("trial", data=self.trials, dtype=h5py.string_dtype())
+        _small(self.group, "offsets", offsets)
+        _small(self.group, "labels", _cat(self.labels, np.uint8))
+        _small(self.group, "row", _cat(self.rows, np.int32))
+        # Fixed-length ASCII: HDF5 cannot filter (checksum) variable-length strings.
+        width = max((len(t) for t in self.trials), default=1)
+        _small(self.group, "trial", np.array(self.trials, dtype=f"S{width}"))
+
+
+def _small(group: Any, name: str, data: np.ndarray) -> None:
+    """A per-sample dataset: one chunk, Fletcher-32 like the event columns."""
+    group.create_dataset(name, data=data, chunks=(max(len(data), 1),), fletcher32=FLETCHER32)
 
 
 def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -370,6 +344,39 @@ def _remove_leftovers(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _space_needed(recordings: list[Recording], spool_files: bool, ahead: int) -> int:
+    """Bytes a build writes, estimated from the .aedat sizes (8 bytes per event): the cache, and
+    the spool files when the hand-over cannot use memory files (each of ahead + 1 slots grows
+    to the largest recording's samples, with a quarter more room)."""
+    sizes = [rec.aedat.stat().st_size for rec in recordings]
+    need = int(sum(sizes) / 8 * ESTIMATE_BYTES_PER_EVENT) + WRITE_MARGIN
+    if spool_files:
+        need += int((ahead + 1) * max(sizes) / 8 * WORST_BYTES_PER_EVENT * 1.25)
+    return need
+
+
+def _discard(path: Path) -> None:
+    """Remove the file `path` if there is one. (Checked first: on a read-only mount, unlinking
+    a missing file fails with EROFS rather than FileNotFoundError.)"""
+    if path.exists():
+        try:
+            path.unlink()
+        except OSError as exc:
+            error = space.storage_error(exc, path, "remove the stale", SPACE_FIX)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def _discard_stale(out: Path, reason: BaseException) -> None:
+    """Remove a cache whose sources are broken; when that fails too (a read-only mount), note
+    it on `reason`, the error the caller raises, rather than replace it."""
+    try:
+        _discard(out)
+    except space.StorageError as exc:
+        reason.add_note(str(exc))
+
+
 def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
@@ -394,33 +401,41 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
         )
     out = event_cache_path(root)
     try:
-        recordings = [rec for split in SPLITS for rec in list_recordings(folder, split)]
-    except (OSError, ValueError):
-        out.unlink(missing_ok=True)  # its sources are broken: it cannot be up to date
+        recordings = list_all_recordings(folder)  # trials lists checked before any work
+    except (OSError, ValueError) as exc:
+        _discard_stale(out, exc)  # its sources are broken: it cannot be up to date
         raise
-    if out.exists():
-        if _up_to_date(out, folder, recordings):
-            return out
-        out.unlink(missing_ok=True)  # stale: never leave a cache disagreeing with its sources
-    sources = {name: _stat(folder, name) for name in _source_names(recordings)}
-    for name in (TRIALS_FILES[s] for s in SPLITS):
-        sources[name]["sha256"] = _sha256(folder / name)
-    _remove_leftovers(out)
+    if out.exists() and _up_to_date(out, folder, recordings):
+        return out
     # Names unique to this process, so that two builds of one root cannot trip over each other.
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
     ahead = workers + 1  # jobs submitted and not yet written
+    pooled = min(workers, len(recordings)) > 1
+    space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
+    _discard(out)  # stale: never leave a cache disagreeing with its sources
+    _remove_leftovers(out)
+    space.require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out,
+                       SPACE_FIX)  # fmt: skip
+    sources = {name: _stat(folder, name) for name in _source_names(recordings)}
+    for name in (TRIALS_FILES[s] for s in SPLITS):
+        sources[name]["sha256"] = _sha256(folder / name)
     with BuildSignals() as signals:
         # The slots exist before the pool forks its workers, which inherit them.
-        slots = _make_slots(ahead + 1, spool) if min(workers, len(recordings)) > 1 else []
+        slots = make_slots(ahead + 1, spool) if pooled else []
         pool = _pool(workers, len(recordings))
         bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
         try:
-            with h5py.File(partial, "w") as f:
+            # No chunk cache: _SplitWriter writes whole chunks, which then go straight to the
+            # file, so that free space seen before a write is free space indeed.
+            with h5py.File(partial, "w", rdcc_nbytes=0) as f:
                 writers = {split: _SplitWriter(f.create_group(split)) for split in SPLITS}
                 events = 0
                 for result in _results(recordings, pool, ahead, slots, signals):
                     rec = result["recording"]
+                    # HDF5 does not survive a failed write (see space.py): refuse it first.
+                    worst = (len(result["columns"]["t"]) + CHUNK_EVENTS) * WORST_BYTES_PER_EVENT
+                    space.require_free(root, worst + WRITE_MARGIN, partial, SPACE_FIX)
                     writers[rec.split].add(result)
                     for name, sha in result["sha256"].items():
                         sources[name]["sha256"] = sha
@@ -429,6 +444,7 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
                     bar.update()
                 for writer in writers.values():
                     writer.finish()
+                integrity.seal(f, SPLITS)
                 f.attrs["layout"] = LAYOUT
                 f.attrs["layout_version"] = LAYOUT_VERSION
                 f.attrs["dvsgkit_version"] = __version__
@@ -437,6 +453,12 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
                 f.attrs["sources"] = json.dumps(list(sources.values()))
             signals.check()
             os.replace(partial, out)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            error = space.storage_error(exc, partial, "write", SPACE_FIX)
+            if error is None or isinstance(exc, space.StorageError):
+                raise
+            raise error from exc
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -529,11 +551,25 @@ class EventCache:
             raise IndexError(f"sample {i} out of range for split {split!r} with {n} samples")
         i %= n
         a, b = self._offsets[split][i : i + 2]
-        group = self._file[split]
+        columns = integrity.read_columns(
+            self._file[split], self.path, FIELDS, int(a), int(b), sensor=SENSOR_SIZE
+        )
         out = np.empty(b - a, dtype=EVENT_DTYPE)
         for name in FIELDS:
-            out[name] = group[name][a:b]
+            out[name] = columns[name]
         return out
+
+    def verify(self) -> list[str]:
+        """Read the whole file and return what is damaged, one line each naming the file, the
+        split/dataset and the elements (and samples): chunks failing their Fletcher-32
+        checksum, datasets changed after the build, offsets that do not partition the events,
+        values out of range. An empty list: every byte is as built. Reads the whole file."""
+        return integrity.verify(self._file, self.path, SPLITS, SENSOR_SIZE)
+
+    def check_sealed(self) -> None:
+        """ValueError naming the file, the dataset changed after the build (for a pixel off
+        the sensor: the split and sample) and the fix; reads 4 bytes per chunk."""
+        integrity.check_sealed(self._file, self.path, SPLITS, SENSOR_SIZE)
 
     @property
     def attrs(self) -> dict[str, Any]:

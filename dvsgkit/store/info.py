@@ -42,7 +42,10 @@ def _class_counts(labels: np.ndarray) -> dict[str, int]:
     return dict(zip(CLASS_NAMES, counts.tolist(), strict=True))
 
 
-def _summarize_events(path: Path) -> dict[str, Any]:
+def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
+    """An event cache's summary. Its seals are checked (4 bytes read per chunk: a dataset
+    changed after the build makes it incomplete); `verify` also reads every byte
+    (EventCache.verify: Fletcher-32 of every chunk, value ranges) and lists what is damaged."""
     from dvsgkit.store.events import EventCache
     from dvsgkit.store.frames import read_events_index
 
@@ -50,6 +53,15 @@ def _summarize_events(path: Path) -> dict[str, Any]:
     try:
         read_events_index(path)  # the layout checks a frame build relies on
         with EventCache(path) as cache:
+            cache.check_sealed()
+            if verify:
+                damaged = cache.verify()
+                if damaged:
+                    raise ValueError(
+                        f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; delete {path} "
+                        "and run 'dvsgkit events' to rebuild it"
+                    )
+                out["verified"] = True
             attrs = cache.attrs
             out["splits"] = {
                 split: {

@@ -94,10 +94,34 @@ def missing_recording(folder: Path) -> str:
     return "trials_to_test.txt names 'user99_lab.aedat'"
 
 
+def listed_twice(folder: Path) -> str:
+    path = folder / "trials_to_train.txt"
+    path.write_text("user01_fluorescent.aedat\n\nuser01_fluorescent.aedat\n")  # blank line 2
+    return "trials_to_train.txt, line 3: 'user01_fluorescent.aedat' is listed again (first on line"
+
+
+def listed_in_both_splits(folder: Path) -> str:
+    names = "user24_fluorescent.aedat\nuser01_fluorescent.aedat\n"
+    (folder / "trials_to_test.txt").write_text(names)
+    return (
+        "trials_to_test.txt, line 2: 'user01_fluorescent.aedat' is also listed in "
+        f"{folder / 'trials_to_train.txt'}, line 1"
+    )
+
+
+def time_beyond_int64(folder: Path) -> str:
+    path = folder / "user24_fluorescent_labels.csv"
+    lines = path.read_text().splitlines()
+    lines[4] = "3,99999999999999999999,99999999999999999999"
+    path.write_text("\r\n".join(lines))
+    return "user24_fluorescent_labels.csv, line 5 (data row 3): window end 99999999999999999999"
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [truncate_mid_packet, truncate_mid_header, wrong_version, bad_event_size,
-     non_numeric_labels, start_after_end, missing_labels, missing_recording],
+     non_numeric_labels, start_after_end, missing_labels, missing_recording, listed_twice,
+     listed_in_both_splits, time_beyond_int64],
 )  # fmt: skip
 def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: object) -> None:
     assert (

@@ -79,6 +79,10 @@ def test_write_labels_round_trip_in_crlf(tmp_path: Path) -> None:
         ("1,100,200\n", r"line 1: expected the header"),
         ("", r"line 1: expected the header"),
         ("class,startTime_usec,endTime_usec\n\n", r"no labelled rows"),
+        (
+            "class,startTime_usec,endTime_usec\n1,5,9\n2,99999999999999999999,99999999999999999999\n",
+            r"line 3 \(data row 1\): window end 99999999999999999999 does not fit int64",
+        ),
     ],
     ids=[
         "non-numeric",
@@ -90,6 +94,7 @@ def test_write_labels_round_trip_in_crlf(tmp_path: Path) -> None:
         "no-header",
         "empty",
         "no-rows",
+        "beyond-int64",
     ],
 )
 def test_bad_labels_name_file_and_row(tmp_path: Path, text: str, match: str) -> None:
@@ -121,6 +126,14 @@ def test_trials_errors(tmp_path: Path) -> None:
         read_trials(tmp_path / "trials_to_test.txt")
     with pytest.raises(ValueError, match="names no recording"):
         read_trials(write(tmp_path / "trials_to_test.txt", "\n\n"))
+
+
+def test_a_recording_listed_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "trials_to_train.txt", "user02_lab.aedat\n\nuser01_led.aedat\n"
+                 "user02_lab.aedat\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"trials_to_train.txt, line 4: 'user02_lab.aedat' is "
+                       r"listed again \(first on line 1\)"):  # fmt: skip
+        read_trials(path)
 
 
 def test_labels_path_for() -> None:

@@ -71,7 +71,7 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
     aedat_bytes = sum(p.stat().st_size for p in dataset_dir(root).glob("*.aedat"))
     assert path.stat().st_size < aedat_bytes
     with h5py.File(path, "r") as f:
-        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 2
+        assert f.attrs["layout"] == "dvsgkit.events" and f.attrs["layout_version"] == 3
         assert f.attrs["dvsgkit_version"] == __version__
         assert f.attrs["sensor_size"].tolist() == [128, 128]
         assert list(f.attrs["class_names"]) == list(CLASS_NAMES)
@@ -90,6 +90,11 @@ def test_layout_readable_with_plain_h5py(root: Path) -> None:
                              "offsets": np.int64, "labels": np.uint8, "row": np.int32}  # fmt: skip
             assert g["t"].compression is None and g["t"].scaleoffset == 0  # built-in filter
             assert all(g[k].compression is None and g[k].scaleoffset is None for k in "xyp")
+            # HDF5's built-in Fletcher-32 on every dataset, last in the pipeline, and a seal.
+            assert {k: g[k].fletcher32 for k in g} == {k: True for k in g}
+            assert list(g["t"]._filters) == ["scaleoffset", "fletcher32"]
+            assert all(len(g[k].attrs["fletcher32_seal"]) == 64 for k in g)
+            assert g["trial"].dtype.kind == "S"  # fixed-length ASCII: variable-length can't be
             assert len(g["offsets"]) == len(g["labels"]) + 1 == len(g["trial"]) + 1
             assert g["offsets"][-1] == len(g["t"]) == len(g["p"])
             a, b = g["offsets"][3:5]
@@ -199,14 +204,14 @@ def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.M
     """Without memfd_create (not Linux) the workers hand over through files in a spool folder,
     which goes when the build ends; the samples are the same."""
     made = []
-    real = store._make_slots
+    real = store.make_slots
 
     def spy(count: int, folder: Path) -> list:
         made.append(real(count, folder))
         return made[-1]
 
     monkeypatch.delattr(os, "memfd_create")
-    monkeypatch.setattr(store, "_make_slots", spy)
+    monkeypatch.setattr(store, "make_slots", spy)
     path = build_event_cache(root, workers=2, progress=False)
     assert [type(s) for s in made[0]] == [type(root)] * 4  # workers + 2 files
     assert leftovers(root) == ["events.h5"]
@@ -318,3 +323,22 @@ def test_a_signal_stops_the_build_cleanly(
         build_event_cache(root, workers=1, progress=False)
     assert leftovers(root) == []
     assert signal.getsignal(sig) is before  # the caller's handler is back
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_trials_lists_are_checked_before_any_work(
+    root: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """A repeated recording would duplicate samples; one in both lists would leak test data into
+    training. Both are refused before a recording is read, and never look like a stale cache."""
+    build_event_cache(root, progress=False)
+    folder = dataset_dir(root)
+    trials = folder / f"trials_to_{split}.txt"
+    trials.write_text(trials.read_text() + "user01_fluorescent.aedat\n")
+    called = []
+    monkeypatch.setattr(store, "_process", lambda *a: called.append(a))
+    match = "listed again" if split == "train" else "also listed in .*trials_to_train.txt"
+    with pytest.raises(ValueError, match=rf"trials_to_{split}.txt, line \d+: "
+                       rf"'user01_fluorescent.aedat' is {match}"):  # fmt: skip
+        build_event_cache(root, workers=1, progress=False)
+    assert called == [] and leftovers(root) == []

@@ -33,9 +33,9 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_events_h5(path: Path, samples: dict[str, list[tuple[np.ndarray, int]]]) -> None:
-    """An events.h5 in the documented layout (version 2) from (events, label) per split."""
+    """An events.h5 in the documented layout (version 3) from (events, label) per split."""
     with h5py.File(path, "w") as f:
-        f.attrs.update(layout="dvsgkit.events", layout_version=2, dvsgkit_version="test")
+        f.attrs.update(layout="dvsgkit.events", layout_version=3, dvsgkit_version="test")
         f.attrs["sensor_size"] = [128, 128]
         f.attrs["class_names"] = list(CLASS_NAMES)
         f.attrs["sources"] = json.dumps([{"name": "hand-made", "bytes": 0, "sha256": "0"}])

@@ -1,0 +1,86 @@
+"""Disk space and read-only mounts during a store build: refused before the library writes.
+
+HDF5 does not survive a full disk: once a write fails with ENOSPC, its chunk cache and metadata
+flushes fail again while objects are released (errors Python can only print), and closing the
+file can crash the process (a segmentation fault, after hundreds of lines). So a build checks
+free space before it starts, from an estimate of what it will write, and again before each
+write, from the exact worst case of that write; a write error that still happens (another
+program filling the disk in between) is reported as a StorageError naming the path and cause.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+from pathlib import Path
+
+# The causes a user can act on, by errno: free space, or write somewhere else.
+CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")  # HDF5 reports the OS error inside its message
+
+
+class StorageError(OSError):
+    """A build cannot write where it must: no space left, a read-only mount, no permission.
+    The message names the path, the cause and the fix; nothing partial is left behind."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno 28] "
+
+
+def cause_of(exc: OSError) -> int | None:
+    """The errno of CAUSES behind `exc` (h5py's OSErrors carry it in the text), else None."""
+    code = exc.errno
+    if code not in CAUSES:
+        found = _HDF5_ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else None
+    return code if code in CAUSES else None
+
+
+def storage_error(exc: OSError, path: Path, doing: str, fix: str) -> StorageError | None:
+    """A StorageError for `exc` (`doing` e.g. "write", `fix` what to do), or None when the error
+    is not one of CAUSES (and should propagate as it is)."""
+    code = cause_of(exc)
+    if code is None:
+        return None
+    return StorageError(code, f"cannot {doing} {path}: {CAUSES[code]}; {fix}")
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged process may still write in `folder`'s file system."""
+    return shutil.disk_usage(folder).free
+
+
+def require_free(folder: Path, need: int, what: Path, fix: str) -> None:
+    """StorageError (ENOSPC) unless `folder` has `need` bytes free for writing `what`."""
+    free = free_bytes(folder)
+    if free < need:
+        raise StorageError(
+            errno.ENOSPC,
+            f"not enough free space for {what}: it needs about {_mb(need)}, {folder} has "
+            f"{_mb(free)} free; {fix}",
+        )
+
+
+def probe_writable(path: Path, fix: str) -> None:
+    """Create and remove `path` (a name of the build's own): StorageError naming it when the
+    folder cannot be written (read-only mount, permissions), before any work."""
+    try:
+        with open(path, "xb"):
+            pass
+    except OSError as exc:
+        error = storage_error(exc, path, "create", fix)
+        if error is None:
+            raise
+        raise error from exc
+    path.unlink()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
