@@ -138,6 +138,7 @@ def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
         "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
     )
     ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
+    ckpt |= {"optimizer": {}, "lr_scheduler": {}, "scaler": {}}
     save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
 
 

@@ -64,7 +64,7 @@ def test_train_then_extend_with_resume(frame_root: Path, tmp_path: Path) -> None
         (["--amp"], "--amp needs a CUDA device"),
         (["--cupy"], "--cupy"),
         (["--device", "cuda:0"], "no CUDA device here"),
-        (["--device", "gpu"], "--device gpu: Expected one of cpu"),
+        (["--device", "gpu"], "'gpu' is not a supported device; use cpu, cuda or cuda:N"),
         (["--opt", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam'"),
         (["-T", "0"], "0 is not in the range x>=1"),
         (["--resume", "missing.pth"], "does not exist"),
