@@ -68,6 +68,14 @@ def test_train_then_extend_with_resume(frame_root: Path, tmp_path: Path) -> None
         (["--opt", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam'"),
         (["-T", "0"], "0 is not in the range x>=1"),
         (["--resume", "missing.pth"], "does not exist"),
+        (["--device", "mps"], "'mps' is not a supported device; use cpu, cuda or cuda:N"),
+        (["--device", "meta"], "'meta' is not a supported device"),
+        (["--device", "cuda:x"], "'cuda:x' is not a supported device"),
+        (["--seed", "-1"], "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295"),
+        (["--seed", str(2**70)], "Invalid value for '--seed'"),
+        (["--lr", "nan"], "lr must be a finite number >= 0, got nan"),
+        (["--momentum", "inf"], "momentum must be a finite number >= 0, got inf"),
+        (["--allow-new-store"], "--allow-new-store applies to --resume only"),
     ],
 )
 def test_bad_options_exit_non_zero_and_write_nothing(
