@@ -108,6 +108,16 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
             f"{path}: its {key!r} state does not fit this run ({_kind(exc)}: {first}); use "
             "another checkpoint of the run"
         ) from exc
+    if isinstance(part, torch.optim.Optimizer):  # torch loads any shapes; step() would fail
+        for group in part.param_groups:
+            for param in group["params"]:
+                for name, value in part.state.get(param, {}).items():
+                    tensor = isinstance(value, torch.Tensor) and value.dim() > 0
+                    if tensor and value.shape != param.shape:
+                        raise ValueError(
+                            f"{path}: its {key!r} state does not fit this run: {name} has shape "
+                            f"{_shape(value)} for a parameter of shape {_shape(param)}"
+                        )
 
 
 # ----------------------------------------------------------------------------- frame provenance
