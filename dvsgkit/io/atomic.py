@@ -30,8 +30,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only, ...: name the file meant, not the temp
+        if exc.filename is None or os.fspath(exc.filename) == os.fspath(tmp):
+            exc.filename = str(path)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):  # never created on a read-only disk, where unlink would fail
+            tmp.unlink()
 
 
 def _alive(pid: int) -> bool:
