@@ -120,6 +120,8 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     else:
         from dvsgkit.model import from_spikingjelly
 
+        if not all(isinstance(k, str) for k in ckpt["net"]):
+            raise ValueError(f"{checkpoint_file(checkpoint)}: 'net' has keys that are not names")
         try:
             net = from_spikingjelly(ckpt)
         except ValueError as exc:  # its message says what is wrong, not in which file

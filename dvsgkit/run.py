@@ -169,12 +169,12 @@ def check_resume_frames(
     diff = frames_differences(old, new)
     if diff and not allow_new_store:
         old_path = Path(str(old.get("path", "")))
-        back = f"pass --root {old_path.parent} to continue on the run's frames, or " * (
-            old_path != Path(new["path"])
-        )
+        moved = old_path != Path(new["path"])
+        where = f"({old_path})" if moved else "(this store was rebuilt since)"
+        back = f"pass --root {old_path.parent} to continue on the run's frames, or " * moved
         raise ValueError(
             f"cannot resume {source} on {new['path']}: the run trained on other frames "
-            f"({old_path}): {', '.join(diff)}; {back}pass --allow-new-store to continue on these"
+            f"{where}: {', '.join(diff)}; {back}pass --allow-new-store to continue on these"
         )
     if diff:
         return [f"warning: continuing on other frames ({', '.join(diff)}): --allow-new-store"]
@@ -185,6 +185,10 @@ def check_resume_frames(
             "same frames"
         ]
     return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def record_frames(run_dir: Path, provenance: Mapping[str, Any], first_epoch: int) -> str | None:
@@ -201,7 +205,10 @@ def record_frames(run_dir: Path, provenance: Mapping[str, Any], first_epoch: int
             entries, note = [], f"note: {path} was unreadable ({exc}); started it again"
         if not isinstance(entries, list):
             entries, note = [], f"note: {path} held no list; started it again"
-    entries = [e for e in entries if isinstance(e, dict) and e.get("first_epoch", 0) < first_epoch]
+    entries = [
+        e for e in entries if isinstance(e, dict) and _is_int(e.get("first_epoch")) and
+        e["first_epoch"] < first_epoch
+    ]  # fmt: skip
     if not entries or {k: v for k, v in entries[-1].items() if k != "first_epoch"} != provenance:
         entries.append({"first_epoch": first_epoch, **provenance})
     write_text_atomic(path, json.dumps(entries, indent=2) + "\n")

@@ -128,3 +128,13 @@ def test_garbage_bytes_fail_in_one_line(frame_root: Path, tmp_path: Path, comman
     line = _one_error_line(CliRunner().invoke(cli, [*args, "--root", str(frame_root)]))
     assert f"{bad} is not a readable checkpoint" in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_of_a_state_dict_keyed_by_numbers_fails_in_one_line(
+    frame_root: Path, tmp_path: Path
+) -> None:
+    odd = tmp_path / "odd.pth"
+    torch.save({"net": {1: torch.zeros(3)}}, odd)
+    args = ["evaluate", str(odd), "--root", str(frame_root), "--device", "cpu"]
+    line = _one_error_line(CliRunner().invoke(cli, args))
+    assert f"{odd}: 'net' has keys that are not names" in line, line

@@ -130,3 +130,32 @@ def test_cli_refuses_other_data_in_one_line(one_epoch: TrainConfig, bigger_root:
     allowed = CliRunner().invoke(cli, [*args, "--allow-new-store"])
     assert allowed.exit_code == 0, allowed.output
     assert [r["train_samples"] for r in read_metrics(one_epoch.run_dir())] == [24, 48]
+
+
+def test_a_store_rebuilt_from_other_events_at_the_same_path_is_refused(
+    tmp_path: Path, frame_root: Path, bigger_root: Path
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy2(frame_root / "events.h5", root / "events.h5")
+    config = TrainConfig(root=str(root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
+    run_dir = train(config).run_dir
+    shutil.copy2(bigger_root / "events.h5", root / "events.h5")  # 'dvsgkit events' of other data
+    with pytest.raises(ValueError) as err:
+        train(replace(config, epochs=2), resume=run_dir)
+    message = str(err.value)
+    assert "other frames (this store was rebuilt since): events checksum" in message, message
+    assert "train samples 24 (now 48)" in message and "--root" not in message
+
+
+def test_an_unreadable_frames_record_is_started_again(
+    one_epoch: TrainConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = one_epoch.run_dir() / FRAMES_RECORD
+    record.write_bytes(b'[{"first_epoch": "x"}, \xff')
+    train(replace(one_epoch, epochs=2), resume=one_epoch.run_dir())
+    assert f"note: {record} was unreadable" in capsys.readouterr().out
+    assert [e["first_epoch"] for e in json.loads(record.read_text())] == [1]
+    record.write_text('[{"first_epoch": "x"}, {"first_epoch": 0}]')
+    train(replace(one_epoch, epochs=3), resume=one_epoch.run_dir())
+    assert [e["first_epoch"] for e in json.loads(record.read_text())] == [0, 2]
