@@ -171,10 +171,13 @@ def check_resume_frames(
         old_path = Path(str(old.get("path", "")))
         moved = old_path != Path(new["path"])
         where = f"({old_path})" if moved else "(this store was rebuilt since)"
-        back = f"pass --root {old_path.parent} to continue on the run's frames, or " * moved
+        allow = "--allow-new-store to continue on these"
+        fix = f"pass {allow}"
+        if moved:
+            fix = f"pass --root {old_path.parent} to continue on the run's frames, or {allow}"
         raise ValueError(
             f"cannot resume {source} on {new['path']}: the run trained on other frames "
-            f"{where}: {', '.join(diff)}; {back}pass --allow-new-store to continue on these"
+            f"{where}: {', '.join(diff)}; {fix}"
         )
     if diff:
         return [f"warning: continuing on other frames ({', '.join(diff)}): --allow-new-store"]
