@@ -54,7 +54,7 @@ def evaluate(
     from dvsgkit.evaluate import write_outputs
     from dvsgkit_cli.train import default_device
 
-    with user_errors():
+    with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
         result = run_evaluation(
             checkpoint,
             root=root,

@@ -153,12 +153,12 @@ def train(
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
     from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
-    from dvsgkit.run import RunWriteError
     from dvsgkit.train import train as run_training
 
     if allow_new_store and resume is None:
         raise click.UsageError("--allow-new-store applies to --resume only")
-    expected = (ValueError, FileNotFoundError, FileExistsError, PermissionError, RunWriteError)
+    # OSError: a missing file, a full or read-only disk (the run directory's: RunWriteError)
+    expected = (ValueError, OSError)
     with user_errors(*expected, CupyUnavailableError, CupyKernelError):
         config = TrainConfig(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options

@@ -185,3 +185,28 @@ def test_a_read_only_run_directory(frame_root: Path, small_fs: Path) -> None:
 
     line = _error_line(_train(frame_root, small_fs / "other", "--epochs", "1"))
     assert f"cannot write {small_fs / 'other'}: Read-only file system" in line, line
+
+
+def test_evaluate_and_plot_into_a_read_only_folder(
+    frame_root: Path, tmp_path: Path, small_fs: Path
+) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
+    run_dir = train(config).run_dir
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    out = small_fs / "eval"
+    args = ["evaluate", str(run_dir), "--root", str(frame_root), "--device", "cpu"]
+    line = _error_line(CliRunner().invoke(cli, [*args, "--out-dir", str(out)]))
+    assert "Read-only file system" in line and str(out) in line, line
+    png = small_fs / "curves.png"
+    line = _error_line(CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(png)]))
+    assert "Read-only file system" in line and str(png) in line, line
+
+
+def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Path) -> None:
+    root = small_fs / "data"
+    root.mkdir()
+    (root / "events.h5").write_bytes((frame_root / "events.h5").read_bytes())
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    line = _error_line(_train(root, tmp_path / "runs", "--epochs", "1"))  # frames cannot be built
+    assert "Read-only file system" in line and str(root) in line, line
+    assert not (tmp_path / "runs").exists()
