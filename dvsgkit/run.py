@@ -19,9 +19,9 @@ from dvsgkit.constants import SPLITS
 from dvsgkit.io.atomic import write_text_atomic
 
 FRAMES_RECORD = "frames.json"  # the frame stores a run trained on, by first epoch
-# Provenance fields that say which samples and frames a run sees. The store's build_id and
-# path are recorded but not compared: frames are a pure function of the events, T and split_by,
-# so a store rebuilt (or moved) from the same event cache holds the same frames.
+# Provenance fields that say which samples and frames a run sees (with the per-split sample
+# counts). The store's build_id and path are recorded but not compared: frames are a pure function
+# of the events, T and split_by, so a store rebuilt (or moved) from the same events is the same.
 COMPARED = {"events_checksum": "events checksum", "T": "T", "split_by": "split_by"}
 
 
@@ -102,6 +102,7 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
     state becomes a ValueError naming the file and the part, not torch's traceback."""
     try:
         part.load_state_dict(state)
+    # What torch's load_state_dict raises on an edited state depends on where it first trips.
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else _kind(exc)
         raise ValueError(
@@ -180,7 +181,9 @@ def check_resume_frames(
             f"{where}: {', '.join(diff)}; {fix}"
         )
     if diff:
-        return [f"warning: continuing on other frames ({', '.join(diff)}): --allow-new-store"]
+        return [
+            f"warning: continuing on other frames, as --allow-new-store asks: {', '.join(diff)}"
+        ]
     if old.get("build_id") != new["build_id"] or old.get("path") != new["path"]:
         return [
             f"note: {new['path']} is a rebuild or copy of the run's frame store "
@@ -208,10 +211,8 @@ def record_frames(run_dir: Path, provenance: Mapping[str, Any], first_epoch: int
             entries, note = [], f"note: {path} was unreadable ({exc}); started it again"
         if not isinstance(entries, list):
             entries, note = [], f"note: {path} held no list; started it again"
-    entries = [
-        e for e in entries if isinstance(e, dict) and _is_int(e.get("first_epoch")) and
-        e["first_epoch"] < first_epoch
-    ]  # fmt: skip
+    entries = [e for e in entries if isinstance(e, dict) and _is_int(e.get("first_epoch"))]
+    entries = [e for e in entries if e["first_epoch"] < first_epoch]
     if not entries or {k: v for k, v in entries[-1].items() if k != "first_epoch"} != provenance:
         entries.append({"first_epoch": first_epoch, **provenance})
     write_text_atomic(path, json.dumps(entries, indent=2) + "\n")

@@ -79,7 +79,9 @@ def test_allow_new_store_continues_on_the_other_data_and_records_it(
     run_dir = one_epoch.run_dir()
     other = replace(one_epoch, epochs=2, root=str(bigger_root))
     train(other, resume=run_dir / LATEST, allow_new_store=True)
-    assert "warning: continuing on other frames (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: continuing on other frames, as --allow-new-store asks: events checksum" in out
+    assert "train samples 24 (now 48)" in out
     assert [r["train_samples"] for r in read_metrics(run_dir)] == [24, 48]
     record = json.loads((run_dir / FRAMES_RECORD).read_text())
     assert [(e["first_epoch"], e["samples"]["train"]) for e in record] == [(0, 24), (1, 48)]

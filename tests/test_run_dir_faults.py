@@ -210,3 +210,15 @@ def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Pa
     line = _error_line(_train(root, tmp_path / "runs", "--epochs", "1"))  # frames cannot be built
     assert "Read-only file system" in line and str(root) in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
+    from dvsgkit.run import append_line
+
+    metrics = small_fs / "metrics.jsonl"
+    metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more
+    _fill(small_fs)
+    with pytest.raises(OSError) as err:
+        append_line(metrics, '{"epoch": 1, "pad": "' + "x" * 20000 + '"}\n')
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(metrics)
+    assert metrics.read_text() == '{"epoch": 0}\n'
