@@ -9,6 +9,7 @@ import click
 from dvsgkit.config import SPLIT_BYS
 from dvsgkit.constants import SPLITS
 from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit_cli.train import DEVICE
 
 
 @click.command(context_settings={"show_default": True})
@@ -25,8 +26,9 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Which split to score.")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size.")
 @click.option(
-    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
-)
+    "--device", type=DEVICE, default=None,
+    help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
+)  # fmt: skip
 @click.option("-j", "--workers", type=click.IntRange(min=0), default=0, help="Loader workers.")
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -52,7 +54,7 @@ def evaluate(
     from dvsgkit.evaluate import write_outputs
     from dvsgkit_cli.train import default_device
 
-    with user_errors():
+    with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
         result = run_evaluation(
             checkpoint,
             root=root,

@@ -19,6 +19,6 @@ def plot(run_dir: Path, out: Path | None) -> None:
     """Plot train/test loss and accuracy per epoch from RUN_DIR/metrics.jsonl."""
     from dvsgkit.plots import plot_run
 
-    with user_errors():
+    with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
         path = plot_run(run_dir, out)
     click.echo(f"curves: {path}")

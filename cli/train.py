@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
-from dvsgkit.config import OPTIMIZERS, SCHEDULERS, SPLIT_BYS, TrainConfig
+from dvsgkit.config import MAX_SEED, OPTIMIZERS, SCHEDULERS, SPLIT_BYS, TrainConfig
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -17,12 +18,33 @@ def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+class Device(click.ParamType):
+    """A torch device string dvsgkit runs on: cpu, cuda or cuda:N (checked without torch;
+    whether this machine has that GPU is checked when the command runs)."""
+
+    name = "device"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        text = str(value).strip()
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+            self.fail(f"{value!r} is not a supported device; use cpu, cuda or cuda:N", param, ctx)
+        return text
+
+
+DEVICE = Device()
+
+
 @click.command(context_settings={"show_default": True})
 @click.option(
     "-T", "T", type=click.IntRange(min=1), default=16, help="Time steps (frames) per sample."
 )
 @click.option(
-    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
+    "--device",
+    type=DEVICE,
+    default=None,
+    help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
 )
 @click.option(
     "-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size per process."
@@ -55,6 +77,12 @@ def default_device() -> str:
     type=click.Path(exists=True, path_type=Path),
     default=None,
     help="Continue from a checkpoint (.pth) or run directory; its epoch + 1 is the first one run.",
+)
+@click.option(
+    "--allow-new-store",
+    is_flag=True,
+    help="With --resume: continue even if ROOT's frame store is not the one the run trained on "
+    "(other events, T, split_by or sample counts).",
 )
 @click.option(
     "--amp", is_flag=True, help="Mixed precision: float16 autocast + GradScaler (CUDA only)."
@@ -93,7 +121,10 @@ def default_device() -> str:
     help="How events are cut into frames.",
 )
 @click.option(
-    "--seed", type=int, default=2020, help="Seeds weights, dropout and the shuffle order."
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=2020,
+    help="Seeds weights, dropout and the shuffle order.",
 )
 @click.option(
     "--sync-bn",
@@ -107,7 +138,12 @@ def default_device() -> str:
 )
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 def train(
-    resume: Path | None, device: str | None, root: Path, out_dir: Path, **options: object
+    resume: Path | None,
+    allow_new_store: bool,
+    device: str | None,
+    root: Path,
+    out_dir: Path,
+    **options: object,
 ) -> None:
     """Train the spiking CNN with the seed recipe (SPEC §6) on ROOT's frame store, which is built
     first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
@@ -119,12 +155,15 @@ def train(
     from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
     from dvsgkit.train import train as run_training
 
-    expected = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+    if allow_new_store and resume is None:
+        raise click.UsageError("--allow-new-store applies to --resume only")
+    # OSError: a missing file, a full or read-only disk (the run directory's: RunWriteError)
+    expected = (ValueError, OSError)
     with user_errors(*expected, CupyUnavailableError, CupyKernelError):
         config = TrainConfig(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
         )
-        result = run_training(config, resume=resume)
+        result = run_training(config, resume=resume, allow_new_store=allow_new_store)
     if result.main and result.last:
         click.echo(
             f"done: max test accuracy {100 * result.max_test_acc:.2f} %; run directory "

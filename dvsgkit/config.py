@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
 SPLIT_BYS = ("number", "time")
 DEFAULT_SEED = 2020  # the seed script's _seed_
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
 
 # Fields that define what is learned. A run directory holds one recipe; resuming may change only the
 # other fields (epochs to extend training, and where/how it executes: device, workers, amp, ...).
@@ -68,6 +70,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        seed = self.seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+        for name in ("lr", "momentum", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.opt not in OPTIMIZERS:
             raise ValueError(f"opt must be one of {OPTIMIZERS}, got {self.opt!r}")
         if self.lr_scheduler not in SCHEDULERS:
@@ -117,11 +126,16 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from `to_dict` output; unknown keys (a newer dvsgkit) are an error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a config is a dict of options, got a {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(map(str, set(data) - names))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; written by a newer dvsgkit?")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong type that a check compared
+            raise ValueError(f"config values of the wrong type ({exc})") from exc
 
     def recipe_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """{field: (self's value, other's value)} for every recipe field that differs."""
@@ -139,8 +153,11 @@ class TrainConfig:
     def load_json(cls, path: Path) -> TrainConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(
                 f"{path} is not valid JSON ({exc}); delete it or pick another run"
             ) from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; delete it or pick another run") from exc

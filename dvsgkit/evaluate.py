@@ -105,20 +105,27 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
     its recipe: {"source", "epoch", "T", "split_by", "channels"} (T/split_by None when unknown)."""
     from dvsgkit.model import GestureNet
-    from dvsgkit.train import is_dvsgkit_checkpoint, load_checkpoint
+    from dvsgkit.run import check_checkpoint, load_weights
+    from dvsgkit.train import checkpoint_file, is_dvsgkit_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     if is_dvsgkit_checkpoint(ckpt):
+        check_checkpoint(ckpt, checkpoint_file(checkpoint), resume=False)
         config = ckpt["config"]
         # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
         net = GestureNet(config["channels"], mode="layer", backend="torch")
-        net.load_state_dict(ckpt["net"])
+        load_weights(net, ckpt["net"], checkpoint_file(checkpoint))
         meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
         meta |= {"split_by": config["split_by"], "channels": config["channels"]}
     else:
         from dvsgkit.model import from_spikingjelly
 
-        net = from_spikingjelly(ckpt)
+        if not all(isinstance(k, str) for k in ckpt["net"]):
+            raise ValueError(f"{checkpoint_file(checkpoint)}: 'net' has keys that are not names")
+        try:
+            net = from_spikingjelly(ckpt)
+        except ValueError as exc:  # its message says what is wrong, not in which file
+            raise ValueError(f"{checkpoint_file(checkpoint)}: {exc}") from exc
         meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
         meta |= {"split_by": None, "channels": net.channels}
     return net.eval(), meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 import random
@@ -19,11 +20,21 @@ from torch import nn
 
 from dvsgkit import __version__
 from dvsgkit.config import TrainConfig
-from dvsgkit.constants import NUM_CLASSES
+from dvsgkit.constants import NUM_CLASSES, SPLITS
 from dvsgkit.data import make_loader
-from dvsgkit.io.atomic import atomic_path, write_text_atomic
+from dvsgkit.io.atomic import atomic_path, remove_dead_temps, write_text_atomic
 from dvsgkit.model import GestureNet
 from dvsgkit.plots import METRICS, read_metrics
+from dvsgkit.run import (
+    append_line,
+    check_checkpoint,
+    check_resume_frames,
+    frames_provenance,
+    load_state,
+    load_weights,
+    record_frames,
+    run_writes,
+)
 from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
@@ -38,8 +49,12 @@ CONFIG = "config.json"
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temp name in the same folder, fsync, then rename: a crash mid-write leaves
     the previous checkpoint intact, never a truncated one under the real name."""
+    # Serialised in memory first: on a full disk torch's zip writer fails with an opaque
+    # RuntimeError, a plain write with an OSError that names the cause.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
         f.flush()
         os.fsync(f.fileno())
 
@@ -58,7 +73,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be "
             "truncated or not a weights-only torch file: resume from another checkpoint"
         ) from exc
-    if not isinstance(ckpt, dict) or "net" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("net"), dict):
         raise ValueError(f"{path} holds no 'net' state dict; is it a training checkpoint?")
     return ckpt
 
@@ -87,6 +102,8 @@ def parse_device(text: str) -> torch.device:
         device = torch.device(text)
     except RuntimeError as exc:  # torch's message for a malformed device string
         raise ValueError(f"--device {text}: {exc}; use e.g. cpu, cuda or cuda:0") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text}: dvsgkit runs on cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {text}: no CUDA device here; use --device cpu")
@@ -142,12 +159,12 @@ def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[st
                 )
         return run_dir, None
     ckpt = load_checkpoint(resume)
-    if not is_dvsgkit_checkpoint(ckpt) or "config" not in ckpt:
+    if not is_dvsgkit_checkpoint(ckpt):
         raise ValueError(
             f"{resume} is not a dvsgkit training checkpoint (a SpikingJelly one?); resuming needs "
             "the optimizer, scheduler and RNG states only dvsgkit checkpoints hold"
         )
-    old = TrainConfig.from_dict(ckpt["config"])
+    old = check_checkpoint(ckpt, checkpoint_file(resume), resume=True)
     diff = old.recipe_differences(config)
     if diff:
         raise ValueError(
@@ -308,9 +325,8 @@ def _frame_store(config: TrainConfig, d: Dist) -> tuple[Path, dict[str, Any]]:
             f"this run asks for -T {config.T} --split-by {config.split_by}; move the store "
             "away to rebuild it"
         )
-    provenance = {"path": str(store), "build_id": attrs.get("build_id", "")}
-    provenance["events_checksum"] = attrs.get("events", {}).get("checksum", "")
-    return store, provenance
+    samples = {split: open_frame_store(store, split)["frames"].shape[0] for split in SPLITS}
+    return store, frames_provenance(store, attrs, samples)
 
 
 def _run_epoch(
@@ -369,11 +385,13 @@ def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path 
     for key, part in parts.items():
         if key not in ckpt:
             raise ValueError(f"{source} lacks {key!r}; it cannot resume a run")
-        if ckpt[key]:  # a run without AMP saved an empty scaler state
-            part.load_state_dict(ckpt[key])
+        if key == "net":
+            load_weights(part, ckpt[key], source)
+        elif ckpt[key]:  # a run without AMP saved an empty scaler state
+            load_state(part, ckpt[key], key, source)
     states = ckpt.get("rng", [])
     if len(states) == d.world_size:
-        set_rng_state(states[d.rank])
+        load_state(_RngState(), states[d.rank], "rng", source)
     elif d.main:
         print(
             f"note: {source} was written by {len(states)} process(es), this job has "
@@ -387,8 +405,7 @@ def _write_epoch(
     """Rank 0's files for one epoch: the metrics line first, then the checkpoints. A crash in
     between leaves a line for an epoch that checkpoint_latest.pth lacks, which a resume drops
     (_truncate_metrics) and trains again; the other order would lose that epoch's line for good."""
-    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(run_dir / METRICS, json.dumps(record) + "\n")
     if best:
         save_atomic(checkpoint, run_dir / BEST)
     save_atomic(checkpoint, run_dir / LATEST)
@@ -406,8 +423,12 @@ def _write_epoch(
     )
 
 
-def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
-    """Train `config`'s recipe, or continue the run whose checkpoint is `resume`.
+def train(
+    config: TrainConfig, resume: Path | None = None, *, allow_new_store: bool = False
+) -> TrainResult:
+    """Train `config`'s recipe, or continue the run whose checkpoint is `resume`: on the frame
+    store it trained on (same events, T, split_by and sample counts), or on another one when
+    `allow_new_store`.
 
     Per epoch: one printed line, one metrics.jsonl record, TensorBoard scalars (when installed),
     checkpoint_latest.pth, and checkpoint_max.pth on a new best test accuracy. On CPU, training
@@ -422,6 +443,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
     try:
         run_dir, ckpt = prepare_run(config, resume)
         store, provenance = _frame_store(config, d)
+        notes = []  # printed once the run directory is announced
+        if ckpt is not None:
+            source = checkpoint_file(resume)
+            notes = check_resume_frames(ckpt.get("frames"), provenance, source, allow_new_store)
         net = _build_net(config, device, d)
         optimizer, scheduler = build_optim(config, net.parameters(), device)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
@@ -451,11 +476,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
 
         writer = None
         if d.main:  # nothing is written before every check above has passed
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config.save_json(run_dir / CONFIG)
-            _truncate_metrics(run_dir, start_epoch - 1)
-            writer = _tensorboard(run_dir, start_epoch)
+            with run_writes(run_dir, run_dir / LATEST):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                remove_dead_temps(run_dir)  # checkpoint writes of a killed run
+                config.save_json(run_dir / CONFIG)
+                notes.append(record_frames(run_dir, provenance, start_epoch))
+                _truncate_metrics(run_dir, start_epoch - 1)
+                writer = _tensorboard(run_dir, start_epoch)
             print(f"run directory: {run_dir}  (frames: {store}, {d.world_size} process(es))")
+            for note in filter(None, notes):
+                print(note)
 
         def bar(total: int, desc: str) -> Any:
             show = config.progress and d.main
@@ -512,13 +542,27 @@ def train(config: TrainConfig, resume: Path | None = None) -> TrainResult:
                     "format_version": CHECKPOINT_VERSION,
                     "dvsgkit_version": __version__,
                 }
-                _write_epoch(run_dir, checkpoint, record, best, writer)
+                with run_writes(run_dir, run_dir / LATEST):
+                    _write_epoch(run_dir, checkpoint, record, best, writer)
         if writer is not None:
             writer.close()
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:
         if d.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def checkpoint_file(path: Path) -> Path:
+    """The .pth file that `--resume PATH` means (a run directory means its latest)."""
+    path = Path(path)
+    return path / LATEST if path.is_dir() else path
+
+
+class _RngState:
+    """set_rng_state with the load_state_dict interface, for load_state's error handling."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
 
 
 def _sync_buffers(net: nn.Module, d: Dist) -> None:

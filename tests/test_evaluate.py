@@ -141,7 +141,7 @@ def test_evaluate_cli_refuses_a_malformed_device(trained: tuple[Path, Path]) -> 
     root, run_dir = trained
     args = ["evaluate", str(run_dir), "--root", str(root), "--device", "gpu"]
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1 and "use e.g. cpu, cuda or cuda:0" in result.output, result.output
+    assert result.exit_code == 2 and "use cpu, cuda or cuda:N" in result.output, result.output
 
 
 def test_evaluate_imports_a_spikingjelly_checkpoint(

@@ -19,6 +19,7 @@ from dvsgkit.train import (
     CONFIG,
     LATEST,
     load_checkpoint,
+    parse_device,
     prepare_run,
     rng_state,
     save_atomic,
@@ -66,11 +67,41 @@ def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
         ({"split_by": "events"}, "split_by must be one of"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"workers": -1}, "workers must be"),
+        ({"seed": -1}, r"seed must be an integer in 0..4294967295, got -1"),
+        ({"seed": 2**70}, r"seed must be an integer in 0..4294967295, got 1180591620717411303424"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
+        ({"momentum": float("inf")}, "momentum must be a finite number >= 0, got inf"),
+        ({"gamma": -0.5}, "gamma must be a finite number >= 0, got -0.5"),
     ],
 )
 def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])
+def test_devices_dvsgkit_cannot_train_on_are_refused(device: str) -> None:
+    with pytest.raises(ValueError, match=f"--device {device}: dvsgkit runs on cpu, cuda or cuda:N"):
+        parse_device(device)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[1, 2]", "a config is a dict of options, got a list"),
+        ('{"T": "4"}', "T must be an integer >= 1, got '4'"),
+        ('{"lr": "fast"}', "lr must be a finite number >= 0, got 'fast'"),
+        ('{"T": 4, "warmup": 1}', "unknown config keys"),
+        ("\udcff", "is not valid JSON"),
+    ],
+)
+def test_a_malformed_config_json_names_the_file(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ValueError, match=match) as err:
+        TrainConfig.load_json(path)
+    assert str(path) in str(err.value)
 
 
 def test_config_round_trips_and_refuses_unknown_keys(tmp_path: Path) -> None:
@@ -138,6 +169,7 @@ def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
         "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
     )
     ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
+    ckpt |= {"optimizer": {}, "lr_scheduler": {}, "scaler": {}}
     save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
 
 

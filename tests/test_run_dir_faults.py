@@ -1,0 +1,224 @@
+"""Faults of the run directory, made for real: a writer killed with SIGKILL mid-checkpoint, a full
+disk and a read-only one (small tmpfs mounts; those tests need root and are skipped without)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import dvsgkit.train as tr
+from dvsgkit.config import TrainConfig
+from dvsgkit.io.atomic import remove_dead_temps
+from dvsgkit.plots import read_metrics
+from dvsgkit.train import LATEST, load_checkpoint, train
+from dvsgkit_cli.main import cli
+
+TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
+TRAIN = ["train", "-T", "4", "--channels", "4", "-b", "8", "-j", "0", "--device", "cpu"]
+RUN = "T_4_b_8_c_4_adam_lr_0.001_cosalr_32"
+
+# Writes `target` through atomic_path and stops halfway, as a checkpoint write that is killed.
+WRITER = """
+import sys, time
+from dvsgkit.io.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp, open(tmp, "wb") as f:
+    f.write(b"half a checkpoint")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def writers() -> Iterator[list[subprocess.Popen]]:
+    """Writer processes started by a test; any still running at its end are killed."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _start_writer(target: Path, writers: list[subprocess.Popen]) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    writers.append(process)
+    assert process.stdout.readline().strip() == "writing"
+    return process
+
+
+def _partials(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*.partial"))
+
+
+def test_only_the_leftovers_of_killed_writers_are_removed(
+    tmp_path: Path, writers: list[subprocess.Popen]
+) -> None:
+    dead = _start_writer(tmp_path / "checkpoint_latest.pth", writers)
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    live = _start_writer(tmp_path / "checkpoint_max.pth", writers)
+    assert _partials(tmp_path) == [
+        f".checkpoint_latest.pth.{dead.pid}.partial",
+        f".checkpoint_max.pth.{live.pid}.partial",
+    ]
+    (tmp_path / ".notes.txt.partial").write_text("not an atomic_path temp file: kept")
+    removed = remove_dead_temps(tmp_path)
+    assert [p.name for p in removed] == [f".checkpoint_latest.pth.{dead.pid}.partial"]
+    assert _partials(tmp_path) == [f".checkpoint_max.pth.{live.pid}.partial", ".notes.txt.partial"]
+    assert not (tmp_path / "checkpoint_latest.pth").exists()
+
+
+def test_resume_removes_a_killed_checkpoint_write(
+    frame_root: Path, tmp_path: Path, writers: list[subprocess.Popen]
+) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
+    run_dir = train(config).run_dir
+    dead = _start_writer(run_dir / LATEST, writers)
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    live = _start_writer(run_dir / "checkpoint_max.pth", writers)
+    assert len(_partials(run_dir)) == 2
+    tr.train(TrainConfig(**{**config.to_dict(), "epochs": 2}), resume=run_dir)
+    assert _partials(run_dir) == [f".checkpoint_max.pth.{live.pid}.partial"]
+    assert load_checkpoint(run_dir / LATEST)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- tmpfs
+
+
+def _mount(mnt: Path, options: str) -> None:
+    mnt.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "fs"
+    _mount(mnt, "size=4m")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write a filler file until the file system is full (ENOSPC)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError) as err:
+        while True:
+            f.write(b"\0" * 65536)
+    assert err.value.errno == errno.ENOSPC
+    return filler
+
+
+def _train(root: Path, out: Path, *extra: str) -> object:
+    args = [*TRAIN, "--root", str(root), "--out-dir", str(out), "--no-progress", *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def _error_line(result: object) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) -> None:
+    _fill(small_fs)
+    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "1"))
+    run_dir = small_fs / "runs" / RUN
+    assert f"cannot write {run_dir / 'config.json'}: No space left on device" in line, line
+    assert "no epoch was saved: free some space or choose another --out-dir" in line
+    assert _partials(small_fs) == [] and not list(small_fs.rglob("*.pth"))
+
+
+def test_a_disk_that_fills_during_training(
+    frame_root: Path, small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_epoch = tr._write_epoch
+    filler: list[Path] = []
+
+    def fill_after_epoch_0(run_dir, checkpoint, record, best, writer):  # noqa: ANN001, ANN202
+        write_epoch(run_dir, checkpoint, record, best, writer)
+        if not filler:
+            filler.append(_fill(small_fs))
+
+    monkeypatch.setattr(tr, "_write_epoch", fill_after_epoch_0)
+    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "3"))
+    run_dir = small_fs / "runs" / RUN
+    assert f"cannot write {run_dir}/" in line and ": No space left on device;" in line, line
+    assert f"{run_dir / LATEST} is intact: free some space, then rerun with --resume" in line
+    assert load_checkpoint(run_dir / LATEST)["epoch"] == 0
+    assert _partials(small_fs) == []
+    assert (run_dir / "metrics.jsonl").read_bytes().endswith(b"}\n")  # no torn line
+
+    monkeypatch.setattr(tr, "_write_epoch", write_epoch)
+    filler[0].unlink()  # space again: the run continues where it stopped
+    result = _train(frame_root, small_fs / "runs", "--epochs", "2", "--resume", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+
+
+def test_a_read_only_run_directory(frame_root: Path, small_fs: Path) -> None:
+    assert _train(frame_root, small_fs / "runs", "--epochs", "1").exit_code == 0
+    run_dir = small_fs / "runs" / RUN
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "2",
+                              "--resume", str(run_dir)))  # fmt: skip
+    assert f"cannot write {run_dir / 'config.json'}: Read-only file system" in line, line
+    assert "then rerun with --resume" in line and "make it writable" in line
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+    line = _error_line(_train(frame_root, small_fs / "other", "--epochs", "1"))
+    assert f"cannot write {small_fs / 'other'}: Read-only file system" in line, line
+
+
+def test_evaluate_and_plot_into_a_read_only_folder(
+    frame_root: Path, tmp_path: Path, small_fs: Path
+) -> None:
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
+    run_dir = train(config).run_dir
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    out = small_fs / "eval"
+    args = ["evaluate", str(run_dir), "--root", str(frame_root), "--device", "cpu"]
+    line = _error_line(CliRunner().invoke(cli, [*args, "--out-dir", str(out)]))
+    assert "Read-only file system" in line and str(out) in line, line
+    png = small_fs / "curves.png"
+    line = _error_line(CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(png)]))
+    assert "Read-only file system" in line and str(png) in line, line
+
+
+def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Path) -> None:
+    root = small_fs / "data"
+    root.mkdir()
+    (root / "events.h5").write_bytes((frame_root / "events.h5").read_bytes())
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    line = _error_line(_train(root, tmp_path / "runs", "--epochs", "1"))  # frames cannot be built
+    assert "Read-only file system" in line and str(root) in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
+    from dvsgkit.run import append_line
+
+    metrics = small_fs / "metrics.jsonl"
+    metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more
+    _fill(small_fs)
+    with pytest.raises(OSError) as err:
+        append_line(metrics, '{"epoch": 1, "pad": "' + "x" * 20000 + '"}\n')
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(metrics)
+    assert metrics.read_text() == '{"epoch": 0}\n'
