@@ -101,5 +101,5 @@ def test_wrong_shapes_and_extra_keys_are_rejected() -> None:
     bad = dict(state, **{"conv.0.weight": torch.zeros(4, 3, 3, 3)})
     with pytest.raises(ValueError, match=r"expected \[C, 2, 3, 3\]"):
         from_spikingjelly(bad)
-    with pytest.raises(ValueError, match=r"keys that the seed network does not: fc\.8\.weight"):
+    with pytest.raises(ValueError, match=r"keys that PythonNet does not: fc\.8\.weight"):
         from_spikingjelly(dict(state, **{"fc.8.weight": torch.zeros(1)}))
