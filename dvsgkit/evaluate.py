@@ -111,7 +111,8 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     if is_dvsgkit_checkpoint(ckpt):
         config = ckpt["config"]
         # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
-        net = GestureNet(config["channels"], mode="layer", backend="torch")
+        neuron = config.get("neuron", "lif")  # checkpoints written before PLIF existed: LIF
+        net = GestureNet(config["channels"], mode="layer", backend="torch", neuron=neuron)
         net.load_state_dict(ckpt["net"])
         meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
         meta |= {"split_by": config["split_by"], "channels": config["channels"]}

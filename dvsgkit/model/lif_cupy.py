@@ -259,12 +259,12 @@ def _cuda_versions() -> str:
     )
 
 
-def readable_kernel_error(exc: Exception, dtype_name: str) -> CupyKernelError:
+def readable_kernel_error(exc: Exception, dtype_name: str, neuron: str = "LIF") -> CupyKernelError:
     """Replace a raw NVRTC/driver dump by its first line, the versions involved and the fix."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     return CupyKernelError(
-        f"could not build dvsgkit's {dtype_name} LIF kernel ({type(exc).__name__}: {first}); "
+        f"could not build dvsgkit's {dtype_name} {neuron} kernel ({type(exc).__name__}: {first}); "
         f"{_cuda_versions()}. This usually means CuPy does not match the installed CUDA: "
         f"{INSTALL_HINT}, {FALLBACK_HINT}"
     )
@@ -279,6 +279,14 @@ def _kernels(dtype_name: str, params: tuple[float, float, float, float], device:
         dtype_name, tau=tau, v_threshold=v_threshold, v_reset=v_reset, alpha=alpha
     )
     names = [f"lif_{d}_w{w}" for d in ("forward", "backward") for w in sorted({1, VEC})]
+    return build_kernels(source, names, dtype_name, device)
+
+
+def build_kernels(
+    source: str, names: list[str], dtype_name: str, device: int, neuron: str = "LIF"
+) -> dict:
+    """Compile `source` on `device` and return its kernels by name; a compile or load failure
+    becomes one readable CupyKernelError."""
     with cp.cuda.Device(device):
         try:
             module = cp.RawModule(code=source, name_expressions=None)
@@ -289,7 +297,7 @@ def _kernels(dtype_name: str, params: tuple[float, float, float, float], device:
             cp.cuda.nvrtc.NVRTCError,
             OSError,  # libnvrtc missing
         ) as exc:
-            raise readable_kernel_error(exc, dtype_name) from exc
+            raise readable_kernel_error(exc, dtype_name, neuron) from exc
 
 
 def storage_is_time_major(x_seq: torch.Tensor) -> bool:

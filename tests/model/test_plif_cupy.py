@@ -1,0 +1,289 @@
+"""The fused CuPy PLIF against the reference loop: the source compiles (nvcc), and the kernels
+equal `plif_multistep` in spikes and in the gradients of x and of the decay.
+
+One parity body runs on two back ends: the generated CUDA source compiled by g++ and run on the
+CPU (every block and thread in turn), and the real CuPy kernels on a GPU (marked `gpu`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dvsgkit.model import plif_cupy
+from dvsgkit.model.lif_cupy import VEC, CupyUnavailableError, _conversions, storage_is_time_major
+from dvsgkit.model.net import GestureNet
+from dvsgkit.model.plif import MultiStepPLIF, plif_multistep
+from dvsgkit.model.plif_cupy import backward_blocks, kernel_source, plif_multistep_cupy
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_kernel_source_compiles_with_nvcc(dtype: str, tmp_path: Path) -> None:
+    src = tmp_path / f"plif_{dtype}.cu"
+    src.write_text(kernel_source(dtype))
+    out = tmp_path / f"plif_{dtype}.cubin"
+    cmd = ["nvcc", "-cubin", "-arch=sm_80", "-Werror", "all-warnings", "-o", str(out), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    binary = out.read_bytes()
+    for name in ("plif_forward_w1", "plif_forward_w4", "plif_backward_w1", "plif_backward_w4"):
+        assert name.encode() in binary
+
+
+def test_kernel_source_rejects_other_dtypes_and_bakes_the_threshold() -> None:
+    assert "#define V_TH 0.5f" in kernel_source("float32", v_threshold=0.5)
+    with pytest.raises(ValueError, match="no PLIF kernel for dtype float64"):
+        kernel_source("float64")
+
+
+def test_backward_grid_is_capped_per_sm() -> None:
+    assert backward_blocks(10, 132) == 1
+    assert backward_blocks(256 * 50, 132) == 50
+    assert backward_blocks(537_000_000 // VEC, 132) == 132 * plif_cupy.BLOCKS_PER_SM
+
+
+def test_unavailable_cupy_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsgkit.model import lif_cupy
+
+    monkeypatch.setattr(lif_cupy, "cp", None)
+    with pytest.raises(CupyUnavailableError, match="pip install cupy-cuda12x"):
+        MultiStepPLIF(backend="cupy")
+    with pytest.raises(CupyUnavailableError, match="pip install cupy-cuda12x"):
+        GestureNet(4, neuron="plif", backend="cupy")
+
+
+# The generated CUDA source as C++ for the CPU (as in test_lif_cupy): CUDA built-ins become
+# plain IEEE C++ without FMA contraction, fp16 uses GCC's _Float16, and loops play the grid.
+CPP_PRELUDE = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+struct dim3_t { long long x; };
+static dim3_t blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __align__(n) alignas(n)
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __frcp_rn(float a) { return 1.0f / a; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+"""
+CPP_F16 = """
+inline float to_f32(unsigned short u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
+inline unsigned short from_f32(float f) { _Float16 h = (_Float16)f; unsigned short u;
+  memcpy(&u, &h, 2); return u; }
+"""
+CPP_MAIN = r"""
+static void* load(const char* path, size_t bytes) {
+  void* p = aligned_alloc(64, bytes + 64); FILE* f = fopen(path, "rb");
+  if (!f || fread(p, 1, bytes, f) != bytes) { perror(path); exit(2); } fclose(f); return p; }
+static void save(const char* path, const void* p, size_t bytes) {
+  FILE* f = fopen(path, "wb"); fwrite(p, 1, bytes, f); fclose(f); }
+int main(int argc, char** argv) {  // kind T M w decay(hex float) in1 in2 out1 out2
+  const int steps = atoi(argv[2]); const long long m = atoll(argv[3]); const int w = atoi(argv[4]);
+  float decay = strtof(argv[5], nullptr);
+  const size_t bytes = (size_t)steps * m * sizeof(elem_t);
+  void* a = load(argv[6], bytes); void* b = load(argv[7], bytes);
+  void* o1 = aligned_alloc(64, bytes + 64); void* o2 = aligned_alloc(64, bytes + 64);
+  const long long groups = m / w;
+  blockDim.x = 3; gridDim.x = 2;  // a small grid, so the grid-stride loop runs too
+  float partial[6];
+  const char k = argv[1][0];
+  for (blockIdx.x = 0; blockIdx.x < gridDim.x; ++blockIdx.x)
+    for (threadIdx.x = 0; threadIdx.x < blockDim.x; ++threadIdx.x) {
+      if (k == 'f' && w == 1)
+        plif_forward_w1((vec1_t*)a, &decay, (vec1_t*)o1, (vec1_t*)o2, groups, steps);
+      if (k == 'f' && w != 1)
+        plif_forward_wV((vecV_t*)a, &decay, (vecV_t*)o1, (vecV_t*)o2, groups, steps);
+      if (k == 'b' && w == 1)
+        plif_backward_w1((vec1_t*)a, (vec1_t*)b, &decay, (vec1_t*)o1, partial, groups, steps);
+      if (k == 'b' && w != 1)
+        plif_backward_wV((vecV_t*)a, (vecV_t*)b, &decay, (vecV_t*)o1, partial, groups, steps);
+    }
+  save(argv[8], o1, bytes);
+  if (k == 'f') save(argv[9], o2, bytes); else save(argv[9], partial, sizeof(partial));
+  return 0; }
+"""
+
+
+def _storage(t: torch.Tensor) -> torch.Tensor:
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class CppPLIF:
+    """Compiles the PLIF source per dtype with g++ (once) and runs it like the library does."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.binaries: dict[str, Path] = {}
+
+    def binary(self, dtype_name: str) -> Path:
+        if dtype_name not in self.binaries:
+            src = kernel_source(dtype_name)
+            if dtype_name == "float16":
+                src = src.replace(_conversions("float16"), CPP_F16)
+            main = CPP_MAIN.replace("wV", f"w{VEC}").replace("vecV_t", f"vec{VEC}_t")
+            path = self.folder / f"plif_{dtype_name}.cpp"
+            path.write_text(CPP_PRELUDE + src.replace('extern "C" ', "") + main)
+            exe = self.folder / f"plif_{dtype_name}"
+            cmd = ["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-o", str(exe), str(path)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            self.binaries[dtype_name] = exe
+        return self.binaries[dtype_name]
+
+    def run(self, kind: str, a: torch.Tensor, b: torch.Tensor, decay: float):
+        steps, m = a.shape[0], a.numel() // a.shape[0]
+        w = VEC if m % VEC == 0 else 1
+        files = [self.folder / f"{n}.bin" for n in ("a", "b", "o1", "o2")]
+        for t, f in zip((a, b), files, strict=False):
+            _storage(t.detach()).contiguous().view(torch.uint8).numpy().tofile(f)
+        exe = self.binary(str(a.dtype).removeprefix("torch."))
+        hex_decay = float(np.float32(decay)).hex()
+        args = [str(exe), kind, str(steps), str(m), str(w), hex_decay, *map(str, files)]
+        subprocess.run(args, check=True)
+        outs = []
+        for f in files[2:] if kind == "f" else files[2:3]:
+            out = torch.empty_like(a)  # a's strides, as the library's outputs
+            raw = torch.from_numpy(np.fromfile(f, dtype=np.uint8))
+            _storage(out).copy_(raw.view(a.dtype))
+            outs.append(out)
+        if kind == "b":
+            outs.append(torch.from_numpy(np.fromfile(files[3], dtype=np.float32)))
+        return outs
+
+
+class CppFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, decay: torch.Tensor, kernels: CppPLIF) -> torch.Tensor:
+        spike, h = kernels.run("f", x, x, float(decay))
+        ctx.save_for_backward(h, decay)
+        ctx.kernels = kernels
+        return spike
+
+    @staticmethod
+    def backward(ctx, grad_spike: torch.Tensor):
+        h, decay = ctx.saved_tensors
+        if grad_spike.stride() != h.stride():
+            grad_spike = torch.empty_like(h).copy_(grad_spike)
+        grad_x, partial = ctx.kernels.run("b", grad_spike, h, float(decay))
+        return grad_x, partial.sum() / decay, None
+
+
+@pytest.fixture(scope="module")
+def cpp_plif(tmp_path_factory: pytest.TempPathFactory) -> CppPLIF:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed (it runs the CUDA kernel source on the CPU)")
+    return CppPLIF(tmp_path_factory.mktemp("cpp_plif"))
+
+
+@pytest.fixture
+def fused(request: pytest.FixtureRequest) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The fused PLIF under test: "cpp" (the kernel source on the CPU) or "cupy" (GPU)."""
+    if request.param == "cupy":
+        return plif_multistep_cupy
+    kernels = request.getfixturevalue("cpp_plif")
+
+    def run(x_seq: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+        x = x_seq if storage_is_time_major(x_seq) else x_seq.contiguous()
+        return CppFunction.apply(x, decay.reshape(()).float(), kernels)
+
+    return run
+
+
+FUSED = [
+    pytest.param("cpp", "cpu", id="kernel-source-cpu"),
+    pytest.param("cupy", "cuda", id="cupy-cuda", marks=pytest.mark.gpu),
+]
+SHAPES = [(20, 2, 4, 8, 8), (7, 3, 7, 11), (1, 1), (3, 2, 5)]  # vector path, odd sizes, tiny
+TOL_X = {
+    torch.float32: {"rtol": 1e-6, "atol": 1e-7},
+    torch.float16: {"rtol": 1e-2, "atol": 2e-3},
+    torch.bfloat16: {"rtol": 4e-2, "atol": 1e-2},
+}
+# dL/dk sums thousands of terms; 16-bit storage of h rounds each term's (h - v_prev)
+TOL_K = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def plif_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g) * 3 - 0.5
+    x.view(-1)[::7] = 2.0  # with k = 1/2, from rest h = 1.0 exactly: fires (>=)
+    grad = torch.randint(-8, 9, shape, generator=g) / 8
+    return x.to(device, dtype), grad.to(device, dtype)
+
+
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("w", [0.0, -0.9, 1.3])
+def test_fused_plif_matches_reference(fused, device: str, dtype, shape, w: float) -> None:
+    x, grad = plif_inputs(shape, dtype, device)
+    w_fused = torch.tensor(w, device=device, requires_grad=True)
+    x_fused = x.clone().requires_grad_(True)
+    spikes = fused(x_fused, w_fused.sigmoid())
+    spikes.backward(grad)
+    # fp32 math on the stored inputs: the fp32 reference on the same values, same spikes
+    w_ref = torch.tensor(w, device=device, requires_grad=True)
+    x_ref = x.float().clone().requires_grad_(True)
+    ref = plif_multistep(x_ref, w_ref.sigmoid())
+    ref.backward(grad.float())
+    assert spikes.dtype == dtype and spikes.shape == x.shape
+    assert torch.equal(spikes.float(), ref), "spikes differ"
+    assert ref.numel() < 8 or (ref.sum() > 0 and (ref == 0).any())
+    assert x_fused.grad.dtype == dtype
+    torch.testing.assert_close(x_fused.grad.float(), x_ref.grad, **TOL_X[dtype])
+    scale = float(grad.float().abs().sum() * x.float().abs().max()) / math.sqrt(x.numel())
+    torch.testing.assert_close(
+        w_fused.grad, w_ref.grad, rtol=TOL_K[dtype], atol=TOL_K[dtype] * scale * 1e-2
+    )
+
+
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
+def test_fused_plif_keeps_channels_last_layout_and_handles_offsets(fused, device: str) -> None:
+    x5, grad5 = plif_inputs((3, 2, 8, 4, 4), torch.float32, device, seed=1)
+    xc = x5.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    xc.requires_grad_(True)
+    decay = torch.tensor(0.3, device=device, requires_grad=True)
+    spikes = fused(xc, decay)
+    spikes.backward(grad5)
+    x_ref, d_ref = x5.clone().requires_grad_(True), torch.tensor(0.3, requires_grad=True)
+    plif_multistep(x_ref, d_ref.to(device)).backward(grad5)
+    assert torch.equal(spikes, plif_multistep(x5, torch.tensor(0.3, device=device)))
+    assert spikes.stride() == xc.stride() and xc.grad.stride() == xc.stride()
+    torch.testing.assert_close(xc.grad, x_ref.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(decay.grad, d_ref.grad.to(device), rtol=1e-4, atol=1e-5)
+    base = torch.zeros(x5.numel() + 1, device=device)
+    base[1:] = x5.flatten()  # a data pointer that is not 16-byte aligned
+    offset = fused(base[1:].view(x5.shape), torch.tensor(0.3, device=device))
+    assert torch.equal(offset, plif_multistep(x5, torch.tensor(0.3, device=device)))
+
+
+@pytest.mark.gpu
+def test_cupy_plif_inference_decay_on_device_and_errors() -> None:
+    x, _ = plif_inputs((8, 3, 33), torch.float16, "cuda")
+    layer = MultiStepPLIF(init_tau=3.0, backend="cupy").cuda()
+    with torch.no_grad():
+        expected = plif_multistep(x.float(), layer.w.sigmoid())
+        assert torch.equal(layer(x).float(), expected)
+    with pytest.raises(ValueError, match="one CUDA device"):
+        plif_multistep_cupy(x, torch.tensor(0.5))
+    assert plif_multistep_cupy(torch.zeros(4, 0, 3, device="cuda"), layer.w.sigmoid()).shape == (
+        4,
+        0,
+        3,
+    )
