@@ -136,3 +136,26 @@ def test_a_plif_net_learns_the_synthetic_set(frame_root: Path) -> None:
     loss, acc = score()
     assert loss < 0.85 * first_loss and acc >= 0.5, (first_loss, loss, acc)  # chance: 1/11
     assert all(abs(t - 2.0) > 1e-3 for t in net.learned_taus().values())
+
+
+def test_train_cli_neuron_options(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dvsgkit_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert "--neuron [lif|plif]" in result.output and "--init-tau" in result.output
+    args = [
+        "train",
+        "--root",
+        str(tmp_path),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(cli, [*args, "--init-tau", "3"])
+    assert result.exit_code == 1 and "add --neuron plif" in result.output, result.output
+    result = CliRunner().invoke(cli, [*args, "--neuron", "plif", "--init-tau", "1"])
+    assert result.exit_code == 2 and "--init-tau" in result.output
+    assert not (tmp_path / "runs").exists()
