@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dvsgkit.model import plif_cupy
-from dvsgkit.model.lif_cupy import VEC, CupyUnavailableError, _conversions, storage_is_time_major
+from dvsgkit.model.lif_cupy import VEC, CupyUnavailableError, storage_is_time_major
 from dvsgkit.model.net import GestureNet
 from dvsgkit.model.plif import MultiStepPLIF, plif_multistep
 from dvsgkit.model.plif_cupy import backward_blocks, kernel_source, plif_multistep_cupy
@@ -62,38 +62,10 @@ def test_unavailable_cupy_names_the_package(monkeypatch: pytest.MonkeyPatch) -> 
         GestureNet(4, neuron="plif", backend="cupy")
 
 
-# The generated CUDA source as C++ for the CPU (as in test_lif_cupy): CUDA built-ins become
-# plain IEEE C++ without FMA contraction, fp16 uses GCC's _Float16, and loops play the grid.
-CPP_PRELUDE = r"""
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-struct dim3_t { long long x; };
-static dim3_t blockIdx, threadIdx, blockDim, gridDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-#define __align__(n) alignas(n)
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __frcp_rn(float a) { return 1.0f / a; }
-static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
-static inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
-"""
-CPP_F16 = """
-inline float to_f32(unsigned short u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
-inline unsigned short from_f32(float f) { _Float16 h = (_Float16)f; unsigned short u;
-  memcpy(&u, &h, 2); return u; }
-"""
+# The kernels' source through the g++ harness (tests/model/conftest.py), launched like `_launch`
+# with the decay passed as an exact hex float and 2 x 3 threads writing 6 partials.
 CPP_MAIN = r"""
-static void* load(const char* path, size_t bytes) {
-  void* p = aligned_alloc(64, bytes + 64); FILE* f = fopen(path, "rb");
-  if (!f || fread(p, 1, bytes, f) != bytes) { perror(path); exit(2); } fclose(f); return p; }
-static void save(const char* path, const void* p, size_t bytes) {
-  FILE* f = fopen(path, "wb"); fwrite(p, 1, bytes, f); fclose(f); }
-int main(int argc, char** argv) {  // kind T M w decay(hex float) in1 in2 out1 out2
+int main(int argc, char** argv) {  // kind T M w decay in1 in2 out1 out2
   const int steps = atoi(argv[2]); const long long m = atoll(argv[3]); const int w = atoi(argv[4]);
   float decay = strtof(argv[5], nullptr);
   const size_t bytes = (size_t)steps * m * sizeof(elem_t);
@@ -120,51 +92,27 @@ int main(int argc, char** argv) {  // kind T M w decay(hex float) in1 in2 out1 o
 """
 
 
-def _storage(t: torch.Tensor) -> torch.Tensor:
-    return t.as_strided((t.numel(),), (1,), t.storage_offset())
-
-
 class CppPLIF:
-    """Compiles the PLIF source per dtype with g++ (once) and runs it like the library does."""
+    """The PLIF kernel source per dtype, built by the g++ harness and run like `_launch`."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.binaries: dict[str, Path] = {}
-
-    def binary(self, dtype_name: str) -> Path:
-        if dtype_name not in self.binaries:
-            src = kernel_source(dtype_name)
-            if dtype_name == "float16":
-                src = src.replace(_conversions("float16"), CPP_F16)
-            main = CPP_MAIN.replace("wV", f"w{VEC}").replace("vecV_t", f"vec{VEC}_t")
-            path = self.folder / f"plif_{dtype_name}.cpp"
-            path.write_text(CPP_PRELUDE + src.replace('extern "C" ', "") + main)
-            exe = self.folder / f"plif_{dtype_name}"
-            cmd = ["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-o", str(exe), str(path)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr
-            self.binaries[dtype_name] = exe
-        return self.binaries[dtype_name]
+    def __init__(self, harness) -> None:
+        self.harness = harness
 
     def run(self, kind: str, a: torch.Tensor, b: torch.Tensor, decay: float):
+        h = self.harness
         steps, m = a.shape[0], a.numel() // a.shape[0]
         w = VEC if m % VEC == 0 else 1
-        files = [self.folder / f"{n}.bin" for n in ("a", "b", "o1", "o2")]
-        for t, f in zip((a, b), files, strict=False):
-            _storage(t.detach()).contiguous().view(torch.uint8).numpy().tofile(f)
-        exe = self.binary(str(a.dtype).removeprefix("torch."))
+        files = [h.file(f"plif_{n}") for n in ("a", "b", "o1", "o2")]
+        h.write(a, files[0])
+        h.write(b, files[1])
+        dtype_name = str(a.dtype).removeprefix("torch.")
+        exe = h.build(f"plif_{dtype_name}", kernel_source(dtype_name), dtype_name, CPP_MAIN)
         hex_decay = float(np.float32(decay)).hex()
         args = [str(exe), kind, str(steps), str(m), str(w), hex_decay, *map(str, files)]
         subprocess.run(args, check=True)
-        outs = []
-        for f in files[2:] if kind == "f" else files[2:3]:
-            out = torch.empty_like(a)  # a's strides, as the library's outputs
-            raw = torch.from_numpy(np.fromfile(f, dtype=np.uint8))
-            _storage(out).copy_(raw.view(a.dtype))
-            outs.append(out)
-        if kind == "b":
-            outs.append(torch.from_numpy(np.fromfile(files[3], dtype=np.float32)))
-        return outs
+        if kind == "f":
+            return [h.read(files[2], a), h.read(files[3], a)]
+        return [h.read(files[2], a), torch.from_numpy(np.fromfile(files[3], dtype=np.float32))]
 
 
 class CppFunction(torch.autograd.Function):
@@ -185,10 +133,8 @@ class CppFunction(torch.autograd.Function):
 
 
 @pytest.fixture(scope="module")
-def cpp_plif(tmp_path_factory: pytest.TempPathFactory) -> CppPLIF:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed (it runs the CUDA kernel source on the CPU)")
-    return CppPLIF(tmp_path_factory.mktemp("cpp_plif"))
+def cpp_plif(cpp_harness) -> CppPLIF:
+    return CppPLIF(cpp_harness)
 
 
 @pytest.fixture
