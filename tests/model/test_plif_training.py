@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dvsgkit.config import TrainConfig
+from dvsgkit.config import INIT_TAU, TrainConfig
 from dvsgkit.data import make_loader
 from dvsgkit.evaluate import load_net
 from dvsgkit.model import GestureNet
@@ -74,15 +74,25 @@ def _png_width(path: Path) -> int:
     return struct.unpack(">I", path.read_bytes()[16:20])[0]  # IHDR width
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="cpu"),
+        pytest.param(
+            {"device": "cuda", "amp": True, "cupy": True}, marks=pytest.mark.gpu, id="cuda-amp-cupy"
+        ),
+    ],
+)
 def test_plif_run_records_taus_plots_them_and_refuses_a_lif_resume(
-    frame_root: Path, tmp_path: Path
+    frame_root: Path, tmp_path: Path, changes: dict
 ) -> None:
     config = TrainConfig(
-        root=str(frame_root), out_dir=str(tmp_path), epochs=2, neuron="plif", init_tau=3.0, **TINY
-    )
+        root=str(frame_root), out_dir=str(tmp_path), epochs=2, neuron="plif", init_tau=3.0,
+        **{**TINY, **changes},
+    )  # fmt: skip
     train(config)
     run_dir = config.run_dir()
-    assert run_dir.name.endswith("_plif_tau_3.0")
+    assert "_plif_tau_3.0" in run_dir.name
     records = read_metrics(run_dir)
     assert [list(r["tau"]) for r in records] == [list(SPIKING_LAYERS)] * 2
     latest = load_checkpoint(run_dir / LATEST)
@@ -101,7 +111,7 @@ def test_plif_run_records_taus_plots_them_and_refuses_a_lif_resume(
     plot_curves(plain, lif_png)
     assert _png_width(plot_run(run_dir)) > _png_width(lif_png)  # the third (tau) panel
     with pytest.raises(ValueError, match=r"neuron='plif' \(now 'lif'\), init_tau=3.0 \(now 2.0\)"):
-        train(replace(config, epochs=3, neuron="lif", init_tau=2.0), resume=run_dir / LATEST)
+        train(replace(config, epochs=3, neuron="lif", init_tau=INIT_TAU), resume=run_dir / LATEST)
     assert len(read_metrics(run_dir)) == 2
 
 
