@@ -169,3 +169,51 @@ def test_train_cli_neuron_options(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, [*args, "--neuron", "plif", "--init-tau", "1"])
     assert result.exit_code == 2 and "--init-tau" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_cli_scores_a_plif_dvsgesturenet_checkpoint(
+    frame_root: Path, tmp_path: Path
+) -> None:
+    """A SpikingJelly DVSGestureNet (PLIF) checkpoint, outputs in its label order, is scored by
+    `dvsgkit evaluate` exactly as the dvsgkit net it was made from."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
+    from dvsgkit.evaluate import confusion_matrix, predict
+    from dvsgkit.model.convert import DVSG_PLIF_KEYS, LAYOUTS
+    from dvsgkit_cli.main import cli
+
+    torch.manual_seed(3)
+    net = GestureNet(4, neuron="plif", hidden=20, bias=True).eval()
+    with torch.no_grad():
+        for bn in net.bns:
+            bn.running_var.uniform_(0.03, 0.08)
+            bn.running_mean.uniform_(-0.2, 0.0)
+        for conv in net.convs:  # the synthetic frames are sparse: louder convolutions
+            conv.weight.mul_(3)
+        net.fc1.weight.mul_(8)
+        net.fc2.weight.mul_(8)
+        net.fc2.bias.uniform_(-0.3, 0.3)
+        for i, cell in enumerate(net.plif):
+            cell.w.fill_(-0.5 + 0.15 * i)
+    ours = net.state_dict()
+    mapping = {**LAYOUTS["DVSGestureNet"], **DVSG_PLIF_KEYS}
+    state = {src: ours[key] for key, src in mapping.items()}
+    order = list(SPIKINGJELLY_LABEL_ORDER)
+    state["conv_fc.25.weight"] = ours["fc2.weight"].reshape(11, 10, -1)[order].reshape(110, -1)
+    state["conv_fc.25.bias"] = ours["fc2.bias"].reshape(11, 10)[order].reshape(110)
+    path = tmp_path / "sj_plif.pth"
+    torch.save({"net": state, "epoch": 5, "max_test_acc": 0.9}, path)
+    args = ["evaluate", str(path), "--root", str(frame_root), "-T", "4", "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "sj_plif_test_eval.json").read_text())
+    assert data["source"] == "spikingjelly" and data["samples"] == 12 and data["epoch"] == 5
+    store = frame_store_path(frame_root, 4, "number")
+    loader = make_loader(store, "test", 16, shuffle=False, drop_last=False)
+    labels, preds, _ = predict(net, loader, "cpu")
+    assert np.array_equal(np.array(data["confusion_matrix"]), confusion_matrix(labels, preds))
+    assert len(set(preds.tolist())) > 1, "the test needs a net that tells samples apart"
