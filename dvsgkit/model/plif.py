@@ -124,7 +124,7 @@ class MultiStepPLIF(PLIFCell):
         if backend not in ("torch", "cupy"):
             raise ValueError(f"backend must be 'torch' or 'cupy', got {backend!r}")
         if backend == "cupy":
-            from dvsgkit.model.lif_cupy import require_cupy
+            from dvsgkit.model.cupy_runtime import require_cupy
 
             require_cupy()
         self.backend = backend

@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from dvsgkit.model.cupy_runtime import build_kernels, cp, require_cupy
 from dvsgkit.model.lif import ALPHA, V_THRESHOLD
 from dvsgkit.model.lif_cupy import (
     KERNEL_DTYPES,
@@ -30,9 +31,6 @@ from dvsgkit.model.lif_cupy import (
     _conversions,
     _f32_literal,
     _vec_type,
-    build_kernels,
-    cp,
-    require_cupy,
     storage_is_time_major,
     threshold_bracket,
 )

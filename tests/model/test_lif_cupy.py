@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvsgkit.model import lif_cupy
+from dvsgkit.model import cupy_runtime, lif_cupy
 from dvsgkit.model.lif import TAU, V_RESET, V_THRESHOLD, lif_multistep, surrogate_grad
 from dvsgkit.model.lif_cupy import (
     VEC,
@@ -68,7 +68,7 @@ def test_threshold_bracket_is_the_nearest_16_bit_pair_around_the_threshold() -> 
 
 
 def test_unavailable_cupy_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lif_cupy, "cp", None)
+    monkeypatch.setattr(cupy_runtime, "cp", None)
     reason = lif_cupy.cupy_unavailable_reason()
     assert reason is not None and "cupy-cuda12x" in reason and "backend='torch'" in reason
     with pytest.raises(CupyUnavailableError, match=r"pip install cupy-cuda12x"):

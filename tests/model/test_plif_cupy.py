@@ -53,9 +53,9 @@ def test_backward_grid_is_capped_per_sm() -> None:
 
 
 def test_unavailable_cupy_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dvsgkit.model import lif_cupy
+    from dvsgkit.model import cupy_runtime
 
-    monkeypatch.setattr(lif_cupy, "cp", None)
+    monkeypatch.setattr(cupy_runtime, "cp", None)
     with pytest.raises(CupyUnavailableError, match="pip install cupy-cuda12x"):
         MultiStepPLIF(backend="cupy")
     with pytest.raises(CupyUnavailableError, match="pip install cupy-cuda12x"):
