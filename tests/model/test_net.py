@@ -151,6 +151,9 @@ def test_step_and_layer_modes_agree_in_train_mode_with_dropout() -> None:
         ({"mode": "fast"}, r"mode must be one of \('step', 'layer'\)"),
         ({"backend": "triton"}, r"backend must be one of \('torch', 'cupy'\)"),
         ({"mode": "step", "backend": "cupy"}, "use mode='layer'"),
+        ({"hidden": 0}, "hidden must be a positive int, got 0"),
+        ({"neuron": "alif"}, r"neuron must be one of \('lif', 'plif'\), got 'alif'"),
+        ({"neuron": "plif", "init_tau": 0.9}, "init_tau must be a finite number > 1"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:

@@ -220,6 +220,21 @@ def test_fused_plif_keeps_channels_last_layout_and_handles_offsets(fused, device
 
 
 @pytest.mark.gpu
+def test_cupy_plif_gradient_reaches_w_alone_and_x_alone() -> None:
+    x, grad = plif_inputs((6, 2, 40), torch.float32, "cuda")
+    w = torch.tensor(-0.4, device="cuda", requires_grad=True)
+    plif_multistep_cupy(x, w.sigmoid()).backward(grad)  # x needs no gradient, w does
+    w_ref = torch.tensor(-0.4, device="cuda", requires_grad=True)
+    plif_multistep(x, w_ref.sigmoid()).backward(grad)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-6)
+    xg = x.clone().requires_grad_(True)
+    plif_multistep_cupy(xg, torch.tensor(0.4, device="cuda")).backward(grad)  # decay fixed
+    x_ref = x.clone().requires_grad_(True)
+    plif_multistep(x_ref, torch.tensor(0.4, device="cuda")).backward(grad)
+    torch.testing.assert_close(xg.grad, x_ref.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
 def test_cupy_plif_inference_decay_on_device_and_errors() -> None:
     x, _ = plif_inputs((8, 3, 33), torch.float16, "cuda")
     layer = MultiStepPLIF(init_tau=3.0, backend="cupy").cuda()
