@@ -8,7 +8,8 @@ h[t] - v[t-1]`, so the gradient of k needs neither x nor a division per element:
 
     dL/dk = sum over neurons and steps of dL/dh[t] * (h[t] - v[t-1]) / k
 
-Each thread sums its neurons' terms in fp32 and writes one partial; torch sums the partials
+Each thread sums its neurons' terms in fp32 (per neuron group, then a compensated total over the
+groups it covers) and writes one partial; torch sums the partials
 (deterministic, unlike atomics) and autograd carries dL/dk on to w through the sigmoid. The
 backward grid is capped at a few blocks per SM so the partials stay small (about 1 MB).
 Storage dtypes and the 16-bit threshold rule are those of `lif_cupy`.
@@ -112,12 +113,15 @@ extern "C" __global__ void plif_backward_w{w}(
     float* __restrict__ partial, const long long groups, const int steps)
 {{
   const float k = *decay;
-  float acc = 0.0f;  // this thread's sum of dL/dh * (h - v_prev)
+  // This thread's sum of dL/dh * (h - v_prev): one plain sum per neuron group (T * w terms),
+  // added to a compensated (Kahan) total, so a thread covering many groups loses no precision.
+  float acc = 0.0f, lost = 0.0f;
   const long long stride = (long long)blockDim.x * gridDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < groups; i += stride) {{
     float gv[{w}];  // dL/dv[t]: what reaches the membrane after step t from step t + 1
 #pragma unroll
     for (int j = 0; j < {w}; ++j) gv[j] = 0.0f;
+    float group_sum = 0.0f;
     long long n = i + (long long)(steps - 1) * groups;
     vec{w}_t hv = h_in[n];
 #pragma unroll 4
@@ -139,11 +143,15 @@ extern "C" __global__ void plif_backward_w{w}(
         gv[j] = __fsub_rn(gh, gxt);  // dh/dv_prev = 1 - k, summed as torch sums it
         const float hprev = to_f32(hp.e[j]);
         const float v_prev = (t == 0 || hprev >= V_TH) ? 0.0f : hprev;
-        acc = __fadd_rn(acc, __fmul_rn(gh, __fsub_rn(h, v_prev)));  // (x - v_prev) * k
+        group_sum = __fadd_rn(group_sum, __fmul_rn(gh, __fsub_rn(h, v_prev)));  // (x - v) k
       }}
       grad_x[n] = gx;
       hv = hp;
     }}
+    const float y = __fsub_rn(group_sum, lost);
+    const float total = __fadd_rn(acc, y);
+    lost = __fsub_rn(__fsub_rn(total, acc), y);
+    acc = total;
   }}
   partial[(long long)blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }}
