@@ -1,4 +1,6 @@
 """One LIF layer, forward + backward: torch reference vs dvsgkit CuPy vs SpikingJelly CuPy vs HBM.
+Then PLIF: dvsgkit's PLIF kernels against its LIF kernels (target: PLIF <= 1.2x LIF) and
+SpikingJelly's ParametricLIFNode CuPy kernels, fp16, at the first block's size.
 
 Sizes are the network's LIF layers at T=16, N=16, C=128: [T, N, C, S, S] for S = 128 .. 8.
 The bound is the traffic of dvsgkit's scheme (forward reads x, writes spikes and h; backward
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dvsgkit.model.lif import lif_multistep
+from dvsgkit.model.plif import plif_multistep
 
 LifFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-torch-above", type=int, default=128, help="skip torch ref above this S")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--plif-size", type=int, default=128, help="S of the PLIF comparison; 0: skip")
     return p.parse_args()
 
 
@@ -119,6 +123,73 @@ def spikingjelly_lif() -> tuple[LifFn | None, str]:
     return run, f"spikingjelly {version}"
 
 
+def spikingjelly_plif() -> tuple[LifFn | None, str]:
+    """SpikingJelly's activation_based ParametricLIFNode(step_mode='m', backend='cupy'), or None
+    and why not."""
+    try:
+        neuron = importlib.import_module("spikingjelly.activation_based.neuron")
+        surrogate = importlib.import_module("spikingjelly.activation_based.surrogate")
+        node = neuron.ParametricLIFNode(
+            init_tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True,
+            step_mode="m", backend="cupy",
+        ).cuda()  # fmt: skip
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            node.reset()
+            return node(x)
+
+        probe = torch.ones(2, 4, device="cuda", requires_grad=True)
+        fwd_bwd(run, probe, torch.ones_like(probe))
+    except Exception as exc:  # optional competitor, as spikingjelly_lif
+        return None, f"spikingjelly PLIF unavailable ({type(exc).__name__}: {exc})"
+    return run, "spikingjelly ParametricLIFNode (cupy)"
+
+
+def plif_comparison(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """fp16 forward+backward of one layer [T, N, C, S, S]: dvsgkit LIF vs dvsgkit PLIF (dL/dw
+    included) vs SpikingJelly's PLIF; prints the ratios and returns them."""
+    from dvsgkit.model import lif_cupy, plif_cupy
+
+    w = torch.zeros((), device=device, requires_grad=True)
+
+    def dvs_plif(x: torch.Tensor) -> torch.Tensor:
+        return plif_cupy.plif_multistep_cupy(x, w.sigmoid())
+
+    impls: dict[str, tuple[LifFn, tuple[str, ...]]] = {
+        "dvsgkit_lif": (lif_cupy.lif_multistep_cupy, ("lif_forward", "lif_backward")),
+        "dvsgkit_plif": (dvs_plif, ("plif_forward", "plif_backward")),
+    }
+    sj, sj_info = spikingjelly_plif()
+    if sj is not None:
+        impls["spikingjelly_plif"] = (sj, ("ParametricLIF",))
+    shape = (args.T, args.N, args.C, args.plif_size, args.plif_size)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = (torch.rand(shape, device=device, generator=g) * 2.5 - 0.25).half().requires_grad_(True)
+    grad = torch.randn(shape, device=device, generator=g).half()
+    row: dict[str, object] = {"dtype": "float16", "shape": list(shape), "sj": sj_info}
+    for name, (fn, kernel_names) in impls.items():
+        row[f"{name}_ms"] = call_ms(fn, x, grad, args.reps, args.warmup)
+        row[f"{name}_kernel_ms"] = kernel_ms(fn, x, grad, kernel_names)
+    with torch.no_grad():
+        same = torch.equal(dvs_plif(x), lif_cupy.lif_multistep_cupy(x))  # w = 0 is the LIF
+    row["plif_equals_lif_at_w0"] = same
+    row["plif_over_lif_kernel"] = row["dvsgkit_plif_kernel_ms"] / row["dvsgkit_lif_kernel_ms"]
+    row["plif_over_lif_call"] = row["dvsgkit_plif_ms"] / row["dvsgkit_lif_ms"]
+    print(f"PLIF fp16 {list(shape)}: {sj_info}; spikes equal to the LIF at w = 0: {same}")
+    for name in impls:
+        k = row[f"{name}_kernel_ms"]
+        print(f"  {name:18} call {row[f'{name}_ms']:.3f} ms   kernels {k:.3f} ms")
+    print(
+        f"  PLIF / LIF: kernels {row['plif_over_lif_kernel']:.2f}x, call "
+        f"{row['plif_over_lif_call']:.2f}x (target <= 1.2x)"
+    )
+    if sj is not None:
+        ratio = row["spikingjelly_plif_kernel_ms"] / row["dvsgkit_plif_kernel_ms"]
+        row["sj_plif_over_dvs_plif_kernel"] = ratio
+        print(f"  SpikingJelly PLIF / dvsgkit PLIF: kernels {ratio:.2f}x")
+    return row
+
+
 def cpu_smoke() -> None:
     print("needs CUDA: no CUDA GPU here (torch.cuda.is_available() is False); the kernels and")
     print("SpikingJelly's need one. Running only the torch reference, tiny, on CPU:")
@@ -131,6 +202,12 @@ def cpu_smoke() -> None:
         f"torch reference [16, 2, 8, 8, 8] float32: {ms:.2f} ms fwd+bwd, "
         f"rate {spikes.mean():.3f}, |grad| {grad_x.abs().mean():.4f}"
     )
+    w = torch.zeros((), requires_grad=True)
+    plif_spikes, plif_grad = fwd_bwd(
+        lambda x_: plif_multistep(x_, w.sigmoid()), x, torch.ones_like(x)
+    )
+    same = torch.equal(plif_spikes, spikes) and torch.equal(plif_grad, grad_x)
+    print(f"torch PLIF reference at w = 0 (tau 2) equals the LIF in spikes and dL/dx: {same}")
 
 
 def main() -> int:
@@ -228,6 +305,11 @@ def main() -> int:
                 f"{ratio_bound:>9.2f} {sj_ratio:>12} {same:>7}",
                 flush=True,
             )
+    if args.plif_size:
+        plif_row = plif_comparison(args, device)
+        if args.json:
+            out = {"bandwidth_Bps": bw, "rows": rows, "plif": plif_row}
+            args.json.write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import MAX_SEED, OPTIMIZERS, SCHEDULERS, SPLIT_BYS, TrainConfig
+from dvsgkit.config import (
+    INIT_TAU,
+    MAX_SEED,
+    NEURONS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SPLIT_BYS,
+    TrainConfig,
+)
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -137,6 +145,18 @@ DEVICE = Device()
     help="NHWC memory layout on CUDA (step-by-step network; ignored with --cupy).",
 )
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option(
+    "--neuron",
+    type=click.Choice(NEURONS),
+    default="lif",
+    help="Spiking neuron: LIF (tau 2) or PLIF (a learned time constant per spiking layer).",
+)
+@click.option(
+    "--init-tau",
+    type=click.FloatRange(min=1, min_open=True),
+    default=INIT_TAU,
+    help="--neuron plif: initial membrane time constant of every spiking layer.",
+)
 def train(
     resume: Path | None,
     allow_new_store: bool,

@@ -14,6 +14,8 @@ from dvsgkit.io.atomic import write_text_atomic
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
 SPLIT_BYS = ("number", "time")
+NEURONS = ("lif", "plif")  # dvsgkit.model.net.NEURONS (not imported: config must not need torch)
+INIT_TAU = 2.0  # PLIF's initial membrane time constant (the paper's)
 DEFAULT_SEED = 2020  # the seed script's _seed_
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
 
@@ -33,6 +35,8 @@ RECIPE_FIELDS = (
     "T_max",
     "seed",
     "sync_bn",
+    "neuron",
+    "init_tau",
 )
 
 
@@ -62,6 +66,8 @@ class TrainConfig:
     sync_bn: bool = False
     channels_last: bool = True  # NHWC weights on CUDA with the torch LIF (see train.py)
     progress: bool = True
+    neuron: str = "lif"  # "plif": a learnable time constant per spiking layer
+    init_tau: float = INIT_TAU
 
     def __post_init__(self) -> None:
         for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
@@ -85,6 +91,15 @@ class TrainConfig:
             raise ValueError(f"split_by must be one of {SPLIT_BYS}, got {self.split_by!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+        if not self.init_tau > 1.0:
+            raise ValueError(f"init_tau must be > 1, got {self.init_tau!r}")
+        if self.neuron == "lif" and self.init_tau != INIT_TAU:
+            raise ValueError(
+                f"--init-tau {self.init_tau} sets the PLIF's initial time constant; add "
+                "--neuron plif (the LIF's tau is fixed at 2)"
+            )
 
     @property
     def mode(self) -> str:
@@ -110,6 +125,8 @@ class TrainConfig:
             name += f"_seed_{self.seed}"
         if self.sync_bn:
             name += "_syncbn"
+        if self.neuron == "plif":
+            name += "_plif" if self.init_tau == INIT_TAU else f"_plif_tau_{self.init_tau}"
         if self.amp:
             name += "_amp"
         if self.cupy:

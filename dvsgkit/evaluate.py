@@ -113,7 +113,8 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         check_checkpoint(ckpt, checkpoint_file(checkpoint), resume=False)
         config = ckpt["config"]
         # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
-        net = GestureNet(config["channels"], mode="layer", backend="torch")
+        neuron = config.get("neuron", "lif")  # checkpoints written before PLIF existed: LIF
+        net = GestureNet(config["channels"], mode="layer", backend="torch", neuron=neuron)
         load_weights(net, ckpt["net"], checkpoint_file(checkpoint))
         meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
         meta |= {"split_by": config["split_by"], "channels": config["channels"]}

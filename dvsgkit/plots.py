@@ -71,14 +71,18 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Train/test loss and accuracy against epoch, two panels side by side (the seed tutorial's
     four TensorBoard scalars), with the best test accuracy marked. `records` are metrics.jsonl
-    lines: each needs epoch, train_loss, train_acc, test_loss, test_acc."""
+    lines: each needs epoch, train_loss, train_acc, test_loss, test_acc. A PLIF run's records
+    also hold `tau` ({layer: learned time constant}), drawn in a third panel."""
     from matplotlib.figure import Figure  # Figure without pyplot: no GUI backend is touched
 
     if not records:
         raise ValueError(f"no epochs to plot for {path}; train at least one epoch first")
     epoch = np.array([r["epoch"] for r in records])
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    with_tau = any("tau" in r for r in records)
+    fig = Figure(figsize=(16 if with_tau else 11, 4.2), layout="constrained")
+    loss_ax, acc_ax, *tau_ax = fig.subplots(1, 3 if with_tau else 2)
+    if tau_ax:
+        _plot_taus(tau_ax[0], records)
     for split, style in (("train", "-"), ("test", "--")):
         loss_ax.plot(epoch, [r[f"{split}_loss"] for r in records], style, marker=".", label=split)
         acc = np.array([r[f"{split}_acc"] for r in records]) * 100
@@ -103,6 +107,17 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def _plot_taus(ax: Any, records: Sequence[dict[str, Any]]) -> None:
+    """One line per spiking layer: its learned membrane time constant against epoch."""
+    layers = list(dict.fromkeys(name for r in records for name in r.get("tau", {})))
+    for name in layers:
+        points = [(r["epoch"], r["tau"][name]) for r in records if name in r.get("tau", {})]
+        ax.plot(*zip(*points, strict=True), marker=".", label=name)
+    ax.set(xlabel="epoch", ylabel="tau = 1 + exp(-w)", title="PLIF time constants")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_confusion(

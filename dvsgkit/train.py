@@ -362,7 +362,9 @@ def _run_epoch(
 def _build_net(config: TrainConfig, device: torch.device, d: Dist) -> nn.Module:
     """The seeded GestureNet on `device` (weights are a function of --seed alone)."""
     seed_everything(config.seed)
-    net = GestureNet(config.channels, mode=config.mode, backend=config.backend)
+    net = GestureNet(
+        config.channels, config.mode, config.backend, neuron=config.neuron, init_tau=config.init_tau
+    )
     if config.sync_bn and d.world_size > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
@@ -526,6 +528,8 @@ def train(
                 "train_samples": int(train_sums[2]),
                 "test_samples": int(test_sums[2]),
             }
+            if config.neuron == "plif":  # the learned membrane time constants, 1 + exp(-w)
+                record["tau"] = net.learned_taus()
             if d.main:
                 # The first epoch always makes checkpoint_max.pth, even at 0 % (nothing beats
                 # the initial 0): evaluate and the demo expect it after any run.

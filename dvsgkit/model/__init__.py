@@ -1,4 +1,5 @@
-"""Spiking networks: reference LIF, fused CuPy LIF kernels, the gesture net, checkpoint import."""
+"""Spiking networks: reference LIF and PLIF, their fused CuPy kernels, the gesture net, and
+checkpoint import from SpikingJelly."""
 
 from dvsgkit.model.convert import from_spikingjelly
 from dvsgkit.model.net import GestureNet

@@ -60,6 +60,19 @@ def lif_step(
     gradient reaches h through the reset only as `dv_next/dh = 1 - s`.
     """
     h = v + (x - (v - v_reset)) / tau
+    return fire_and_reset(h, v_threshold=v_threshold, v_reset=v_reset, alpha=alpha)
+
+
+def fire_and_reset(
+    h: torch.Tensor,
+    *,
+    v_threshold: float = V_THRESHOLD,
+    v_reset: float = V_RESET,
+    alpha: float = ALPHA,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fire and hard-reset a charged membrane `h`: `(spike, v_next)`, shared by every neuron
+    here (LIF and PLIF differ only in how they charge). `s = (h >= v_threshold)` with the ATan
+    surrogate; `v_next = h * (1 - s) + v_reset * s` with `s` detached (detach_reset)."""
     spike = ATanSpike.apply(h - v_threshold, alpha)
     s = spike.detach()
     v_next = h * (1.0 - s) + v_reset * s
@@ -108,15 +121,16 @@ class LIFCell(nn.Module):
     def reset(self) -> None:
         self.v = self.v_reset
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spike, self.v = lif_step(
-            x,
-            self.v,
-            tau=self.tau,
-            v_threshold=self.v_threshold,
-            v_reset=self.v_reset,
-            alpha=self.alpha,
+    def advance(
+        self, x: torch.Tensor, v: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from an explicit membrane `v`, leaving `self.v` alone: `(spike, v_next)`."""
+        return lif_step(
+            x, v, tau=self.tau, v_threshold=self.v_threshold, v_reset=self.v_reset, alpha=self.alpha
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spike, self.v = self.advance(x, self.v)
         return spike
 
     def extra_repr(self) -> str:

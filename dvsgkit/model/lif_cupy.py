@@ -16,19 +16,18 @@ import math
 import numpy as np
 import torch
 
-from dvsgkit.model.lif import ALPHA, TAU, V_RESET, V_THRESHOLD
-
-try:
-    import cupy as cp
-except ImportError:  # optional dependency: only backend="cupy" needs it
-    cp = None
-
-INSTALL_HINT = (
-    "install the CuPy wheel matching your CUDA major version (the 'CUDA Version' that "
-    "`nvidia-smi` prints): pip install cupy-cuda12x (also: pip install 'dvsgkit[cuda]') "
-    "or cupy-cuda13x / cupy-cuda11x"
+from dvsgkit.model.cupy_runtime import (  # noqa: F401  (re-exported: the LIF's public names)
+    FALLBACK_HINT,
+    INSTALL_HINT,
+    CupyKernelError,
+    CupyUnavailableError,
+    build_kernels,
+    cp,
+    cupy_unavailable_reason,
+    readable_kernel_error,
+    require_cupy,
 )
-FALLBACK_HINT = "or build the network with backend='torch'"
+from dvsgkit.model.lif import ALPHA, TAU, V_RESET, V_THRESHOLD
 
 # storage dtype -> (C storage type, bytes per element)
 KERNEL_DTYPES: dict[str, tuple[str, int]] = {
@@ -38,40 +37,6 @@ KERNEL_DTYPES: dict[str, tuple[str, int]] = {
 }
 VEC = 4  # neurons per thread on the vector path (16-byte fp32 / 8-byte 16-bit loads)
 THREADS = 256
-
-
-class CupyUnavailableError(RuntimeError):
-    """The CuPy backend was asked for where it cannot run; the message says what to install."""
-
-
-class CupyKernelError(RuntimeError):
-    """The LIF kernels could not be compiled or loaded (usually a CuPy/CUDA version mismatch)."""
-
-
-def cupy_unavailable_reason() -> str | None:
-    """None when the CuPy kernels can run here; else a one-line reason naming the fix."""
-    if cp is None:
-        return f"CuPy is not installed; {INSTALL_HINT}, {FALLBACK_HINT}"
-    if not torch.cuda.is_available():
-        return (
-            "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False); the CuPy "
-            f"kernels need an NVIDIA GPU and a CUDA build of PyTorch; {FALLBACK_HINT}"
-        )
-    try:
-        cp.cuda.runtime.getDeviceCount()
-    except cp.cuda.runtime.CUDARuntimeError as exc:
-        return (
-            f"CuPy {cp.__version__} cannot use the GPU ({exc}); its CUDA runtime does not fit "
-            f"the driver: {INSTALL_HINT}, {FALLBACK_HINT}"
-        )
-    return None
-
-
-def require_cupy() -> None:
-    """Raise `CupyUnavailableError` with the reason and the fix unless the kernels can run."""
-    reason = cupy_unavailable_reason()
-    if reason is not None:
-        raise CupyUnavailableError(f"backend 'cupy' cannot run: {reason}")
 
 
 def _f32_literal(value: float) -> str:
@@ -243,33 +208,6 @@ extern "C" __global__ void lif_backward_w{w}(
 """
 
 
-def _cuda_versions() -> str:
-    """CuPy's, NVRTC's, the runtime's and the driver's versions, for error messages."""
-    if cp is None:
-        return "CuPy is not importable"
-    try:
-        nvrtc = ".".join(map(str, cp.cuda.nvrtc.getVersion()))
-        driver = cp.cuda.runtime.driverGetVersion()
-        runtime = cp.cuda.runtime.runtimeGetVersion()
-    except (RuntimeError, OSError) as exc:  # NVRTCError, CUDARuntimeError, a missing library
-        return f"CuPy {cp.__version__}; other versions unavailable ({exc})"
-    return (
-        f"CuPy {cp.__version__}, NVRTC {nvrtc}, CUDA runtime {runtime // 1000}."
-        f"{runtime % 1000 // 10}, driver supports CUDA {driver // 1000}.{driver % 1000 // 10}"
-    )
-
-
-def readable_kernel_error(exc: Exception, dtype_name: str) -> CupyKernelError:
-    """Replace a raw NVRTC/driver dump by its first line, the versions involved and the fix."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return CupyKernelError(
-        f"could not build dvsgkit's {dtype_name} LIF kernel ({type(exc).__name__}: {first}); "
-        f"{_cuda_versions()}. This usually means CuPy does not match the installed CUDA: "
-        f"{INSTALL_HINT}, {FALLBACK_HINT}"
-    )
-
-
 @functools.cache
 def _kernels(dtype_name: str, params: tuple[float, float, float, float], device: int):
     """Compile (once per dtype, parameter set and device) and return the four kernels."""
@@ -279,17 +217,7 @@ def _kernels(dtype_name: str, params: tuple[float, float, float, float], device:
         dtype_name, tau=tau, v_threshold=v_threshold, v_reset=v_reset, alpha=alpha
     )
     names = [f"lif_{d}_w{w}" for d in ("forward", "backward") for w in sorted({1, VEC})]
-    with cp.cuda.Device(device):
-        try:
-            module = cp.RawModule(code=source, name_expressions=None)
-            return {name: module.get_function(name) for name in names}
-        except (
-            cp.cuda.compiler.CompileException,  # NVRTC rejected the source
-            cp.cuda.driver.CUDADriverError,  # e.g. PTX newer than the driver
-            cp.cuda.nvrtc.NVRTCError,
-            OSError,  # libnvrtc missing
-        ) as exc:
-            raise readable_kernel_error(exc, dtype_name) from exc
+    return build_kernels(source, names, dtype_name, device)
 
 
 def storage_is_time_major(x_seq: torch.Tensor) -> bool:

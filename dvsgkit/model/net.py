@@ -14,12 +14,14 @@ from dvsgkit.model.lif import (
     VOTERS,
     MultiStepLIF,
     SampleDropout,
-    lif_step,
     vote,
 )
+from dvsgkit.model.plif import INIT_TAU, MultiStepPLIF
 
 MODES = ("step", "layer")
 BACKENDS = ("torch", "cupy")
+NEURONS = ("lif", "plif")
+SPIKING_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2")  # for reports
 NUM_OUTPUTS = 11  # classes; the last layer has NUM_OUTPUTS * VOTERS neurons
 CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
 INPUT_SIZE = 128
@@ -36,14 +38,34 @@ class GestureNet(nn.Module):
     and computes the same function in eval mode. In train mode BatchNorm normalises over N per
     step in "step" mode but over T*N in "layer" mode, exactly as the two seed networks differ.
 
+    neuron "lif" (tau 2, parameter-free) or "plif" (one learnable time constant per spiking
+    layer, starting at `init_tau`; state_dict keys `plif.{0..6}.w`). `hidden` is fc1's width
+    (default C*2*2, the seed's; SpikingJelly's DVSGestureNet uses 512) and `bias` gives both
+    Linear layers a bias (DVSGestureNet's have one). The defaults are the seed's network.
+
     `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
     The neurons' membranes live only inside forward, so every call starts from rest.
     """
 
-    def __init__(self, channels: int = 128, mode: str = "layer", backend: str = "torch") -> None:
+    def __init__(
+        self,
+        channels: int = 128,
+        mode: str = "layer",
+        backend: str = "torch",
+        *,
+        neuron: str = "lif",
+        init_tau: float = INIT_TAU,
+        hidden: int | None = None,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
+        hidden = channels * 2 * 2 if hidden is None else hidden
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+        if neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if backend not in BACKENDS:
@@ -51,6 +73,7 @@ class GestureNet(nn.Module):
         if backend == "cupy" and mode != "layer":
             raise ValueError("backend 'cupy' runs whole sequences: use mode='layer' with it")
         self.channels, self.mode, self.backend = channels, mode, backend
+        self.neuron, self.hidden, self.bias = neuron, hidden, bias
         self.convs = nn.ModuleList(
             nn.Conv2d(2 if i == 0 else channels, channels, 3, padding=1, bias=False)
             for i in range(CONV_BLOCKS)
@@ -58,20 +81,43 @@ class GestureNet(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(CONV_BLOCKS))
         side = INPUT_SIZE >> CONV_BLOCKS  # 4
         self.drop1 = SampleDropout()
-        self.fc1 = nn.Linear(channels * side * side, channels * 2 * 2, bias=False)
+        self.fc1 = nn.Linear(channels * side * side, hidden, bias=bias)
         self.drop2 = SampleDropout()
-        self.fc2 = nn.Linear(channels * 2 * 2, NUM_OUTPUTS * VOTERS, bias=False)
-        # Parameter-free, so it adds nothing to the state_dict; checks CuPy up front for "cupy".
-        self.lif = MultiStepLIF(
-            backend=backend if mode == "layer" else "torch",
-            tau=TAU,
-            v_threshold=V_THRESHOLD,
-            v_reset=V_RESET,
-            alpha=ALPHA,
-        )
+        self.fc2 = nn.Linear(hidden, NUM_OUTPUTS * VOTERS, bias=bias)
+        layer_backend = backend if mode == "layer" else "torch"
+        if neuron == "lif":
+            # Parameter-free, so it adds nothing to the state_dict and one module serves all
+            # layers; checks CuPy up front for "cupy".
+            self.lif = MultiStepLIF(
+                backend=layer_backend,
+                tau=TAU,
+                v_threshold=V_THRESHOLD,
+                v_reset=V_RESET,
+                alpha=ALPHA,
+            )
+        else:
+            self.plif = nn.ModuleList(
+                MultiStepPLIF(backend=layer_backend, init_tau=init_tau) for _ in SPIKING_LAYERS
+            )
+
+    def neurons(self) -> list[nn.Module]:
+        """The spiking layer of each of SPIKING_LAYERS, in order (the LIF module is shared)."""
+        if self.neuron == "lif":
+            return [self.lif] * len(SPIKING_LAYERS)
+        return list(self.plif)
+
+    def learned_taus(self) -> dict[str, float]:
+        """{layer: membrane time constant} of a PLIF net (one host sync); {} for the LIF."""
+        if self.neuron == "lif":
+            return {}
+        taus = torch.stack([cell.tau() for cell in self.plif]).tolist()
+        return dict(zip(SPIKING_LAYERS, taus, strict=True))
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}"
+        return (
+            f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}, "
+            f"neuron={self.neuron!r}, hidden={self.hidden}, bias={self.bias}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE):
@@ -90,33 +136,36 @@ class GestureNet(nn.Module):
 
     def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
+        neurons = self.neurons()
         y = x.transpose(0, 1).reshape(t * n, *x.shape[2:])  # [T*N, 2, H, W], time-major
-        for conv, bn in zip(self.convs, self.bns, strict=True):
+        for conv, bn, cell in zip(self.convs, self.bns, neurons[:CONV_BLOCKS], strict=True):
             y = bn(conv(y))  # [T*N, C, H, W]
-            y = self.lif(y.unflatten(0, (t, n))).flatten(0, 1)  # LIF over T on [T, N, C, H, W]
+            y = cell(y.unflatten(0, (t, n))).flatten(0, 1)  # neuron over T on [T, N, C, H, W]
             y = F.max_pool2d(y, 2, 2)  # [T*N, C, H/2, W/2]
         y = y.reshape(t, n, -1)  # [T, N, C*4*4]
-        y = self.lif(self.fc1(self.drop1(y)))  # [T, N, C*2*2]
-        y = self.lif(self.fc2(self.drop2(y)))  # [T, N, 110]
+        y = neurons[-2](self.fc1(self.drop1(y)))  # [T, N, hidden]
+        y = neurons[-1](self.fc2(self.drop2(y)))  # [T, N, 110]
         return vote(y).mean(0)  # [N, 11]
 
     def _forward_step(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
-        # One membrane per LIF layer (5 conv + 2 fc), at rest before the first step.
-        v: list[torch.Tensor | float] = [V_RESET] * (CONV_BLOCKS + 2)
+        neurons = self.neurons()
+        # One membrane per spiking layer (5 conv + 2 fc), at rest before the first step.
+        v: list[torch.Tensor | float] = [V_RESET] * len(neurons)
         mask1 = mask2 = None
         rates = x.new_zeros(n, NUM_OUTPUTS)
         for step in range(t):
             y = x[:, step]  # [N, 2, H, W]
             for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
-                spike, v[i] = lif_step(bn(conv(y)), v[i])
+                spike, v[i] = neurons[i].advance(bn(conv(y)), v[i])
                 y = F.max_pool2d(spike, 2, 2)
             y = y.flatten(1)  # [N, C*4*4]
             if step == 0:  # masks drawn once per sample, reused for every step
                 mask1 = self.drop1.mask(y)
-            spike, v[-2] = lif_step(self.fc1(y if mask1 is None else y * mask1), v[-2])
+            spike, v[-2] = neurons[-2].advance(self.fc1(y if mask1 is None else y * mask1), v[-2])
             if step == 0:
                 mask2 = self.drop2.mask(spike)
-            spike, v[-1] = lif_step(self.fc2(spike if mask2 is None else spike * mask2), v[-1])
+            y = spike if mask2 is None else spike * mask2
+            spike, v[-1] = neurons[-1].advance(self.fc2(y), v[-1])
             rates = rates + vote(spike)  # [N, 11]
         return rates / t

@@ -12,16 +12,14 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from dvsgkit.model import lif_cupy
+from dvsgkit.model import cupy_runtime, lif_cupy
 from dvsgkit.model.lif import TAU, V_RESET, V_THRESHOLD, lif_multistep, surrogate_grad
 from dvsgkit.model.lif_cupy import (
     VEC,
     CupyUnavailableError,
-    _conversions,
     kernel_source,
     lif_multistep_cupy,
     readable_kernel_error,
@@ -70,7 +68,7 @@ def test_threshold_bracket_is_the_nearest_16_bit_pair_around_the_threshold() -> 
 
 
 def test_unavailable_cupy_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lif_cupy, "cp", None)
+    monkeypatch.setattr(cupy_runtime, "cp", None)
     reason = lif_cupy.cupy_unavailable_reason()
     assert reason is not None and "cupy-cuda12x" in reason and "backend='torch'" in reason
     with pytest.raises(CupyUnavailableError, match=r"pip install cupy-cuda12x"):
@@ -132,39 +130,8 @@ def emulated(x_seq: torch.Tensor) -> torch.Tensor:
     return EmulatedKernel.apply(x_seq.reshape(x_seq.shape[0], -1)).view(x_seq.shape)
 
 
-# The generated CUDA source, compiled as C++ for the CPU: CUDA's built-ins become plain C++
-# (IEEE float ops, no FMA contraction), fp16 conversion uses GCC's _Float16 instead of PTX, and
-# a loop plays the grid. It runs the kernels' real indexing, vector types and arithmetic here.
-CPP_PRELUDE = r"""
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-struct dim3_t { long long x; };
-static dim3_t blockIdx, threadIdx, blockDim, gridDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-#define __align__(n) alignas(n)
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fdiv_rn(float a, float b) { return a / b; }
-static inline float __frcp_rn(float a) { return 1.0f / a; }
-static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
-static inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
-"""
-CPP_F16 = """
-inline float to_f32(unsigned short u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
-inline unsigned short from_f32(float f) { _Float16 h = (_Float16)f; unsigned short u;
-  memcpy(&u, &h, 2); return u; }
-"""
+# The kernels' source through the g++ harness (tests/model/conftest.py), launched like `_launch`.
 CPP_MAIN = r"""
-static void* load(const char* path, size_t bytes) {
-  void* p = aligned_alloc(64, bytes + 64); FILE* f = fopen(path, "rb");
-  if (!f || fread(p, 1, bytes, f) != bytes) { perror(path); exit(2); } fclose(f); return p; }
-static void save(const char* path, const void* p, size_t bytes) {
-  FILE* f = fopen(path, "wb"); fwrite(p, 1, bytes, f); fclose(f); }
 int main(int argc, char** argv) {  // kind T M w in1 in2 out1 [out2]
   const int steps = atoi(argv[2]); const long long m = atoll(argv[3]); const int w = atoi(argv[4]);
   const size_t bytes = (size_t)steps * m * sizeof(elem_t);
@@ -186,55 +153,25 @@ int main(int argc, char** argv) {  // kind T M w in1 in2 out1 [out2]
 """
 
 
-def _storage(t: torch.Tensor) -> torch.Tensor:
-    """A dense tensor's elements in memory order (what the kernel sees), as a 1-D view."""
-    return t.as_strided((t.numel(),), (1,), t.storage_offset())
-
-
-def _to_file(t: torch.Tensor, path: Path) -> None:
-    _storage(t.detach()).contiguous().view(torch.uint8).numpy().tofile(path)
-
-
-def _from_file(path: Path, like: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(like)  # like's strides, as the library's outputs
-    raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    _storage(out).copy_(raw.view(like.dtype))
-    return out
-
-
 class CppKernels:
-    """Compiles the kernel source per dtype with g++ (once) and runs it like `_launch`."""
+    """The LIF kernel source per dtype, built by the g++ harness and run like `_launch`."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.binaries: dict[str, Path] = {}
-
-    def binary(self, dtype_name: str) -> Path:
-        if dtype_name not in self.binaries:
-            src = kernel_source(dtype_name)
-            if dtype_name == "float16":  # PTX cvt -> GCC _Float16 (the only CUDA-only part)
-                src = src.replace(_conversions("float16"), CPP_F16)
-            main = CPP_MAIN.replace("wV", f"w{VEC}").replace("vecV_t", f"vec{VEC}_t")
-            path = self.folder / f"lif_{dtype_name}.cpp"
-            path.write_text(CPP_PRELUDE + src.replace('extern "C" ', "") + main)
-            exe = self.folder / f"lif_{dtype_name}"
-            cmd = ["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-o", str(exe), str(path)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr
-            self.binaries[dtype_name] = exe
-        return self.binaries[dtype_name]
+    def __init__(self, harness) -> None:
+        self.harness = harness
 
     def run(self, kind: str, a: torch.Tensor, b: torch.Tensor, outs: int) -> list[torch.Tensor]:
+        h = self.harness
         steps = a.shape[0]
         m = a.numel() // steps
         w = VEC if m % VEC == 0 else 1
-        files = [self.folder / f"{name}.bin" for name in ("a", "b", "o1", "o2")]
-        _to_file(a, files[0])
-        _to_file(b, files[1])
-        exe = self.binary(str(a.dtype).removeprefix("torch."))
+        files = [h.file(f"lif_{name}") for name in ("a", "b", "o1", "o2")]
+        h.write(a, files[0])
+        h.write(b, files[1])
+        dtype_name = str(a.dtype).removeprefix("torch.")
+        exe = h.build(f"lif_{dtype_name}", kernel_source(dtype_name), dtype_name, CPP_MAIN)
         args = [str(exe), kind, str(steps), str(m), str(w), *map(str, files[: 2 + outs])]
         subprocess.run(args, check=True)
-        return [_from_file(f, a) for f in files[2 : 2 + outs]]
+        return [h.read(f, a) for f in files[2 : 2 + outs]]
 
 
 class CppLIF(torch.autograd.Function):
@@ -255,10 +192,8 @@ class CppLIF(torch.autograd.Function):
 
 
 @pytest.fixture(scope="module")
-def cpp_kernels(tmp_path_factory: pytest.TempPathFactory) -> CppKernels:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed (it runs the CUDA kernel source on the CPU)")
-    return CppKernels(tmp_path_factory.mktemp("cpp_lif"))
+def cpp_kernels(cpp_harness) -> CppKernels:
+    return CppKernels(cpp_harness)
 
 
 def cpp_lif(kernels: CppKernels) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -8,17 +8,19 @@ import torch
 from dvsgkit.model import GestureNet
 
 
-def active_net(channels: int, mode: str, seed: int = 0) -> GestureNet:
+def active_net(channels: int, mode: str, seed: int = 0, neuron: str = "lif") -> GestureNet:
     """A small net whose layers all fire (default init is nearly silent at the output), so the
-    comparisons below compare real spike trains, not zeros."""
+    comparisons below compare real spike trains, not zeros. PLIF layers get distinct taus."""
     torch.manual_seed(seed)
-    net = GestureNet(channels, mode)
+    net = GestureNet(channels, mode, neuron=neuron)
     with torch.no_grad():
         for bn in net.bns:
             bn.running_var.fill_(0.05)
             bn.running_mean.fill_(-0.1)
         net.fc1.weight.mul_(8)
         net.fc2.weight.mul_(8)
+        for i, cell in enumerate(net.neurons() if neuron == "plif" else []):
+            cell.w.fill_(-0.6 + 0.2 * i)
     return net
 
 
@@ -85,10 +87,13 @@ def exact_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_cupy_backend_equals_torch_backend_on_cuda(exact_cuda: None, train: bool) -> None:
-    torch_net = active_net(4, "layer").cuda().train(train)
-    cupy_net = GestureNet(4, "layer", "cupy").cuda().train(train)
+def test_cupy_backend_equals_torch_backend_on_cuda(
+    exact_cuda: None, train: bool, neuron: str
+) -> None:
+    torch_net = active_net(4, "layer", neuron=neuron).cuda().train(train)
+    cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron).cuda().train(train)
     cupy_net.load_state_dict(torch_net.state_dict())
     x = frames(n=3, t=4).cuda()
     torch.manual_seed(3)  # same dropout masks in train mode
@@ -146,6 +151,9 @@ def test_step_and_layer_modes_agree_in_train_mode_with_dropout() -> None:
         ({"mode": "fast"}, r"mode must be one of \('step', 'layer'\)"),
         ({"backend": "triton"}, r"backend must be one of \('torch', 'cupy'\)"),
         ({"mode": "step", "backend": "cupy"}, "use mode='layer'"),
+        ({"hidden": 0}, "hidden must be a positive int, got 0"),
+        ({"neuron": "alif"}, r"neuron must be one of \('lif', 'plif'\), got 'alif'"),
+        ({"neuron": "plif", "init_tau": 0.9}, "init_tau must be a finite number > 1"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:

@@ -1,0 +1,101 @@
+"""CuPy for the fused kernels: whether it can run here, compiling kernel source on a device, and
+build failures as one readable line (versions and the fix) instead of a raw NVRTC dump.
+
+CuPy is optional: `cupy_unavailable_reason()` says what is missing; nothing here needs a GPU to
+import.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import cupy as cp
+except ImportError:  # optional dependency: only backend="cupy" needs it
+    cp = None
+
+INSTALL_HINT = (
+    "install the CuPy wheel matching your CUDA major version (the 'CUDA Version' that "
+    "`nvidia-smi` prints): pip install cupy-cuda12x (also: pip install 'dvsgkit[cuda]') "
+    "or cupy-cuda13x / cupy-cuda11x"
+)
+FALLBACK_HINT = "or build the network with backend='torch'"
+
+
+class CupyUnavailableError(RuntimeError):
+    """The CuPy backend was asked for where it cannot run; the message says what to install."""
+
+
+class CupyKernelError(RuntimeError):
+    """The fused kernels could not be compiled or loaded (usually a CuPy/CUDA version mismatch)."""
+
+
+def cupy_unavailable_reason() -> str | None:
+    """None when the CuPy kernels can run here; else a one-line reason naming the fix."""
+    if cp is None:
+        return f"CuPy is not installed; {INSTALL_HINT}, {FALLBACK_HINT}"
+    if not torch.cuda.is_available():
+        return (
+            "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False); the CuPy "
+            f"kernels need an NVIDIA GPU and a CUDA build of PyTorch; {FALLBACK_HINT}"
+        )
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except cp.cuda.runtime.CUDARuntimeError as exc:
+        return (
+            f"CuPy {cp.__version__} cannot use the GPU ({exc}); its CUDA runtime does not fit "
+            f"the driver: {INSTALL_HINT}, {FALLBACK_HINT}"
+        )
+    return None
+
+
+def require_cupy() -> None:
+    """Raise `CupyUnavailableError` with the reason and the fix unless the kernels can run."""
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        raise CupyUnavailableError(f"backend 'cupy' cannot run: {reason}")
+
+
+def _cuda_versions() -> str:
+    """CuPy's, NVRTC's, the runtime's and the driver's versions, for error messages."""
+    if cp is None:
+        return "CuPy is not importable"
+    try:
+        nvrtc = ".".join(map(str, cp.cuda.nvrtc.getVersion()))
+        driver = cp.cuda.runtime.driverGetVersion()
+        runtime = cp.cuda.runtime.runtimeGetVersion()
+    except (RuntimeError, OSError) as exc:  # NVRTCError, CUDARuntimeError, a missing library
+        return f"CuPy {cp.__version__}; other versions unavailable ({exc})"
+    return (
+        f"CuPy {cp.__version__}, NVRTC {nvrtc}, CUDA runtime {runtime // 1000}."
+        f"{runtime % 1000 // 10}, driver supports CUDA {driver // 1000}.{driver % 1000 // 10}"
+    )
+
+
+def readable_kernel_error(exc: Exception, dtype_name: str, neuron: str = "LIF") -> CupyKernelError:
+    """Replace a raw NVRTC/driver dump by its first line, the versions involved and the fix."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return CupyKernelError(
+        f"could not build dvsgkit's {dtype_name} {neuron} kernel ({type(exc).__name__}: {first}); "
+        f"{_cuda_versions()}. This usually means CuPy does not match the installed CUDA: "
+        f"{INSTALL_HINT}, {FALLBACK_HINT}"
+    )
+
+
+def build_kernels(
+    source: str, names: list[str], dtype_name: str, device: int, neuron: str = "LIF"
+) -> dict:
+    """Compile `source` on `device` and return its kernels by name; a compile or load failure
+    becomes one readable CupyKernelError."""
+    with cp.cuda.Device(device):
+        try:
+            module = cp.RawModule(code=source, name_expressions=None)
+            return {name: module.get_function(name) for name in names}
+        except (
+            cp.cuda.compiler.CompileException,  # NVRTC rejected the source
+            cp.cuda.driver.CUDADriverError,  # e.g. PTX newer than the driver
+            cp.cuda.nvrtc.NVRTCError,
+            OSError,  # libnvrtc missing
+        ) as exc:
+            raise readable_kernel_error(exc, dtype_name, neuron) from exc
