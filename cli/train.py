@@ -165,7 +165,7 @@ def train(
     out_dir: Path,
     **options: object,
 ) -> None:
-    """Train the spiking CNN with the seed recipe (docs/reference.md §6) on ROOT's frame store, which is built
+    """Train the spiking CNN with the seed recipe on ROOT's frame store, which is built
     first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
     checkpoint_latest.pth, checkpoint_max.pth, tensorboard/.
 
