@@ -32,6 +32,7 @@ class Shown:
     png: Path | None
     frames: int
     size: tuple[int, int]  # (width, height) of one GIF frame in pixels
+    captions: tuple[str, ...]
 
 
 def render(frames: np.ndarray, captions: Sequence[str], scale: int = SCALE) -> list:
@@ -112,7 +113,7 @@ def show_sample(
     stem = f"{split}_{index}_T{T}"
     gif = save_gif(images, out / f"{stem}.gif", frame_ms)
     png = save_strip(images, out / f"{stem}.png")
-    return Shown(gif, png, T, images[0].size)
+    return Shown(gif, png, T, images[0].size, tuple(captions))
 
 
 def show_recording(
@@ -174,4 +175,4 @@ def show_recording(
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{recording.stem}_{start_us / 1e6:g}s_{duration_us / 1e6:g}s"
     gif = save_gif(images, out / f"{stem}.gif", max(10, round(1000 / fps)))
-    return Shown(gif, None, count, images[0].size)
+    return Shown(gif, None, count, images[0].size, tuple(captions))
