@@ -87,6 +87,8 @@ def sliding_windows(
     events read after a window that should hold them had been cut (none in time-ordered
     recordings, which the DvsGesture ones are)."""
     buf = np.empty(0, EVENT_DTYPE)
+    buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: binary search on a strided view copies
+    ordered = True  # buf is in time order: windows are slices (views), found by binary search
     first: int | None = None
     k, t_max, cut_until = 0, -1, -1
     chunks = iter(chunks)
@@ -96,12 +98,13 @@ def sliding_windows(
         if chunk is None:
             done, limit = True, t_max + 1  # the recording's end: windows ending by it are whole
         else:
-            t = chunk["t"]
+            t = np.ascontiguousarray(chunk["t"])
             if first is None:
                 first = stats["first_t"] = int(t[0])
             stats["late"] = stats.get("late", 0) + int((t < cut_until).sum())
             t_max = max(t_max, int(t.max()))
-            buf = np.concatenate([buf, chunk]) if len(buf) else chunk
+            buf, buf_t = np.concatenate([buf, chunk]), np.concatenate([buf_t, t])
+            ordered = bool(np.all(buf_t[1:] >= buf_t[:-1]))  # once per chunk
             limit = t_max  # an event at t_max has been read: windows ending by it are whole
         if first is None:
             return
@@ -109,18 +112,21 @@ def sliding_windows(
         while first + k * hop_us + window_us <= limit:
             start = first + k * hop_us
             end = start + window_us
-            yield start, end, _select(buf, start, end)
+            if ordered:
+                lo, hi = np.searchsorted(buf_t, [start, end], side="left")
+                yield start, end, buf[lo:hi]
+            else:  # recorded order kept, as the samples are cut
+                yield start, end, buf[(buf_t >= start) & (buf_t < end)]
             cut_until = end
             k += 1
-            buf = buf[buf["t"] >= first + k * hop_us]  # what later windows may still need
-
-
-def _select(events: np.ndarray, start: int, end: int) -> np.ndarray:
-    t = events["t"]
-    if len(t) < 2 or np.all(t[1:] >= t[:-1]):  # time order: binary search
-        lo, hi = np.searchsorted(t, [start, end], side="left")
-        return events[lo:hi]
-    return events[(t >= start) & (t < end)]  # recorded order kept, as the samples are cut
+            # Drop what no later window needs: a view when ordered, else a copy.
+            keep = first + k * hop_us
+            if ordered:
+                drop = int(np.searchsorted(buf_t, keep, side="left"))
+                buf, buf_t = buf[drop:], buf_t[drop:]
+            else:
+                mask = buf_t >= keep
+                buf, buf_t = buf[mask], buf_t[mask]
 
 
 def classify(
