@@ -21,6 +21,7 @@ OFF_COLOR = np.array([255, 120, 0], np.float32)
 ON_COLOR = np.array([0, 140, 255], np.float32)
 SCALE = 2  # pixels per sensor pixel
 CAPTION_HEIGHT = 14  # pixels of caption band above each frame
+STRIP_GAP = 2  # grey pixels between two frames of a strip
 MAX_FRAMES = 600  # 20 s at 30 fps; the counts of 600 frames take 79 MB
 
 
@@ -71,13 +72,14 @@ def save_gif(images: list, path: Path, frame_ms: int) -> Path:
 
 
 def save_strip(images: list, path: Path) -> Path:
-    """The frames side by side in one PNG, written under a temp name first."""
+    """The frames side by side in one PNG, STRIP_GAP grey pixels apart, written under a temp
+    name first."""
     from PIL import Image
 
     w, h = images[0].size
-    strip = Image.new("RGB", (w * len(images), h), (0, 0, 0))
+    strip = Image.new("RGB", ((w + STRIP_GAP) * len(images) - STRIP_GAP, h), (96, 96, 96))
     for k, image in enumerate(images):
-        strip.paste(image, (k * w, 0))
+        strip.paste(image, (k * (w + STRIP_GAP), 0))
     path = Path(path)
     with atomic_path(path) as tmp:
         strip.save(tmp, format="PNG", optimize=True)

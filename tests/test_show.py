@@ -14,7 +14,7 @@ from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
 from dvsgkit.frames import integrate
 from dvsgkit.io.aedat import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
-from dvsgkit.show import CAPTION_HEIGHT, SCALE, show_recording, show_sample
+from dvsgkit.show import CAPTION_HEIGHT, SCALE, STRIP_GAP, show_recording, show_sample
 from dvsgkit.store.events import EventCache, event_cache_path
 from dvsgkit_cli.main import cli
 
@@ -31,10 +31,11 @@ def test_sample_gif_and_strip(frame_root: Path, tmp_path: Path) -> None:
     assert gif.format == "GIF" and gif.n_frames == T and gif.size == (width, height)
     assert gif.info["duration"] == 250 and gif.info["loop"] == 0
     strip = Image.open(shown.png)
-    assert strip.format == "PNG" and strip.size == (T * width, height)
-    pixels = np.asarray(strip.convert("RGB"))[CAPTION_HEIGHT::SCALE, ::SCALE]  # [128, T*128, 3]
+    assert strip.format == "PNG" and strip.size == (T * (width + STRIP_GAP) - STRIP_GAP, height)
+    pixels = np.asarray(strip.convert("RGB"))[CAPTION_HEIGHT:]
     for k in range(T):
-        shown_k = pixels[:, k * 128 : (k + 1) * 128].astype(int)  # [H, W, 3]
+        left = k * (width + STRIP_GAP)
+        shown_k = pixels[::SCALE, left : left + width : SCALE].astype(int)  # [H, W, 3]
         lit = shown_k.sum(-1) > 0
         assert np.array_equal(lit, frames[k].sum(0) > 0), k  # a pixel lights iff it has events
         on_only = (frames[k, 1] > 0) & (frames[k, 0] == 0)
@@ -55,7 +56,8 @@ def test_show_cli_sample_and_errors(frame_root: Path, tmp_path: Path) -> None:
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "train_3_T6.gif").n_frames == 6
-    assert Image.open(tmp_path / "train_3_T6.png").size == (6 * 256, 256 + CAPTION_HEIGHT)
+    strip_width = 6 * (256 + STRIP_GAP) - STRIP_GAP
+    assert Image.open(tmp_path / "train_3_T6.png").size == (strip_width, 256 + CAPTION_HEIGHT)
     result = runner.invoke(cli, ["show", "--root", str(frame_root), "--index", "12"])
     assert result.exit_code == 1 and "--index 12 is out of range: test has samples 0..11" in (
         result.output
