@@ -100,6 +100,25 @@ def test_sliding_windows_match_a_whole_array_cut(chunk: int) -> None:
         assert np.array_equal(events, ev[(ev["t"] >= start) & (ev["t"] < end)])
 
 
+def test_sliding_windows_stream() -> None:
+    """A window is cut as soon as the chunks read reach its end: the recording is never read
+    whole, and what is held is one window plus one chunk."""
+    ev = _events(np.arange(0, 100_000, 10))  # 10 000 events over 0.1 s
+    read = []
+
+    def chunks():
+        for a in range(0, len(ev), 500):
+            read.append(a)
+            yield ev[a : a + 500]
+
+    stats: dict[str, int] = {}
+    windows = sliding_windows(chunks(), 10_000, 10_000, stats)
+    start, end, events = next(windows)
+    assert (start, end, len(events)) == (0, 10_000, 1000)
+    assert len(read) == 3  # events up to t = 14 990 read: enough to know [0, 10 000) is whole
+    assert sum(1 for _ in windows) == 8 and len(read) == 20  # the last ends at 90 000
+
+
 def test_sliding_windows_keep_recorded_order_and_count_late_events() -> None:
     t = np.array([0, 5, 3, 9, 12, 20, 2, 25, 31])  # 3 out of order inside a chunk, 2 very late
     ev = _events(t)
