@@ -65,7 +65,7 @@ def to_dict(pred: Prediction) -> dict[str, Any]:
             "predicted": c,
             "name": CLASS_NAMES[c],
             "true_label": None if pred.gestures is None or truth[k] < 0 else int(truth[k]),
-            "rates": [float(r) for r in pred.rates[k]],
+            "rates": [float(f"{r:.7g}") for r in pred.rates[k].tolist()],  # float32 digits
         }
         for k, c in enumerate(pred.preds.tolist())
     ]
