@@ -34,8 +34,9 @@ from dvsgkit_cli.common import user_errors
     help="Frame cutting.  [default: the checkpoint's; number for a SpikingJelly checkpoint]",
 )  # fmt: skip
 @click.option(
-    "-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Windows per batch."
-)
+    "-b", "--batch-size", type=click.IntRange(min=1), default=None,
+    help="Windows per forward pass.  [default: 4 on the CPU, 16 on a GPU]",
+)  # fmt: skip
 @click.option(
     "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
 )
@@ -52,7 +53,7 @@ def predict(
     hop: str,
     T: int | None,
     split_by: str | None,
-    batch_size: int,
+    batch_size: int | None,
     device: str | None,
     out_dir: Path | None,
 ) -> None:
@@ -60,7 +61,7 @@ def predict(
     CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
     <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
     before any file is written."""
-    from dvsgkit.predict import load_checkpoint_net, predict_recording
+    from dvsgkit.predict import for_inference, load_checkpoint_net, predict_recording
     from dvsgkit.predictions import output_paths, summary, write_outputs
     from dvsgkit.recording import parse_duration
     from dvsgkit.train import parse_device
@@ -83,7 +84,7 @@ def predict(
             )
         dev = parse_device(device or default_device())
         net, meta = load_checkpoint_net(checkpoint)
-        net = net.to(dev)
+        net = for_inference(net, dev)
         results = [
             predict_recording(
                 net,

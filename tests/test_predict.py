@@ -16,6 +16,7 @@ from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.io.aedat import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
 from dvsgkit.predict import (
+    for_inference,
     load_checkpoint_net,
     predict_recording,
     sliding_windows,
@@ -144,7 +145,8 @@ def test_windows_labels_equal_evaluate(trained: tuple[Path, Path]) -> None:
     with torch.inference_mode():
         rates = torch.cat([net(x) for x, _ in loader]).numpy()
     aedat, csv = _test_recording(root)
-    ours = predict_recording(net, meta, aedat, labels=csv, mode="labels")
+    # as the CLI runs it: step by step, channels-last, 4 windows a batch
+    ours = predict_recording(for_inference(net, "cpu"), meta, aedat, labels=csv, mode="labels")
     assert np.array_equal(ours.window_labels(), labels)
     assert np.array_equal(ours.preds, preds)
     np.testing.assert_array_equal(ours.rates, rates)
