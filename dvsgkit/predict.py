@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class Prediction:
     late_events: int = 0  # events read after a window they belong to had been classified
     gestures: np.ndarray | None = None  # WINDOW_DTYPE [G], the labels CSV's rows, when given
     labels_path: str | None = None
-    score: dict[str, Any] | None = field(default=None)
+    score: dict[str, Any] | None = None
 
     @property
     def preds(self) -> np.ndarray:

@@ -155,6 +155,40 @@ def test_windows_labels_equal_evaluate(trained: tuple[Path, Path]) -> None:
     assert ours.score["window_accuracy"] == pytest.approx(result.accuracy)
 
 
+def test_a_spikingjelly_checkpoint_predicts_like_the_original(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The trained net saved with PythonNet's keys and SpikingJelly's output order (its label
+    folders sorted as strings) predicts the same classes; it records no T, so -T is given."""
+    from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
+    from dvsgkit.train import load_checkpoint
+
+    root, ckpt = trained
+    ours = load_checkpoint(ckpt)["net"]
+    sj = {"fc.2.weight": ours["fc1.weight"]}
+    for i in range(5):
+        sj[f"conv.{4 * i}.weight"] = ours[f"convs.{i}.weight"]
+        for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            sj[f"conv.{4 * i + 1}.{key}"] = ours[f"bns.{i}.{key}"]
+    groups = ours["fc2.weight"].reshape(11, 10, -1)
+    sj["fc.5.weight"] = groups[list(SPIKINGJELLY_LABEL_ORDER)].reshape(110, -1).clone()
+    sj_path = tmp_path / "checkpoint_max.pth"
+    torch.save({"net": sj, "epoch": 3, "max_test_acc": 0.5}, sj_path)
+    aedat, csv = _test_recording(root)
+    outs = {}
+    for name, path in (("ours", ckpt), ("sj", sj_path)):
+        out = tmp_path / name
+        args = ["predict", str(path), str(aedat), "--labels", str(csv), "--windows", "labels",
+                "-T", str(T), "--out-dir", str(out), "--device", "cpu"]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        outs[name] = json.loads((out / f"{aedat.stem}_predictions.json").read_text())
+    assert outs["sj"]["source"] == "spikingjelly" and outs["sj"]["T"] == T
+    assert [w["rates"] for w in outs["sj"]["windows"]] == [
+        w["rates"] for w in outs["ours"]["windows"]
+    ]
+
+
 def test_predict_cli_writes_scores_and_learns(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, ckpt = trained
     aedat, csv = _test_recording(root)
