@@ -151,14 +151,14 @@ def show_recording(
             a, b = first + start_us, first + start_us + duration_us
         t = chunk["t"]
         inside = chunk[(t >= a) & (t < b)]
-        k = ((inside["t"] - a) * fps // 1e6).astype(np.int64).clip(0, count - 1)
-        index = ((k * 2 + inside["p"]) * SENSOR_SIZE[0] + inside["y"]) * SENSOR_SIZE[1]
         if len(inside):
-            counts = np.bincount(index + inside["x"], minlength=frames.size)
+            k = ((inside["t"] - a) * fps // 1e6).astype(np.int64).clip(0, count - 1)
+            index = ((k * 2 + inside["p"]) * SENSOR_SIZE[0] + inside["y"]) * SENSOR_SIZE[1]
+            counts = np.bincount(index + inside["x"], minlength=frames.size)  # [F*2*H*W]
             frames += counts.reshape(frames.shape).astype(np.int32)
         if t.min() >= b:  # everything later is past the stretch
             break
-    if first is not None and not frames.any():
+    if not frames.any():  # (iter_recording has raised already if there is no event at all)
         raise RecordingError(
             f"{recording}: no events between {start_us / 1e6:g} s and "
             f"{(start_us + duration_us) / 1e6:g} s from its first event; is --start past its end?"
