@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("info", "info", "Summarise an event cache or a frame store."),
     "train": ("train", "train", "Train the spiking CNN (the seed recipe)."),
     "evaluate": ("evaluate", "evaluate", "Test accuracy, per-class accuracy, confusion matrix."),
+    "predict": ("predict", "predict", "Classify the gestures of recordings, window by window."),
+    "show": ("show", "show", "Animate a sample's frames or a recording's events (GIF, PNG)."),
     "plot": ("plot", "plot", "Plot a run's loss and accuracy curves."),
     "demo": ("demo", "demo", "Synthetic data -> events -> frames -> a short CPU training run."),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,16 @@ class FrameDataset(torch.utils.data.Dataset):
     dataset can go to DataLoader worker processes.
     """
 
-    def __init__(self, store: Path, split: str, *, raw: bool = False) -> None:
+    def __init__(
+        self,
+        store: Path,
+        split: str,
+        *,
+        raw: bool = False,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+    ) -> None:
         self.store, self.split, self.raw = Path(store), split, raw
+        self.transform = transform  # applied to each sample's frames by __getitem__
         group = open_frame_store(self.store, split)  # validates: errors name the path
         self.labels = np.asarray(group["labels"][:], dtype=np.int64)  # [N]
         self.shape = tuple(group["frames"].shape)  # (N, T, 2, H, W)
@@ -53,10 +61,62 @@ class FrameDataset(torch.utils.data.Dataset):
         if not -n <= i < n:
             raise IndexError(f"sample {i} out of range: {self.store} {self.split} has {n}")
         frames = torch.from_numpy(_torch_compatible(self.frames[i % n], self.max_count))
-        return (frames if self.raw else frames.float()), int(self.labels[i])
+        frames = frames if self.raw else frames.float()
+        return (frames if self.transform is None else self.transform(frames)), int(self.labels[i])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_frames": None, "_pid": None}  # reopen in the worker
+
+
+# Tonic's event dtype for this dataset (tonic.datasets.DVSGesture.dtype): its transforms
+# (ToFrame, Denoise, ...) take structured arrays with these fields.
+TONIC_EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
+
+
+class EventDataset(torch.utils.data.Dataset):
+    """Samples of one split of ROOT/events.h5 as plain events: (structured array [E] with
+    Tonic's fields and dtypes x int16, y int16, p bool, t int64 µs (absolute, recorded order),
+    int label 0..10), so Tonic transforms apply as they are, e.g.
+    `EventDataset(root, "train", transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2),
+    n_event_bins=16))`. `transform` gets the events, `target_transform` the label. The HDF5
+    file is opened lazily in each process, so the dataset can go to DataLoader workers."""
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        *,
+        target_transform: Callable[[int], Any] | None = None,
+    ) -> None:
+        from dvsgkit.store.events import EventCache, event_cache_path
+
+        self.path, self.split = event_cache_path(root), split
+        self.transform, self.target_transform = transform, target_transform
+        with EventCache(self.path) as cache:  # validates: errors name the path and the fix
+            self.labels = cache.labels(split).astype(np.int64)  # [N]
+        self._cache: Any = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        from dvsgkit.store.events import EventCache
+
+        if self._pid != os.getpid():
+            self._cache, self._pid = EventCache(self.path), os.getpid()
+        sample = self._cache.sample(self.split, i)  # EVENT_DTYPE [E]; IndexError names the range
+        events = np.empty(len(sample), TONIC_EVENT_DTYPE)
+        for name in TONIC_EVENT_DTYPE.names:
+            events[name] = sample[name]
+        label = int(self.labels[i])
+        if self.transform is not None:
+            events = self.transform(events)
+        return events, label if self.target_transform is None else self.target_transform(label)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None, "_pid": None}  # reopen in the worker
 
 
 def _torch_compatible(frames: np.ndarray, max_count: int) -> np.ndarray:

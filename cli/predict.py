@@ -1,0 +1,109 @@
+"""`dvsgkit predict CHECKPOINT RECORDING...`: which gestures a trained network finds, and when."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dvsgkit.config import SPLIT_BYS
+from dvsgkit_cli.common import user_errors
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.argument("recordings", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--labels", "labels", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="A labels CSV (class,startTime_usec,endTime_usec) to score against; once per "
+    "RECORDING, in the same order.",
+)  # fmt: skip
+@click.option(
+    "--windows", "mode", type=click.Choice(["sliding", "labels"]), default="sliding",
+    help="sliding: windows of --window every --hop; labels: exactly the labelled gestures "
+    "(the samples 'dvsgkit evaluate' scores).",
+)  # fmt: skip
+@click.option("--window", default="1.5s", help="Window length (s, ms or us).")
+@click.option("--hop", default="0.25s", help="Step between window starts (s, ms or us).")
+@click.option(
+    "-T", "T", type=click.IntRange(min=1), default=None,
+    help="Frames per window.  [default: the checkpoint's T; 16 for a SpikingJelly checkpoint]",
+)  # fmt: skip
+@click.option(
+    "--split-by", type=click.Choice(SPLIT_BYS), default=None,
+    help="Frame cutting.  [default: the checkpoint's; number for a SpikingJelly checkpoint]",
+)  # fmt: skip
+@click.option(
+    "-b", "--batch-size", type=click.IntRange(min=1), default=None,
+    help="Windows per forward pass.  [default: 4 on the CPU, 16 on a GPU]",
+)  # fmt: skip
+@click.option(
+    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
+)
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where the CSV, JSON and PNG go.  [default: beside each recording]",
+)  # fmt: skip
+def predict(
+    checkpoint: Path,
+    recordings: tuple[Path, ...],
+    labels: tuple[Path, ...],
+    mode: str,
+    window: str,
+    hop: str,
+    T: int | None,
+    split_by: str | None,
+    batch_size: int | None,
+    device: str | None,
+    out_dir: Path | None,
+) -> None:
+    """Classify RECORDING(s) (AEDAT 3.1 .aedat, or .npz / .h5 event arrays t, x, y, p) with
+    CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
+    <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
+    before any file is written."""
+    from dvsgkit.predict import for_inference, load_checkpoint_net, predict_recording
+    from dvsgkit.predictions import output_paths, summary, write_outputs
+    from dvsgkit.recording import parse_duration
+    from dvsgkit.train import parse_device
+    from dvsgkit_cli.train import default_device
+
+    if labels and len(labels) != len(recordings):
+        raise click.BadParameter(
+            f"got {len(labels)} labels file(s) for {len(recordings)} recording(s); give one "
+            "--labels per RECORDING, in order",
+            param_hint="--labels",
+        )
+    with user_errors():
+        window_us = parse_duration(window, "--window")
+        hop_us = parse_duration(hop, "--hop")
+        targets = [output_paths(r, out_dir)["csv"] for r in recordings]
+        if len(set(targets)) != len(targets):
+            raise ValueError(
+                "two RECORDINGs share a file name and would write the same outputs in "
+                f"{out_dir}; classify them in separate runs"
+            )
+        dev = parse_device(device or default_device())
+        net, meta = load_checkpoint_net(checkpoint)
+        net = for_inference(net, dev)
+        results = [
+            predict_recording(
+                net,
+                meta,
+                recording,
+                checkpoint=str(checkpoint),
+                labels=labels[i] if labels else None,
+                mode=mode,
+                window_us=window_us,
+                hop_us=hop_us,
+                T=T,
+                split_by=split_by,
+                device=dev,
+                batch_size=batch_size,
+            )  # fmt: skip
+            for i, recording in enumerate(recordings)
+        ]
+        for result in results:
+            paths = write_outputs(result, out_dir)
+            click.echo(summary(result))
+            for kind, path in paths.items():
+                click.echo(f"  {kind}: {path}")

@@ -1,0 +1,62 @@
+"""`dvsgkit show`: animate a sample's frames, or a stretch of a recording's events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dvsgkit.config import SPLIT_BYS
+from dvsgkit.constants import SPLITS
+from dvsgkit_cli.common import root_option, user_errors
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("recording", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@root_option
+@click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
+@click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
+@click.option("-T", "T", type=click.IntRange(min=1), default=16, help="Sample mode: frames.")
+@click.option("--split-by", type=click.Choice(SPLIT_BYS), default="number",
+              help="Sample mode: frame cutting.")  # fmt: skip
+@click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
+@click.option("--duration", default="3s", help="Recording mode: for this long.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              help="Recording mode: frames per second of recording time.")  # fmt: skip
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+    help="Where the GIF (and PNG) go.",
+)  # fmt: skip
+def show(
+    recording: Path | None,
+    root: Path,
+    split: str,
+    index: int | None,
+    T: int,
+    split_by: str,
+    start: str,
+    duration: str,
+    fps: float,
+    out_dir: Path,
+) -> None:
+    """Write pictures of the data. With --index: sample INDEX of --split from ROOT/events.h5 as
+    T frames (<split>_<index>_T<T>.gif and a .png strip), captioned with frame number and true
+    label. With RECORDING (.aedat, .npz, .h5): its events from --start for --duration as a GIF
+    at --fps, captioned with the time and the gesture of <stem>_labels.csv when one sits beside
+    it. OFF events are orange, ON events blue."""
+    from dvsgkit.recording import parse_duration
+    from dvsgkit.show import show_recording, show_sample
+
+    if (recording is None) == (index is None):
+        raise click.UsageError("give either RECORDING or --index (a sample of --split), not both")
+    with user_errors():
+        if recording is not None:
+            shown = show_recording(
+                recording, parse_duration(start, "--start", allow_zero=True),
+                parse_duration(duration, "--duration"), fps, out_dir,
+            )  # fmt: skip
+        else:
+            shown = show_sample(root, split, index, T, split_by, out_dir)
+    click.echo(f"gif: {shown.gif} ({shown.frames} frames of {shown.size[0]}x{shown.size[1]})")
+    if shown.png is not None:
+        click.echo(f"png: {shown.png}")

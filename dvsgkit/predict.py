@@ -1,0 +1,315 @@
+"""Classify the gestures of a recording: windows of events -> frames -> a trained network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
+from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.io.labels import read_labels
+from dvsgkit.recording import RecordingError, iter_recording
+from dvsgkit.samples import cut_chunks
+
+WINDOW_MODES = ("sliding", "labels")
+DEFAULT_WINDOW_US = 1_500_000
+DEFAULT_HOP_US = 250_000
+DEFAULT_BATCH = {"cpu": 4, "cuda": 16}  # windows per forward pass (bench/predict.py)
+
+
+@dataclass
+class Prediction:
+    """The network's answer for every window of one recording. Times are int64 µs on the
+    recording's clock (the labels CSV's); `first_t` is its first event's timestamp."""
+
+    recording: str
+    checkpoint: str
+    meta: dict[str, Any]  # load_net's: source, epoch, T, split_by, channels
+    mode: str  # "sliding" or "labels"
+    window_us: int | None  # sliding mode only
+    hop_us: int | None
+    first_t: int
+    starts: np.ndarray  # int64 [K]
+    ends: np.ndarray  # int64 [K]
+    counts: np.ndarray  # int64 [K] events per window
+    rates: np.ndarray  # float32 [K, 11] firing rate of each class, averaged over T
+    late_events: int = 0  # events read after a window they belong to had been classified
+    gestures: np.ndarray | None = None  # WINDOW_DTYPE [G], the labels CSV's rows, when given
+    labels_path: str | None = None
+    score: dict[str, Any] | None = None
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.rates.argmax(1) if len(self.rates) else np.empty(0, np.int64)
+
+    def window_labels(self) -> np.ndarray:
+        """int64 [K]: the label of the first labelled gesture (in file order) that holds each
+        window whole, or -1. In labels mode window k is gesture k."""
+        out = np.full(len(self.starts), -1, np.int64)
+        if self.gestures is None:
+            return out
+        if self.mode == "labels":
+            return self.gestures["label"].astype(np.int64)
+        for g in self.gestures[::-1]:  # the first row wins: written last
+            inside = (self.starts >= g["start"]) & (self.ends <= g["end"])
+            out[inside] = g["label"]
+        return out
+
+
+def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
+    """`evaluate.load_net`, with every error naming the checkpoint file."""
+    from dvsgkit.evaluate import load_net
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint_latest.pth"
+    try:
+        return load_net(checkpoint)
+    except ValueError as exc:
+        if str(checkpoint) in str(exc):
+            raise
+        raise ValueError(f"{checkpoint}: {exc}") from exc
+
+
+def for_inference(net: Any, device: Any) -> Any:
+    """`net` in eval mode on `device`, arranged to run fastest there. On the CPU a GestureNet
+    runs step by step in channels-last layout (a copy; the original is left as it is): one
+    time step of a few windows fits the caches, where layer-by-layer mode streams [T*N, C, H, W]
+    tensors through memory ~3x slower. Both modes compute the same function in eval mode (and
+    bench/predict.py checks the rates are bit-identical)."""
+    import copy
+
+    import torch
+
+    from dvsgkit.model import GestureNet
+
+    device = torch.device(device)
+    net = net.eval().to(device)
+    if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
+        net = copy.deepcopy(net)
+        net.mode = "step"
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def sliding_windows(
+    chunks: Iterable[np.ndarray], window_us: int, hop_us: int, stats: dict[str, int]
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Windows [first + k*hop, first + k*hop + window) over a recording given as consecutive
+    EVENT_DTYPE chunks, each with its events (start <= t < end) in recorded order, as
+    (start, end, events). A window is cut once an event at or after its end has been read (or
+    the recording ends: the last window is the last whole one), so only one window's events and
+    one chunk are held. stats["first_t"] is set to the first event's time; stats["late"] counts
+    events read after a window that should hold them had been cut (none in time-ordered
+    recordings, which the DvsGesture ones are)."""
+    buf = np.empty(0, EVENT_DTYPE)
+    buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: binary search on a strided view copies
+    ordered = True  # buf is in time order: windows are slices (views), found by binary search
+    first: int | None = None
+    k, t_max, cut_until = 0, -1, -1
+    chunks = iter(chunks)
+    done = False
+    while not done:
+        chunk = next(chunks, None)
+        if chunk is None:
+            done, limit = True, t_max + 1  # the recording's end: windows ending by it are whole
+        else:
+            t = np.ascontiguousarray(chunk["t"])
+            if first is None:
+                first = stats["first_t"] = int(t[0])
+            stats["late"] = stats.get("late", 0) + int((t < cut_until).sum())
+            t_max = max(t_max, int(t.max()))
+            buf, buf_t = np.concatenate([buf, chunk]), np.concatenate([buf_t, t])
+            ordered = bool(np.all(buf_t[1:] >= buf_t[:-1]))  # once per chunk
+            limit = t_max  # an event at t_max has been read: windows ending by it are whole
+        if first is None:
+            return
+        stats["span_us"] = t_max + 1 - first
+        while first + k * hop_us + window_us <= limit:
+            start = first + k * hop_us
+            end = start + window_us
+            if ordered:
+                lo, hi = np.searchsorted(buf_t, [start, end], side="left")
+                yield start, end, buf[lo:hi]
+            else:  # recorded order kept, as the samples are cut
+                yield start, end, buf[(buf_t >= start) & (buf_t < end)]
+            cut_until = end
+            k += 1
+            # Drop what no later window needs: a view when ordered, else a copy.
+            keep = first + k * hop_us
+            if ordered:
+                drop = int(np.searchsorted(buf_t, keep, side="left"))
+                buf, buf_t = buf[drop:], buf_t[drop:]
+            else:
+                mask = buf_t >= keep
+                buf, buf_t = buf[mask], buf_t[mask]
+
+
+def classify(
+    net: Any,
+    windows: Iterable[tuple[int, int, np.ndarray]],
+    T: int,
+    split_by: str,
+    *,
+    device: Any = "cpu",
+    batch_size: int = DEFAULT_BATCH["cpu"],
+    where: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Integrate each window's events into T frames exactly as the frame store does
+    (`frames.integrate_many`) and run `net` on batches of them: (starts int64 [K], ends int64
+    [K], event counts int64 [K], firing rates float32 [K, 11]). A window with fewer than T
+    events cannot fill T frames: RecordingError naming `where` (the file)."""
+    import torch
+
+    check_frame_params(T, split_by)
+    starts, ends, counts, rates = [], [], [], []
+    batch: list[np.ndarray] = []
+
+    def run() -> None:
+        offsets = np.cumsum([0] + [len(e) for e in batch])
+        frames = integrate_many(np.concatenate(batch), offsets, T, split_by)  # [B, T, 2, H, W]
+        x = torch.from_numpy(frames.astype(np.float32)).to(device)
+        with torch.inference_mode():
+            rates.append(net(x).float().cpu().numpy())  # [B, 11]
+        batch.clear()
+
+    for start, end, events in windows:
+        if len(events) < T:
+            raise RecordingError(
+                f"{where}: the window {start}..{end} µs holds {len(events)} events, fewer than "
+                f"the T={T} frames it must fill; use a longer --window (or check the recording)"
+            )
+        starts.append(start)
+        ends.append(end)
+        counts.append(len(events))
+        batch.append(events)
+        if len(batch) == batch_size:
+            run()
+    if batch:
+        run()
+    return (
+        np.array(starts, np.int64),
+        np.array(ends, np.int64),
+        np.array(counts, np.int64),
+        np.concatenate(rates) if rates else np.empty((0, NUM_CLASSES), np.float32),
+    )
+
+
+def predict_recording(
+    net: Any,
+    meta: dict[str, Any],
+    recording: str | os.PathLike[str],
+    *,
+    checkpoint: str = "",
+    labels: str | os.PathLike[str] | None = None,
+    mode: str = "sliding",
+    window_us: int = DEFAULT_WINDOW_US,
+    hop_us: int = DEFAULT_HOP_US,
+    T: int | None = None,
+    split_by: str | None = None,
+    device: Any = "cpu",
+    batch_size: int | None = None,
+) -> Prediction:
+    """Classify one recording with `net` (from `load_checkpoint_net`). Mode "sliding": windows
+    of `window_us` every `hop_us` from the first event; mode "labels": exactly the windows of
+    the `labels` CSV, cut as the event cache cuts its samples. T and split_by default to the
+    checkpoint's (16 / number for a SpikingJelly checkpoint). With `labels`, the prediction is
+    also scored (see `score`). `net` runs as given: pass it through `for_inference` first.
+    `batch_size` defaults to DEFAULT_BATCH of the device type."""
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
+    if mode == "labels" and labels is None:
+        raise ValueError(f"{recording}: --windows labels needs a labels CSV (--labels)")
+    if window_us <= 0 or hop_us <= 0:
+        raise ValueError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
+    path = Path(recording)
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
+    T = T or meta.get("T") or 16
+    split_by = split_by or meta.get("split_by") or "number"
+    gestures = read_labels(labels) if labels is not None else None
+    stats: dict[str, int] = {}
+    chunks = iter_recording(path)
+    if mode == "labels":
+        chunks = _noting_first(chunks, stats)
+        samples = cut_chunks(chunks, gestures)
+        windows: Iterable[tuple[int, int, np.ndarray]] = (
+            (int(g["start"]), int(g["end"]), s) for g, s in zip(gestures, samples, strict=True)
+        )
+    else:
+        windows = sliding_windows(chunks, window_us, hop_us, stats)
+    starts, ends, counts, rates = classify(
+        net, windows, T, split_by, device=device, batch_size=batch_size, where=str(path)
+    )
+    if len(starts) == 0:
+        raise RecordingError(
+            f"{path}: the recording spans {stats.get('span_us', 0) / 1e6:g} s, shorter than one "
+            f"{window_us / 1e6:g} s window; give a shorter --window"
+        )
+    result = Prediction(
+        recording=str(path),
+        checkpoint=str(checkpoint),
+        meta={**meta, "T": T, "split_by": split_by},
+        mode=mode,
+        window_us=window_us if mode == "sliding" else None,
+        hop_us=hop_us if mode == "sliding" else None,
+        first_t=stats["first_t"],
+        starts=starts,
+        ends=ends,
+        counts=counts,
+        rates=rates,
+        late_events=stats.get("late", 0),
+        gestures=gestures,
+        labels_path=None if labels is None else str(labels),
+    )
+    if gestures is not None:
+        result.score = score(result)
+    return result
+
+
+def _noting_first(chunks: Iterable[np.ndarray], stats: dict[str, int]) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        stats.setdefault("first_t", int(chunk["t"][0]))
+        yield chunk
+
+
+def score(pred: Prediction) -> dict[str, Any]:
+    """Accuracy of the windows that lie whole inside a labelled gesture, and of each gesture by
+    the majority vote of its windows (ties go to the lower class index; a gesture shorter than
+    the window gets no vote and is not scored)."""
+    if pred.gestures is None:
+        raise ValueError("no labels to score against")
+    truth, preds = pred.window_labels(), pred.preds
+    scored = truth >= 0
+    gestures = []
+    for i, g in enumerate(pred.gestures):
+        if pred.mode == "labels":
+            inside = np.arange(len(preds)) == i
+        else:
+            inside = (pred.starts >= g["start"]) & (pred.ends <= g["end"])
+        votes = np.bincount(preds[inside], minlength=NUM_CLASSES)
+        vote = int(votes.argmax()) if inside.any() else None
+        gestures.append({
+            "row": int(g["row"]),
+            "label": int(g["label"]),
+            "name": CLASS_NAMES[int(g["label"])],
+            "start_us": int(g["start"]),
+            "end_us": int(g["end"]),
+            "windows": int(inside.sum()),
+            "vote": vote,
+            "vote_name": None if vote is None else CLASS_NAMES[vote],
+            "correct": None if vote is None else vote == int(g["label"]),
+        })  # fmt: skip
+    voted = [g for g in gestures if g["vote"] is not None]
+    return {
+        "windows_scored": int(scored.sum()),
+        "window_accuracy": float((preds[scored] == truth[scored]).mean()) if scored.any() else None,
+        "gestures_scored": len(voted),
+        "gesture_accuracy": (sum(g["correct"] for g in voted) / len(voted) if voted else None),
+        "gestures": gestures,
+    }

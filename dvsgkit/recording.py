@@ -1,0 +1,141 @@
+"""A recording to classify or look at: AEDAT 3.1 or an event array file, streamed in chunks."""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from dvsgkit.constants import EVENT_DTYPE, SENSOR_HEIGHT, SENSOR_WIDTH
+from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events
+
+AEDAT_SUFFIXES = (".aedat",)
+NPZ_SUFFIXES = (".npz",)
+H5_SUFFIXES = (".h5", ".hdf5")
+SUFFIXES = AEDAT_SUFFIXES + NPZ_SUFFIXES + H5_SUFFIXES
+FIELDS = ("t", "x", "y", "p")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|ms|us|µs)?\s*$")
+_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "µs": 1, None: 1_000_000}
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be read or classified; the message names the file."""
+
+
+def parse_duration(text: str | float, what: str = "duration", *, allow_zero: bool = False) -> int:
+    """ "1.5s", "250ms", "250000us" or a bare number of seconds -> integer microseconds (> 0, or
+    >= 0 with allow_zero)."""
+    match = _DURATION.match(str(text))
+    if match is None:
+        raise ValueError(f"{what} {text!r} is not a duration; write e.g. 1.5s, 250ms or 250000us")
+    micros = round(float(match.group(1)) * _UNIT_US[match.group(2)])
+    if micros < 0 or (micros == 0 and not allow_zero):
+        raise ValueError(f"{what} {text!r} must be longer than 0 µs")
+    return micros
+
+
+def check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in SUFFIXES:
+        raise RecordingError(
+            f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat) or "
+            f"an event array file with t, x, y, p ({', '.join(NPZ_SUFFIXES + H5_SUFFIXES)})"
+        )
+
+
+def iter_recording(
+    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+) -> Iterator[np.ndarray]:
+    """The events of a recording in recorded order, as EVENT_DTYPE chunks of at most about
+    `chunk_events` events, checked against the 128 x 128 DVS128 sensor and polarity 0/1.
+
+    `.aedat` (AEDAT 3.1) and `.h5`/`.hdf5` (datasets t, x, y, p at the file's root) are read a
+    chunk at a time, so memory stays bounded whatever the file size; `.npz` (arrays t, x, y, p,
+    as `np.savez` writes them) is loaded whole. Timestamps are microseconds. Raises
+    RecordingError naming the file (and the byte offset or event index) on bad input, and when
+    the file holds no event at all."""
+    path = Path(path)
+    check_suffix(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recording {path} not found")
+    suffix = path.suffix.lower()
+    if suffix in AEDAT_SUFFIXES:
+        chunks = iter_events(path, chunk_events=chunk_events)
+    elif suffix in NPZ_SUFFIXES:
+        chunks = _iter_npz(path, chunk_events)
+    else:
+        from dvsgkit.store.arrays import iter_h5_events
+
+        chunks = iter_h5_events(path, chunk_events)
+    seen = 0
+    try:
+        for chunk in chunks:
+            _check_chunk(path, chunk, seen)
+            seen += len(chunk)
+            if len(chunk):
+                yield chunk
+    except RecordingError:
+        raise
+    except ValueError as exc:  # AedatError and the array readers' errors name the file already
+        raise RecordingError(str(exc)) from exc
+    if seen == 0:
+        raise RecordingError(f"{path}: the recording holds no events")
+
+
+def _check_chunk(path: Path, chunk: np.ndarray, first: int) -> None:
+    """Raise RecordingError when an event lies off the 128 x 128 sensor or has a polarity other
+    than 0/1, naming the first such event's index in the file."""
+    if not len(chunk):
+        return
+    bad = (chunk["x"] >= SENSOR_WIDTH) | (chunk["y"] >= SENSOR_HEIGHT) | (chunk["p"] > 1)
+    if bad.any():
+        k = int(np.argmax(bad))
+        ev = chunk[k]
+        raise RecordingError(
+            f"{path}: event {first + k} (x {ev['x']}, y {ev['y']}, p {ev['p']}) lies off the "
+            f"{SENSOR_WIDTH}x{SENSOR_HEIGHT} DVS128 sensor or has a polarity other than 0/1; "
+            "dvsgkit classifies DVS128 recordings only (crop or rescale other sensors first)"
+        )
+
+
+def to_events(path: Path, columns: dict[str, np.ndarray], where: str = "") -> np.ndarray:
+    """Columns t, x, y, p of any integer (or bool) dtype -> EVENT_DTYPE, refusing values that
+    the conversion would change (negative or too large), naming the file."""
+    n = len(columns["t"])
+    out = np.empty(n, dtype=EVENT_DTYPE)
+    for name in FIELDS:
+        values = np.asarray(columns[name])
+        if values.dtype.kind not in "iub":
+            raise RecordingError(
+                f"{path}{where}: field {name!r} has dtype {values.dtype}; t, x, y, p must be "
+                "integers (t in microseconds)"
+            )
+        if n and values.dtype.kind == "i" and int(values.min()) < 0:
+            raise RecordingError(f"{path}{where}: field {name!r} holds negative values")
+        if n and int(values.max()) > np.iinfo(EVENT_DTYPE[name]).max:
+            raise RecordingError(f"{path}{where}: field {name!r} holds values too large")
+        out[name] = values
+    return out
+
+
+def _iter_npz(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in FIELDS if name not in data.files]
+            if missing:
+                raise RecordingError(
+                    f"{path}: no array(s) {', '.join(missing)}; an event file needs t, x, y, p "
+                    f"(found {', '.join(data.files) or 'none'})"
+                )
+            columns = {name: data[name] for name in FIELDS}
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RecordingError(f"{path}: not a readable .npz file ({exc})") from exc
+    lengths = {name: columns[name].shape for name in FIELDS}
+    if len({*lengths.values()}) != 1 or len(lengths["t"]) != 1:
+        raise RecordingError(f"{path}: t, x, y, p must be 1-D arrays of one length, got {lengths}")
+    events = to_events(path, columns)
+    for start in range(0, len(events), chunk_events):
+        yield events[start : start + chunk_events]
