@@ -273,7 +273,7 @@ def test_open_reports_a_missing_split_and_an_incomplete_store(tmp_path: Path) ->
     path = build_frame_store(root, T, workers=1, progress=False)
     group = zarr.open_group(path, mode="r+")
     del group["test"]
-    with pytest.raises(ValueError, match=rf"{path} has no complete 'test' split"):
+    with pytest.raises(ValueError, match=rf"{path} is damaged: split 'test' missing; rebuild"):
         open_frame_store(path, "test")
     open_frame_store(path, "train")
     group.attrs["complete"] = False
