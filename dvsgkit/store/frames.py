@@ -340,8 +340,9 @@ def _write_store(
     total = sum(s["labels"].shape[0] for s in index["splits"].values())
     space = SpaceCheck(tmp, total)
     pool = (
-        ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=_init_worker,
-                            initargs=(os.getpid(),))  # fmt: skip
+        ProcessPoolExecutor(
+            workers, mp_context=pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+        )
         if workers > 1
         else None
     )
@@ -356,7 +357,7 @@ def _write_store(
 
             for split in SPLITS:
                 with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
-                        _write_split(group, tmp, split, index["splits"][split], events_path, T,
+                    _write_split(group, tmp, split, index["splits"][split], events_path, T,
                                  split_by, zarr_format, pool, after_block)  # fmt: skip
     finally:
         if pool is not None:
