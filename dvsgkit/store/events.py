@@ -36,6 +36,7 @@ from dvsgkit.samples import (
     list_recordings,
 )
 from dvsgkit.store.signals import BuildSignals
+from dvsgkit.store.workers import die_with_parent
 
 LAYOUT = "dvsgkit.events"
 LAYOUT_VERSION = 2  # 2: x, y as uint8 (1: uint16), sources with sha256 (1: md5)
@@ -198,6 +199,7 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _release_reused()  # the parent's, if it had any: each worker makes its own
+    die_with_parent()  # a build killed with SIGKILL leaves no worker behind
 
 
 def _pool(workers: int, jobs: int) -> Any:

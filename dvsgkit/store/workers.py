@@ -5,7 +5,6 @@ that would keep the build lock's descriptor, and wait on a dead pipe, forever)."
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
@@ -15,7 +14,7 @@ import time
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-_forking_pid = os.getpid()  # set in the parent just before each fork: the child's parent
+_forking_pid: int | None = None  # set in the parent just before each fork: the child's parent
 
 
 def _before_fork() -> None:
@@ -32,10 +31,15 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     pid once a second). Also restores SIGTERM's default action, which a forked worker would
     otherwise inherit from a parent that only notes the signal. `parent_pid` defaults to the
     process that forked this one."""
-    parent = parent_pid if parent_pid is not None else _forking_pid
+    parent = parent_pid
+    if parent is None:  # forked: the pid noted before the fork; spawned: the parent right now
+        forked = _forking_pid is not None and _forking_pid != os.getpid()
+        parent = _forking_pid if forked else os.getppid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The running program's own symbols (libc's among them): ctypes.util.find_library would
+        # run ldconfig in a subprocess, which a fork of a threaded parent must not do.
+        libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     else:  # best effort: noticed within a second
