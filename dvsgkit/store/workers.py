@@ -14,29 +14,36 @@ import time
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-_forking_pid: int | None = None  # set in the parent just before each fork: the child's parent
+# Set in the parent just before each fork: the child's parent, and whether the forking thread
+# was the main thread (PR_SET_PDEATHSIG fires when the forking *thread* ends).
+_forking_pid: int | None = None
+_forked_from_main = False
 
 
 def _before_fork() -> None:
-    global _forking_pid
+    global _forking_pid, _forked_from_main
     _forking_pid = os.getpid()
+    _forked_from_main = threading.current_thread() is threading.main_thread()
 
 
 os.register_at_fork(before=_before_fork)
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
-    """Pool initializer: end this process when its parent dies (Linux: PR_SET_PDEATHSIG with
-    SIGKILL, so even a worker blocked in C code goes; elsewhere a thread that polls the parent
-    pid once a second). Also restores SIGTERM's default action, which a forked worker would
-    otherwise inherit from a parent that only notes the signal. `parent_pid` defaults to the
-    process that forked this one."""
+    """Pool initializer: end this process when its parent dies. On Linux, for a worker forked by
+    the parent's main thread, PR_SET_PDEATHSIG with SIGKILL (even a worker blocked in C code
+    goes at once); otherwise a thread that polls the parent pid once a second. (The kernel's
+    signal follows the forking thread: multiprocessing.Pool forks replacement workers from a
+    helper thread whose end at pool.terminate() would kill them holding the pool's queue lock.)
+    Also restores SIGTERM's default action, which a forked worker would otherwise inherit from a
+    parent that only notes the signal. `parent_pid` defaults to the process that made this one.
+    """
+    forked = _forking_pid is not None and _forking_pid != os.getpid()
     parent = parent_pid
     if parent is None:  # forked: the pid noted before the fork; spawned: the parent right now
-        forked = _forking_pid is not None and _forking_pid != os.getpid()
         parent = _forking_pid if forked else os.getppid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and forked and _forked_from_main:
         # The running program's own symbols (libc's among them): ctypes.util.find_library would
         # run ldconfig in a subprocess, which a fork of a threaded parent must not do.
         libc = ctypes.CDLL(None, use_errno=True)
