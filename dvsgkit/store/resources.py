@@ -94,7 +94,8 @@ class SpaceCheck:
         ]
         if not chunks:
             return
-        per_sample = sum(c.stat().st_size for c in chunks) / len(chunks)
+        # Blocks in use, not file sizes: a file system allocates whole blocks (4 KiB on most).
+        per_sample = sum(_allocated(c) for c in chunks) / len(chunks)
         need = per_sample * max(self.total - len(chunks), 0) * SPACE_MARGIN
         st = os.statvfs(self.folder)
         free = st.f_bavail * st.f_frsize
@@ -105,6 +106,12 @@ class SpaceCheck:
                 f"{len(chunks)} samples, extrapolated to {self.total}), {free / 1e6:,.1f} MB are "
                 "free; free some space or use another --root"
             )
+
+
+def _allocated(path: Path) -> int:
+    st = path.stat()
+    blocks = getattr(st, "st_blocks", None)  # POSIX
+    return max(st.st_size, blocks * 512) if blocks is not None else st.st_size
 
 
 @contextlib.contextmanager
