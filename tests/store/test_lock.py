@@ -50,22 +50,37 @@ def wait_for(cond, seconds: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
+# The real command, each block slowed down so that the kill lands mid-build. `slow` is a
+# top-level function of __main__, so that the pool can send it to its (forked) workers.
+SLOW_BUILD = textwrap.dedent(
+    """
+    import sys, time
+    from dvsgkit.store import frames as s
+    real = s._integrate_block
+    def slow(task):
+        time.sleep(1.0)
+        return real(task)
+    s._integrate_block = slow
+    from dvsgkit_cli.main import cli
+    cli(sys.argv[1:])
+    """
+)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
     build_event_cache(tmp_path, workers=1, progress=False)
-    # The real command with two workers, each block slowed down so that the kill lands mid-build.
-    code = (
-        "import sys, time; from dvsgkit.store import frames as s; real = s._integrate_block; "
-        "s._integrate_block = lambda task: (time.sleep(1.0), real(task))[1]; "
-        "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
-    )
+    code = SLOW_BUILD
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
     workers: list[int] = []
     with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
     try:
-        wait_for(lambda: len(children(proc.pid)) >= 2, 60, "the build never started its workers")
+        wait_for(
+            lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers"
+        )
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
         workers = children(proc.pid)
         time.sleep(0.5)  # the workers are inside their first blocks
         proc.send_signal(signal.SIGKILL)
