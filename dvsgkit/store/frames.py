@@ -158,16 +158,15 @@ def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tup
     the path holds anything else, which is never replaced."""
     if not path.exists():
         return "absent", ""
-    if (path / ".zattrs").is_file() or (path / "zarr.json").is_file():
-        for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
-            if meta.is_file():
-                try:
-                    json.loads(meta.read_bytes())
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise FileExistsError(
-                        f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
-                        "it is damaged: delete it and rerun"
-                    ) from exc
+    for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
+        if meta.is_file():  # unreadable root metadata: maybe ours, maybe not; never replaced
+            try:
+                json.loads(meta.read_bytes())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FileExistsError(
+                    f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
+                    "it is damaged: delete it and rerun"
+                ) from exc
     try:
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)

@@ -157,9 +157,22 @@ def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path)
     (tmp_path / "events.h5").symlink_to(events_h5)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", BUILD, "frames", "--root", str(tmp_path), "-T", "2",
-             "--workers", "1", "--no-progress"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                BUILD,
+                "frames",
+                "--root",
+                str(tmp_path),
+                "-T",
+                "2",
+                "--workers",
+                "1",
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for _ in range(2)
     ]

@@ -115,6 +115,12 @@ def test_metadata_that_is_not_json_is_named(tmp_path: Path, events_h5: Path, met
         FrameDataset(path, "test")
     with pytest.raises(StoreDamagedError, match=rf"{path / meta} is not valid JSON"):
         summarize(path)
+    if meta == ".zattrs":  # the root's record itself: whose store this is cannot be known
+        with pytest.raises(FileExistsError, match=rf"{path / meta} is not valid JSON .*delete it"):
+            make_frame_store(tmp_path, T, workers=1, progress=False)
+    else:
+        assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
+        FrameDataset(path, "test")
 
 
 def test_metadata_that_is_not_json_is_named_in_format_3(tmp_path: Path, events_h5: Path) -> None:

@@ -77,9 +77,7 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
     try:
-        wait_for(
-            lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers"
-        )
+        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
         assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
         workers = children(proc.pid)
         time.sleep(0.5)  # the workers are inside their first blocks
