@@ -6,6 +6,12 @@ loader samples/s. Run in the bench venv (spikingjelly==0.0.0.0.14 + torchvision)
 Full size (the real split's 98 + 24 recordings, ~360k events per sample; ~6 GB for SpikingJelly's
 folder): --train-trials 98 --test-trials 24 --events-per-sample 360000. Use --root to reuse a
 dataset (e.g. the real one): the synthetic generator runs only when ROOT/extract is missing.
+
+--checksum-cost measures only the store build with and without its per-sample crc32 checksums,
+alternating, on the same event cache (no SpikingJelly needed):
+
+    .venv/bin/python bench/frames.py --checksum-cost --train-trials 8 --test-trials 2 \
+        --events-per-sample 100000 --reps 3
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import torch
 
 from dvsgkit.constants import SPLITS
 from dvsgkit.data import make_loader
+from dvsgkit.store import verify
 from dvsgkit.store.events import EventCache, build_event_cache
-from dvsgkit.store.frames import build_frame_store
+from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.store.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset
 
@@ -108,6 +115,41 @@ def samples_per_second(batches, device: torch.device, max_batches: int) -> float
     return n / (time.perf_counter() - start)
 
 
+def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) -> None:
+    """Build time of the store with and without its per-sample checksums, alternating runs on
+    the same event cache; "without" replaces the checksum by a constant (the workers fork with
+    the replacement), everything else is the same build."""
+    real = verify.sample_checksum
+    times: dict[str, list[float]] = {"with checksums": [], "without": []}
+    build_frame_store(root, T, split_by, workers=workers, progress=False)  # warm-up, not timed
+    for rep in range(reps):
+        for mode in list(times)[:: 1 if rep % 2 == 0 else -1]:  # alternate the order: drift cancels
+            shutil.rmtree(frame_store_path(root, T, split_by), ignore_errors=True)
+            if mode == "without":
+                verify.sample_checksum = lambda frames: 0
+            try:
+                start = time.perf_counter()
+                build_frame_store(root, T, split_by, workers=workers, progress=False)
+                times[mode].append(time.perf_counter() - start)
+            finally:
+                verify.sample_checksum = real
+    for mode, t in times.items():
+        print(f"build {mode}: median {np.median(t):.2f} s, min {min(t):.2f} s of "
+              f"{', '.join(f'{x:.2f}' for x in t)}")  # fmt: skip
+    for stat in (np.median, min):
+        with_, without = (float(stat(t)) for t in times.values())
+        print(f"checksum overhead ({stat.__name__}): {100 * (with_ - without) / without:+.1f} % "
+              "of the build time")  # fmt: skip
+    sample = np.random.default_rng(0).poisson(0.05, (T, 2, 128, 128)).astype(np.uint8)
+    n = 200
+    start = time.perf_counter()
+    for _ in range(n):
+        real(sample)
+    per = (time.perf_counter() - start) / n
+    print(f"crc32 of one uint8 sample ({sample.nbytes / 2**10:.0f} KiB): {per * 1e3:.3f} ms "
+          f"({sample.nbytes / per / 1e9:.1f} GB/s)")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--root", type=Path, help="dataset root to reuse (default: a temp dir)")
@@ -121,6 +163,12 @@ def main() -> None:
     ap.add_argument("--sj-workers", type=int, default=2, help="SpikingJelly DataLoader workers")
     ap.add_argument("--max-batches", type=int, default=100, help="batches timed per loader")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--checksum-cost",
+        action="store_true",
+        help="only time the store build with and without its checksums",
+    )
+    ap.add_argument("--reps", type=int, default=3, help="builds of each kind (--checksum-cost)")
     args = ap.parse_args()
     device = torch.device(args.device)
 
@@ -132,6 +180,14 @@ def main() -> None:
                                     test_trials=args.test_trials,
                                     events_per_sample=args.events_per_sample)  # fmt: skip
         events = build_event_cache(root, workers=args.workers, progress=False)
+        if args.checksum_cost:
+            with EventCache(events) as cache:
+                n = {s: cache.num_samples(s) for s in SPLITS}
+                total_events = sum(int(cache.offsets(s)[-1]) for s in SPLITS)
+            print(f"samples: {n['train']} train + {n['test']} test, {total_events:,} events, "
+                  f"T={args.T}, split_by={args.split_by}, {args.workers} workers")  # fmt: skip
+            checksum_cost(root, args.T, args.split_by, args.workers, args.reps)
+            return
         with EventCache(events) as cache:
             n = {s: cache.num_samples(s) for s in SPLITS}
             total_events = sum(int(cache.offsets(s)[-1]) for s in SPLITS)

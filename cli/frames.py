@@ -47,33 +47,29 @@ def frames(
     root: Path, T: int, split_by: str, workers: int, zarr_format: str, progress: bool
 ) -> None:
     """Write ROOT/frames_number_{T}_split_by_{split_by}.zarr from ROOT/events.h5 (built first
-    when missing). Rerunning with the same inputs does nothing."""
-    import zarr
-
+    when missing). Rerunning with the same inputs does nothing; a damaged store is rebuilt."""
     from dvsgkit.store.events import WorkerError
-    from dvsgkit.store.frames import build_frame_store, frame_store_path
+    from dvsgkit.store.frames import make_frame_store
     from dvsgkit.store.info import summarize
 
-    path = frame_store_path(root, T, split_by)
-    try:
-        before = zarr.open_group(path, mode="r").attrs.get("build_id")
-    except Exception:  # absent or not a store: the build decides what to say about it
-        before = None
     start = time.perf_counter()
     # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its temporary folder.
     # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
     with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
-        build_frame_store(
+        build = make_frame_store(
             root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
         )
-        info = summarize(path)
+        info = summarize(build.path)
     seconds = time.perf_counter() - start
-    splits = info["splits"]
+    path, splits = build.path, info["splits"]
     counts = " + ".join(f"{s['samples']} {name}" for name, s in splits.items())
     dtype = splits["train"]["dtype"]
-    if before is not None and info["provenance"]["build_id"] == before:
-        click.echo(f"{path} is up to date ({counts} samples, T={T}, {dtype})")
+    if build.outcome in ("up to date", "built by another process"):
+        by = ", built by another process while this one waited" * (build.outcome != "up to date")
+        click.echo(f"{path} is up to date{by} ({counts} samples, T={T}, {dtype})")
         return
+    if build.outcome == "rebuilt":
+        click.echo(f"{path} was damaged ({build.why}): rebuilt it", err=True)
     raw = sum(s["raw_bytes"] for s in splits.values())
     click.echo(
         f"wrote {path}: {counts} samples, T={T}, split_by={split_by}, {dtype}, "

@@ -13,14 +13,21 @@ from dvsgkit_cli.common import user_errors
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info(path: Path, as_json: bool) -> None:
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Decode every sample of a frame store and compare it with its checksum; list the "
+    "damaged samples and chunks.",
+)
+def info(path: Path, as_json: bool, verify: bool) -> None:
     """Summarise PATH (ROOT/events.h5 or a ROOT/frames_*.zarr store): samples per split and
-    class, T, dtype, size on disk, provenance, and whether it is complete. Exits 1 when the
-    store is incomplete."""
+    class, T, dtype, size on disk, provenance, and whether it is complete and intact (its
+    files against its own record; with --verify, every sample against its checksum). Exits 1
+    when the store is incomplete or damaged."""
     from dvsgkit.store.info import format_summary, summarize
 
     with user_errors():
-        summary = summarize(path)
+        summary = summarize(path, verify=verify)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if not summary["complete"]:
         raise SystemExit(1)

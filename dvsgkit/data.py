@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dvsgkit.store.errors import StoreDamagedError
 from dvsgkit.store.frames import open_frame_store
+from dvsgkit.store.verify import damaged, sample_problem
 
 # What a split may take of the device's free memory (or of the host's available memory) before
 # the loader streams it instead: room stays for the model's activations.
@@ -39,6 +41,7 @@ class FrameDataset(torch.utils.data.Dataset):
         self.transform = transform  # applied to each sample's frames by __getitem__
         group = open_frame_store(self.store, split)  # validates: errors name the path
         self.labels = np.asarray(group["labels"][:], dtype=np.int64)  # [N]
+        self.checksums = group["checksums"][:]  # [N] crc32 of each sample as built
         self.shape = tuple(group["frames"].shape)  # (N, T, 2, H, W)
         self.dtype = np.dtype(group["frames"].dtype)
         self.max_count = int(group.attrs.get("max_count", np.iinfo(self.dtype).max))
@@ -60,9 +63,33 @@ class FrameDataset(torch.utils.data.Dataset):
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"sample {i} out of range: {self.store} {self.split} has {n}")
-        frames = torch.from_numpy(_torch_compatible(self.frames[i % n], self.max_count))
+        frames = torch.from_numpy(_torch_compatible(self.read(i % n), self.max_count))
         frames = frames if self.raw else frames.float()
         return (frames if self.transform is None else self.transform(frames)), int(self.labels[i])
+
+    def read(self, i: int, values: np.ndarray | None = None) -> np.ndarray:
+        """Sample i's counts [T, 2, H, W] in the stored dtype, checked against its checksum (a
+        missing or corrupt chunk can never pass as a sample); StoreDamagedError names the store,
+        the split, the sample, its chunk and the fix. `values`: sample i already read."""
+        if values is None:
+            try:
+                values = self.frames[i]
+            except Exception:  # a corrupt chunk: numcodecs/blosc raise several types
+                values = None
+        problem = sample_problem(self.frames, self.split, i, int(self.checksums[i]), values)
+        if problem is not None:
+            raise StoreDamagedError(damaged(self.store, [problem]))
+        return values
+
+    def read_all(self) -> np.ndarray:
+        """The whole split [N, T, 2, H, W], every sample checked as in `read`."""
+        try:
+            split = self.frames[:]
+        except Exception:  # name the sample: read them one by one
+            return np.stack([self.read(i) for i in range(len(self))])
+        for i in range(len(self)):
+            self.read(i, split[i])
+        return split
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_frames": None, "_pid": None}  # reopen in the worker
@@ -215,7 +242,7 @@ class FrameLoader:
         self._frames: torch.Tensor | None = None  # memory mode on an accelerator
         self._stream: torch.utils.data.DataLoader | None = None
         if self.mode == "memory":
-            split = _torch_compatible(dataset.frames[:], dataset.max_count)  # [N, T, 2, H, W]
+            split = _torch_compatible(dataset.read_all(), dataset.max_count)  # [N, T, 2, H, W]
             if device.type == "cpu":
                 self._host = split
             else:
@@ -267,7 +294,7 @@ class FrameLoader:
                 # RNG would shift the training RNG (dropout masks) and break exact resume.
                 generator=torch.Generator().manual_seed(self.order.seed),
             )
-        for frames, labels in self._stream:  # integers: 4x fewer bytes from workers and to GPU
+        for frames, labels in _one_line_errors(self._stream):  # integers: 4x fewer bytes
             if self.device.type == "cpu":
                 frames = torch.from_numpy(frames.numpy().astype(np.float32))  # see _iter_memory
             else:
@@ -300,9 +327,22 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.order.batch(*key)
-        frames = np.stack([self.dataset.frames[int(i)] for i in idx])  # [B, T, 2, H, W]
+        frames = np.stack([self.dataset.read(int(i)) for i in idx])  # [B, T, 2, H, W]
         frames = _torch_compatible(frames, self.dataset.max_count)
         return torch.from_numpy(frames), torch.from_numpy(self.dataset.labels[idx])
+
+
+def _one_line_errors(batches: Any) -> Iterator[Any]:
+    """A DataLoader re-raises a worker's StoreDamagedError with the worker's traceback in its
+    message; keep the one line the worker raised."""
+    try:
+        yield from batches
+    except StoreDamagedError as exc:
+        text = str(exc)
+        if "\n" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise StoreDamagedError(last.partition("StoreDamagedError: ")[2] or last) from None
 
 
 def _default_budget(device: torch.device) -> int:

@@ -11,6 +11,7 @@ import zarr
 
 from dvsgkit.data import FrameDataset, make_loader
 from dvsgkit.store.frames import build_frame_store
+from dvsgkit.store.verify import array_checksum, sample_checksum
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
@@ -138,7 +139,11 @@ def test_wide_counts_load_exactly(tmp_path: Path) -> None:
     frames = group["frames"][:].astype(np.uint16) * 300
     del group["frames"]
     group.create_array("frames", data=frames, chunks=(1, T, 2, 128, 128))
-    group.attrs["max_count"] = int(frames.max())
+    sums = np.array([sample_checksum(f) for f in frames], np.uint32)  # the store's record
+    group["checksums"][:] = sums
+    group.attrs.update(
+        max_count=int(frames.max()), dtype="uint16", checksums_crc32=array_checksum(sums)
+    )
     x, _ = next(iter(make_loader(path, "train", 12, shuffle=False, drop_last=False)))
     np.testing.assert_array_equal(x.numpy(), frames[:12].astype(np.float32))
     assert x.max() > 255

@@ -37,6 +37,7 @@ from dvsgkit.samples import (
 from dvsgkit.store import integrity, space
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
+from dvsgkit.store.workers import die_with_parent
 
 LAYOUT = "dvsgkit.events"
 # 3: Fletcher-32 on every dataset, seals, `trial` fixed-length ASCII (2: x, y as uint8, sources
@@ -160,6 +161,7 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _release_reused()  # the parent's, if it had any: each worker makes its own
+    die_with_parent()  # a build killed with SIGKILL leaves no worker behind
 
 
 def _pool(workers: int, jobs: int) -> Any:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
-import multiprocessing
+import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,18 @@ import dvsgkit
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.samples import dataset_dir
+from dvsgkit.store import verify
+from dvsgkit.store.errors import StoreDamagedError
+from dvsgkit.store.events_index import events_checksum, read_events_index
 from dvsgkit.store.integrity import read_columns
+from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
+from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
+from dvsgkit.store.workers import die_with_parent, pool_context
 
 LAYOUT = "dvsgkit.frames"
-LAYOUT_VERSION = 1
-EVENTS_LAYOUT = "dvsgkit.events"
-EVENTS_LAYOUT_VERSION = 3  # the events.h5 layout this reads (x, y uint8 since 2, checksums 3)
+# 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
+LAYOUT_VERSION = 2
 # Format 2 is the default: zarr-python 2.x (still common), zarr-python 3 and tensorstore all read
 # it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
 ZARR_FORMATS = (2, 3)
@@ -42,6 +46,9 @@ BLOSC = {"cname": "zstd", "clevel": 1}
 # Widest first fit for the largest count in a split; never clip.
 FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 BLOCK_SAMPLES = 8  # samples integrated per task: ~8 * 4 MiB of int64 counts in flight per worker
+# zarr skips chunks equal to the fill value unless told otherwise; a dvsgkit store writes every
+# chunk, so that a missing chunk file always means damage.
+WRITE_ALL = {"array.write_empty_chunks": True}  # zarr.config.set(WRITE_ALL) while writing
 
 
 def frame_store_path(root: Path, T: int, split_by: str) -> Path:
@@ -60,73 +67,10 @@ def _compressor(zarr_format: int) -> Any:
     return BloscCodec(shuffle="bitshuffle", **BLOSC)
 
 
-def read_events_index(events_path: Path) -> dict[str, Any]:
-    """Check events.h5 against its documented layout; return its attrs and per-split index
-    (offsets, labels, sample ids). ValueError / FileNotFoundError name the path and the fix."""
-    fix = f"delete {events_path} and run 'dvsgkit events' to rebuild it"
-    if not events_path.is_file():
-        raise FileNotFoundError(f"{events_path} not found; run 'dvsgkit events' first")
-    try:
-        with h5py.File(events_path, "r") as f:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            if attrs.get("layout") != EVENTS_LAYOUT:
-                raise ValueError(f"{events_path} is not a dvsgkit event cache (no layout attr)")
-            if int(attrs.get("layout_version", -1)) != EVENTS_LAYOUT_VERSION:
-                raise ValueError(
-                    f"{events_path} has event layout_version {attrs.get('layout_version')}, "
-                    f"this dvsgkit reads {EVENTS_LAYOUT_VERSION}"
-                )
-            splits = {}
-            for split in SPLITS:
-                if split not in f:
-                    raise ValueError(f"{events_path} has no '{split}' group")
-                g = f[split]
-                missing = [k for k in ("t", "x", "y", "p", "offsets", "labels") if k not in g]
-                if missing:
-                    raise ValueError(f"{events_path}:{split} lacks dataset(s) {missing}")
-                offsets, labels = g["offsets"][()].astype(np.int64), g["labels"][()]
-                n = labels.shape[0]
-                trial = [s.decode() if isinstance(s, bytes) else str(s) for s in g["trial"][()]]
-                row = g["row"][()].tolist() if "row" in g else list(range(n))
-                if (
-                    offsets.shape != (n + 1,)
-                    or offsets[0] != 0
-                    or (np.diff(offsets) < 0).any()
-                    or offsets[-1] != g["x"].shape[0]
-                    or any(g[k].shape[0] != g["x"].shape[0] for k in "typ")
-                    or (n and int(labels.max()) >= NUM_CLASSES)
-                    or len(trial) != n
-                ):
-                    raise ValueError(f"{events_path}:{split} has inconsistent offsets or labels")
-                splits[split] = {
-                    "offsets": offsets,
-                    "labels": labels.astype(np.uint8),
-                    "sample_ids": [f"{tr}:{r}" for tr, r in zip(trial, row, strict=True)],
-                }
-    except OSError as exc:  # h5py's "unable to open / truncated file"
-        raise ValueError(
-            f"{events_path} is not a readable HDF5 event cache ({exc}); {fix}"
-        ) from exc
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{events_path} does not follow the event layout ({exc}); {fix}") from exc
-    except ValueError as exc:
-        if str(events_path) in str(exc) and fix not in str(exc):
-            raise ValueError(f"{exc}; {fix}") from exc
-        raise
-    return {"attrs": attrs, "splits": splits}
-
-
-def events_checksum(events_path: Path) -> str:
-    """The event cache's own fingerprint (EventCache.checksum), recorded as provenance."""
-    from dvsgkit.store.events import EventCache
-
-    with EventCache(events_path) as cache:
-        return cache.checksum()
-
-
-def _integrate_block(task: tuple) -> tuple[int, int, int]:
+def _integrate_block(task: tuple) -> tuple[int, int, int, list[int]]:
     """Worker: read samples [s0, s1) from events.h5, integrate, write them when they fit the
-    dtype. Returns (s0, s1, largest count); a block whose counts overflow is not written."""
+    dtype. Returns (s0, s1, largest count, crc32 per sample); a block whose counts overflow is
+    not written."""
     events_path, split, s0, s1, offsets, T, split_by, frames_path, dtype = task
     e0, e1 = int(offsets[0]), int(offsets[-1])
     fields = ("x", "y", "p", "t") if split_by == "time" else ("x", "y", "p")  # "number" needs no t
@@ -135,9 +79,13 @@ def _integrate_block(task: tuple) -> tuple[int, int, int]:
                               offsets=offsets, first_sample=s0)  # fmt: skip
     counts = integrate_many(events, offsets, T, split_by)  # [S, T, 2, H, W] int64
     largest = int(counts.max()) if counts.size else 0
-    if largest <= np.iinfo(dtype).max:
-        zarr.open_array(frames_path, mode="r+")[s0:s1] = counts.astype(dtype)
-    return s0, s1, largest
+    if largest > np.iinfo(dtype).max:
+        return s0, s1, largest, []
+    frames = counts.astype(dtype)
+    del counts
+    with zarr.config.set(WRITE_ALL):
+        zarr.open_array(frames_path, mode="r+")[s0:s1] = frames
+    return s0, s1, largest, [verify.sample_checksum(f) for f in frames]
 
 
 def _pick_dtype(largest: int) -> np.dtype:
@@ -154,15 +102,16 @@ def _write_split(
     split_by: str,
     zarr_format: int,
     pool: ProcessPoolExecutor | None,
-    bar: Any,
-    check: Callable[[], None],
+    after_block: Callable[[int], None],
 ) -> None:
     offsets, labels = index["offsets"], index["labels"]
     n = labels.shape[0]
     H, W = SENSOR_SIZE
     sub = group.create_group(split)
-    sub.create_array("labels", data=labels, chunks=(max(n, 1),), compressors=None)
+    one_chunk = {"chunks": (max(n, 1),), "compressors": None}
+    sub.create_array("labels", data=labels, **one_chunk)
     dtype = np.dtype(FRAME_DTYPES[0])
+    sums = np.zeros(n, np.uint32)  # [N] crc32 of each sample as stored
     while True:  # uint8 first; on an overflow, one more pass in the dtype that fits
         sub.create_array(
             "frames",
@@ -181,33 +130,48 @@ def _write_split(
         ]  # fmt: skip
         results = pool.map(_integrate_block, tasks) if pool else map(_integrate_block, tasks)
         largest = 0
-        for s0, s1, block_max in results:
-            check()  # between blocks: an interrupted build stops here
+        for s0, s1, block_max, block_sums in results:
             largest = max(largest, block_max)
-            bar.update(s1 - s0)
+            sums[s0:s1] = block_sums or 0
+            after_block(s1 - s0)  # an interrupted build stops here; so does a full disk
         if largest <= np.iinfo(dtype).max:
             break
         dtype = _pick_dtype(largest)
-        bar.total += n
-        bar.refresh()
+    sub.create_array("checksums", data=sums, **one_chunk)
     counts = np.bincount(labels, minlength=NUM_CLASSES)
     sub.attrs.update(
         {
             "num_samples": n,
+            "dtype": dtype.name,
             "class_counts": counts.tolist(),
             "max_count": largest,
             "sample_ids": index["sample_ids"],  # "{recording stem}:{row in its labels CSV}"
+            "checksum": verify.CHECKSUM,  # of each sample, in the checksums array
+            "labels_crc32": verify.array_checksum(labels),
+            "checksums_crc32": verify.array_checksum(sums),
         }
     )
 
 
-def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> str:
-    """'absent', 'current' (complete, same inputs), 'stale' (ours, but incomplete or built from
-    other inputs); FileExistsError when the path holds anything else, which is never replaced."""
+def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tuple[str, str]:
+    """(status, why): 'absent'; 'current' (complete, same inputs, structure intact); 'stale'
+    (ours, but incomplete, of an older layout or built from other inputs); 'damaged' (ours and
+    complete, but files missing or other than recorded: why names them). FileExistsError when
+    the path holds anything else, which is never replaced."""
     if not path.exists():
-        return "absent"
+        return "absent", ""
+    for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
+        if meta.is_file():  # unreadable root metadata: maybe ours, maybe not; never replaced
+            try:
+                json.loads(meta.read_bytes())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FileExistsError(
+                    f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
+                    "it is damaged: delete it and rerun"
+                ) from exc
     try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
     except Exception as exc:  # zarr raises several types for "not a group"; all mean: not ours
         raise FileExistsError(
             f"{path} exists but is not a Zarr group ({type(exc).__name__}); "
@@ -224,23 +188,39 @@ def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> str
             f"split_by={attrs.get('split_by')!r}), not T={T}, split_by={split_by!r}; "
             "move it away or delete it, then rerun"
         )
-    up_to_date = (
-        attrs.get("complete") is True
-        and attrs.get("layout_version") == LAYOUT_VERSION
-        and attrs.get("events", {}).get("checksum") == checksum
-    )
-    return "current" if up_to_date else "stale"
+    if attrs.get("complete") is not True:
+        return "stale", "incomplete"
+    if attrs.get("layout_version") != LAYOUT_VERSION:
+        return "stale", f"layout version {attrs.get('layout_version')}"
+    if attrs.get("events", {}).get("checksum") != checksum:
+        return "stale", "built from another event cache"
+    problems = _problems(path, group, SPLITS)
+    return ("damaged", problems[0]) if problems else ("current", "")
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an flock on lock_path: a second build of the same store waits here."""
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def _problems(path: Path, group: zarr.Group, splits: tuple[str, ...]) -> list[str]:
+    """Structure problems of `splits`, metadata that does not parse included."""
+    try:
+        verify.check_metadata(path)
+    except StoreDamagedError as exc:
+        return [str(exc).split("; ")[0]]
+    problems: list[str] = []
+    for split in splits:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            problems += verify.structure_problems(path, group, split)
+        except Exception as exc:  # zarr's errors for metadata it cannot use: all damage here
+            problems.append(f"{split} cannot be opened ({type(exc).__name__}: {exc})")
+    return problems
+
+
+@dataclass(frozen=True)
+class FrameBuild:
+    """What make_frame_store did: "built", "rebuilt" (the old store was damaged; `why` says
+    how), "up to date", or "built by another process" (it was current once the lock was held)."""
+
+    path: Path
+    outcome: str
+    why: str = ""
 
 
 def build_frame_store(
@@ -251,14 +231,35 @@ def build_frame_store(
     workers: int = 2,
     progress: bool = True,
     zarr_format: int = DEFAULT_ZARR_FORMAT,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Path:
     """Write ROOT/frames_number_{T}_split_by_{split_by}.zarr from ROOT/events.h5 (built first
-    when missing). A complete store made from the same event cache is left as is (no-op)."""
+    when missing). A complete, intact store made from the same event cache is left as is."""
+    return make_frame_store(
+        root, T, split_by, workers=workers, progress=progress, zarr_format=zarr_format,
+        lock_timeout=lock_timeout,
+    ).path  # fmt: skip
+
+
+def make_frame_store(
+    root: Path,
+    T: int,
+    split_by: str = "number",
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    zarr_format: int = DEFAULT_ZARR_FORMAT,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> FrameBuild:
+    """build_frame_store, saying what it did. A second build of the same store waits for the
+    first (at most `lock_timeout` seconds, naming its pid); StoreWriteError: full disk,
+    read-only file system or no permission, with nothing partial left."""
     check_frame_params(T, split_by)
     if zarr_format not in ZARR_FORMATS:
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    check_memory(T, workers, BLOCK_SAMPLES)
     root = Path(root)
     target = frame_store_path(root, T, split_by)
     events_path = root / "events.h5"
@@ -270,12 +271,16 @@ def build_frame_store(
         build_event_cache(root, workers=workers, progress=progress)
     index = read_events_index(events_path)
     checksum = events_checksum(events_path)
-    if store_status(target, T, split_by, checksum) == "current":
-        return target
-    with _exclusive(root / f".{target.name}.lock"):
+    status, why = store_status(target, T, split_by, checksum)
+    if status == "current":
+        return FrameBuild(target, "up to date")
+    with writing(target), build_lock(
+        root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
+        notify=lambda line: print(line, file=sys.stderr, flush=True),
+    ):  # fmt: skip
         # Another build may have finished while this one waited for the lock.
-        if store_status(target, T, split_by, checksum) == "current":
-            return target
+        if store_status(target, T, split_by, checksum)[0] == "current":
+            return FrameBuild(target, "built by another process")
         for leftover in root.glob(f".{target.name}.*.partial"):  # from a killed build
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=root))
@@ -294,7 +299,7 @@ def build_frame_store(
             _swap_into_place(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
-    return target
+    return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
 
 
 def _write_store(
@@ -334,38 +339,38 @@ def _write_store(
         }
     )
     total = sum(s["labels"].shape[0] for s in index["splits"].values())
+    space = SpaceCheck(tmp, total)
     pool = (
-        ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+        ProcessPoolExecutor(
+            workers, mp_context=pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+        )
         if workers > 1
         else None
     )
     try:
         with tqdm(total=total, unit="sample", desc=tmp.name[1:].split(".zarr")[0],
                   disable=not progress) as bar:  # fmt: skip
+
+            def after_block(samples: int) -> None:
+                check()
+                bar.update(samples)
+                space.after_block(samples)
+
             for split in SPLITS:
-                _write_split(group, tmp, split, index["splits"][split], events_path, T, split_by,
-                             zarr_format, pool, bar, check)  # fmt: skip
+                with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
+                    _write_split(group, tmp, split, index["splits"][split], events_path, T,
+                                 split_by, zarr_format, pool, after_block)  # fmt: skip
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     group.attrs["complete"] = True
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group. The parent alone acts on it (it
     # cancels the rest and removes the partial store); a worker would die printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe: workers start at once, not after re-importing the caller's modules
-    (torch, ~seconds, under spawn). zarr resets its IO loop in a forked child; CUDA cannot be
-    forked, so a process that has initialised it gets spawn."""
-    torch = sys.modules.get("torch")
-    cuda_live = torch is not None and torch.cuda.is_initialized()
-    if cuda_live or "fork" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    return multiprocessing.get_context("fork")
+    die_with_parent(parent)  # a killed build leaves no worker behind (and so no held lock)
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
@@ -381,11 +386,16 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 
 def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:
-    """Open a complete frame store read-only (the root group, or one split's group); errors name
-    the path and what to do."""
+    """Open a complete frame store read-only (the root group, or one split's group), after
+    checking its structure against its own record (arrays, shapes, dtypes, labels, every chunk
+    file present; no frame is decoded). Errors name the path, the part and what to do:
+    StoreDamagedError for a store that does not match its record."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    verify.check_metadata(path)
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # several zarr error types mean "not a group here"
@@ -397,13 +407,12 @@ def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:
         )
     if attrs.get("complete") is not True:
         raise ValueError(f"{path} is incomplete (an interrupted build?); rerun 'dvsgkit frames'")
-    if split is None:
-        return group
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    if split not in group or "frames" not in group[split] or "labels" not in group[split]:
+    if attrs.get("layout_version") != LAYOUT_VERSION:
         raise ValueError(
-            f"{path} has no complete '{split}' split (frames and labels); rebuild it with "
-            f"'dvsgkit frames -T {attrs.get('T')} --split-by {attrs.get('split_by')}'"
+            f"{path} has frame layout_version {attrs.get('layout_version')}, this dvsgkit reads "
+            f"{LAYOUT_VERSION}; {verify.rebuild_hint(path, attrs)}"
         )
-    return group[split]
+    problems = _problems(path, group, SPLITS if split is None else (split,))
+    if problems:
+        raise StoreDamagedError(verify.damaged(path, problems, attrs))
+    return group if split is None else group[split]

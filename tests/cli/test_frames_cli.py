@@ -118,7 +118,7 @@ def test_info_reports_a_store_missing_a_split(recordings: Path, tmp_path: Path) 
     path = tmp_path / "frames_number_2_split_by_number.zarr"
     del zarr.open_group(path, mode="r+")["test"]
     code, out = run("info", str(path))
-    assert code == 1 and "NO: split 'test' missing" in out
+    assert code == 1 and "NO: damaged: split 'test' missing" in out
 
 
 @pytest.mark.parametrize("kind", ["missing", "text file", "plain folder"])

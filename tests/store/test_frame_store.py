@@ -139,6 +139,15 @@ def test_counts_above_255_widen_the_dtype_never_clip(tmp_path: Path) -> None:
     assert zarr.open_group(path, mode="r")["test"]["frames"][0, :, 1, 127, 0].sum() == 3
 
 
+def test_an_empty_samples_chunk_is_written_so_that_a_missing_one_means_damage(
+    tmp_path: Path,
+) -> None:
+    root = hand_made_root(tmp_path)  # train sample 2 has no events
+    path = build_frame_store(root, T, workers=1, progress=False, zarr_format=2)
+    assert (path / "train" / "frames" / "2.0.0.0.0").is_file()
+    assert open_frame_store(path, "train")["frames"][2].sum() == 0
+
+
 def test_failed_build_leaves_no_store_and_keeps_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,7 +282,7 @@ def test_open_reports_a_missing_split_and_an_incomplete_store(tmp_path: Path) ->
     path = build_frame_store(root, T, workers=1, progress=False)
     group = zarr.open_group(path, mode="r+")
     del group["test"]
-    with pytest.raises(ValueError, match=rf"{path} has no complete 'test' split"):
+    with pytest.raises(ValueError, match=rf"{path} is damaged: split 'test' missing; rebuild"):
         open_frame_store(path, "test")
     open_frame_store(path, "train")
     group.attrs["complete"] = False

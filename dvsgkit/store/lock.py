@@ -1,0 +1,155 @@
+"""The build lock of a store: one build at a time, a waiting build told who holds it.
+
+The failure this prevents: an flock belongs to the open file, so a forked worker that inherits
+the descriptor keeps the lock held after its parent is killed, and every later build waited
+forever without a word. Here the descriptor is closed in every forked child, the lock file holds
+the holder's pid, a waiting build names it and gives up after a bounded time, and a lock whose
+recorded holder is dead (its descriptor kept by orphans) is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from dvsgkit.store.errors import LockTimeout
+
+DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a build waits for another build of the same store
+
+_held: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _after_fork_in_child() -> None:
+    # An flock belongs to the open file, not the process: while any descriptor of it exists the
+    # lock stays held. A forked child must not keep one, or it outlives a killed parent's lock.
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _write_holder(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _take_over(path: Path) -> int | None:
+    """Replace a lock file whose recorded holder is dead (its flock kept by orphans) with a new
+    one that this process holds. Returns the new descriptor, or None when someone else moved
+    first. Take-overs are serialised by a second, short-lived lock."""
+    with open(path.with_name(path.name + ".takeover"), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        holder = _read_holder(fd)
+        if _try_lock(fd):  # released meanwhile: an ordinary acquisition
+            return fd
+        if holder is None or _pid_alive(holder):
+            os.close(fd)
+            return None
+        os.close(fd)
+        new = path.with_name(f"{path.name}.{os.getpid()}.new")
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
+        _write_holder(fd)
+        os.replace(new, path)
+        return fd
+
+
+@contextlib.contextmanager
+def build_lock(
+    path: Path,
+    *,
+    timeout: float = DEFAULT_LOCK_TIMEOUT,
+    what: str = "this store",
+    notify: Callable[[str], None] | None = None,
+    poll: float = 0.2,
+) -> Iterator[None]:
+    """Hold the exclusive build lock `path` (created if missing; it holds the holder's pid).
+
+    While another live process holds it, wait up to `timeout` seconds, telling `notify` once who
+    holds it, then raise LockTimeout naming the holder and the lock file. A lock whose recorded
+    holder has died (descriptors kept by orphaned children) is taken over.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if _try_lock(fd):
+            if _same_file(fd, path):  # not replaced by a take-over while we opened it
+                break
+            os.close(fd)
+            continue
+        holder = _read_holder(fd)
+        os.close(fd)
+        if holder is not None and not _pid_alive(holder):
+            fd = _take_over(path)
+            if fd is not None and _same_file(fd, path):
+                break
+            if fd is not None:
+                os.close(fd)
+            continue
+        who = f"process {holder}" if holder is not None else "another process"
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"{path} is held by {who}, still building {what} after {timeout:.0f} s of "
+                f"waiting; let it finish, or stop it (kill {holder or '<pid>'}) and rerun"
+            )
+        if not told and notify is not None:
+            notify(f"waiting for {who}, which is building {what} (lock {path})")
+            told = True
+        time.sleep(poll)
+    _write_holder(fd)
+    _held.add(fd)
+    try:
+        yield
+    finally:
+        _held.discard(fd)
+        with contextlib.suppress(OSError):  # an unwritable lock file must not hide the error
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock

@@ -1,0 +1,117 @@
+"""A damaged frame store through the commands a user runs: `frames` rebuilds it, `info --verify`
+names each damaged sample, `train` and `evaluate` never score or train on it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from dvsgkit_cli.main import cli
+
+T = 4
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset root, checkpoint) of a one-epoch run on 24/12 synthetic samples at T=4."""
+    from dvsgkit.config import TrainConfig
+    from dvsgkit.synth import write_synthetic_dataset
+    from dvsgkit.train import train
+
+    root = tmp_path_factory.mktemp("damage")
+    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=600)
+    config = TrainConfig(T=T, channels=4, batch_size=4, epochs=1, workers=0, device="cpu",
+                         root=str(root), out_dir=str(root / "runs"), progress=False)  # fmt: skip
+    return root, train(config).run_dir / "checkpoint_latest.pth"
+
+
+def chunk(store: Path, split: str, i: int) -> Path:
+    frames = zarr.open_group(store, mode="r")[split]["frames"]
+    return store / split / "frames" / frames.metadata.encode_chunk_key((i, 0, 0, 0, 0))
+
+
+def store_of(root: Path) -> Path:
+    return root / f"frames_number_{T}_split_by_number.zarr"
+
+
+def evaluate(root: Path, ckpt: Path, tmp_path: Path) -> tuple[int, str]:
+    return run("evaluate", str(ckpt), "--root", str(root), "--device", "cpu", "--no-progress",
+               "--out-dir", str(tmp_path))  # fmt: skip
+
+
+def test_a_chunk_with_other_counts_stops_evaluate_and_train_with_one_line(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, ckpt = trained
+    store = store_of(root)
+    bad = chunk(store, "test", 2)
+    original = bad.read_bytes()
+    try:
+        shutil.copyfile(chunk(store, "test", 1), bad)  # decodes fine: only the checksum knows
+        code, out = evaluate(root, ckpt, tmp_path)
+        key = bad.relative_to(store).as_posix()
+        assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+        assert out.startswith(f"Error: {store} is damaged: test sample 2 (chunk {key}) does not")
+        assert f"rebuild it with 'dvsgkit frames --root {root} -T 4 --split-by number'" in out
+        assert not list(tmp_path.glob("*_eval.json"))  # nothing scored
+        code, out = run("train", "--root", str(root), "-T", "4", "--epochs", "1", "--channels",
+                        "4", "-b", "4", "--device", "cpu", "--no-progress", "--out-dir",
+                        str(tmp_path / "runs"))  # fmt: skip
+        assert code == 1 and "Traceback" not in out and f"{store} is damaged: test sample 2" in out
+        code, out = run("info", "--verify", str(store))
+        assert code == 1 and f"damage          test sample 2 (chunk {key}) does not match" in out
+        assert "verified        36 samples against checksums: 1 problem(s)" in out
+        assert "fix             rebuild it with 'dvsgkit frames" in out
+        summary = json.loads(run("info", "--verify", "--json", str(store))[1])
+        assert summary["verified"] == 36 and len(summary["damage"]) == 1
+    finally:
+        bad.write_bytes(original)
+    code, out = run("info", "--verify", str(store))
+    assert code == 0 and "verified        36 samples against checksums: all match" in out
+
+
+@pytest.mark.parametrize("damage", ["delete chunk", "shape 5", "delete .zarray"])
+def test_frames_and_evaluate_rebuild_a_damaged_store_and_score_every_sample(
+    trained: tuple[Path, Path], tmp_path: Path, damage: str
+) -> None:
+    root, ckpt = trained
+    (tmp_path / "root").mkdir()
+    work = tmp_path / "root"
+    (work / "events.h5").symlink_to(root / "events.h5")
+    code, out = run("frames", "--root", str(work), "-T", "4", "--no-progress")
+    assert code == 0, out
+    store = store_of(work)
+
+    def spoil() -> None:
+        if damage == "delete chunk":
+            chunk(store, "test", 3).unlink()
+        elif damage == "shape 5":
+            meta = store / "test" / "frames" / ".zarray"
+            doc = json.loads(meta.read_text())
+            doc["shape"][0] = 5
+            meta.write_text(json.dumps(doc))
+        else:
+            (store / "test" / "frames" / ".zarray").unlink()
+
+    spoil()
+    code, out = run("info", str(store))
+    assert code == 1 and "complete        NO: damaged: test" in out, out
+    code, out = run("frames", "--root", str(work), "-T", "4", "--no-progress")
+    assert code == 0 and f"{store} was damaged (test" in out and f"wrote {store}" in out, out
+    code, out = run("info", "--verify", str(store))
+    assert code == 0, out
+    spoil()
+    code, out = evaluate(work, ckpt, tmp_path)
+    assert code == 0, out
+    scored = json.loads(next(tmp_path.glob("*_test_eval.json")).read_text())
+    assert scored["samples"] == 12

@@ -1,0 +1,191 @@
+"""`dvsgkit frames` against the machine: a full disk and a read-only file system (real tmpfs
+mounts where this process may mount), a T too large for memory, two builds at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dvsgkit.store import frames as store
+from dvsgkit.store.events import build_event_cache
+from dvsgkit.store.frames import make_frame_store
+from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def events_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("resources")
+    write_synthetic_dataset(root, seed=6, train_trials=2, test_trials=1, events_per_sample=3000)
+    return build_event_cache(root, workers=1, progress=False)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # noqa: ANN201
+    """A real 1 MiB file system."""
+    mnt = tmp_path / "small"
+    mount_tmpfs(mnt, "size=1m")
+    yield mnt
+    umount(mnt)
+
+
+def fill(fs: Path, leave: int) -> None:
+    """Fill `fs` until about `leave` bytes are free."""
+    st = os.statvfs(fs)
+    free = st.f_bavail * st.f_frsize
+    (fs / "filler").write_bytes(b"\1" * max(free - leave, 0))
+
+
+def test_too_little_space_is_refused_after_the_first_samples(
+    small_fs: Path, events_h5: Path
+) -> None:
+    (small_fs / "events.h5").symlink_to(events_h5)
+    fill(small_fs, 200_000)  # room for the first block of samples, not for all of them
+    code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
+                    "--no-progress")  # fmt: skip
+    assert code == 1 and "Traceback" not in out
+    assert f"not enough free space in {small_fs} for this frame store: about" in out
+    assert "free some space or use another --root" in out
+    assert sorted(p.name for p in small_fs.iterdir()) == [
+        ".frames_number_16_split_by_number.zarr.lock", "events.h5", "filler"
+    ]  # fmt: skip
+
+
+def test_a_disk_that_fills_during_the_build_gives_one_line_and_leaves_nothing(
+    small_fs: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (small_fs / "events.h5").symlink_to(events_h5)
+    real, calls = store._integrate_block, []
+
+    def fill_after_the_space_check(task: tuple) -> tuple:
+        calls.append(task)
+        if len(calls) == 2:  # another writer takes the rest of the disk
+            fill(small_fs, 0)
+        return real(task)
+
+    monkeypatch.setattr(store, "_integrate_block", fill_after_the_space_check)
+    code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
+                    "--no-progress")  # fmt: skip
+    assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"Error: cannot write the frame store {small_fs}/frames_number_16")
+    assert "no space left on device" in out and "free some space or use another --root" in out
+    assert not list(small_fs.glob("*.zarr")) and not list(small_fs.glob("*.partial"))
+
+
+def test_a_read_only_root_gives_one_line_and_a_current_store_stays_usable(
+    tmp_path: Path, events_h5: Path
+) -> None:
+    root = tmp_path / "ro"
+    root.mkdir()
+    (root / "events.h5").symlink_to(events_h5)
+    code, out = run("frames", "--root", str(root), "-T", "2", "--workers", "1", "--no-progress")
+    assert code == 0, out
+    mount_tmpfs(tmp_path / "unused", "size=1m")  # skips where mounting is not allowed
+    umount(tmp_path / "unused")
+    subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(root)], check=True)
+        code, out = run("frames", "--root", str(root), "-T", "4", "--workers", "1",
+                        "--no-progress")  # fmt: skip
+        assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+        assert f"cannot write the frame store {root}/frames_number_4_split_by_number.zarr: " \
+               "read-only file system" in out and "use a writable --root" in out  # fmt: skip
+        code, out = run("frames", "--root", str(root), "-T", "2", "--no-progress")
+        assert code == 0 and "is up to date" in out  # nothing to write: reading is enough
+    finally:
+        umount(root)
+
+
+def test_a_T_too_large_for_memory_is_refused_before_any_work(
+    tmp_path: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "events.h5").symlink_to(events_h5)
+
+    def no_work(task: tuple) -> tuple:
+        raise AssertionError("a block was integrated")
+
+    monkeypatch.setattr(store, "_integrate_block", no_work)
+    code, out = run("frames", "--root", str(tmp_path), "-T", "100000", "--workers", "2",
+                    "--no-progress")  # fmt: skip
+    assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert "Error: -T 100000 needs about 439.5 GiB of memory to build (2 workers x 8 samples x " \
+           "100000 frames x 2 x 128 x 128 counts x 9 bytes)" in out  # fmt: skip
+    assert "GiB is available: at most -T " in out and "fewer --workers allow a larger T" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.h5"]
+
+
+def test_check_memory_names_the_largest_T_that_fits() -> None:
+    from dvsgkit.store.resources import build_memory, check_memory
+
+    per_T = build_memory(1, 2, 8)
+    check_memory(100, 2, 8, available=int(per_T * 100 / 0.8) + 1)
+    with pytest.raises(ValueError, match=r"-T 101 needs .* at most -T 100 fits with --workers 2"):
+        check_memory(101, 2, 8, available=int(per_T * 100 / 0.8) + 1)
+
+
+BUILD = (  # the real command, each block slowed down so that the two overlap
+    "import sys, time; from dvsgkit.store import frames as s; real = s._integrate_block; "
+    "s._integrate_block = lambda t: (time.sleep(1.5), real(t))[1]; "
+    "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+)
+
+
+def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path) -> None:
+    (tmp_path / "events.h5").symlink_to(events_h5)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BUILD,
+                "frames",
+                "--root",
+                str(tmp_path),
+                "-T",
+                "2",
+                "--workers",
+                "1",
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    path = tmp_path / "frames_number_2_split_by_number.zarr"
+    built, waited = sorted(outs, key=lambda o: "wrote" not in o[0])
+    assert built[0].startswith(f"wrote {path}: ")
+    assert waited[0].startswith(
+        f"{path} is up to date, built by another process while this one waited ("
+    )
+    assert f"waiting for process {procs[0].pid if outs[1] is waited else procs[1].pid}, " \
+           f"which is building {path}" in waited[1]  # fmt: skip
+    code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
+    assert code == 0 and "is up to date (" in out
+    assert make_frame_store(tmp_path, 2, workers=1, progress=False).outcome == "up to date"

@@ -1,0 +1,179 @@
+"""The build lock and the pool workers, with real processes: a killed build leaves no worker and
+no held lock behind; a waiting build names the holder and gives up; a dead holder is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dvsgkit.store.errors import LockTimeout
+from dvsgkit.store.events import build_event_cache
+from dvsgkit.store.frames import frame_store_path, open_frame_store
+from dvsgkit.store.lock import build_lock
+from dvsgkit.synth import write_synthetic_dataset
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(cond, seconds: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+# The real command, each block slowed down so that the kill lands mid-build. `slow` is a
+# top-level function of __main__, so that the pool can send it to its (forked) workers.
+SLOW_BUILD = textwrap.dedent(
+    """
+    import sys, time
+    from dvsgkit.store import frames as s
+    real = s._integrate_block
+    def slow(task):
+        time.sleep(1.0)
+        return real(task)
+    s._integrate_block = slow
+    from dvsgkit_cli.main import cli
+    cli(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
+    build_event_cache(tmp_path, workers=1, progress=False)
+    code = SLOW_BUILD
+    args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
+    workers: list[int] = []
+    with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
+    try:
+        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        workers = children(proc.pid)
+        time.sleep(0.5)  # the workers are inside their first blocks
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not any(alive(w) for w in workers), 10, f"workers {workers} outlived it")
+    finally:
+        for pid in workers:  # a failed test leaves nothing running either
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    # The next build takes the lock at once (a short timeout: a held lock would fail it).
+    start = time.monotonic()
+    later = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from dvsgkit.store.frames import make_frame_store;"
+         " print(make_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False,"
+         " lock_timeout=20).outcome)", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.strip() == "built" and time.monotonic() - start < 60
+    assert "waiting for" not in later.stderr
+    assert open_frame_store(frame_store_path(tmp_path, 2, "number"), "test")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dvsgkit.store.lock import build_lock
+    with build_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_a_waiting_build_names_the_holder_and_gives_up(tmp_path: Path) -> None:
+    lock = tmp_path / ".store.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        told: list[str] = []
+        start = time.monotonic()
+        expected = (
+            rf"{lock} is held by process {holder.pid}, still building the store after 1 s of "
+            rf"waiting; .* \(kill {holder.pid}\) and rerun"
+        )
+        with (
+            pytest.raises(LockTimeout, match=expected),
+            build_lock(lock, timeout=1.0, what="the store", notify=told.append),
+        ):
+            pass  # never reached
+        assert 1.0 <= time.monotonic() - start < 10
+        assert told == [f"waiting for process {holder.pid}, which is building the store "
+                        f"(lock {lock})"]  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    with build_lock(lock, timeout=5):  # released with its holder's death
+        assert lock.read_text().strip() == str(os.getpid())
+
+
+ORPHAN = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    # An older build: holds the lock, records its pid, forks a child that inherits the lock's
+    # descriptor and outlives it (what orphaned pool workers did).
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\\n".encode())
+    child = os.fork()
+    if child == 0:
+        null = os.open(os.devnull, os.O_WRONLY)  # the test reads until the parent exits
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(os.getpid(), child, flush=True)
+    os._exit(0)
+    """
+)
+
+
+def test_a_lock_whose_holder_died_is_taken_over_from_its_orphans(tmp_path: Path) -> None:
+    lock = tmp_path / ".store.lock"
+    out = subprocess.run(
+        [sys.executable, "-c", ORPHAN, str(lock)], capture_output=True, text=True, timeout=30
+    )
+    dead, orphan = map(int, out.stdout.split())
+    try:
+        assert alive(orphan)
+        start = time.monotonic()
+        with build_lock(lock, timeout=2):
+            assert lock.read_text().strip() == str(os.getpid()) != str(dead)
+        assert time.monotonic() - start < 2
+    finally:
+        os.kill(orphan, signal.SIGKILL)
