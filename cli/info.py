@@ -16,8 +16,8 @@ from dvsgkit_cli.common import user_errors
 @click.option(
     "--verify",
     is_flag=True,
-    help="Decode every sample of a frame store and compare it with its checksum; list the "
-    "damaged samples and chunks.",
+    help="Read every byte: a frame store's samples against their checksums, an event cache's "
+    "chunks against their Fletcher-32 checksums; list what is damaged.",
 )
 def info(path: Path, as_json: bool, verify: bool) -> None:
     """Summarise PATH (ROOT/events.h5 or a ROOT/frames_*.zarr store): samples per split and

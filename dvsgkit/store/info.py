@@ -23,9 +23,11 @@ def size_on_disk(path: Path) -> int:
 
 def summarize(path: Path, verify: bool = False) -> dict[str, Any]:
     """What `path` holds: kind "events" or "frames", splits with samples per class, dtype, size
-    on disk, provenance and completeness. With verify=True a frame store's every sample is
-    decoded and compared with its checksum ("verified": samples checked, "damage": one line per
-    problem, each naming the sample and chunk). ValueError / FileNotFoundError name the path."""
+    on disk, provenance and completeness. With verify=True every byte is read and checked: a
+    frame store's samples against their checksums ("verified": samples checked, "damage": one
+    line per problem, each naming the sample and chunk), an event cache's chunks against their
+    Fletcher-32 checksums and its values against the sensor. ValueError / FileNotFoundError
+    name the path."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; give an events.h5 or a frames_*.zarr path")
@@ -33,9 +35,7 @@ def summarize(path: Path, verify: bool = False) -> dict[str, Any]:
         with open(path, "rb") as f:
             if f.read(8) != HDF5_SIGNATURE:
                 raise ValueError(f"{path} is neither an HDF5 event cache nor a Zarr frame store")
-        # Hook: an event-cache verifier (every sample against its checksum) goes here when
-        # verify is set; today the summary's own layout checks are all an event cache gets.
-        return _summarize_events(path)
+        return _summarize_events(path, verify)
     if (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
         return _summarize_frames(path, verify)
     raise ValueError(f"{path} is a folder but not a Zarr group (no .zgroup or zarr.json)")
@@ -60,12 +60,11 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
             cache.check_sealed()
             if verify:
                 damaged = cache.verify()
+                out["verified"] = sum(cache.num_samples(split) for split in SPLITS)
                 if damaged:
-                    raise ValueError(
-                        f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; delete {path} "
-                        "and run 'dvsgkit events' to rebuild it"
-                    )
-                out["verified"] = True
+                    out["damage"] = damaged
+                    out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
+                    raise ValueError(f"{len(damaged)} damaged part(s); {out['fix']}")
             attrs = cache.attrs
             out["splits"] = {
                 split: {
