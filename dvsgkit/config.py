@@ -42,7 +42,7 @@ RECIPE_FIELDS = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; the defaults are the seed's (SPEC §6)."""
+    """Everything a training run depends on; the defaults are the seed's (docs/reference.md §6)."""
 
     T: int = 16
     device: str = "cpu"

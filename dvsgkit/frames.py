@@ -1,4 +1,4 @@
-"""Events -> [T, 2, H, W] count frames, SpikingJelly's fixed-frames-number rule (SPEC §4)."""
+"""Events -> [T, 2, H, W] count frames, by SpikingJelly's rule (docs/reference.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""frames.integrate against a per-frame loop that follows SPEC §4 (SpikingJelly's index ranges)."""
+"""frames.integrate against a per-frame loop that follows docs/reference.md §4 (SpikingJelly)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ H = W = 128
 def reference_ranges(
     t: np.ndarray, T: int, split_by: str, crash: bool = True
 ) -> list[tuple[int, int]]:
-    """SpikingJelly's [j_l, j_r) per frame, written from SPEC §4. Where it crashes (an empty time
-    window) raise IndexError, or with crash=False apply SPEC's rule: empty window, empty frame."""
+    """SpikingJelly's [j_l, j_r) per frame, written from docs/reference.md §4. Where it crashes (an
+    empty time window) raise IndexError, or with crash=False apply dvsgkit's rule: empty window,
+    empty frame."""
     n = t.size
     if split_by == "number":
         d = n // T
@@ -63,7 +64,7 @@ def test_equals_reference_on_random_samples(n: int, T: int, split_by: str) -> No
     got = integrate(ev, T, split_by)
     try:
         np.testing.assert_array_equal(got, reference_frames(ev, T, split_by))
-    except IndexError:  # sparse random times left a window empty: SPEC's rule, not a crash
+    except IndexError:  # sparse random times left a window empty: an empty frame, not a crash
         np.testing.assert_array_equal(got, reference_frames(ev, T, split_by, crash=False))
         assert split_by == "time" and (got.sum(axis=(1, 2, 3)) == 0).any()
 
@@ -164,7 +165,7 @@ def test_events_off_the_sensor_are_rejected(x: int, y: int, p: int) -> None:
 
 
 def test_time_split_out_of_order_timestamps_follow_each_event_time() -> None:
-    # Not time-ordered: each event goes to the window of its own timestamp (SPEC's rule); one
+    # Not time-ordered: each event goes to the window of its own timestamp (reference.md §4); one
     # earlier than the first event goes to frame 0, one after the last window to the last frame.
     t = np.array([100, 900, 150, 50, 700, 1100, 400, 500])
     ev = make_events(t, np.arange(8), [0] * 8, [1] * 8)

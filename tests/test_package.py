@@ -37,5 +37,5 @@ def test_dataset_facts() -> None:
     assert sorted(constants.SPIKINGJELLY_LABEL_ORDER) == list(range(11))
     assert constants.SENSOR_SIZE == (128, 128)
     assert constants.EVENT_DTYPE.names == ("t", "x", "y", "p")
-    # 98 train / 24 test recordings with 12 labelled rows each (SPEC section 1)
+    # 98 train / 24 test recordings with 12 labelled rows each (docs/reference.md §1)
     assert (constants.TRAIN_SAMPLES, constants.TEST_SAMPLES) == (98 * 12, 24 * 12)

@@ -18,13 +18,13 @@ from dvsgkit.constants import EVENT_DTYPE
 
 POLARITY_EVENT = 1  # eventType of polarity events
 POLARITY_EVENT_SIZE = 8  # uint32 data, uint32 timestamp
-PACKET_HEADER = struct.Struct("<HHIIIIII")  # 28 bytes, see SPEC section 2
+PACKET_HEADER = struct.Struct("<HHIIIIII")  # 28 bytes, see docs/reference.md §2
 END_HEADER = "#!END-HEADER"
 _VERSION_LINE = re.compile(rb"#!AER-DAT3\.(\d+)\r?\n")
 # libcaer's polarity layout: valid bit 0, polarity bit 1, y bits 2..16, x bits 17..31, masked
-# with 0x7FFF like libcaer and SpikingJelly 0.0.0.0.14's load_aedat_v3. SPEC §2 writes 0x1FFF;
-# the two agree whenever x, y < 8192, and the event cache rejects anything off the 128 x 128
-# sensor either way.
+# with 0x7FFF like libcaer and SpikingJelly 0.0.0.0.14's load_aedat_v3. The dataset's README
+# writes 0x1FFF; the two agree whenever x, y < 8192, and the event cache rejects anything off
+# the 128 x 128 sensor either way.
 _X_SHIFT, _Y_SHIFT, _P_SHIFT, _XY_MASK = 17, 2, 1, 0x7FFF
 _TS_MASK = 0x7FFFFFFF  # a packet's timestamps hold 31 bits; eventTSOverflow holds the rest
 DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per chunk: ~32 MB of file, 48 MB decoded (t, data)

@@ -14,7 +14,7 @@ from dvsgkit.model.net import CONV_BLOCKS, GestureNet
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-# dvsgkit key -> source key, for each seed network (SPEC §5)
+# dvsgkit key -> source key, for each seed network (docs/reference.md §5)
 LAYOUTS: dict[str, dict[str, str]] = {
     "PythonNet": {
         **{f"convs.{i}.weight": f"conv.{4 * i}.weight" for i in range(CONV_BLOCKS)},

@@ -1,6 +1,7 @@
 """The reference LIF neuron (ATan surrogate, hard reset, detach_reset), sample dropout and voting.
 
-This is the slow, obviously-correct path (SPEC §5) that the fused CuPy kernels are tested against.
+This is the slow, obviously-correct path (docs/reference.md §5) that the fused CuPy kernels are
+tested against.
 Tensors crossing these functions are time-major: a sequence is `[T, N, ...]`, one step `[N, ...]`.
 """
 
@@ -179,7 +180,7 @@ def dropout_mask(like: torch.Tensor, p: float = DROPOUT_P) -> torch.Tensor:
 
 
 class SampleDropout(nn.Module):
-    """Dropout whose mask is drawn once per sample and reused for every time step (SPEC §5);
+    """Dropout whose mask is drawn once per sample and reused for every time step (reference.md §5);
     identity in eval mode. `forward(x_seq [T, N, ...])` applies one mask `[N, ...]` to all T;
     step-by-step code calls `mask(x[0])` once and multiplies each step by it."""
 

@@ -29,7 +29,7 @@ INPUT_SIZE = 128
 
 class GestureNet(nn.Module):
     """5 x [Conv3x3 -> BN -> LIF -> MaxPool2] -> Dropout -> Linear -> LIF -> Dropout -> Linear ->
-    LIF -> voting (SPEC §5), with `channels` = C feature maps.
+    LIF -> voting (docs/reference.md §5), with `channels` = C feature maps.
 
     mode "step" feeds one time step at a time through the whole net (the seed's PythonNet);
     mode "layer" runs each Conv/BN/pool/Linear on all T*N inputs at once and each LIF layer over

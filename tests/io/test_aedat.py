@@ -37,7 +37,7 @@ def make_events(n: int, seed: int = 0, t0: int = 0) -> np.ndarray:
 
 
 def slow_reference(path: Path) -> np.ndarray:
-    """One event at a time with struct, straight from SPEC section 2: the slow path that the
+    """One event at a time with struct, straight from docs/reference.md §2: the slow path that the
     vectorised reader must agree with."""
     data = path.read_bytes()
     pos = data.index(b"#!END-HEADER\r\n") + len(b"#!END-HEADER\r\n")
