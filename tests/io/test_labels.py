@@ -10,7 +10,7 @@ import pytest
 
 from dvsgkit.io.labels import WINDOW_DTYPE, labels_path_for, read_labels, read_trials, write_labels
 
-REAL_LABELS = Path("/work/shared/realdata/user01_natural_labels.csv")
+REAL_LABELS = Path(__file__).resolve().parents[1] / "data" / "user01_natural_labels.csv"
 REAL_ROWS = [
     (1, 53036986, 59508469), (2, 64889467, 73697045), (3, 74839238, 81768543),
     (5, 87200306, 97835393), (4, 98139978, 106541442), (6, 111008687, 120907694),
@@ -24,7 +24,6 @@ def write(path: Path, text: str, eol: str = "\r\n") -> Path:
     return path
 
 
-@pytest.mark.skipif(not REAL_LABELS.exists(), reason="the shared real labels file is absent")
 def test_real_labels_file_with_lf_endings(tmp_path: Path) -> None:
     path = shutil.copy(REAL_LABELS, tmp_path / REAL_LABELS.name)
     assert b"\r" not in Path(path).read_bytes()
