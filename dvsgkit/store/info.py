@@ -64,7 +64,9 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
                 if damaged:
                     out["damage"] = damaged
                     out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
-                    raise ValueError(f"{len(damaged)} damaged part(s); {out['fix']}")
+                    raise ValueError(
+                        f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; {out['fix']}"
+                    )
             attrs = cache.attrs
             out["splits"] = {
                 split: {
