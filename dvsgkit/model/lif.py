@@ -138,6 +138,18 @@ class LIFCell(nn.Module):
         return f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
 
 
+def check_backend(backend: str) -> str:
+    """A spiking layer's backend, checked: "torch", or "cupy" when CuPy can run (else the error
+    names the package to install)."""
+    if backend not in ("torch", "cupy"):
+        raise ValueError(f"backend must be 'torch' or 'cupy', got {backend!r}")
+    if backend == "cupy":
+        from dvsgkit.model.cupy_runtime import require_cupy
+
+        require_cupy()
+    return backend
+
+
 class MultiStepLIF(LIFCell):
     """A LIF layer over a whole time-major sequence `[T, N, ...]`, stateless between calls.
 
@@ -148,13 +160,7 @@ class MultiStepLIF(LIFCell):
 
     def __init__(self, backend: str = "torch", **kwargs: float) -> None:
         super().__init__(**kwargs)
-        if backend not in ("torch", "cupy"):
-            raise ValueError(f"backend must be 'torch' or 'cupy', got {backend!r}")
-        if backend == "cupy":
-            from dvsgkit.model.lif_cupy import require_cupy
-
-            require_cupy()
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from dvsgkit.model.lif import ALPHA, V_THRESHOLD, fire_and_reset
+from dvsgkit.model.lif import ALPHA, V_THRESHOLD, check_backend, fire_and_reset
 
 INIT_TAU = 2.0  # the paper's initial membrane time constant
 V_RESET = 0.0  # PLIF here always resets to 0 (the charge formula above assumes it)
@@ -121,13 +121,7 @@ class MultiStepPLIF(PLIFCell):
 
     def __init__(self, backend: str = "torch", **kwargs: float) -> None:
         super().__init__(**kwargs)
-        if backend not in ("torch", "cupy"):
-            raise ValueError(f"backend must be 'torch' or 'cupy', got {backend!r}")
-        if backend == "cupy":
-            from dvsgkit.model.cupy_runtime import require_cupy
-
-            require_cupy()
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
