@@ -6,9 +6,9 @@ events/s and the ratio to real time (recording seconds classified per wall-clock
 
 Without --checkpoint the network is an untrained GestureNet of the demo's size (what it costs
 does not depend on its weights). Times three runs: a network that returns zeros (the reading +
-windowing + framing share alone), the network as `dvsgkit evaluate` runs it (layer by layer),
-and as `dvsgkit predict` runs it (`for_inference`: step by step, channels-last), and checks the
-last two give bit-identical firing rates.
+windowing + framing share alone), the network layer by layer (as training tests it), and as
+`dvsgkit predict` and `dvsgkit evaluate` run it (`for_inference`: step by step, channels-last),
+and compares the two's firing rates.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from dvsgkit.demo import DEMO_CONFIG
+from dvsgkit.evaluate import for_inference
 from dvsgkit.model import GestureNet
-from dvsgkit.predict import for_inference, load_checkpoint_net, predict_recording
+from dvsgkit.predict import load_checkpoint_net, predict_recording
 from dvsgkit.recording import iter_recording
 from dvsgkit.synth import write_recording
 
@@ -79,7 +80,9 @@ def main() -> None:
                   f"{events / best / 1e6:6.2f} M events/s, {seconds / best:5.1f}x real time "
                   f"({k} windows)")  # fmt: skip
         a, b = (runs[label].rates for label, _ in models[1:])
-        print(f"rates bit-identical in both modes: {np.array_equal(a, b)}")
+        differ = int((a.argmax(1) != b.argmax(1)).sum())
+        print(f"the two network modes: rates differ by at most {np.abs(a - b).max():.3g}, "
+              f"predictions in {differ} of {len(a)} windows (float rounding near a threshold)")
 
 
 if __name__ == "__main__":

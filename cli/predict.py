@@ -61,7 +61,8 @@ def predict(
     CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
     <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
     before any file is written."""
-    from dvsgkit.predict import for_inference, load_checkpoint_net, predict_recording
+    from dvsgkit.evaluate import for_inference
+    from dvsgkit.predict import load_checkpoint_net, predict_recording
     from dvsgkit.predictions import output_paths, summary, write_outputs
     from dvsgkit.recording import parse_duration
     from dvsgkit.train import parse_device

@@ -76,27 +76,6 @@ def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"{checkpoint}: {exc}") from exc
 
 
-def for_inference(net: Any, device: Any) -> Any:
-    """`net` in eval mode on `device`, arranged to run fastest there. On the CPU a GestureNet
-    runs step by step in channels-last layout (a copy; the original is left as it is): one
-    time step of a few windows fits the caches, where layer-by-layer mode streams [T*N, C, H, W]
-    tensors through memory ~3x slower. Both modes compute the same function in eval mode (and
-    bench/predict.py checks the rates are bit-identical)."""
-    import copy
-
-    import torch
-
-    from dvsgkit.model import GestureNet
-
-    device = torch.device(device)
-    net = net.eval().to(device)
-    if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
-        net = copy.deepcopy(net)
-        net.mode = "step"
-        net = net.to(memory_format=torch.channels_last)
-    return net
-
-
 def sliding_windows(
     chunks: Iterable[np.ndarray], window_us: int, hop_us: int, stats: dict[str, int]
 ) -> Iterator[tuple[int, int, np.ndarray]]:

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES
+from dvsgkit.evaluate import for_inference
 from dvsgkit.io.aedat import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
 from dvsgkit.predict import (
-    for_inference,
     load_checkpoint_net,
     predict_recording,
     sliding_windows,
