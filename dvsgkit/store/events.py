@@ -460,6 +460,8 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
     ahead = workers + 1  # jobs submitted and not yet written
     pooled = min(workers, len(recordings)) > 1
+    if pooled:
+        pool_context()  # the workers' fork server starts while this process prepares the build
     space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
     _discard(out)  # stale: never leave a cache disagreeing with its sources
     _remove_leftovers(out)

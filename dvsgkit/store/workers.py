@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import select
 import signal
@@ -27,7 +28,8 @@ def pool_context() -> multiprocessing.context.BaseContext:
     else spawn. Forking the build itself is not safe: it runs threads (zarr's IO loop, tqdm's
     monitor, torch's pools) and a child forked while one of them holds a lock (malloc's, the
     logging module's, an import lock) waits on it forever. The fork server is a single-threaded
-    process, started once per process with WORKER_MODULES imported, that forks each worker."""
+    process, started once per process with WORKER_MODULES imported, that forks each worker.
+    The first call starts it, and it imports them while the caller goes on: call this early."""
     global _forkserver_ready
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -35,6 +37,7 @@ def pool_context() -> multiprocessing.context.BaseContext:
     if not _forkserver_ready:
         # Read by the server when it starts (the first pool of this process), ignored after.
         context.set_forkserver_preload(WORKER_MODULES)
+        multiprocessing.forkserver.ensure_running()
         _forkserver_ready = True
     return context
 
