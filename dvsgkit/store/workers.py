@@ -31,6 +31,14 @@ def pool_context() -> multiprocessing.context.BaseContext:
     process, started once per process with WORKER_MODULES imported, that forks each worker.
     The first call starts it, and it imports them while the caller goes on: call this early."""
     global _forkserver_ready
+    if _importing_main_in_a_worker():
+        # A worker runs the caller's script again (as `__mp_main__`) before any work: one that
+        # builds at its top level would build again from every worker, or wait on the lock.
+        raise RuntimeError(
+            f"{sys.modules['__mp_main__'].__file__} builds a store at its top level, and a "
+            "worker process runs it again when it starts: put that code under "
+            "'if __name__ == \"__main__\":'"
+        )
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -40,6 +48,11 @@ def pool_context() -> multiprocessing.context.BaseContext:
         multiprocessing.forkserver.ensure_running()
         _forkserver_ready = True
     return context
+
+
+def _importing_main_in_a_worker() -> bool:
+    main = sys.modules.get("__mp_main__")
+    return main is not None and main is not sys.modules.get("__main__")
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -134,3 +134,29 @@ def test_repeated_builds_in_a_busy_threaded_process_do_not_hang(tmp_path: Path) 
         pytest.fail(f"{times} builds did not finish in 300 s: one hung")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["built", str(times)]
+
+
+UNGUARDED = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from dvsgkit.store.frames import build_frame_store
+    build_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False)
+    """
+)
+
+
+def test_a_script_that_builds_at_its_top_level_fails_with_the_fix(tmp_path: Path) -> None:
+    # Its workers run it again when they start: they must not build too (or wait on its lock).
+    _synth(tmp_path)
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    try:
+        done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the build hung")
+    assert done.returncode != 0
+    assert f"{script} builds a store at its top level" in done.stderr
+    assert "put that code under 'if __name__ == \"__main__\":'" in done.stderr
+    assert not list(tmp_path.glob("frames_*")) and not list(tmp_path.glob(".*.partial"))
