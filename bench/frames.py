@@ -23,22 +23,24 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.data import make_loader
 from dvsgkit.store import verify
 from dvsgkit.store.events import EventCache, build_event_cache
 from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.store.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset
 
+if TYPE_CHECKING:
+    import torch
+
 
 def sj_name(trials: list[str], labels: np.ndarray) -> list[str]:
     """SpikingJelly's file name per sample: {stem}_{k}, k counting earlier rows of the same label
-    in the same recording (SPEC §3)."""
+    in the same recording (docs/reference.md §3)."""
     seen: dict[tuple[str, int], int] = {}
     names = []
     for trial, label in zip(trials, labels.tolist(), strict=True):
@@ -98,6 +100,8 @@ def check_equal(cache: EventCache, store: Path, sj_root: Path, T: int, split_by:
 def samples_per_second(batches, device: torch.device, max_batches: int) -> float:
     """Drain epochs of `batches` as a training loop would (each batch on the device, touched)
     until max_batches batches; the first batch is warm-up, not timed."""
+    import torch
+
     n, done, start = 0, 0, None
     while done < max_batches:
         for x, y in batches:
@@ -151,6 +155,12 @@ def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) ->
 
 
 def main() -> None:
+    # torch and the loaders are imported here, not at the top: the build's workers start from a
+    # fork server and import this script again (as __mp_main__), which should stay cheap.
+    import torch
+
+    from dvsgkit.data import make_loader
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--root", type=Path, help="dataset root to reuse (default: a temp dir)")
     ap.add_argument("--train-trials", type=int, default=4)

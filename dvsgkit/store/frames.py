@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -300,8 +301,20 @@ def make_frame_store(
                 )
             _swap_into_place(tmp, target)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+            _remove_tree(tmp)  # gone already after a successful swap
     return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
+
+
+def _remove_tree(path: Path, patience: float = 2.0) -> None:
+    """Delete a partial store for good. After a failed write zarr's IO loop may still be
+    finishing the other chunks of that write, and recreate folders that rmtree has just removed:
+    delete again until nothing comes back (at most `patience` seconds)."""
+    deadline = time.monotonic() + patience
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def _write_store(
