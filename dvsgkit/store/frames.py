@@ -31,7 +31,7 @@ from dvsgkit.store.integrity import read_columns
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
-from dvsgkit.store.workers import die_with_parent, fork_context
+from dvsgkit.store.workers import die_with_parent, pool_context
 
 LAYOUT = "dvsgkit.frames"
 # 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
@@ -275,6 +275,8 @@ def make_frame_store(
     status, why = store_status(target, T, split_by, checksum)
     if status == "current":
         return FrameBuild(target, "up to date")
+    if workers > 1:
+        pool_context()  # the workers' fork server starts while this process prepares the build
     with writing(target), build_lock(
         root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
         notify=lambda line: print(line, file=sys.stderr, flush=True),
@@ -355,7 +357,7 @@ def _write_store(
     space = SpaceCheck(tmp, total)
     pool = (
         ProcessPoolExecutor(
-            workers, mp_context=fork_context(), initializer=_init_worker, initargs=(os.getpid(),)
+            workers, mp_context=pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
         )
         if workers > 1
         else None

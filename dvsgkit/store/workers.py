@@ -50,19 +50,6 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def fork_context() -> multiprocessing.context.BaseContext:
-    """The frame build's start method: fork where it can (workers start at once and re-import
-    nothing), `pool_context()` where it cannot (no fork, or CUDA initialised in this process,
-    which a forked child cannot use). The frame build forks because under the fork server its
-    workers' chunk writes were seen, rarely, to find their folder gone; forking the threaded
-    build keeps the risk that `pool_context` describes, never seen in the frame build."""
-    torch = sys.modules.get("torch")
-    cuda_live = torch is not None and torch.cuda.is_initialized()
-    if cuda_live or "fork" not in multiprocessing.get_all_start_methods():
-        return pool_context()
-    return multiprocessing.get_context("fork")
-
-
 def _importing_main_in_a_worker() -> bool:
     main = sys.modules.get("__mp_main__")
     return main is not None and main is not sys.modules.get("__main__")

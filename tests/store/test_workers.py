@@ -30,9 +30,12 @@ LOCKED_AT_FORK = textwrap.dedent(
     held.wait()
     os.register_at_fork(after_in_child=lock.acquire)
     from dvsgkit.store.events import EventCache, build_event_cache
+    from dvsgkit.store.frames import build_frame_store, open_frame_store
     root = Path(sys.argv[1])
     with EventCache(build_event_cache(root, workers=2, progress=False)) as cache:
         print(cache.num_samples("train"), flush=True)
+    store = open_frame_store(build_frame_store(root, 2, workers=2, progress=False), "train")
+    print(store["labels"].shape[0], flush=True)
     """
 )
 
@@ -43,7 +46,7 @@ def _synth(root: Path) -> None:
     write_synthetic_dataset(root, seed=5, train_trials=2, test_trials=1, events_per_sample=300)
 
 
-def test_the_event_build_never_forks_a_process_with_threads(tmp_path: Path) -> None:
+def test_builds_never_fork_a_process_with_threads(tmp_path: Path) -> None:
     _synth(tmp_path)
     try:
         done = subprocess.run([sys.executable, "-c", LOCKED_AT_FORK, str(tmp_path)],
@@ -51,7 +54,7 @@ def test_the_event_build_never_forks_a_process_with_threads(tmp_path: Path) -> N
     except subprocess.TimeoutExpired:
         pytest.fail("a build hung: its workers were forked from a process with a held lock")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["24"]  # 2 trials x 12 samples
+    assert done.stdout.split() == ["24", "24"]  # 2 trials x 12 samples, as events and as frames
 
 
 def test_the_start_method_is_not_fork() -> None:
@@ -137,8 +140,8 @@ UNGUARDED = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from dvsgkit.store.events import build_event_cache
-    build_event_cache(Path(sys.argv[1]), workers=2, progress=False)
+    from dvsgkit.store.frames import build_frame_store
+    build_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False)
     """
 )
 
@@ -156,4 +159,4 @@ def test_a_script_that_builds_at_its_top_level_fails_with_the_fix(tmp_path: Path
     assert done.returncode != 0
     assert f"{script} builds a store at its top level" in done.stderr
     assert "put that code under 'if __name__ == \"__main__\":'" in done.stderr
-    assert not list(tmp_path.glob("events.h5*"))
+    assert not list(tmp_path.glob("frames_*")) and not list(tmp_path.glob(".*.partial"))
