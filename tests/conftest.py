@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-# The store builds' pool workers start from a fork server and import by name the functions they
-# are handed: test modules that hand them one of their own (a worker that kills itself) are
-# importable as tests.<folder>.<module> from the repository's root, wherever pytest runs.
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.append(ROOT)
 
 
 def _gpu_reason() -> str | None:

@@ -10,11 +10,9 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
-from concurrent import futures
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,8 +36,8 @@ from dvsgkit.samples import (
 )
 from dvsgkit.store import integrity, space
 from dvsgkit.store.signals import BuildSignals
-from dvsgkit.store.spool import Slot, Spools, make_slots, memfds, worker_slot
-from dvsgkit.store.workers import die_with_parent, pool_context
+from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
+from dvsgkit.store.workers import die_with_parent
 
 LAYOUT = "dvsgkit.events"
 # 3: Fletcher-32 on every dataset, seals, `trial` fixed-length ASCII (2: x, y as uint8, sources
@@ -157,96 +155,41 @@ def _process(recording: Recording, spool: Slot | None = None) -> dict[str, Any]:
     }
 
 
-def _init_worker(parent: int) -> None:
-    # Ctrl-C is handled once, by the parent, which then stops the pool.
+def _init_worker() -> None:
+    # Ctrl-C is handled once, by the parent, which then terminates the pool; the pool stops a
+    # worker with SIGTERM, which must kill it even if the parent installed a handler for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _release_reused()  # the parent's, if it had any: each worker makes its own
-    die_with_parent(parent)  # a build killed with SIGKILL leaves no worker behind
+    die_with_parent()  # a build killed with SIGKILL leaves no worker behind
 
 
-class _Workers:
-    """The build's process pool, and the processes it started (they are named when one dies,
-    and killed when the build stops early)."""
-
-    def __init__(self, count: int) -> None:
-        self.context = _TrackedContext(pool_context())
-        self.executor = ProcessPoolExecutor(
-            count, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
-        )
-
-    def submit(self, *args: Any) -> Future:
-        try:
-            return self.executor.submit(*args)
-        except BrokenProcessPool as exc:
-            raise self.died() from exc
-
-    def died(self) -> WorkerError:
-        """WorkerError naming the worker process that died, and how."""
-        dead = [p for p in self.context.processes if p.exitcode not in (None, 0)]
-        # The pool terminates the other workers once one has died: name the first one.
-        dead.sort(key=lambda p: p.exitcode == -signal.SIGTERM)
-        if not dead:
-            return WorkerError("a worker process died; nothing was written: rerun")
-        code = dead[0].exitcode
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        return WorkerError(
-            f"a worker process (pid {dead[0].pid}) died ({how}; SIGKILL is often the "
-            "out-of-memory killer); nothing was written: rerun, with --workers 1 if memory "
-            "is short"
-        )
-
-    def stop(self, finished: bool) -> None:
-        """Shut the pool down; unless the build `finished`, cancel what is queued and kill the
-        workers at once rather than let them finish the recordings they are parsing."""
-        if not finished:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            for proc in self.context.processes:
-                if proc.exitcode is None:
-                    proc.kill()
-        self.executor.shutdown(wait=True)
-
-
-class _TrackedContext:
-    """A multiprocessing context that records the processes it starts."""
-
-    def __init__(self, base: multiprocessing.context.BaseContext) -> None:
-        self.base = base
-        self.processes: list[Any] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.base, name)
-
-    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (multiprocessing's name)
-        proc = self.base.Process(*args, **kwargs)
-        self.processes.append(proc)
-        return proc
-
-
-def _pool(workers: int, jobs: int) -> _Workers | None:
-    """A process pool, or None when one process will do."""
+def _pool(workers: int, jobs: int) -> Any:
+    """A process pool, or None when one process will do. Made before any other thread of ours
+    (the progress bar's monitor) exists, since the workers are forked."""
     if workers <= 1 or jobs <= 1:
         return None
-    return _Workers(min(workers, jobs))
+    method = "fork" if sys.platform == "linux" else "spawn"
+    return multiprocessing.get_context(method).Pool(min(workers, jobs), initializer=_init_worker)
 
 
 def _results(
-    recordings: list[Recording],
-    pool: _Workers | None,
-    ahead: int,
-    slots: list[Slot],
-    signals: BuildSignals,
+    recordings: list[Recording], pool: Any, ahead: int, slots: list[Slot], signals: BuildSignals
 ) -> Iterator[dict[str, Any]]:
     """`_process` over the recordings, in order, with at most `ahead` jobs submitted and not yet
     consumed, so that memory stays bounded while the parent writes. A worker's exception is
-    raised here; a worker that died (the OOM killer, a kill) is a WorkerError. Workers leave
-    their columns in `slots` (ahead + 1 of them), mapped here."""
+    raised here. Workers leave their columns in `slots` (ahead + 1 of them), mapped here."""
     if pool is None:
         for rec in recordings:
             signals.check()
             yield _process(rec)
         return
     spools = Spools(STORED_DTYPES, writable=False)
-    pending: collections.deque[tuple[Slot, Future]] = collections.deque()
+    # multiprocessing.Pool never completes a task whose worker died (the OOM killer, a kill):
+    # it starts a new worker and the task's result never comes. Watch the workers it started
+    # (they live as long as the pool: no maxtasksperchild) and fail instead of waiting forever.
+    workers = list(pool._pool)
+    pending: collections.deque = collections.deque()
     jobs = iter(enumerate(recordings))
 
     def submit() -> None:
@@ -255,21 +198,19 @@ def _results(
             # ahead + 1 slots in turn: job k + ahead reuses the slot of job k - 1, which has
             # been consumed by the time job k + ahead is submitted.
             slot = slots[job[0] % (ahead + 1)]
-            pending.append((slot, pool.submit(_process, job[1], worker_slot(slot))))
+            pending.append(pool.apply_async(_process, (job[1], slot)))
 
     for _ in range(ahead):
         submit()
     while pending:
-        slot, job = pending.popleft()
-        while not job.done():  # wake up now and then to act on a signal
+        job = pending.popleft()
+        while not job.ready():  # wake up now and then to act on a signal or a dead worker
             signals.check()
-            futures.wait([job], timeout=0.1)
-        try:
-            result = job.result()
-        except BrokenProcessPool as exc:
-            raise pool.died() from exc
+            _check_alive(workers)
+            job.wait(0.1)
+        result = job.get()
         submit()
-        result["columns"] = spools.columns(slot, int(result["lengths"].sum()))
+        result["columns"] = spools.columns(result["spool"], int(result["lengths"].sum()))
         yield result
         result["columns"] = None
     spools.close()
@@ -277,6 +218,19 @@ def _results(
 
 class WorkerError(RuntimeError):
     """A worker process of the build died (killed, out of memory); nothing was written."""
+
+
+def _check_alive(workers: list[Any]) -> None:
+    """Raise WorkerError naming the first worker process that has exited, and how."""
+    for proc in workers:
+        code = proc.exitcode
+        if code is not None:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise WorkerError(
+                f"a worker process (pid {proc.pid}) died ({how}; SIGKILL is often the "
+                "out-of-memory killer); nothing was written: rerun, with --workers 1 if memory "
+                "is short"
+            )
 
 
 class _SplitWriter:
@@ -460,8 +414,6 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
     ahead = workers + 1  # jobs submitted and not yet written
     pooled = min(workers, len(recordings)) > 1
-    if pooled:
-        pool_context()  # the workers' fork server starts while this process prepares the build
     space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
     _discard(out)  # stale: never leave a cache disagreeing with its sources
     _remove_leftovers(out)
@@ -471,10 +423,10 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["sha256"] = _sha256(folder / name)
     with BuildSignals() as signals:
+        # The slots exist before the pool forks its workers, which inherit them.
         slots = make_slots(ahead + 1, spool) if pooled else []
         pool = _pool(workers, len(recordings))
         bar = tqdm(total=len(recordings), unit="rec", disable=not progress, dynamic_ncols=True)
-        finished = False
         try:
             # No chunk cache: _SplitWriter writes whole chunks, which then go straight to the
             # file, so that free space seen before a write is free space indeed.
@@ -503,7 +455,6 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
                 f.attrs["sources"] = json.dumps(list(sources.values()))
             signals.check()
             os.replace(partial, out)
-            finished = True
         except OSError as exc:
             partial.unlink(missing_ok=True)
             error = space.storage_error(exc, partial, "write", SPACE_FIX)
@@ -517,7 +468,8 @@ def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) ->
             bar.close()
             _release_reused()
             if pool is not None:
-                pool.stop(finished)
+                pool.terminate()  # stops the workers on an error or Ctrl-C; idle ones otherwise
+                pool.join()
             for slot in slots:
                 if isinstance(slot, int):
                     os.close(slot)

@@ -275,8 +275,6 @@ def make_frame_store(
     status, why = store_status(target, T, split_by, checksum)
     if status == "current":
         return FrameBuild(target, "up to date")
-    if workers > 1:
-        pool_context()  # the workers' fork server starts while this process prepares the build
     with writing(target), build_lock(
         root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
         notify=lambda line: print(line, file=sys.stderr, flush=True),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-Slot = int | Path  # a spool: a memfd of the build (a worker opens it by path), or a file
+Slot = int | Path  # a spool: a memfd inherited by the workers, or a file
 
 
 class Spools:
@@ -46,8 +46,7 @@ class Spools:
         try:
             if self.writable and os.fstat(fd).st_size < need:
                 # Grow, never shrink: other processes' maps of it stay valid.
-                on_disk = not isinstance(slot, int) and not _is_proc_fd(slot)
-                _grow(fd, need + need // 4, on_disk=on_disk)  # room to grow
+                _grow(fd, need + need // 4, on_disk=not isinstance(slot, int))  # room to grow
             access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
             return np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size, access=access), np.uint8)
         finally:
@@ -74,20 +73,9 @@ def memfds() -> bool:
 
 
 def make_slots(count: int, folder: Path) -> list[Slot]:
-    """Spools for a pool's hand-over: anonymous memory files (Linux: nothing to clean up, no
-    disk writes; workers open them with `worker_slot`) or files in `folder`."""
+    """Spools for a pool's hand-over: anonymous memory files (Linux, where the workers are
+    forked and inherit them; nothing to clean up, no disk writes) or files in `folder`."""
     if memfds():
         return [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
     folder.mkdir()
     return [folder / f"{k}.bin" for k in range(count)]
-
-
-def worker_slot(slot: Slot) -> Slot:
-    """What a worker opens for this process's `slot`: a memfd by its /proc/<pid>/fd/ path (a
-    worker started by the fork server does not inherit this process's descriptors), a file as
-    it is."""
-    return Path(f"/proc/{os.getpid()}/fd/{slot}") if isinstance(slot, int) else slot
-
-
-def _is_proc_fd(path: Path) -> bool:
-    return path.parts[:2] == ("/", "proc") and path.parent.name == "fd"

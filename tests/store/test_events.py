@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -343,24 +342,3 @@ def test_trials_lists_are_checked_before_any_work(
                        rf"'user01_fluorescent.aedat' is {match}"):  # fmt: skip
         build_event_cache(root, workers=1, progress=False)
     assert called == [] and leftovers(root) == []
-
-
-def _stuck(rec: object, spool: object = None) -> dict:
-    time.sleep(60)  # a recording that takes long to parse
-    raise AssertionError("a stuck worker was left to finish")
-
-
-def test_an_interrupted_build_kills_its_busy_workers_at_once(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store, "_process", _stuck)  # workers import it from this module
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    start = time.monotonic()
-    try:
-        with pytest.raises(KeyboardInterrupt, match="interrupted by SIGTERM"):
-            build_event_cache(root, workers=2, progress=False)
-    finally:
-        timer.cancel()
-    assert time.monotonic() - start < 20  # not the minute the workers would take
-    assert leftovers(root) == []

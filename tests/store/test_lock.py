@@ -34,11 +34,6 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def grandchildren(pid: int) -> list[int]:
-    """The build's pool workers: forked by its fork server, the build's child."""
-    return [g for c in children(pid) for g in children(c)]
-
-
 def alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting for its reaper)."""
     try:
@@ -55,25 +50,17 @@ def wait_for(cond, seconds: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
-# The real command, each block slowed down so that the kill lands mid-build. `slow` lives in a
-# module that the workers (started by the fork server) import by name.
-SLOW_BLOCK = textwrap.dedent(
+# The real command, each block slowed down so that the kill lands mid-build. `slow` is a
+# top-level function of __main__, so that the pool can send it to its (forked) workers.
+SLOW_BUILD = textwrap.dedent(
     """
-    import time
-    from dvsgkit.store import frames
-    real = frames._integrate_block
+    import sys, time
+    from dvsgkit.store import frames as s
+    real = s._integrate_block
     def slow(task):
         time.sleep(1.0)
         return real(task)
-    """
-)
-SLOW_BUILD = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, sys.argv.pop(1))
-    import slow_block
-    from dvsgkit.store import frames
-    frames._integrate_block = slow_block.slow
+    s._integrate_block = slow
     from dvsgkit_cli.main import cli
     cli(sys.argv[1:])
     """
@@ -84,17 +71,15 @@ SLOW_BUILD = textwrap.dedent(
 def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
     build_event_cache(tmp_path, workers=1, progress=False)
-    (tmp_path / "slow_block.py").write_text(SLOW_BLOCK)
-    args = [str(tmp_path), "frames", "--root", str(tmp_path), "-T", "2", "--workers", "2",
-            "--no-progress"]  # fmt: skip
+    code = SLOW_BUILD
+    args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
     workers: list[int] = []
     with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, *args], stderr=log)
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
     try:
-        wait_for(lambda: len(grandchildren(proc.pid)) >= 2 or proc.poll() is not None, 60,
-                 "no workers")  # fmt: skip
+        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
         assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-        workers = grandchildren(proc.pid)
+        workers = children(proc.pid)
         time.sleep(0.5)  # the workers are inside their first blocks
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
