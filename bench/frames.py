@@ -155,8 +155,8 @@ def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) ->
 
 
 def main() -> None:
-    # torch and the loaders are imported here, not at the top: the build's workers start from a
-    # fork server and import this script again (as __mp_main__), which should stay cheap.
+    # torch and the loaders are imported here, not at the top: a worker process that imports
+    # this script again (spawn) then stays cheap.
     import torch
 
     from dvsgkit.data import make_loader

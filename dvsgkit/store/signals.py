@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -17,6 +18,7 @@ class BuildSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self.previous: dict[int, Any] = {}
+        self.pid = os.getpid()
 
     def __enter__(self) -> BuildSignals:
         if threading.current_thread() is threading.main_thread():  # else signal() would raise
@@ -25,6 +27,13 @@ class BuildSignals:
         return self
 
     def _note(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.pid:
+            # A pool worker forked during the build, before its initializer restored the default
+            # action: the signal (the pool stopping it) must end it, not be noted and ignored,
+            # or the pool waits for it forever.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = signum
 
     def check(self) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -342,3 +343,26 @@ def test_trials_lists_are_checked_before_any_work(
                        rf"'user01_fluorescent.aedat' is {match}"):  # fmt: skip
         build_event_cache(root, workers=1, progress=False)
     assert called == [] and leftovers(root) == []
+
+
+def test_a_worker_forked_during_a_build_dies_on_sigterm_before_its_initializer() -> None:
+    # multiprocessing.Pool forks replacement workers during a build; one stopped by the pool
+    # (SIGTERM) before its initializer ran still had the build's handler, which only noted it.
+    import multiprocessing
+    import signal as sig
+
+    from dvsgkit.store.signals import BuildSignals
+
+    ready = multiprocessing.get_context("fork").Event()
+
+    def child() -> None:
+        ready.set()
+        time.sleep(30)
+
+    with BuildSignals():
+        proc = multiprocessing.get_context("fork").Process(target=child)
+        proc.start()
+        assert ready.wait(10)
+        proc.terminate()
+        proc.join(10)
+    assert proc.exitcode == -sig.SIGTERM
