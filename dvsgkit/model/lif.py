@@ -74,11 +74,6 @@ def fire_and_reset(
     """Fire and hard-reset a charged membrane `h`: `(spike, v_next)`, shared by every neuron
     here (LIF and PLIF differ only in how they charge). `s = (h >= v_threshold)` with the ATan
     surrogate; `v_next = h * (1 - s) + v_reset * s` with `s` detached (detach_reset)."""
-    if not (h.requires_grad and torch.is_grad_enabled()):
-        # Inference: the same values in three passes over h instead of seven (`h >= thr` is
-        # `h - thr >= 0` in IEEE arithmetic; where s is 0, `h * 1 + v_reset * 0` is h).
-        fired = h >= v_threshold
-        return fired.to(h.dtype), h.masked_fill(fired, v_reset)
     spike = ATanSpike.apply(h - v_threshold, alpha)
     s = spike.detach()
     v_next = h * (1.0 - s) + v_reset * s

@@ -12,7 +12,6 @@ from dvsgkit.model.lif import (
     LIFCell,
     MultiStepLIF,
     SampleDropout,
-    fire_and_reset,
     lif_multistep,
     surrogate_grad,
     vote,
@@ -121,23 +120,3 @@ def test_vote_averages_groups_of_ten() -> None:
     assert rates[0].tolist() == [1.0] + [0.0] * 10
     assert rates[1].tolist() == [0.0] * 10 + [0.5]
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-@pytest.mark.parametrize("v_reset", [0.0, -0.25])
-def test_inference_path_gives_the_training_paths_values(dtype: torch.dtype, v_reset: float) -> None:
-    # Without autograd, fire_and_reset takes a shorter path; it must give the same spikes and
-    # membranes to the bit, at the threshold itself, just below it, at +-0 and for NaN.
-    h = torch.randn(4096, dtype=torch.float64).to(dtype) * 2
-    one = torch.tensor(1.0, dtype=dtype)
-    h[:6] = torch.stack([one, torch.nextafter(one, -one), torch.nextafter(one, 2 * one),
-                         torch.tensor(0.0, dtype=dtype), torch.tensor(-0.0, dtype=dtype),
-                         torch.tensor(math.nan, dtype=dtype)])  # fmt: skip
-    with torch.no_grad():
-        fast = fire_and_reset(h, v_reset=v_reset)
-    slow = fire_and_reset(h.clone().requires_grad_(), v_reset=v_reset)
-    assert torch.equal(fast[0], slow[0].detach())
-    torch.testing.assert_close(fast[1], slow[1].detach(), rtol=0, atol=0, equal_nan=True)
-    x = torch.rand(16, 3, 5, dtype=dtype) * 3
-    with torch.inference_mode():
-        fast_seq = lif_multistep(x, v_reset=v_reset)
-    assert torch.equal(fast_seq, lif_multistep(x.requires_grad_(), v_reset=v_reset).detach())
