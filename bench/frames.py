@@ -228,8 +228,8 @@ def main() -> None:
               "(an upper bound from small runs: start-up dominates them)")  # fmt: skip
         print(f"bytes on disk: store {ours_bytes / 1e6:.1f} MB, SpikingJelly frames "
               f"{sj_bytes / 1e6:.1f} MB: store = 1/{sj_bytes / ours_bytes:.1f}")  # fmt: skip
-        # The issue's ~4.9 GB for the train split is float64 written without compression
-        # (SpikingJelly's configure.save_datasets_compressed = False): 8 bytes per count.
+        # SpikingJelly's frames without compression (configure.save_datasets_compressed = False)
+        # are float64: 8 bytes per count, ~4.9 GB for the train split at T=16.
         plain = samples * args.T * 2 * 128 * 128 * 8
         print(f"  against uncompressed float64 npz ({plain / 1e6:.1f} MB): "
               f"store = 1/{plain / ours_bytes:.0f}")  # fmt: skip
