@@ -86,30 +86,37 @@ class SpaceCheck:
         if self.checked:
             return
         self.checked = True
-        chunks = [
-            Path(d) / f
+        # Workers may still be writing: zarr writes each chunk to `<key>.<uuid>.partial` and
+        # renames it, so a listed file can be gone by the time it is measured.
+        sizes = [
+            size
             for d, _, files in os.walk(self.folder)
             for f in files
-            if not f.startswith(".z") and f != "zarr.json"
+            if not f.startswith(".z") and f != "zarr.json" and not f.endswith(".partial")
+            if (size := _allocated(Path(d) / f)) is not None
         ]
-        if not chunks:
+        if not sizes:
             return
         # Blocks in use, not file sizes: a file system allocates whole blocks (4 KiB on most).
-        per_sample = sum(_allocated(c) for c in chunks) / len(chunks)
-        need = per_sample * max(self.total - len(chunks), 0) * SPACE_MARGIN
+        per_sample = sum(sizes) / len(sizes)
+        need = per_sample * max(self.total - len(sizes), 0) * SPACE_MARGIN
         st = os.statvfs(self.folder)
         free = st.f_bavail * st.f_frsize
         if free < need:
             raise StoreWriteError(
                 f"not enough free space in {self.folder.parent} for this frame store: about "
                 f"{need / 1e6:,.1f} MB more are needed ({SPACE_MARGIN}x the size of its first "
-                f"{len(chunks)} samples, extrapolated to {self.total}), {free / 1e6:,.1f} MB are "
+                f"{len(sizes)} samples, extrapolated to {self.total}), {free / 1e6:,.1f} MB are "
                 "free; free some space or use another --root"
             )
 
 
-def _allocated(path: Path) -> int:
-    st = path.stat()
+def _allocated(path: Path) -> int | None:
+    """Bytes the file takes on disk; None when it is gone (renamed or removed meanwhile)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
     blocks = getattr(st, "st_blocks", None)  # POSIX
     return max(st.st_size, blocks * 512) if blocks is not None else st.st_size
 

@@ -189,3 +189,35 @@ def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path)
     code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
     assert code == 0 and "is up to date (" in out
     assert make_frame_store(tmp_path, 2, workers=1, progress=False).outcome == "up to date"
+
+
+def test_the_space_check_measures_chunks_that_workers_are_still_renaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zarr writes each chunk as `<key>.<uuid>.partial` and renames it: while the parent measures
+    the first block, a worker's temp file can vanish between listing and stat. Neither that
+    nor a half-written temp may end the build or skew the estimate."""
+    from dvsgkit.store import resources
+
+    chunks = tmp_path / "train" / "frames"
+    chunks.mkdir(parents=True)
+    (chunks / "0.0.0.0.0").write_bytes(b"x" * 5000)
+    (chunks / "1.0.0.0.0.9f3a.partial").write_bytes(b"x" * 100)  # being written
+    (chunks / ".zarray").write_text("{}")
+    real_walk = os.walk
+
+    def walk_then_rename(folder: Path):  # a worker finishes chunk 2 right after the listing
+        for d, dirs, files in real_walk(folder):
+            if Path(d) == chunks:
+                files = [*files, "2.0.0.0.0.77aa.partial", "3.0.0.0.0"]  # 3 renamed away too
+            yield d, dirs, files
+
+    monkeypatch.setattr(resources.os, "walk", walk_then_rename)
+    check = resources.SpaceCheck(tmp_path, total=10)
+    check.after_block(2)  # no FileNotFoundError
+    assert check.checked and check.done == 2
+    # Only the complete chunk was measured: 9 samples at its size fit, 9e9 would not.
+    monkeypatch.setattr(resources.os, "statvfs", lambda _: os.statvfs_result((0,) * 10))
+    late = resources.SpaceCheck(tmp_path, total=2_000_000)
+    with pytest.raises(resources.StoreWriteError, match=r"its first 1 samples, extrapolated"):
+        late.after_block(1)

@@ -119,4 +119,3 @@ def test_vote_averages_groups_of_ten() -> None:
     assert rates.shape == (2, 11)
     assert rates[0].tolist() == [1.0] + [0.0] * 10
     assert rates[1].tolist() == [0.0] * 10 + [0.5]
-
