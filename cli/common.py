@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,24 @@ root_option = click.option(
     show_envvar=True,
     help="Dataset root (holds download/, extract/, events.h5 and the frame stores).",
 )
+
+
+class Device(click.ParamType):
+    """A torch device string dvsgkit runs on: cpu, cuda or cuda:N (checked without torch;
+    whether this machine has that GPU is checked when the command runs)."""
+
+    name = "device"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        text = str(value).strip()
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+            self.fail(f"{value!r} is not a supported device; use cpu, cuda or cuda:N", param, ctx)
+        return text
+
+
+DEVICE = Device()
 
 
 @contextlib.contextmanager

@@ -6,20 +6,23 @@ from pathlib import Path
 
 import click
 
+from dvsgkit.demo import DEMO_DATA, DEMO_OUT_DIR, DEMO_ROOT
 from dvsgkit_cli.common import user_errors
 
 
 @click.command(context_settings={"show_default": True})
 @click.option(
-    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("data/demo"),
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=DEMO_ROOT,
     help="Where the synthetic dataset, events.h5 and frames go.",
 )  # fmt: skip
 @click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEMO_OUT_DIR,
     help="Where the run directory goes (a previous demo run there is replaced).",
 )  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the epochs.")
-@click.option("--seed", type=int, default=0, help="Seed of the synthetic recordings.")
+@click.option(
+    "--seed", type=int, default=DEMO_DATA["seed"], help="Seed of the synthetic recordings."
+)
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 def demo(root: Path, out_dir: Path, epochs: int | None, seed: int, progress: bool) -> None:
     """Write a small synthetic DvsGesture-shaped dataset, build events.h5 and a frame store,

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import SPLIT_BYS
+from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
-from dvsgkit_cli.common import root_option, user_errors
-from dvsgkit_cli.train import DEVICE
+from dvsgkit_cli.common import DEVICE, root_option, user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -17,14 +16,19 @@ from dvsgkit_cli.train import DEVICE
 @root_option
 @click.option(
     "-T", "T", type=click.IntRange(min=1), default=None,
-    help="Frames per sample.  [default: the checkpoint's T; 16 for a SpikingJelly checkpoint]",
+    help="Frames per sample.  [default: the checkpoint's T; "
+    f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
 )  # fmt: skip
 @click.option(
     "--split-by", type=click.Choice(SPLIT_BYS), default=None,
-    help="Frame cutting.  [default: the checkpoint's; number for a SpikingJelly checkpoint]",
+    help="Frame cutting.  [default: the checkpoint's; "
+    f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
 )  # fmt: skip
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Which split to score.")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size.")
+@click.option(
+    "-b", "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+    help="Batch size.",
+)  # fmt: skip
 @click.option(
     "--device", type=DEVICE, default=None,
     help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
@@ -50,9 +54,9 @@ def evaluate(
     """Score CHECKPOINT (a dvsgkit checkpoint_*.pth, a run directory, or a SpikingJelly
     classify_dvsg checkpoint) on ROOT's frames: prints the report and writes
     <stem>_<split>_eval.json, <stem>_<split>_eval.txt and <stem>_<split>_confusion.png."""
+    from dvsgkit.device import default_device
     from dvsgkit.evaluate import evaluate as run_evaluation
     from dvsgkit.evaluate import write_outputs
-    from dvsgkit_cli.train import default_device
 
     with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
         result = run_evaluation(

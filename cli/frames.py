@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -17,14 +18,14 @@ from dvsgkit_cli.common import root_option, user_errors
     "--frames",
     "T",
     type=click.IntRange(min=1),
-    default=16,
+    default=DEFAULTS.T,
     show_default=True,
     help="Frames per sample.",
 )
 @click.option(
     "--split-by",
-    type=click.Choice(["number", "time"]),
-    default="number",
+    type=click.Choice(SPLIT_BYS),
+    default=DEFAULTS.split_by,
     show_default=True,
     help="Equal event counts per frame, or equal time windows (SpikingJelly's two rules).",
 )

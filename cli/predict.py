@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import SPLIT_BYS
+from dvsgkit.config import DEFAULTS, SPLIT_BYS
+from dvsgkit.predict import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
 from dvsgkit_cli.common import user_errors
 
 
@@ -19,23 +20,28 @@ from dvsgkit_cli.common import user_errors
     "RECORDING, in the same order.",
 )  # fmt: skip
 @click.option(
-    "--windows", "mode", type=click.Choice(["sliding", "labels"]), default="sliding",
+    "--windows", "mode", type=click.Choice(WINDOW_MODES), default=WINDOW_MODES[0],
     help="sliding: windows of --window every --hop; labels: exactly the labelled gestures "
     "(the samples 'dvsgkit evaluate' scores).",
 )  # fmt: skip
-@click.option("--window", default="1.5s", help="Window length (s, ms or us).")
-@click.option("--hop", default="0.25s", help="Step between window starts (s, ms or us).")
+@click.option("--window", default=f"{DEFAULT_WINDOW_US / 1e6:g}s",
+              help="Window length (s, ms or us).")  # fmt: skip
+@click.option("--hop", default=f"{DEFAULT_HOP_US / 1e6:g}s",
+              help="Step between window starts (s, ms or us).")  # fmt: skip
 @click.option(
     "-T", "T", type=click.IntRange(min=1), default=None,
-    help="Frames per window.  [default: the checkpoint's T; 16 for a SpikingJelly checkpoint]",
+    help="Frames per window.  [default: the checkpoint's T; "
+    f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
 )  # fmt: skip
 @click.option(
     "--split-by", type=click.Choice(SPLIT_BYS), default=None,
-    help="Frame cutting.  [default: the checkpoint's; number for a SpikingJelly checkpoint]",
+    help="Frame cutting.  [default: the checkpoint's; "
+    f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
 )  # fmt: skip
 @click.option(
     "-b", "--batch-size", type=click.IntRange(min=1), default=None,
-    help="Windows per forward pass.  [default: 4 on the CPU, 16 on a GPU]",
+    help="Windows per forward pass.  "
+    f"[default: {DEFAULT_BATCH['cpu']} on the CPU, {DEFAULT_BATCH['cuda']} on a GPU]",
 )  # fmt: skip
 @click.option(
     "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
@@ -61,12 +67,11 @@ def predict(
     CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
     <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
     before any file is written."""
+    from dvsgkit.device import default_device, parse_device
     from dvsgkit.evaluate import for_inference
     from dvsgkit.predict import load_checkpoint_net, predict_recording
     from dvsgkit.predictions import output_paths, summary, write_outputs
     from dvsgkit.recording import parse_duration
-    from dvsgkit.train import parse_device
-    from dvsgkit_cli.train import default_device
 
     if labels and len(labels) != len(recordings):
         raise click.BadParameter(

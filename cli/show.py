@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import SPLIT_BYS
+from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
 from dvsgkit_cli.common import root_option, user_errors
 
@@ -16,8 +16,9 @@ from dvsgkit_cli.common import root_option, user_errors
 @root_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
-@click.option("-T", "T", type=click.IntRange(min=1), default=16, help="Sample mode: frames.")
-@click.option("--split-by", type=click.Choice(SPLIT_BYS), default="number",
+@click.option("-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
+              help="Sample mode: frames.")  # fmt: skip
+@click.option("--split-by", type=click.Choice(SPLIT_BYS), default=DEFAULTS.split_by,
               help="Sample mode: frame cutting.")  # fmt: skip
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")

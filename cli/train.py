@@ -1,14 +1,15 @@
-"""`dvsgkit train`: the seed's classify_dvsg options, on the frame store; works under torchrun."""
+"""`dvsgkit train`: the seed's classify_dvsg options, on the frame store; works under torchrun.
+
+Every option that sets a TrainConfig field takes its default from TrainConfig (`DEFAULTS`)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from dvsgkit.config import (
-    INIT_TAU,
+    DEFAULTS,
     MAX_SEED,
     NEURONS,
     OPTIMIZERS,
@@ -16,38 +17,14 @@ from dvsgkit.config import (
     SPLIT_BYS,
     TrainConfig,
 )
-from dvsgkit_cli.common import root_option, user_errors
-
-
-def default_device() -> str:
-    """cuda:0 when a GPU is visible, else cpu (imports torch only when the command runs)."""
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-class Device(click.ParamType):
-    """A torch device string dvsgkit runs on: cpu, cuda or cuda:N (checked without torch;
-    whether this machine has that GPU is checked when the command runs)."""
-
-    name = "device"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> str:
-        text = str(value).strip()
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-            self.fail(f"{value!r} is not a supported device; use cpu, cuda or cuda:N", param, ctx)
-        return text
-
-
-DEVICE = Device()
+from dvsgkit_cli.common import DEVICE, root_option, user_errors
 
 
 @click.command(context_settings={"show_default": True})
 @click.option(
-    "-T", "T", type=click.IntRange(min=1), default=16, help="Time steps (frames) per sample."
-)
+    "-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
+    help="Time steps (frames) per sample.",
+)  # fmt: skip
 @click.option(
     "--device",
     type=DEVICE,
@@ -55,29 +32,31 @@ DEVICE = Device()
     help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
 )
 @click.option(
-    "-b", "--batch-size", type=click.IntRange(min=1), default=16, help="Batch size per process."
-)
+    "-b", "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+    help="Batch size per process.",
+)  # fmt: skip
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    default=64,
+    default=DEFAULTS.epochs,
     help="Total epochs (a resumed run counts the ones done).",
 )
 @click.option(
     "-j",
     "--workers",
     type=click.IntRange(min=0),
-    default=4,
+    default=DEFAULTS.workers,
     help="Data loading workers (and frame-building processes).",
 )
 @click.option(
-    "--channels", type=click.IntRange(min=1), default=128, help="Conv channels of the network."
-)
+    "--channels", type=click.IntRange(min=1), default=DEFAULTS.channels,
+    help="Conv channels of the network.",
+)  # fmt: skip
 @root_option
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs"),
+    default=Path(DEFAULTS.out_dir),
     help="Where run directories are made.",
 )
 @click.option(
@@ -93,68 +72,77 @@ DEVICE = Device()
     "(other events, T, split_by or sample counts).",
 )
 @click.option(
-    "--amp", is_flag=True, help="Mixed precision: float16 autocast + GradScaler (CUDA only)."
-)
+    "--amp", is_flag=True, default=DEFAULTS.amp,
+    help="Mixed precision: float16 autocast + GradScaler (CUDA only).",
+)  # fmt: skip
 @click.option(
     "--cupy",
     is_flag=True,
+    default=DEFAULTS.cupy,
     help="Layer-by-layer network with the fused CuPy LIF (else step-by-step).",
 )
-@click.option("--opt", type=click.Choice(OPTIMIZERS), default="adam", help="Optimizer.")
+@click.option("--opt", type=click.Choice(OPTIMIZERS), default=DEFAULTS.opt, help="Optimizer.")
 @click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Learning rate."
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
+    help="Learning rate.",
+)  # fmt: skip
+@click.option(
+    "--momentum", type=click.FloatRange(min=0), default=DEFAULTS.momentum, help="SGD momentum."
 )
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, help="SGD momentum.")
 @click.option(
     "--lr-scheduler",
     type=click.Choice(SCHEDULERS),
-    default="cosalr",
+    default=DEFAULTS.lr_scheduler,
     help="Cosine annealing or step decay, stepped once per epoch.",
 )
 @click.option(
-    "--step-size", type=click.IntRange(min=1), default=32, help="StepLR: epochs between decays."
+    "--step-size", type=click.IntRange(min=1), default=DEFAULTS.step_size,
+    help="StepLR: epochs between decays.",
+)  # fmt: skip
+@click.option(
+    "--gamma", type=click.FloatRange(min=0), default=DEFAULTS.gamma, help="StepLR: decay factor."
 )
-@click.option("--gamma", type=click.FloatRange(min=0), default=0.1, help="StepLR: decay factor.")
 @click.option(
     "--T-max",
     "T_max",
     type=click.IntRange(min=1),
-    default=32,
+    default=DEFAULTS.T_max,
     help="CosineAnnealingLR: period in epochs.",
 )
 @click.option(
     "--split-by",
     type=click.Choice(SPLIT_BYS),
-    default="number",
+    default=DEFAULTS.split_by,
     help="How events are cut into frames.",
 )
 @click.option(
     "--seed",
     type=click.IntRange(0, MAX_SEED),
-    default=2020,
+    default=DEFAULTS.seed,
     help="Seeds weights, dropout and the shuffle order.",
 )
 @click.option(
     "--sync-bn",
     is_flag=True,
+    default=DEFAULTS.sync_bn,
     help="Under torchrun: synchronise BatchNorm statistics across processes.",
 )
 @click.option(
     "--channels-last/--no-channels-last",
-    default=True,
+    default=DEFAULTS.channels_last,
     help="NHWC memory layout on CUDA (step-by-step network; ignored with --cupy).",
 )
-@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option("--progress/--no-progress", default=DEFAULTS.progress, help="tqdm progress bars.")
 @click.option(
     "--neuron",
     type=click.Choice(NEURONS),
-    default="lif",
+    default=DEFAULTS.neuron,
     help="Spiking neuron: LIF (tau 2) or PLIF (a learned time constant per spiking layer).",
 )
 @click.option(
     "--init-tau",
     type=click.FloatRange(min=1, min_open=True),
-    default=INIT_TAU,
+    default=DEFAULTS.init_tau,
     help="--neuron plif: initial membrane time constant of every spiking layer.",
 )
 def train(
@@ -172,6 +160,7 @@ def train(
     For several GPUs (or CPU processes with gloo) run the same command under
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
+    from dvsgkit.device import default_device
     from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
     from dvsgkit.train import train as run_training
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvsgkit.constants import DEFAULT_ROOT
+from dvsgkit.frames import SPLIT_BY as SPLIT_BYS
 from dvsgkit.io.atomic import write_text_atomic
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
-SPLIT_BYS = ("number", "time")
 NEURONS = ("lif", "plif")  # dvsgkit.model.net.NEURONS (not imported: config must not need torch)
 INIT_TAU = 2.0  # PLIF's initial membrane time constant (the paper's)
 DEFAULT_SEED = 2020  # the seed script's _seed_
@@ -50,7 +51,7 @@ class TrainConfig:
     epochs: int = 64
     workers: int = 4
     channels: int = 128
-    root: str = "data"
+    root: str = DEFAULT_ROOT
     out_dir: str = "runs"
     amp: bool = False
     cupy: bool = False
@@ -119,7 +120,7 @@ class TrainConfig:
             name += f"steplr_{self.step_size}_{self.gamma}"
         # Beyond the seed: the other recipe fields appear only when they leave the default, so the
         # seed's own configurations keep the seed's names.
-        if self.split_by != "number":
+        if self.split_by != DEFAULTS.split_by:
             name += f"_split_{self.split_by}"
         if self.seed != DEFAULT_SEED:
             name += f"_seed_{self.seed}"
@@ -178,3 +179,6 @@ class TrainConfig:
             return cls.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}; delete it or pick another run") from exc
+
+
+DEFAULTS = TrainConfig()  # the defaults of every option, for the CLI and the library alike

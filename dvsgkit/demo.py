@@ -25,7 +25,9 @@ DEMO_CONFIG = {
     "T_max": 12,
     "device": "cpu",
 }
-DEMO_DATA = {"train_trials": 20, "test_trials": 8, "events_per_sample": 20_000}
+DEMO_DATA = {"train_trials": 20, "test_trials": 8, "events_per_sample": 20_000, "seed": 0}
+DEMO_ROOT = Path("data/demo")
+DEMO_OUT_DIR = Path("runs/demo")
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,13 @@ class DemoResult:
 
 
 def run_demo(
-    root: Path = Path("data/demo"),
-    out_dir: Path = Path("runs/demo"),
+    root: Path = DEMO_ROOT,
+    out_dir: Path = DEMO_OUT_DIR,
     *,
     epochs: int | None = None,
     train_trials: int = DEMO_DATA["train_trials"],
     test_trials: int = DEMO_DATA["test_trials"],
-    seed: int = 0,
+    seed: int = DEMO_DATA["seed"],
     progress: bool = True,
     log: bool = True,
 ) -> DemoResult:
@@ -56,10 +58,11 @@ def run_demo(
     from dvsgkit.config import TrainConfig
     from dvsgkit.evaluate import evaluate, write_outputs
     from dvsgkit.plots import plot_run
+    from dvsgkit.run import BEST, CONFIG
     from dvsgkit.store.events import build_event_cache
     from dvsgkit.store.frames import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
-    from dvsgkit.train import BEST, CONFIG, train
+    from dvsgkit.train import train
 
     def say(message: str) -> None:
         if log:

@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
 from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.run import checkpoint_file
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
@@ -105,8 +107,12 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
     its recipe: {"source", "epoch", "T", "split_by", "channels"} (T/split_by None when unknown)."""
     from dvsgkit.model import GestureNet
-    from dvsgkit.run import check_checkpoint, load_weights
-    from dvsgkit.train import checkpoint_file, is_dvsgkit_checkpoint, load_checkpoint
+    from dvsgkit.run.checkpoint import (
+        check_checkpoint,
+        is_dvsgkit_checkpoint,
+        load_checkpoint,
+        load_weights,
+    )
 
     ckpt = load_checkpoint(checkpoint)
     if is_dvsgkit_checkpoint(ckpt):
@@ -133,22 +139,20 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[Any, Any, float]:
-    """Run `net` over `loader`: (labels int64 [N], predictions int64 [N], mean MSE loss)."""
+    """Run `net` over `loader`: (labels int64 [N], predictions int64 [N], mean loss), scored as
+    training scores its test epochs (`objective.score_batch`)."""
     import torch
-    import torch.nn.functional as F
 
-    labels, preds, loss_sum = [], [], torch.zeros((), dtype=torch.float64, device=device)
+    from dvsgkit.objective import new_sums, score_batch
+
+    labels, preds, sums = [], [], new_sums(device)
     with torch.inference_mode():
         for frames, target in loader:
-            with torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=amp):
-                rates = net(frames)  # [B, 11]
-            loss_sum += F.mse_loss(rates.float(), F.one_hot(target, NUM_CLASSES).float()) * len(
-                target
-            )
+            _, pred = score_batch(net, frames, target, sums, amp=amp)
             labels.append(target)
-            preds.append(rates.argmax(1))
+            preds.append(pred)
     labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
-    return labels_all, preds_all, float(loss_sum) / max(len(labels_all), 1)
+    return labels_all, preds_all, float(sums[0]) / max(len(labels_all), 1)
 
 
 def for_inference(net: Any, device: Any) -> Any:
@@ -180,23 +184,22 @@ def evaluate(
     T: int | None = None,
     split_by: str | None = None,
     split: str = "test",
-    batch_size: int = 16,
+    batch_size: int = DEFAULTS.batch_size,
     device: str = "cpu",
     workers: int = 0,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate `checkpoint` on ROOT's frames (built if missing). T and split_by default to the
-    checkpoint's recipe; a SpikingJelly checkpoint holds none, so they default to 16 / number."""
+    checkpoint's recipe; a SpikingJelly checkpoint holds none, so they default to training's
+    (16 / number)."""
     from dvsgkit.data import make_loader
+    from dvsgkit.device import parse_device
     from dvsgkit.store.frames import build_frame_store
-    from dvsgkit.train import parse_device
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():  # a run directory: its latest checkpoint, named so in the outputs
-        checkpoint = checkpoint / "checkpoint_latest.pth"
+    checkpoint = checkpoint_file(checkpoint)  # a run directory: its latest, named so in outputs
     net, meta = load_net(checkpoint)
-    T = T or meta["T"] or 16
-    split_by = split_by or meta["split_by"] or "number"
+    T = T or meta["T"] or DEFAULTS.T
+    split_by = split_by or meta["split_by"] or DEFAULTS.split_by
     dev = parse_device(device)
     store = build_frame_store(Path(root), T, split_by, workers=max(workers, 1), progress=progress)
     loader = make_loader(

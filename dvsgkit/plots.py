@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dvsgkit.constants import NUM_CLASSES
 from dvsgkit.io.atomic import atomic_path
+from dvsgkit.run import CURVES_PNG
+from dvsgkit.run.metrics import read_metrics
 
-CURVES_PNG = "curves.png"
-METRICS = "metrics.jsonl"  # one JSON object per epoch, written by dvsgkit.train
 CURVE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")  # what plot_curves draws
-
-
-def read_metrics(run_dir: Path, required: Sequence[str] = ("epoch",)) -> list[dict[str, Any]]:
-    """A run's per-epoch records, in the order written, each a JSON object holding a number
-    for every key in `required` ("epoch" an integer >= 0). Text after the last newline is a
-    line whose write was cut short (a crash mid-append): it is ignored, not an error. Any other
-    bad line is a ValueError naming the file, the line and what is wrong."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {run_dir} a dvsgkit run directory?")
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]  # every record is written with its newline
-    records = []
-    for number, line in enumerate(complete.split(b"\n")[:-1], 1):
-        if line.strip():
-            records.append(_check_record(line, required, f"{path}:{number}"))
-    return records
-
-
-def _check_record(line: bytes, required: Sequence[str], where: str) -> dict[str, Any]:
-    fix = "fix or delete that line"
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where} is not JSON ({exc}); {fix}") from exc
-    if not isinstance(record, dict):
-        raise ValueError(f"{where} is a JSON {type(record).__name__}, not a record; {fix}")
-    for key in required:
-        if key not in record:
-            raise ValueError(f"{where} has no {key!r}; {fix}")
-        value = record[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{where}: {key!r} is {value!r}, not a number; {fix}")
-    epoch = record.get("epoch", 0)
-    if "epoch" in required and not (isinstance(epoch, int) and epoch >= 0):
-        raise ValueError(f"{where}: 'epoch' is {epoch!r}, not an integer >= 0; {fix}")
-    return record
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -98,7 +61,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
         arrowprops={"arrowstyle": "->"},
         bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85},
     )
-    acc_ax.axhline(100 / 11, color="grey", lw=0.8, ls=":", label="chance (1/11)")
+    chance = f"chance (1/{NUM_CLASSES})"
+    acc_ax.axhline(100 / NUM_CLASSES, color="grey", lw=0.8, ls=":", label=chance)
     loss_ax.set(xlabel="epoch", ylabel="MSE loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100))
     for ax in (loss_ax, acc_ax):

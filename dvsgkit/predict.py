@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.io.labels import read_labels
 from dvsgkit.recording import RecordingError, iter_recording
+from dvsgkit.run import checkpoint_file
 from dvsgkit.samples import cut_chunks
 
 WINDOW_MODES = ("sliding", "labels")
@@ -65,9 +67,7 @@ def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """`evaluate.load_net`, with every error naming the checkpoint file."""
     from dvsgkit.evaluate import load_net
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "checkpoint_latest.pth"
+    checkpoint = checkpoint_file(checkpoint)
     try:
         return load_net(checkpoint)
     except ValueError as exc:
@@ -209,8 +209,8 @@ def predict_recording(
     path = Path(recording)
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
-    T = T or meta.get("T") or 16
-    split_by = split_by or meta.get("split_by") or "number"
+    T = T or meta.get("T") or DEFAULTS.T
+    split_by = split_by or meta.get("split_by") or DEFAULTS.split_by
     gestures = read_labels(labels) if labels is not None else None
     stats: dict[str, int] = {}
     chunks = iter_recording(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE
 from dvsgkit.frames import integrate
 from dvsgkit.io.atomic import atomic_path
@@ -90,8 +91,8 @@ def show_sample(
     root: str | os.PathLike[str],
     split: str,
     index: int,
-    T: int = 16,
-    split_by: str = "number",
+    T: int = DEFAULTS.T,
+    split_by: str = DEFAULTS.split_by,
     out_dir: str | os.PathLike[str] = ".",
     frame_ms: int = 250,
 ) -> Shown:

@@ -12,7 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.config import TrainConfig
-from dvsgkit.train import LATEST, save_atomic, train
+from dvsgkit.run import LATEST
+from dvsgkit.run.checkpoint import save_atomic
+from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}

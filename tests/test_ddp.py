@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvsgkit.plots import read_metrics
+from dvsgkit.run import BEST, LATEST
+from dvsgkit.run.checkpoint import load_checkpoint
+from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
-from dvsgkit.train import BEST, LATEST, load_checkpoint
 
 # Runs in each torchrun process: records what the train loader served and the final weights,
 # then runs the real CLI command.

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from dvsgkit.constants import CLASS_NAMES, SPIKINGJELLY_LABEL_ORDER
 from dvsgkit.evaluate import Evaluation, confusion_matrix, per_class_accuracy, write_outputs
-from dvsgkit.plots import plot_confusion, plot_curves, plot_run, read_metrics
+from dvsgkit.plots import plot_confusion, plot_curves, plot_run
+from dvsgkit.run.metrics import read_metrics
 from dvsgkit_cli.main import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +150,7 @@ def test_evaluate_imports_a_spikingjelly_checkpoint(
 ) -> None:
     """A PythonNet-keyed state dict with SpikingJelly's output order scores like the original."""
     from dvsgkit.evaluate import evaluate
-    from dvsgkit.train import load_checkpoint
+    from dvsgkit.run.checkpoint import load_checkpoint
 
     root, run_dir = trained
     ours = load_checkpoint(run_dir / "checkpoint_max.pth")["net"]

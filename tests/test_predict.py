@@ -35,9 +35,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset root, best checkpoint) of a small network trained for 10 epochs on 72 synthetic
     samples at T=4 (~15 s on 2 cores; it learns: ~2/3 of the held-out recording's samples)."""
     from dvsgkit.config import TrainConfig
+    from dvsgkit.run import BEST
     from dvsgkit.store.frames import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
-    from dvsgkit.train import BEST, train
+    from dvsgkit.train import train
 
     root = tmp_path_factory.mktemp("dvsg")
     write_synthetic_dataset(root, seed=0, train_trials=6, test_trials=1, events_per_sample=3000)
@@ -161,7 +162,7 @@ def test_a_spikingjelly_checkpoint_predicts_like_the_original(
     """The trained net saved with PythonNet's keys and SpikingJelly's output order (its label
     folders sorted as strings) predicts the same classes; it records no T, so -T is given."""
     from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
-    from dvsgkit.train import load_checkpoint
+    from dvsgkit.run.checkpoint import load_checkpoint
 
     root, ckpt = trained
     ours = load_checkpoint(ckpt)["net"]

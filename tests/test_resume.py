@@ -13,8 +13,10 @@ import torch
 import dvsgkit.train
 from dvsgkit.config import TrainConfig
 from dvsgkit.data import make_loader
-from dvsgkit.plots import read_metrics
-from dvsgkit.train import BEST, LATEST, load_checkpoint, train
+from dvsgkit.run import BEST, LATEST
+from dvsgkit.run.checkpoint import load_checkpoint
+from dvsgkit.run.metrics import read_metrics
+from dvsgkit.train import train
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
 TIMING = {"total_time", "train_samples_per_s"}
@@ -126,11 +128,9 @@ def test_a_metrics_line_cut_short_by_a_crash_does_not_block_the_resume(
 def test_a_crash_while_writing_an_epoch_loses_no_metrics_line(
     frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
+    import dvsgkit.run.metrics as metrics
 
-    import dvsgkit.train as tr
-
-    dumps = json.dumps
+    dumps = metrics.json.dumps
 
     def crash_at_epoch_1(obj: object, **kwargs: object) -> str:
         if isinstance(obj, dict) and obj.get("epoch") == 1 and "test_acc" in obj:
@@ -138,10 +138,10 @@ def test_a_crash_while_writing_an_epoch_loses_no_metrics_line(
         return dumps(obj, **kwargs)
 
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=2, **TINY)
-    monkeypatch.setattr(tr.json, "dumps", crash_at_epoch_1)
+    monkeypatch.setattr(metrics.json, "dumps", crash_at_epoch_1)
     with pytest.raises(OSError, match="disk full"):
         train(config)
-    monkeypatch.setattr(tr.json, "dumps", dumps)
+    monkeypatch.setattr(metrics.json, "dumps", dumps)
     # Epoch 1 has no line, so no checkpoint may claim it: the resume trains it again.
     assert load_checkpoint(config.run_dir() / LATEST)["epoch"] == 0
     train(config, resume=config.run_dir() / LATEST)

@@ -13,10 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.config import TrainConfig
-from dvsgkit.plots import read_metrics
-from dvsgkit.run import FRAMES_RECORD
+from dvsgkit.run import CONFIG, FRAMES_RECORD, LATEST
+from dvsgkit.run.checkpoint import load_checkpoint, save_atomic
+from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import build_frame_store, frame_store_path
-from dvsgkit.train import CONFIG, LATEST, load_checkpoint, save_atomic, train
+from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}

@@ -17,8 +17,10 @@ from click.testing import CliRunner
 import dvsgkit.train as tr
 from dvsgkit.config import TrainConfig
 from dvsgkit.io.atomic import remove_dead_temps
-from dvsgkit.plots import read_metrics
-from dvsgkit.train import LATEST, load_checkpoint, train
+from dvsgkit.run import LATEST
+from dvsgkit.run.checkpoint import load_checkpoint
+from dvsgkit.run.metrics import read_metrics
+from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
@@ -213,7 +215,7 @@ def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Pa
 
 
 def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
-    from dvsgkit.run import append_line
+    from dvsgkit.run.writes import append_line
 
     metrics = small_fs / "metrics.jsonl"
     metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more

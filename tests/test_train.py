@@ -1,31 +1,19 @@
-"""TrainConfig, checkpoint files, RNG state, run-directory refusals, a short real training run."""
+"""TrainConfig, option checks, a short real training run."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from dvsgkit.config import TrainConfig
-from dvsgkit.plots import read_metrics
-from dvsgkit.train import (
-    BEST,
-    CONFIG,
-    LATEST,
-    load_checkpoint,
-    parse_device,
-    prepare_run,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-    train,
-)
+from dvsgkit.run import BEST, CONFIG, LATEST
+from dvsgkit.run.checkpoint import load_checkpoint
+from dvsgkit.run.metrics import read_metrics
+from dvsgkit.train import train
 
 TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}
 
@@ -80,12 +68,6 @@ def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
         TrainConfig(**changes)
 
 
-@pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])
-def test_devices_dvsgkit_cannot_train_on_are_refused(device: str) -> None:
-    with pytest.raises(ValueError, match=f"--device {device}: dvsgkit runs on cpu, cuda or cuda:N"):
-        parse_device(device)
-
-
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -113,97 +95,6 @@ def test_config_round_trips_and_refuses_unknown_keys(tmp_path: Path) -> None:
         TrainConfig.from_dict({**config.to_dict(), "warmup": 3})
     assert config.recipe_differences(replace(config, epochs=9, device="cuda:0")) == {}
     assert config.recipe_differences(replace(config, channels=4)) == {"channels": (128, 4)}
-
-
-def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint_latest.pth"
-    save_atomic({"net": {"w": torch.ones(3)}, "epoch": 0}, path)
-    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for an unpicklable value
-        save_atomic({"net": {}, "epoch": 1, "bad": lambda: 0}, path)
-    assert load_checkpoint(path)["epoch"] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
-
-
-class _NotWeights:
-    pass
-
-
-def test_load_checkpoint_refuses_missing_truncated_and_unsafe_files(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pth not found"):
-        load_checkpoint(tmp_path / "nope.pth")
-    good = tmp_path / "good.pth"
-    save_atomic({"net": {"w": torch.arange(1000.0)}, "epoch": 3}, good)
-    cut = tmp_path / "cut.pth"
-    cut.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(ValueError, match="cut.pth is not a readable checkpoint"):
-        load_checkpoint(cut)
-    unsafe = tmp_path / "unsafe.pth"
-    torch.save({"net": {}, "x": _NotWeights()}, unsafe)  # loading it would need a full unpickle
-    with pytest.raises(ValueError, match="unsafe.pth is not a readable checkpoint"):
-        load_checkpoint(unsafe)
-    no_net = tmp_path / "no_net.pth"
-    torch.save({"model": {}}, no_net)
-    with pytest.raises(ValueError, match="holds no 'net'"):
-        load_checkpoint(no_net)
-    save_atomic({"net": {}, "epoch": 7}, tmp_path / LATEST)
-    assert load_checkpoint(tmp_path)["epoch"] == 7  # a run directory means its latest checkpoint
-
-
-def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
-    torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    torch.rand(5), np.random.rand(7), random.random()
-    save_atomic({"net": {}, "rng": [rng_state()]}, tmp_path / "c.pth")
-    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
-    torch.rand(10), np.random.rand(10), random.random()
-    set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
-    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
-    assert torch.equal(got[0], expected[0])
-    assert np.array_equal(got[1], expected[1])
-    assert got[2] == expected[2]
-
-
-def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
-    run_dir.mkdir(parents=True)
-    config.save_json(run_dir / CONFIG)
-    (run_dir / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
-    )
-    ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
-    ckpt |= {"optimizer": {}, "lr_scheduler": {}, "scaler": {}}
-    save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
-
-
-def test_prepare_run_refuses_to_start_over_an_existing_run(tmp_path: Path) -> None:
-    config = TrainConfig(out_dir=str(tmp_path), epochs=3, **TINY)
-    run_dir, ckpt = prepare_run(config, None)
-    assert (run_dir, ckpt) == (config.run_dir(), None) and not run_dir.exists()
-    _fake_run(run_dir, config, epoch=2)
-    with pytest.raises(FileExistsError, match=r"already holds a run \(finished: epochs 0..2 of 3"):
-        prepare_run(config, None)
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    with pytest.raises(FileExistsError, match=r"\(unfinished: epochs 0..0 of 3 done\)"):
-        prepare_run(config, None)
-    (run_dir / LATEST).unlink()  # a crashed start: config.json only
-    with pytest.raises(FileExistsError, match=r"different run \(momentum=0.9 \(now 0.5\)\)"):
-        prepare_run(replace(config, momentum=0.5), None)
-    assert prepare_run(config, None) == (run_dir, None)
-
-
-def test_prepare_run_checks_the_checkpoint_it_resumes(tmp_path: Path) -> None:
-    config = TrainConfig(out_dir=str(tmp_path), epochs=3, **TINY)
-    run_dir = config.run_dir()
-    _fake_run(run_dir, config, epoch=1)
-    got_dir, ckpt = prepare_run(replace(config, out_dir="elsewhere"), run_dir / LATEST)
-    assert got_dir == run_dir and ckpt["epoch"] == 1
-    assert prepare_run(config, run_dir)[0] == run_dir  # a run directory means its latest
-    with pytest.raises(ValueError, match=r"channels=4 \(now 8\).*T=4 \(now 6\)|T=4 \(now 6\)"):
-        prepare_run(replace(config, channels=8, T=6), run_dir / LATEST)
-    with pytest.raises(ValueError, match="already trained 2 epochs; pass --epochs larger than 2"):
-        prepare_run(replace(config, epochs=2), run_dir / LATEST)
-    foreign = tmp_path / "sj.pth"
-    torch.save({"net": {"conv.0.weight": torch.zeros(1)}, "epoch": 5, "max_test_acc": 0.9}, foreign)
-    with pytest.raises(ValueError, match="not a dvsgkit training checkpoint"):
-        prepare_run(config, foreign)
 
 
 def test_amp_on_cpu_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -292,13 +183,13 @@ def test_a_single_process_run_on_cuda_1_makes_it_the_current_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # rng_state() saves the current device's CUDA generator; the masks come from cuda:1's.
-    import dvsgkit.train as tr
+    from dvsgkit.distributed import init_distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     current: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    d, device = tr._init_distributed(torch.device("cuda", 1))
+    d, device = init_distributed(torch.device("cuda", 1))
     assert d.world_size == 1 and device == torch.device("cuda", 1)
     assert current == [torch.device("cuda", 1)]
-    tr._init_distributed(torch.device("cpu"))
+    init_distributed(torch.device("cpu"))
     assert current == [torch.device("cuda", 1)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dvsgkit.plots import read_metrics
+from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import frame_store_path
 from dvsgkit_cli.main import cli
 

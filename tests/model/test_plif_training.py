@@ -16,9 +16,12 @@ from dvsgkit.data import make_loader
 from dvsgkit.evaluate import load_net
 from dvsgkit.model import GestureNet
 from dvsgkit.model.net import SPIKING_LAYERS
-from dvsgkit.plots import plot_run, read_metrics
+from dvsgkit.plots import plot_run
+from dvsgkit.run import LATEST
+from dvsgkit.run.checkpoint import load_checkpoint
+from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import frame_store_path
-from dvsgkit.train import LATEST, load_checkpoint, train
+from dvsgkit.train import train
 
 TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}
 

@@ -1,0 +1,79 @@
+"""A training process's place in a torchrun job, and the few collectives the loop needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dvsgkit.run.rng import rng_state
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the torchrun job named by the environment; NCCL on CUDA (one GPU per process), gloo on
+    CPU. Without torchrun's variables this is a single process and nothing is initialised.
+    The training GPU becomes the current device either way: the checkpoint's CUDA RNG state
+    (rng_state) is the current device's, and the dropout masks come from the training GPU's."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
+        return Dist(), device
+    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def close_distributed(d: Dist) -> None:
+    if d.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world_size > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def sync_buffers(net: nn.Module, d: Dist) -> None:
+    """Give every rank rank 0's BatchNorm running statistics before testing: each rank's last
+    training step updated them from its own batch, and rank 0's are what the checkpoint keeps."""
+    if d.world_size > 1:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def gather_rng(d: Dist) -> list[dict[str, Any]]:
+    """Each rank's RNG state, indexed by rank (what the next epoch's dropout masks start from)."""
+    state = rng_state()
+    if d.world_size == 1:
+        return [state]
+    states: list[Any] = [None] * d.world_size
+    dist.all_gather_object(states, state)
+    return states

@@ -1,0 +1,71 @@
+"""Where a training run starts: a new run directory, or the checkpoint of a run it continues.
+Everything is checked before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dvsgkit.config import TrainConfig
+from dvsgkit.run import CONFIG, LATEST, checkpoint_file
+from dvsgkit.run.checkpoint import check_checkpoint, is_dvsgkit_checkpoint, load_checkpoint
+from dvsgkit.run.metrics import read_metrics
+
+
+def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[str, Any] | None]:
+    """The run directory and the checkpoint to resume from (None: a fresh run). Refuses, before
+    anything is written, to start over a run that exists or to resume an incompatible one."""
+    if resume is None:
+        run_dir = config.run_dir()
+        if (run_dir / LATEST).exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a run ({_progress(run_dir)}); continue it "
+                f"with --resume {run_dir / LATEST} (and a larger --epochs to extend it), or "
+                "choose another --out-dir"
+            )
+        if (run_dir / CONFIG).exists():
+            old = TrainConfig.load_json(run_dir / CONFIG)
+            diff = old.recipe_differences(config)
+            if diff:
+                raise FileExistsError(
+                    f"{run_dir} holds a different run ({_describe(diff)}); choose another --out-dir"
+                )
+        return run_dir, None
+    ckpt = load_checkpoint(resume)
+    if not is_dvsgkit_checkpoint(ckpt):
+        raise ValueError(
+            f"{resume} is not a dvsgkit training checkpoint (a SpikingJelly one?); resuming needs "
+            "the optimizer, scheduler and RNG states only dvsgkit checkpoints hold"
+        )
+    old = check_checkpoint(ckpt, checkpoint_file(resume), resume=True)
+    diff = old.recipe_differences(config)
+    if diff:
+        raise ValueError(
+            f"cannot resume {resume}: it was trained with {_describe(diff)}; pass the same "
+            "options (only --epochs, --device, --workers, --amp and --out-dir may change)"
+        )
+    if ckpt["epoch"] + 1 >= config.epochs:
+        raise ValueError(
+            f"{resume} has already trained {ckpt['epoch'] + 1} epochs; pass --epochs larger "
+            f"than {ckpt['epoch'] + 1} to extend it"
+        )
+    resume = Path(resume)
+    return (resume if resume.is_dir() else resume.parent), ckpt
+
+
+def _progress(run_dir: Path) -> str:
+    """'epochs 0..k of N done' from metrics.jsonl, for messages about an existing run."""
+    try:
+        done = read_metrics(run_dir)
+        planned = TrainConfig.load_json(run_dir / CONFIG).epochs
+    except (OSError, ValueError):
+        return "its metrics are unreadable"
+    if not done:
+        return "no epoch recorded"
+    last = done[-1]["epoch"]
+    state = "finished" if last + 1 >= planned else "unfinished"
+    return f"{state}: epochs 0..{last} of {planned} done"
+
+
+def _describe(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in diff.items())
