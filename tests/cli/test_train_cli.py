@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from dvsgkit.config import DEFAULTS, TrainConfig
 from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import frame_store_path
 from dvsgkit_cli.main import cli
@@ -20,6 +22,18 @@ def _train(root: Path, out: Path, *extra: str) -> object:
     args += ["--opt", "sgd", "--lr", "0.01", "--lr-scheduler", "steplr", "--step-size", "1"]
     args += ["--gamma", "0.5", "--root", str(root), "--out-dir", str(out), "--no-progress"]
     return CliRunner().invoke(cli, [*args, *extra])
+
+
+def test_every_config_option_defaults_to_train_config() -> None:
+    from dvsgkit_cli.train import train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = [p for p in train.params if p.name in fields and p.name != "device"]
+    # --device alone differs: the CLI picks cuda:0 when one is visible (TrainConfig says cpu).
+    assert {p.name for p in options} == fields - {"device"}
+    for param in options:
+        default = param.default if param.name != "out_dir" else str(param.default)
+        assert default == getattr(DEFAULTS, param.name), param.name
 
 
 def test_help_lists_the_seed_options() -> None:
