@@ -8,6 +8,7 @@ import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
+from dvsgkit.show import DEFAULT_FPS
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -22,7 +23,7 @@ from dvsgkit_cli.common import root_option, user_errors
               help="Sample mode: frame cutting.")  # fmt: skip
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0,
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_FPS,
               help="Recording mode: frames per second of recording time.")  # fmt: skip
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),

@@ -24,6 +24,7 @@ SCALE = 2  # pixels per sensor pixel
 CAPTION_HEIGHT = 14  # pixels of caption band above each frame
 STRIP_GAP = 2  # grey pixels between two frames of a strip
 MAX_FRAMES = 600  # 20 s at 30 fps; the counts of 600 frames take 79 MB
+DEFAULT_FPS = 30.0  # frames per second of recording time
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def show_recording(
     recording: str | os.PathLike[str],
     start_us: int,
     duration_us: int,
-    fps: float = 30.0,
+    fps: float = DEFAULT_FPS,
     out_dir: str | os.PathLike[str] = ".",
 ) -> Shown:
     """Events of a recording from `start_us` after its first event, for `duration_us`, as an

@@ -15,7 +15,7 @@ from torch import nn
 from dvsgkit import __version__
 from dvsgkit.config import TrainConfig
 from dvsgkit.io.atomic import atomic_path
-from dvsgkit.run import checkpoint_file
+from dvsgkit.run import BEST, checkpoint_file
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -73,7 +73,7 @@ def is_dvsgkit_checkpoint(ckpt: dict[str, Any]) -> bool:
 def _bad(path: Path, what: str) -> ValueError:
     return ValueError(
         f"{path} is not a valid dvsgkit checkpoint: {what}; use another checkpoint of the run "
-        "(checkpoint_max.pth, a backup)"
+        f"({BEST}, a backup)"
     )
 
 
