@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dvsgkit.constants import DEFAULT_ROOT
-from dvsgkit.frames import SPLIT_BY as SPLIT_BYS
+from dvsgkit.frames import SPLIT_BY as SPLIT_BYS  # the two frame-cutting rules, named there
 from dvsgkit.io.atomic import write_text_atomic
 
 OPTIMIZERS = ("sgd", "adam")
