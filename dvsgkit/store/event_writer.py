@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,15 +142,37 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
 
 
-def finish_file(f: Any, writers: dict[str, SplitWriter], sources: list[dict[str, Any]]) -> None:
-    """Write each split's per-sample datasets, seal every dataset and set the root attributes
-    (layout, version, sensor, classes, `sources` as JSON): `f` is then a complete cache."""
-    for writer in writers.values():
-        writer.finish()
-    integrity.seal(f, SPLITS)
-    f.attrs["layout"] = LAYOUT
-    f.attrs["layout_version"] = LAYOUT_VERSION
-    f.attrs["dvsgkit_version"] = __version__
-    f.attrs["sensor_size"] = np.array(SENSOR_SIZE, dtype=np.int64)
-    f.attrs["class_names"] = list(CLASS_NAMES)
-    f.attrs["sources"] = json.dumps(sources)
+class CacheWriter:
+    """A new events.h5 at `path`: `add` each recording's samples in order, then `finish` with
+    the sources; closed (complete or not) on leaving the `with` block."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        # No chunk cache: SplitWriter writes whole chunks, which then go straight to the file,
+        # so that free space seen before a write is free space indeed.
+        self.file = h5py.File(path, "w", rdcc_nbytes=0)
+        self.splits = {split: SplitWriter(self.file.create_group(split)) for split in SPLITS}
+
+    def add(self, samples: RecordingSamples) -> None:
+        self.splits[samples.recording.split].add(samples)
+
+    def finish(self, sources: list[dict[str, Any]]) -> None:
+        """Write each split's per-sample datasets, seal every dataset and set the root
+        attributes (layout, version, sensor, classes, `sources` as JSON)."""
+        for writer in self.splits.values():
+            writer.finish()
+        f = self.file
+        integrity.seal(f, SPLITS)
+        f.attrs["layout"] = LAYOUT
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        f.attrs["dvsgkit_version"] = __version__
+        f.attrs["sensor_size"] = np.array(SENSOR_SIZE, dtype=np.int64)
+        f.attrs["class_names"] = list(CLASS_NAMES)
+        f.attrs["sources"] = json.dumps(sources)
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()

@@ -24,7 +24,7 @@ from dvsgkit.samples import (
 from dvsgkit.store import event_writer, space
 from dvsgkit.store.event_cache import FIELDS, STORED_DTYPES, event_cache_path, recorded_sources
 from dvsgkit.store.event_pool import WorkerPool
-from dvsgkit.store.event_writer import RecordingSamples, SplitWriter
+from dvsgkit.store.event_writer import CacheWriter, RecordingSamples
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
@@ -269,26 +269,22 @@ def _write(
 ) -> None:
     """Write every recording's samples, as `results` yields them, to a complete cache at
     `partial`, recording the sha256 of each source in `sources`."""
-    import h5py
     from tqdm import tqdm
 
-    # No chunk cache: SplitWriter writes whole chunks, which then go straight to the file, so
-    # that free space seen before a write is free space indeed.
     with (
-        h5py.File(partial, "w", rdcc_nbytes=0) as f,
+        CacheWriter(partial) as writer,
         tqdm(total=total, unit="rec", disable=not progress, dynamic_ncols=True) as bar,
     ):
-        writers = {split: SplitWriter(f.create_group(split)) for split in SPLITS}
         events = 0
         for result in results:
             rec = result.recording
             # HDF5 does not survive a failed write (see space.py): refuse it first.
             worst = (result.events + event_writer.CHUNK_EVENTS) * WORST_BYTES_PER_EVENT
             space.require_free(root, worst + WRITE_MARGIN, partial, SPACE_FIX)
-            writers[rec.split].add(result)
+            writer.add(result)
             for name, sha in result.sha256.items():
                 sources[name]["sha256"] = sha
             events += result.events
             bar.set_postfix_str(f"{rec.trial}, {events:,} events", refresh=False)
             bar.update()
-        event_writer.finish_file(f, writers, list(sources.values()))
+        writer.finish(list(sources.values()))
