@@ -104,6 +104,47 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     assert not list(tmp_path.glob("*.partial"))
 
 
+SLOW_EVENTS = textwrap.dedent(
+    """
+    import sys, time
+    from dvsgkit.store import events as s
+    real = s._process
+    def slow(recording, spool=None):
+        time.sleep(1.0)
+        return real(recording, spool)
+    s._process = slow
+    from dvsgkit_cli.main import cli
+    cli(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_an_events_build_leaves_no_worker_and_the_next_build_cleans_up(
+    tmp_path: Path,
+) -> None:
+    write_synthetic_dataset(tmp_path, seed=3, train_trials=3, test_trials=1, events_per_sample=300)
+    args = ["events", "--root", str(tmp_path), "--workers", "2", "--no-progress"]
+    workers: list[int] = []
+    with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_EVENTS, *args], stderr=log)
+    try:
+        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        workers = children(proc.pid)
+        time.sleep(0.5)  # the workers are inside their first recordings
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not any(alive(w) for w in workers), 10, f"workers {workers} outlived it")
+    finally:
+        for pid in workers:  # a failed test leaves nothing running either
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert (tmp_path / f"events.h5.partial-{proc.pid}").exists()  # killed mid-write
+    build_event_cache(tmp_path, workers=2, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("events.h5*")) == ["events.h5"]
+
+
 HOLD = textwrap.dedent(
     """
     import sys, time
