@@ -78,6 +78,8 @@ class EventCache:
             raise
 
     def _check_layout(self) -> None:
+        import h5py
+
         layout = self._file.attrs.get("layout")
         version = self._file.attrs.get("layout_version")
         if layout != LAYOUT or version != LAYOUT_VERSION:
@@ -85,8 +87,10 @@ class EventCache:
                 f"{self.path} is not a dvsgkit event cache of layout version {LAYOUT_VERSION} "
                 f"(layout {layout!r}, version {version!r}); delete it and run 'dvsgkit events'"
             )
+        groups = [s for s in SPLITS if isinstance(self._file.get(s), h5py.Group)]
+        present = {f"{s}/{k}" for s in groups for k in self._file[s]}  # one listing per split
         needed = [f"{s}/{k}" for s in SPLITS for k in (*FIELDS, *SAMPLE_DATASETS)]
-        missing = [name for name in needed if name not in self._file]
+        missing = [name for name in needed if name not in present]
         if missing:
             raise ValueError(
                 f"{self.path} lacks {missing[0]!r} (a damaged event cache); delete it and run "
