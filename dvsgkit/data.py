@@ -116,7 +116,8 @@ class EventDataset(torch.utils.data.Dataset):
         *,
         target_transform: Callable[[int], Any] | None = None,
     ) -> None:
-        from dvsgkit.store.event_cache import EventCache, event_cache_path
+        from dvsgkit.store.event_cache import EventCache
+        from dvsgkit.store.event_layout import event_cache_path
 
         self.path, self.split = event_cache_path(root), split
         self.transform, self.target_transform = transform, target_transform

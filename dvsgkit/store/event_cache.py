@@ -1,4 +1,4 @@
-"""The event cache ROOT/events.h5: its layout, named once, and EventCache, the one reader of it."""
+"""EventCache, the one reader of the event cache ROOT/events.h5 (layout in event_layout.py)."""
 
 from __future__ import annotations
 
@@ -14,28 +14,9 @@ import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.store import integrity
+from dvsgkit.store.event_layout import FIELDS, LAYOUT, LAYOUT_VERSION, SAMPLE_DATASETS
 
-LAYOUT = "dvsgkit.events"
-# 3: Fletcher-32 on every dataset, seals, `trial` fixed-length ASCII (2: x, y as uint8, sources
-# with sha256; 1: x, y uint16, md5)
-LAYOUT_VERSION = 3
-CACHE_NAME = "events.h5"
-FIELDS = ("t", "x", "y", "p")  # each split's event columns, [E] each
-SAMPLE_DATASETS = ("offsets", "labels", "trial", "row")  # each split's per-sample datasets
-# What the cache stores: x and y fit uint8 on the 128 x 128 sensor (the build refuses events off
-# it), which halves them and spares a filter; EventCache.sample returns EVENT_DTYPE all the same.
-STORED_DTYPES = {"t": np.dtype(np.int64), "x": np.dtype(np.uint8), "y": np.dtype(np.uint8),
-                 "p": np.dtype(np.uint8)}  # fmt: skip
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
-
-
-def event_cache_path(root: str | os.PathLike[str]) -> Path:
-    """ROOT/events.h5."""
-    return Path(root) / CACHE_NAME
-
-
-def rebuild_fix(path: Path) -> str:
-    return f"delete {path} and run 'dvsgkit events' to rebuild it"
 
 
 @dataclass(frozen=True)
@@ -186,7 +167,7 @@ class EventCache:
             ):
                 raise ValueError(
                     f"{self.path}:{split} has inconsistent offsets or labels; "
-                    f"{rebuild_fix(self.path)}"
+                    f"{integrity.fix_for(self.path)}"
                 )
             ids = [f"{t}:{r}" for t, r in zip(trials, self.rows(split).tolist(), strict=True)]
             splits[split] = SplitIndex(offsets.astype(np.int64), labels.astype(np.uint8), ids)
@@ -231,7 +212,7 @@ class EventCache:
 def read_events_index(events_path: Path) -> EventsIndex:
     """EventCache.index with every failure a ValueError (FileNotFoundError when there is no
     file) naming the path and the fix: what a frame build and `dvsgkit info` rely on."""
-    fix = rebuild_fix(events_path)
+    fix = integrity.fix_for(events_path)
     try:
         with EventCache(events_path) as cache:
             return cache.index()

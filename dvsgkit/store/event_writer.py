@@ -13,7 +13,7 @@ from dvsgkit import __version__
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE, SPLITS
 from dvsgkit.samples import Recording
 from dvsgkit.store import integrity
-from dvsgkit.store.event_cache import FIELDS, LAYOUT, LAYOUT_VERSION, STORED_DTYPES
+from dvsgkit.store.event_layout import FIELDS, LAYOUT, LAYOUT_VERSION, STORED_DTYPES
 from dvsgkit.store.spool import Slot
 
 # 64 Ki events per chunk: a 360 k-event sample spans ~6 chunks; scale-offset packs a small chunk

@@ -22,7 +22,8 @@ from dvsgkit.samples import (
     list_all_recordings,
 )
 from dvsgkit.store import event_writer, space
-from dvsgkit.store.event_cache import FIELDS, STORED_DTYPES, event_cache_path, recorded_sources
+from dvsgkit.store.event_cache import recorded_sources
+from dvsgkit.store.event_layout import FIELDS, STORED_DTYPES, event_cache_path
 from dvsgkit.store.event_pool import WorkerPool
 from dvsgkit.store.event_writer import CacheWriter, RecordingSamples
 from dvsgkit.store.signals import BuildSignals

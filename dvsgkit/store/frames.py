@@ -29,10 +29,10 @@ from dvsgkit.store.event_cache import (
     EventCache,
     EventsIndex,
     SplitIndex,
-    event_cache_path,
     events_checksum,
     read_events_index,
 )
+from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals

@@ -22,7 +22,8 @@ from dvsgkit.io.aedat import AedatError
 from dvsgkit.samples import cut_recording, dataset_dir, list_recordings
 from dvsgkit.store import event_pool, event_writer
 from dvsgkit.store import events as store
-from dvsgkit.store.event_cache import LAYOUT, LAYOUT_VERSION, EventCache, event_cache_path
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.event_layout import LAYOUT, LAYOUT_VERSION, event_cache_path
 from dvsgkit.store.events import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 
