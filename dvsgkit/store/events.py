@@ -1,4 +1,5 @@
-"""The event cache ROOT/events.h5: every labelled sample of both splits, built in parallel."""
+"""Building the event cache ROOT/events.h5: recordings cut into samples by worker processes and
+written in order by this one; a current cache is left as it is."""
 
 from __future__ import annotations
 
