@@ -98,7 +98,8 @@ class WorkerPool:
         `ahead` results are in flight, which bounds memory, and lets job k reuse what result
         k - ahead - 1 used. `check` runs whenever the parent waits (to act on a signal). A
         worker's exception is raised here (its traceback as the cause); a worker that dies
-        raises WorkerError naming its pid and how it died."""
+        raises WorkerError naming its pid and how it died. One map at a time: taken to its end,
+        or followed by `close`."""
         pending = iter(enumerate(jobs))
         done: dict[int, tuple[Any, str | None]] = {}
         taken = sent = 0
