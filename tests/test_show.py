@@ -15,7 +15,8 @@ from dvsgkit.frames import integrate
 from dvsgkit.io.aedat import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.show import CAPTION_HEIGHT, SCALE, STRIP_GAP, show_recording, show_sample
-from dvsgkit.store.events import EventCache, event_cache_path
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit_cli.main import cli
 
 T = 4

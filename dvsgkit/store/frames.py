@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import zarr
 
@@ -26,8 +25,14 @@ from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.samples import dataset_dir
 from dvsgkit.store import verify
 from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.events_index import events_checksum, read_events_index
-from dvsgkit.store.integrity import read_columns
+from dvsgkit.store.event_cache import (
+    EventCache,
+    EventsIndex,
+    SplitIndex,
+    events_checksum,
+    read_events_index,
+)
+from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
@@ -68,25 +73,50 @@ def _compressor(zarr_format: int) -> Any:
     return BloscCodec(shuffle="bitshuffle", **BLOSC)
 
 
-def _integrate_block(task: tuple) -> tuple[int, int, int, list[int]]:
+@dataclass(frozen=True)
+class BlockTask:
+    """Samples [s0, s1) of a split, to integrate and write: one worker's job."""
+
+    events_path: Path
+    split: str
+    s0: int
+    s1: int
+    offsets: np.ndarray  # int64 [s1 - s0 + 1]: the samples' events, absolute in the split
+    T: int
+    split_by: str
+    frames_path: str  # the split's frames array
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What a block came to: its largest count, and each sample's crc32 as written (empty when
+    the counts overflow the dtype and nothing was written)."""
+
+    s0: int
+    s1: int
+    largest: int
+    checksums: list[int]
+
+
+def _integrate_block(task: BlockTask) -> BlockResult:
     """Worker: read samples [s0, s1) from events.h5, integrate, write them when they fit the
-    dtype. Returns (s0, s1, largest count, crc32 per sample); a block whose counts overflow is
-    not written."""
-    events_path, split, s0, s1, offsets, T, split_by, frames_path, dtype = task
+    dtype; a block whose counts overflow is not written."""
+    offsets = task.offsets
     e0, e1 = int(offsets[0]), int(offsets[-1])
-    fields = ("x", "y", "p", "t") if split_by == "time" else ("x", "y", "p")  # "number" needs no t
-    with h5py.File(events_path, "r") as f:  # damage and pixels off the sensor: one clear line
-        events = read_columns(f[split], events_path, fields, e0, e1, sensor=SENSOR_SIZE,
-                              offsets=offsets, first_sample=s0)  # fmt: skip
-    counts = integrate_many(events, offsets, T, split_by)  # [S, T, 2, H, W] int64
+    # "number" needs no t
+    fields = ("x", "y", "p", "t") if task.split_by == "time" else ("x", "y", "p")
+    with EventCache(task.events_path) as cache:  # damage, pixels off the sensor: one clear line
+        events = cache.columns(task.split, fields, e0, e1, offsets=offsets, first_sample=task.s0)
+    counts = integrate_many(events, offsets, task.T, task.split_by)  # [S, T, 2, H, W] int64
     largest = int(counts.max()) if counts.size else 0
-    if largest > np.iinfo(dtype).max:
-        return s0, s1, largest, []
-    frames = counts.astype(dtype)
+    if largest > np.iinfo(task.dtype).max:
+        return BlockResult(task.s0, task.s1, largest, [])
+    frames = counts.astype(task.dtype)
     del counts
     with zarr.config.set(WRITE_ALL):
-        zarr.open_array(frames_path, mode="r+")[s0:s1] = frames
-    return s0, s1, largest, [verify.sample_checksum(f) for f in frames]
+        zarr.open_array(task.frames_path, mode="r+")[task.s0 : task.s1] = frames
+    return BlockResult(task.s0, task.s1, largest, [verify.sample_checksum(f) for f in frames])
 
 
 def _pick_dtype(largest: int) -> np.dtype:
@@ -97,7 +127,7 @@ def _write_split(
     group: zarr.Group,
     store_path: Path,
     split: str,
-    index: dict[str, Any],
+    index: SplitIndex,
     events_path: Path,
     T: int,
     split_by: str,
@@ -105,7 +135,7 @@ def _write_split(
     pool: ProcessPoolExecutor | None,
     after_block: Callable[[int], None],
 ) -> None:
-    offsets, labels = index["offsets"], index["labels"]
+    offsets, labels = index.offsets, index.labels
     n = labels.shape[0]
     H, W = SENSOR_SIZE
     sub = group.create_group(split)
@@ -125,16 +155,16 @@ def _write_split(
         )
         frames_path = str(store_path / split / "frames")
         tasks = [
-            (events_path, split, s0, min(s0 + BLOCK_SAMPLES, n),
-             offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
+            BlockTask(events_path, split, s0, min(s0 + BLOCK_SAMPLES, n),
+                      offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
             for s0 in range(0, n, BLOCK_SAMPLES)
         ]  # fmt: skip
         results = pool.map(_integrate_block, tasks) if pool else map(_integrate_block, tasks)
         largest = 0
-        for s0, s1, block_max, block_sums in results:
-            largest = max(largest, block_max)
-            sums[s0:s1] = block_sums or 0
-            after_block(s1 - s0)  # an interrupted build stops here; so does a full disk
+        for block in results:
+            largest = max(largest, block.largest)
+            sums[block.s0 : block.s1] = block.checksums or 0
+            after_block(block.s1 - block.s0)  # an interrupted build stops here, so does a full disk
         if largest <= np.iinfo(dtype).max:
             break
         dtype = _pick_dtype(largest)
@@ -146,7 +176,7 @@ def _write_split(
             "dtype": dtype.name,
             "class_counts": counts.tolist(),
             "max_count": largest,
-            "sample_ids": index["sample_ids"],  # "{recording stem}:{row in its labels CSV}"
+            "sample_ids": index.sample_ids,  # "{recording stem}:{row in its labels CSV}"
             "checksum": verify.CHECKSUM,  # of each sample, in the checksums array
             "labels_crc32": verify.array_checksum(labels),
             "checksums_crc32": verify.array_checksum(sums),
@@ -263,7 +293,7 @@ def make_frame_store(
     check_memory(T, workers, BLOCK_SAMPLES)
     root = Path(root)
     target = frame_store_path(root, T, split_by)
-    events_path = root / "events.h5"
+    events_path = event_cache_path(root)
     if not events_path.exists() or dataset_dir(root).is_dir():
         # Missing: build it. Recordings present: let the event pipeline refresh a stale cache
         # (a no-op that compares file stats when current), so changed inputs reach the frames.
@@ -317,7 +347,7 @@ def _remove_tree(path: Path, patience: float = 2.0) -> None:
 
 def _write_store(
     tmp: Path,
-    index: dict[str, Any],
+    index: EventsIndex,
     events_path: Path,
     checksum: str,
     T: int,
@@ -344,14 +374,14 @@ def _write_store(
             "events": {
                 "file": events_path.name,
                 "checksum": checksum,
-                "layout_version": index["attrs"].get("layout_version"),
-                "dvsgkit_version": index["attrs"].get("dvsgkit_version"),
+                "layout_version": index.attrs.get("layout_version"),
+                "dvsgkit_version": index.attrs.get("dvsgkit_version"),
             },
             "build_id": uuid.uuid4().hex,
             "complete": False,  # set True last: a store without it never counts as built
         }
     )
-    total = sum(s["labels"].shape[0] for s in index["splits"].values())
+    total = sum(s.labels.shape[0] for s in index.splits.values())
     space = SpaceCheck(tmp, total)
     pool = (
         ProcessPoolExecutor(
@@ -371,7 +401,7 @@ def _write_store(
 
             for split in SPLITS:
                 with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
-                    _write_split(group, tmp, split, index["splits"][split], events_path, T,
+                    _write_split(group, tmp, split, index.splits[split], events_path, T,
                                  split_by, zarr_format, pool, after_block)  # fmt: skip
     finally:
         if pool is not None:

@@ -16,7 +16,8 @@ import zarr
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.frames import integrate
 from dvsgkit.store import frames as store
-from dvsgkit.store.events import EventCache, build_event_cache
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
