@@ -12,16 +12,14 @@ import pytest
 from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.io.aedat import (
     AedatError,
-    AedatWriter,
     ReadBuffers,
     decode_words,
     iter_events,
     iter_words,
-    packet_header,
     read_events,
     read_header,
-    write_aedat,
 )
+from dvsgkit.io.aedat_writer import AedatWriter, packet_header, write_aedat
 
 HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: x\r\n#!END-HEADER\r\n"
 
