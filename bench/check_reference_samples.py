@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.io.aedat import AedatWriter, packet_header, read_events
+from dvsgkit.io.aedat import read_events
+from dvsgkit.io.aedat_writer import AedatWriter, packet_header
 from dvsgkit.io.labels import WINDOW_DTYPE, labels_path_for, read_labels, write_labels
 from dvsgkit.samples import dataset_dir, list_recordings
 from dvsgkit.store.event_cache import EventCache

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
 from dvsgkit.frames import integrate
-from dvsgkit.io.aedat import write_aedat
+from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.show import CAPTION_HEIGHT, SCALE, STRIP_GAP, show_recording, show_sample
 from dvsgkit.store.event_cache import EventCache

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +19,7 @@ import zarr
 import dvsgkit
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.io.atomic import make_temp_dir, remove_dead_temps, remove_tree, swap_in
 from dvsgkit.samples import dataset_dir
 from dvsgkit.store import verify
 from dvsgkit.store.errors import StoreDamagedError
@@ -312,9 +310,8 @@ def make_frame_store(
         # Another build may have finished while this one waited for the lock.
         if store_status(target, T, split_by, checksum)[0] == "current":
             return FrameBuild(target, "built by another process")
-        for leftover in root.glob(f".{target.name}.*.partial"):  # from a killed build
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=root))
+        remove_dead_temps(root, target.name)  # what killed builds of this store left
+        tmp = make_temp_dir(target)
         try:
             with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
                 _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
@@ -327,22 +324,13 @@ def make_frame_store(
                     f"{events_path} was replaced while the frames were being built (another "
                     "'dvsgkit events' of this root?); no store was written: rerun"
                 )
-            _swap_into_place(tmp, target)
+            swap_in(tmp, target)  # an old store is moved aside, then deleted
         finally:
-            _remove_tree(tmp)  # gone already after a successful swap
+            # Gone already after a successful swap. After a failed write zarr's IO loop may still
+            # be finishing the other chunks of that write, and recreate folders that were just
+            # removed: delete again until nothing comes back.
+            remove_tree(tmp, patience=2.0)
     return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
-
-
-def _remove_tree(path: Path, patience: float = 2.0) -> None:
-    """Delete a partial store for good. After a failed write zarr's IO loop may still be
-    finishing the other chunks of that write, and recreate folders that rmtree has just removed:
-    delete again until nothing comes back (at most `patience` seconds)."""
-    deadline = time.monotonic() + patience
-    while True:
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists() or time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
 
 
 def _write_store(
@@ -414,18 +402,6 @@ def _init_worker(parent: int) -> None:
     # cancels the rest and removes the partial store); a worker would die printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)  # a killed build leaves no worker behind (and so no held lock)
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished store onto target; an old store is moved aside first, then deleted."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".partial",
-                                    dir=target.parent))  # fmt: skip
-        os.rename(target, old / "store")
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:

@@ -239,7 +239,8 @@ def test_two_builds_at_once_both_succeed(root: Path) -> None:
 
 
 def test_events_outside_the_sensor_are_rejected(root: Path) -> None:
-    from dvsgkit.io.aedat import read_events, write_aedat
+    from dvsgkit.io.aedat import read_events
+    from dvsgkit.io.aedat_writer import write_aedat
 
     path = dataset_dir(root) / "user01_fluorescent.aedat"
     ev = read_events(path)
