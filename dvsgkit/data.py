@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.frames import open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
 from dvsgkit.store.verify import damaged, sample_problem
 
 # What a split may take of the device's free memory (or of the host's available memory) before

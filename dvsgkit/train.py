@@ -35,7 +35,8 @@ from dvsgkit.run import (
     record_frames,
     run_writes,
 )
-from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
+from dvsgkit.store.frames import build_frame_store, frame_store_path
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
 CHECKPOINT_VERSION = 1

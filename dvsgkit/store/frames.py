@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -22,7 +21,6 @@ from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.io.atomic import make_temp_dir, remove_dead_temps, remove_tree, swap_in
 from dvsgkit.samples import dataset_dir
 from dvsgkit.store import verify
-from dvsgkit.store.errors import StoreDamagedError
 from dvsgkit.store.event_cache import (
     EventCache,
     EventsIndex,
@@ -31,18 +29,19 @@ from dvsgkit.store.event_cache import (
     read_events_index,
 )
 from dvsgkit.store.event_layout import event_cache_path
+from dvsgkit.store.frame_layout import (
+    DEFAULT_ZARR_FORMAT,
+    LAYOUT,
+    LAYOUT_VERSION,
+    ZARR_FORMATS,
+    frame_store_path,
+)
+from dvsgkit.store.frame_open import store_status
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.workers import die_with_parent, pool_context
 
-LAYOUT = "dvsgkit.frames"
-# 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
-LAYOUT_VERSION = 2
-# Format 2 is the default: zarr-python 2.x (still common), zarr-python 3 and tensorstore all read
-# it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
-ZARR_FORMATS = (2, 3)
-DEFAULT_ZARR_FORMAT = 2
 # Counts are small and mostly zero: bit-shuffled zstd level 1 packs uint8 frames ~9x (synthetic
 # data at the real density) at ~1 ms per 512 KiB sample; levels 5-9 gain 5-15 % for 4-80x the
 # encoding time.
@@ -53,12 +52,6 @@ BLOCK_SAMPLES = 8  # samples integrated per task: ~8 * 4 MiB of int64 counts in 
 # zarr skips chunks equal to the fill value unless told otherwise; a dvsgkit store writes every
 # chunk, so that a missing chunk file always means damage.
 WRITE_ALL = {"array.write_empty_chunks": True}  # zarr.config.set(WRITE_ALL) while writing
-
-
-def frame_store_path(root: Path, T: int, split_by: str) -> Path:
-    """ROOT/frames_number_{T}_split_by_{split_by}.zarr (SpikingJelly's folder name plus .zarr)."""
-    check_frame_params(T, split_by)
-    return Path(root) / f"frames_number_{T}_split_by_{split_by}.zarr"
 
 
 def _compressor(zarr_format: int) -> Any:
@@ -180,66 +173,6 @@ def _write_split(
             "checksums_crc32": verify.array_checksum(sums),
         }
     )
-
-
-def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tuple[str, str]:
-    """(status, why): 'absent'; 'current' (complete, same inputs, structure intact); 'stale'
-    (ours, but incomplete, of an older layout or built from other inputs); 'damaged' (ours and
-    complete, but files missing or other than recorded: why names them). FileExistsError when
-    the path holds anything else, which is never replaced."""
-    if not path.exists():
-        return "absent", ""
-    for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
-        if meta.is_file():  # unreadable root metadata: maybe ours, maybe not; never replaced
-            try:
-                json.loads(meta.read_bytes())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FileExistsError(
-                    f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
-                    "it is damaged: delete it and rerun"
-                ) from exc
-    try:
-        group = zarr.open_group(path, mode="r")
-        attrs = dict(group.attrs)
-    except Exception as exc:  # zarr raises several types for "not a group"; all mean: not ours
-        raise FileExistsError(
-            f"{path} exists but is not a Zarr group ({type(exc).__name__}); "
-            "move it away or delete it, then rerun"
-        ) from exc
-    if attrs.get("layout") != LAYOUT:
-        raise FileExistsError(
-            f"{path} holds a Zarr group that is not a dvsgkit frame store; move it away or "
-            "delete it, then rerun"
-        )
-    if attrs.get("T") != T or attrs.get("split_by") != split_by:
-        raise FileExistsError(
-            f"{path} holds a frame store of another configuration (T={attrs.get('T')}, "
-            f"split_by={attrs.get('split_by')!r}), not T={T}, split_by={split_by!r}; "
-            "move it away or delete it, then rerun"
-        )
-    if attrs.get("complete") is not True:
-        return "stale", "incomplete"
-    if attrs.get("layout_version") != LAYOUT_VERSION:
-        return "stale", f"layout version {attrs.get('layout_version')}"
-    if attrs.get("events", {}).get("checksum") != checksum:
-        return "stale", "built from another event cache"
-    problems = _problems(path, group, SPLITS)
-    return ("damaged", problems[0]) if problems else ("current", "")
-
-
-def _problems(path: Path, group: zarr.Group, splits: tuple[str, ...]) -> list[str]:
-    """Structure problems of `splits`, metadata that does not parse included."""
-    try:
-        verify.check_metadata(path)
-    except StoreDamagedError as exc:
-        return [str(exc).split("; ")[0]]
-    problems: list[str] = []
-    for split in splits:
-        try:
-            problems += verify.structure_problems(path, group, split)
-        except Exception as exc:  # zarr's errors for metadata it cannot use: all damage here
-            problems.append(f"{split} cannot be opened ({type(exc).__name__}: {exc})")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -402,36 +335,3 @@ def _init_worker(parent: int) -> None:
     # cancels the rest and removes the partial store); a worker would die printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)  # a killed build leaves no worker behind (and so no held lock)
-
-
-def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:
-    """Open a complete frame store read-only (the root group, or one split's group), after
-    checking its structure against its own record (arrays, shapes, dtypes, labels, every chunk
-    file present; no frame is decoded). Errors name the path, the part and what to do:
-    StoreDamagedError for a store that does not match its record."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    verify.check_metadata(path)
-    try:
-        group = zarr.open_group(path, mode="r")
-    except Exception as exc:  # several zarr error types mean "not a group here"
-        raise ValueError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc})") from exc
-    attrs = dict(group.attrs)
-    if attrs.get("layout") != LAYOUT:
-        raise ValueError(
-            f"{path} is not a dvsgkit frame store (layout attr {attrs.get('layout')!r})"
-        )
-    if attrs.get("complete") is not True:
-        raise ValueError(f"{path} is incomplete (an interrupted build?); rerun 'dvsgkit frames'")
-    if attrs.get("layout_version") != LAYOUT_VERSION:
-        raise ValueError(
-            f"{path} has frame layout_version {attrs.get('layout_version')}, this dvsgkit reads "
-            f"{LAYOUT_VERSION}; {verify.rebuild_hint(path, attrs)}"
-        )
-    problems = _problems(path, group, SPLITS if split is None else (split,))
-    if problems:
-        raise StoreDamagedError(verify.damaged(path, problems, attrs))
-    return group if split is None else group[split]

@@ -95,7 +95,7 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
     import zarr
 
     from dvsgkit.store import verify as checks
-    from dvsgkit.store.frames import LAYOUT, LAYOUT_VERSION
+    from dvsgkit.store.frame_layout import LAYOUT, LAYOUT_VERSION
 
     checks.check_metadata(path)  # StoreDamagedError names a metadata file that does not parse
     group = zarr.open_group(path, mode="r")

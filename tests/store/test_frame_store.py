@@ -18,7 +18,8 @@ from dvsgkit.frames import integrate
 from dvsgkit.store import frames as store
 from dvsgkit.store.event_cache import EventCache
 from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
+from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
