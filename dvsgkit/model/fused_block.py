@@ -129,12 +129,14 @@ class BNLIFPool(torch.autograd.Function):
         partial = torch.empty((PARTS[ctx.spec[2]], tasks), dtype=torch.float32, device=y.device)
         grad_y = torch.empty_like(y)
         if ctx.batch:  # dL/dy needs the channel sums first: one pass for them, one for dL/dy
-            ctx.launch("backward", ctx.spec, [y, grad_out, bn, None, decay, None, partial], geo, tasks)
+            sums_only = [y, grad_out, bn, None, decay, None, partial]
+            ctx.launch("backward", ctx.spec, sums_only, geo, tasks)
             sums = channel_sums(partial, geo)
             count = y.numel() // y.shape[1]  # T*N*H*W values per channel
             scale = bn[1].double() * bn[2].double()
             coef = torch.stack([-scale * sums[0] / count, -scale * sums[1] / count]).float()
-            ctx.launch("backward", ctx.spec, [y, grad_out, bn, coef, decay, grad_y, None], geo, tasks)
+            grads_only = [y, grad_out, bn, coef, decay, grad_y, None]
+            ctx.launch("backward", ctx.spec, grads_only, geo, tasks)
         else:
             ctx.launch(
                 "backward", ctx.spec, [y, grad_out, bn, None, decay, grad_y, partial], geo, tasks

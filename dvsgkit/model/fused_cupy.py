@@ -119,7 +119,8 @@ extern "C" __global__ void fused_forward(
   const long long rows = (height + 1) / 2, cols = (width + 1) / 2;
   const long long tasks = n_batch * channels * rows * cols;
   const long long stride = (long long)blockDim.x * gridDim.x;
-{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks; i += stride) {{
+{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks;
+       i += stride) {{
     const window_t win = window_of(i, channels, rows, cols, c_fast);
     if (2 * win.row + 1 >= height || 2 * win.col + 1 >= width) continue;  // pools nothing
     BN_SCALE_SHIFT(bn, win.c, channels)
@@ -167,7 +168,8 @@ extern "C" __global__ void fused_backward(
   const long long rows = (height + 1) / 2, cols = (width + 1) / 2;
   const long long tasks = n_batch * channels * rows * cols;
   const long long stride = (long long)blockDim.x * gridDim.x;
-{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks; i += stride) {{
+{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks;
+       i += stride) {{
     const window_t win = window_of(i, channels, rows, cols, c_fast);
     const bool pooled = 2 * win.row + 1 < height && 2 * win.col + 1 < width;
     bool valid[4];
