@@ -332,3 +332,27 @@ def test_external_stream_is_built_once_per_stream(monkeypatch: pytest.MonkeyPatc
     fused_cupy.external_stream(5678, 0)
     assert built == [(1234, 0), (5678, 0)]
     fused_cupy.external_stream.cache_clear()
+
+
+def test_batchnorm_apply_rounds_as_torch_near_the_threshold(cpp_harness) -> None:
+    # Eval BatchNorm, T = 1: the LIF fires iff x = bn(y) >= 2 (h = x / tau). Each y is picked so
+    # that x lands within a few ulps of 2, where one fused multiply-add and a multiply then an add
+    # round to different sides; the spikes must still equal torch's, bit for bit.
+    g = torch.Generator().manual_seed(5)
+    channels, side = 64, 8
+    bn, cell = block_modules("lif", channels, "cpu", seed=5)
+    bn.eval()
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps) * bn.weight
+        # one rounding (as a fused multiply-add); two roundings must differ in some channel
+        shift = (bn.bias.double() - bn.running_mean.double() * scale.double()).float()
+        assert (shift != bn.bias - bn.running_mean * scale).any()
+    target = ((2.0 - shift.double()) / scale.double()).float().view(1, -1, 1, 1)
+    steps = torch.randint(-3, 4, (2, channels, side, side), generator=g, dtype=torch.int32)
+    y = (target.view(torch.int32) + steps).view(torch.float32)  # target +- 3 ulps
+    x = bn(y)
+    assert (x == 2.0).any() and (x < 2.0).any() and (x > 2.0).any()
+    launch = CppLaunch(cpp_harness)
+    with torch.no_grad():
+        spikes = fused_bn_lif_pool(y, bn, cell, 1, launch)
+        assert torch.equal(spikes, torch_chain(y, bn, cell, 1))
