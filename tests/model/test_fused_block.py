@@ -356,3 +356,26 @@ def test_batchnorm_apply_rounds_as_torch_near_the_threshold(cpp_harness) -> None
     with torch.no_grad():
         spikes = fused_bn_lif_pool(y, bn, cell, 1, launch)
         assert torch.equal(spikes, torch_chain(y, bn, cell, 1))
+
+
+@pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
+def test_fused_block_without_affine_and_with_an_expanded_gradient(fused, device) -> None:
+    # affine=False BatchNorm (no weight, no bias) and momentum=None; spikes.sum() hands backward
+    # a stride-0 gradient, which the kernels read through a dense copy
+    t, n, c = 2, 3, 4
+    y = torch.randn(t * n, c, 6, 7, generator=torch.Generator().manual_seed(7)) * 2 + 1.5
+    bn = nn.BatchNorm2d(c, affine=False, momentum=None)
+    bn_ref, cell = copy.deepcopy(bn), MultiStepPLIF(init_tau=3.0)
+    cell_ref = copy.deepcopy(cell)
+    y_fused = y.to(device).clone().requires_grad_(True)
+    spikes = fused(y_fused, bn.to(device), cell.to(device), t)
+    spikes.sum().backward()
+    y_ref = y.clone().requires_grad_(True)
+    ref = torch_chain(y_ref, bn_ref, cell_ref, t)
+    ref.sum().backward()
+    assert ref.sum() > 0 and (ref == 0).any()
+    if device == "cpu":
+        assert torch.equal(spikes, ref) and torch.equal(bn.running_var, bn_ref.running_var)
+    if torch.equal(spikes.cpu(), ref):
+        torch.testing.assert_close(y_fused.grad.cpu(), y_ref.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cell.w.grad.cpu(), cell_ref.w.grad, **TOL_PARAM)
