@@ -29,7 +29,8 @@ import numpy as np
 
 from dvsgkit.constants import SPLITS
 from dvsgkit.store import verify
-from dvsgkit.store.events import EventCache, build_event_cache
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.store.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset

@@ -8,16 +8,15 @@ import click
 
 from dvsgkit.constants import DATASET_DIR, EXTRACT_DIR, MAPPING_NAME, RESOURCES
 from dvsgkit.io.download import (
-    DownloadError,
     archive_status,
     check_resources,
     download_dir,
-    fetch_missing,
     format_table,
     install_mapping,
     manual_steps,
 )
 from dvsgkit.io.extract import UnsafeArchiveError, safe_extract
+from dvsgkit.io.fetch import DownloadError, fetch_missing
 from dvsgkit_cli.common import root_option, user_errors
 
 

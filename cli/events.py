@@ -23,7 +23,10 @@ from dvsgkit_cli.common import root_option, user_errors
 def events(root: Path, workers: int, progress: bool) -> None:
     """Cut ROOT/extract/DvsGesture/ into labelled samples and write ROOT/events.h5."""
     from dvsgkit.io.aedat import AedatError
-    from dvsgkit.store.events import EventCache, WorkerError, build_event_cache, event_cache_path
+    from dvsgkit.store.event_cache import EventCache
+    from dvsgkit.store.event_layout import event_cache_path
+    from dvsgkit.store.event_pool import WorkerError
+    from dvsgkit.store.events import build_event_cache
     from dvsgkit.store.space import StorageError
 
     path = event_cache_path(root)

@@ -49,7 +49,7 @@ def frames(
 ) -> None:
     """Write ROOT/frames_number_{T}_split_by_{split_by}.zarr from ROOT/events.h5 (built first
     when missing). Rerunning with the same inputs does nothing; a damaged store is rebuilt."""
-    from dvsgkit.store.events import WorkerError
+    from dvsgkit.store.event_pool import WorkerError
     from dvsgkit.store.frames import make_frame_store
     from dvsgkit.store.info import summarize
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.frames import open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
 from dvsgkit.store.verify import damaged, sample_problem
 
 # What a split may take of the device's free memory (or of the host's available memory) before
@@ -116,7 +116,8 @@ class EventDataset(torch.utils.data.Dataset):
         *,
         target_transform: Callable[[int], Any] | None = None,
     ) -> None:
-        from dvsgkit.store.events import EventCache, event_cache_path
+        from dvsgkit.store.event_cache import EventCache
+        from dvsgkit.store.event_layout import event_cache_path
 
         self.path, self.split = event_cache_path(root), split
         self.transform, self.target_transform = transform, target_transform
@@ -129,7 +130,7 @@ class EventDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
-        from dvsgkit.store.events import EventCache
+        from dvsgkit.store.event_cache import EventCache
 
         if self._pid != os.getpid():
             self._cache, self._pid = EventCache(self.path), os.getpid()

@@ -157,23 +157,20 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
 
 def for_inference(net: Any, device: Any) -> Any:
     """`net` in eval mode on `device`, arranged to run fastest there. On the CPU a GestureNet
-    runs step by step in channels-last layout (a copy; the original is left as it is): one
-    time step of a few windows fits the caches, where layer-by-layer mode streams [T*N, C, H, W]
-    tensors through memory ~3x slower. Both modes compute the same function in eval mode, up to
-    float rounding (bench/predict.py counts the windows where the two disagree). `evaluate` and
-    `predict` both run through here, so the two agree on the same samples."""
-    import copy
-
+    becomes an `InferenceNet` (a copy; the original is left as it is): step by step, so one time
+    step of a few windows fits the caches, channels-last, with in-place spiking layers. It
+    computes the very values of the GestureNet in step mode (`bench/predict.py` also compares it
+    with layer-by-layer mode, which rounds differently). `evaluate` and `predict` both run
+    through here, so the two agree on the same samples."""
     import torch
 
     from dvsgkit.model import GestureNet
+    from dvsgkit.model.inference import InferenceNet
 
     device = torch.device(device)
     net = net.eval().to(device)
     if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
-        net = copy.deepcopy(net)
-        net.mode = "step"
-        net = net.to(memory_format=torch.channels_last)
+        return InferenceNet(net)
     return net
 
 

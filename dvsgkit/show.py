@@ -100,7 +100,8 @@ def show_sample(
     """Sample `index` of `split` in ROOT/events.h5, integrated into T frames exactly as the
     frame store does, as `<split>_<index>_T<T>.gif` (one frame each `frame_ms`) and `.png` (the
     T frames in a row), each frame captioned with its number and the true label."""
-    from dvsgkit.store.events import EventCache, event_cache_path
+    from dvsgkit.store.event_cache import EventCache
+    from dvsgkit.store.event_layout import event_cache_path
 
     with EventCache(event_cache_path(root)) as cache:
         n = cache.num_samples(split)

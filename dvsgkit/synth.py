@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from dvsgkit.constants import (
     TEST_TRIALS_FILE,
     TRAIN_TRIALS_FILE,
 )
-from dvsgkit.io.aedat import AedatWriter
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.io.aedat_writer import AedatWriter
+from dvsgkit.io.atomic import atomic_dir, remove_dead_temps, write_text_atomic
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
@@ -170,10 +168,10 @@ def write_synthetic_dataset(
             "it may be the real dataset: choose another --root"
         )
     extract.mkdir(parents=True, exist_ok=True)
-    partial = extract / f"{DATASET_DIR}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    remove_dead_temps(extract)  # what killed writes left
+    # Built under a temporary name and swapped in whole: never half a dataset under the real
+    # name, and on any error (Ctrl-C too) the partial folder is deleted.
+    with atomic_dir(final) as partial:
         train, test = trial_names(train_trials, test_trials)
         for split, stems in enumerate((train, test)):
             for k, stem in enumerate(stems):
@@ -192,12 +190,4 @@ def write_synthetic_dataset(
             for i, name in enumerate(CLASS_NAMES)
         )
         write_text_atomic(extract / MAPPING_NAME, "action,label\r\n" + mapping)
-        if final.exists():
-            old = extract / f"{DATASET_DIR}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # also on Ctrl-C: leave nothing half-written
-        raise
     return final

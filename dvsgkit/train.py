@@ -35,7 +35,8 @@ from dvsgkit.run.prepare import prepare_run
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
 from dvsgkit.run.rng import RngState, seed_everything
 from dvsgkit.run.writes import run_writes
-from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
+from dvsgkit.store.frames import build_frame_store, frame_store_path
 
 
 def _check_runtime(config: TrainConfig) -> torch.device:

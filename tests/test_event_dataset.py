@@ -13,7 +13,8 @@ import torch
 
 from dvsgkit.data import TONIC_EVENT_DTYPE, EventDataset, FrameDataset
 from dvsgkit.frames import integrate
-from dvsgkit.store.events import EventCache, event_cache_path
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit.store.frames import frame_store_path
 
 T = 4  # the frame_root fixture's

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dvsgkit.constants import EVENT_DTYPE
-from dvsgkit.io.aedat import AedatError, write_aedat
+from dvsgkit.io.aedat import AedatError
+from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.samples import (
     CutBuffers,

@@ -12,10 +12,11 @@ from PIL import Image
 
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
 from dvsgkit.frames import integrate
-from dvsgkit.io.aedat import write_aedat
+from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.show import CAPTION_HEIGHT, SCALE, STRIP_GAP, show_recording, show_sample
-from dvsgkit.store.events import EventCache, event_cache_path
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit_cli.main import cli
 
 T = 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from dvsgkit.io.aedat import read_events, read_header
 from dvsgkit.io.labels import read_labels, read_trials
 from dvsgkit.samples import cut_recording, list_recordings
 from dvsgkit.synth import trial_names, write_synthetic_dataset
+
+if TYPE_CHECKING:
+    from conftest import Writers  # the `killable` fixture
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -103,6 +107,42 @@ def test_replaces_its_own_folder_but_not_a_real_one(tmp_path: Path) -> None:
     (folder / "SYNTHETIC.txt").unlink()  # now it looks like someone's real data
     with pytest.raises(FileExistsError, match="not written by 'dvsgkit synth'"):
         write_synthetic_dataset(tmp_path)
+
+
+# Writes a synthetic set into argv[1] and stops in the middle of its first recording.
+WRITER = """
+import sys, time
+from dvsgkit.io.aedat_writer import AedatWriter
+from dvsgkit.synth import write_synthetic_dataset
+real = AedatWriter.write
+def then_stop(self, events):
+    real(self, events)
+    self._file.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+AedatWriter.write = then_stop
+write_synthetic_dataset(sys.argv[1], train_trials=1, test_trials=1, events_per_sample=100)
+"""
+
+
+def test_a_killed_write_leaves_the_old_set_and_only_what_the_next_run_removes(
+    tmp_path: Path, killable: Writers
+) -> None:
+    extract = tmp_path / "extract"
+    folder = write_synthetic_dataset(tmp_path, seed=3, train_trials=2, test_trials=1,
+                                     events_per_sample=100)  # fmt: skip
+    before = tree(folder)
+    dead = killable.killed(WRITER, tmp_path)
+    names = sorted(p.name for p in extract.iterdir())
+    assert len(names) == 3 and names[0].startswith(f".DvsGesture.{dead}-")
+    assert names[1:] == ["DvsGesture", "gesture_mapping.csv"] and tree(folder) == before
+    half = [p.name for p in (extract / names[0]).iterdir()]
+    assert half == [f".user01_fluorescent.aedat.{dead}.partial"]  # killed inside the recording
+    live = killable.start(WRITER, tmp_path).pid  # alive while the next run writes
+    write_synthetic_dataset(tmp_path, seed=3, train_trials=2, test_trials=1, events_per_sample=100)
+    names = sorted(p.name for p in extract.iterdir())
+    assert len(names) == 3 and names[0].startswith(f".DvsGesture.{live}-")
+    assert names[1:] == ["DvsGesture", "gesture_mapping.csv"] and tree(folder) == before
 
 
 @pytest.mark.parametrize("arg", ["train_trials", "test_trials", "events_per_sample"])

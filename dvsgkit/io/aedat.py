@@ -1,4 +1,5 @@
-"""Read and write AEDAT 3.1 files (the DVS128 Gesture recordings) in bulk, with numpy."""
+"""Read AEDAT 3.1 files (the DVS128 Gesture recordings) in bulk, with numpy; the format's
+constants. Writing: `dvsgkit.io.aedat_writer`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ _VERSION_LINE = re.compile(rb"#!AER-DAT3\.(\d+)\r?\n")
 # with 0x7FFF like libcaer and SpikingJelly 0.0.0.0.14's load_aedat_v3. The dataset's README
 # writes 0x1FFF; the two agree whenever x, y < 8192, and the event cache rejects anything off
 # the 128 x 128 sensor either way.
-_X_SHIFT, _Y_SHIFT, _P_SHIFT, _XY_MASK = 17, 2, 1, 0x7FFF
-_TS_MASK = 0x7FFFFFFF  # a packet's timestamps hold 31 bits; eventTSOverflow holds the rest
+X_SHIFT, Y_SHIFT, P_SHIFT, XY_MASK = 17, 2, 1, 0x7FFF
+TS_MASK = 0x7FFFFFFF  # a packet's timestamps hold 31 bits; eventTSOverflow holds the rest
 DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per chunk: ~32 MB of file, 48 MB decoded (t, data)
 
 
@@ -166,11 +166,11 @@ def unpack_into(data: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -
     (one pass each, no temporaries). x and y need 15 bits to be exact in general; narrower
     arrays (uint8) are exact only when every x and y fits them: check that first (`max_xy`)."""
     # The casts keep the low bits: x is the top 15 bits of the word, so it needs no mask.
-    np.right_shift(data, _X_SHIFT, out=x, casting="unsafe")
-    np.right_shift(data, _Y_SHIFT, out=y, casting="unsafe")
+    np.right_shift(data, X_SHIFT, out=x, casting="unsafe")
+    np.right_shift(data, Y_SHIFT, out=y, casting="unsafe")
     if y.dtype.itemsize > 1:  # a uint8 y keeps 8 of its 15 bits: nothing of x to mask off
-        np.bitwise_and(y, _XY_MASK, out=y)
-    np.right_shift(data, _P_SHIFT, out=p, casting="unsafe")
+        np.bitwise_and(y, XY_MASK, out=y)
+    np.right_shift(data, P_SHIFT, out=p, casting="unsafe")
     np.bitwise_and(p, 1, out=p)
 
 
@@ -188,7 +188,7 @@ def xy_bound(data: np.ndarray) -> tuple[int, int]:
     if len(data) == 0:
         return 0, 0
     word = int(np.bitwise_or.reduce(data))
-    return (word >> _X_SHIFT) & _XY_MASK, (word >> _Y_SHIFT) & _XY_MASK
+    return (word >> X_SHIFT) & XY_MASK, (word >> Y_SHIFT) & XY_MASK
 
 
 def decode_words(t: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -343,131 +343,3 @@ def read_events(
     if len(chunks) == 1:
         return chunks[0]
     return np.concatenate(chunks) if chunks else np.empty(0, dtype=EVENT_DTYPE)
-
-
-def encode_polarity(events: np.ndarray) -> np.ndarray:
-    """EVENT_DTYPE events -> [n, 2] uint32 (data, timestamp & 0x7FFFFFFF), valid bit set."""
-    x = events["x"].astype(np.uint32)
-    y = events["y"].astype(np.uint32)
-    if len(events) and (x.max() > _XY_MASK or y.max() > _XY_MASK):
-        raise ValueError(f"x and y must be <= {_XY_MASK}, got max x {x.max()}, max y {y.max()}")
-    if len(events) and events["p"].max() > 1:  # a 2 would land in y's lowest bit
-        raise ValueError(f"polarity must be 0 or 1, got {events['p'].max()}")
-    words = np.empty((len(events), 2), dtype="<u4")
-    words[:, 0] = (x << _X_SHIFT) | (y << _Y_SHIFT) | (events["p"].astype(np.uint32) << 1) | 1
-    words[:, 1] = events["t"] & _TS_MASK
-    return words
-
-
-def packet_header(
-    event_type: int,
-    event_size: int,
-    capacity: int,
-    *,
-    number: int | None = None,
-    valid: int | None = None,
-    ts_overflow: int = 0,
-    source: int = 1,
-    ts_offset: int = 4,
-) -> bytes:
-    """The 28-byte header of one packet (number and valid default to capacity)."""
-    number = capacity if number is None else number
-    valid = number if valid is None else valid
-    return PACKET_HEADER.pack(
-        event_type, source, event_size, ts_offset, ts_overflow, capacity, number, valid
-    )
-
-
-class AedatWriter:
-    """Write an AEDAT 3.1 file in chunks, atomically: events go to `<name>.partial`, which is
-    renamed to `path` only when the `with` block ends without an exception.
-
-        with AedatWriter(path) as w:
-            w.write(events)          # EVENT_DTYPE, any number of calls, in file order
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        source: str = "DVS128",
-        start_time: str = "2017-01-01 00:00:00 (TZ+0000)",
-        packet_events: int = 8192,
-    ) -> None:
-        if packet_events < 1:
-            raise ValueError(f"packet_events must be >= 1, got {packet_events}")
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.packet_events = packet_events
-        self._header = (
-            "#!AER-DAT3.1\r\n#Format: RAW\r\n"
-            f"#Source 1: {source}\r\n#Start-Time: {start_time}\r\n{END_HEADER}\r\n"
-        ).encode("ascii")
-        self._file = None
-
-    def __enter__(self) -> AedatWriter:
-        self._file = open(self.partial, "wb")  # noqa: SIM115 (closed in __exit__)
-        self._file.write(self._header)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._file is None:
-            return
-        self._file.close()
-        self._file = None
-        if exc_type is None:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
-
-    def write_raw(self, data: bytes) -> None:
-        """Append bytes as they are (a hand-made packet, e.g. in tests)."""
-        if self._file is None:
-            raise RuntimeError("AedatWriter.write_raw outside its `with` block")
-        self._file.write(data)
-
-    def write(self, events: np.ndarray) -> None:
-        """Append events as full polarity packets of `packet_events` (the last may be smaller);
-        a packet never spans two eventTSOverflow values."""
-        if self._file is None:
-            raise RuntimeError("AedatWriter.write outside its `with` block")
-        if events.dtype != EVENT_DTYPE:
-            raise ValueError(f"events must have dtype EVENT_DTYPE, got {events.dtype}")
-        if len(events) == 0:
-            return
-        t = events["t"]
-        if t.min() < 0:
-            raise ValueError(f"timestamps must be >= 0, got {t.min()}")
-        overflow = t >> 31
-        cuts = np.flatnonzero(np.diff(overflow)) + 1
-        for run in np.split(np.arange(len(events)), cuts):
-            self._write_run(events[run[0] : run[-1] + 1], int(overflow[run[0]]))
-
-    def _write_run(self, events: np.ndarray, overflow: int) -> None:
-        k = self.packet_events
-        words = encode_polarity(events)
-        full = len(events) // k
-        if full:
-            header = np.frombuffer(packet_header(POLARITY_EVENT, 8, k, ts_overflow=overflow), "<u4")
-            block = np.empty((full, 7 + 2 * k), dtype="<u4")  # [packets, header words + events]
-            block[:, :7] = header
-            block[:, 7:] = words[: full * k].reshape(full, 2 * k)
-            self._file.write(block.tobytes())
-        rest = words[full * k :]
-        if len(rest):
-            self._file.write(packet_header(POLARITY_EVENT, 8, len(rest), ts_overflow=overflow))
-            self._file.write(rest.tobytes())
-
-
-def write_aedat(
-    path: str | os.PathLike[str], events: np.ndarray, *, packet_events: int = 8192, **header: str
-) -> Path:
-    """Write EVENT_DTYPE events to an AEDAT 3.1 file (atomically); returns the path."""
-    with AedatWriter(path, packet_events=packet_events, **header) as writer:
-        writer.write(events)
-    return writer.path

@@ -1,4 +1,4 @@
-"""Safe tar extraction: refuse hostile members, build in a temp folder, rename, record a marker."""
+"""Safe tar extraction: refuse hostile members, build in a temp folder, swap in, record a marker."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import posixpath
 import re
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dvsgkit import __version__
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.io.atomic import (
+    make_temp_dir,
+    remove_dead_temps,
+    remove_tree,
+    swap_in,
+    write_text_atomic,
+)
 
 MARKER = ".dvsgkit-extracted.json"  # written last: its presence means the extraction completed
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -214,22 +219,14 @@ def safe_extract(archive: Path, dest: Path, *, archive_md5: str, progress: bool 
     if is_extracted(dest, archive_md5):
         return False
     dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.glob(".extracting-*"):  # left by a killed run; never part of a result
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest))
+    remove_dead_temps(dest)  # what killed runs left; never part of a result
+    tree = make_temp_dir(dest / archive.name)
     try:
-        tree = work / "tree"
-        tree.mkdir()
         done = _extract_into(archive, tree, progress)
         # From here dest is in flux: drop the old marker first so a crash reads as incomplete.
         (dest / MARKER).unlink(missing_ok=True)
-        old = work / "old"
-        old.mkdir()
         for top in done.tops():
-            target = dest / top
-            if target.is_symlink() or target.exists():
-                os.replace(target, old / top)  # deleted with `work` below
-            os.replace(tree / top, target)
+            swap_in(tree / top, dest / top)  # a stale one is moved aside, then deleted
         marker = {
             "archive": archive.name,
             "archive_md5": archive_md5,
@@ -240,5 +237,5 @@ def safe_extract(archive: Path, dest: Path, *, archive_md5: str, progress: bool 
         }
         write_text_atomic(dest / MARKER, json.dumps(marker, indent=1))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(tree)
     return True

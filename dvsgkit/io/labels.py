@@ -78,7 +78,8 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
 
 def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: bool = True) -> Path:
     """Write WINDOW_DTYPE windows as a labels CSV (class = label + 1), CRLF like the real files.
-    Written to `<name>.partial` and renamed, so an interrupted write leaves nothing."""
+    Written under a temporary name and renamed (`dvsgkit.io.atomic`), so an interrupted write
+    never leaves a partial file under the real name."""
     path = Path(path)
     eol = "\r\n" if crlf else "\n"
     body = [LABELS_HEADER] + [

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -16,30 +12,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import zarr
 
 import dvsgkit
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.io.atomic import make_temp_dir, remove_dead_temps, remove_tree, swap_in
 from dvsgkit.samples import dataset_dir
 from dvsgkit.store import verify
-from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.events_index import events_checksum, read_events_index
-from dvsgkit.store.integrity import read_columns
+from dvsgkit.store.event_cache import (
+    EventCache,
+    EventsIndex,
+    SplitIndex,
+    events_checksum,
+    read_events_index,
+)
+from dvsgkit.store.event_layout import event_cache_path
+from dvsgkit.store.frame_layout import (
+    DEFAULT_ZARR_FORMAT,
+    LAYOUT,
+    LAYOUT_VERSION,
+    ZARR_FORMATS,
+    frame_store_path,
+)
+from dvsgkit.store.frame_open import store_status
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.workers import die_with_parent, pool_context
 
-LAYOUT = "dvsgkit.frames"
-# 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
-LAYOUT_VERSION = 2
-# Format 2 is the default: zarr-python 2.x (still common), zarr-python 3 and tensorstore all read
-# it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
-ZARR_FORMATS = (2, 3)
-DEFAULT_ZARR_FORMAT = 2
 # Counts are small and mostly zero: bit-shuffled zstd level 1 packs uint8 frames ~9x (synthetic
 # data at the real density) at ~1 ms per 512 KiB sample; levels 5-9 gain 5-15 % for 4-80x the
 # encoding time.
@@ -52,12 +54,6 @@ BLOCK_SAMPLES = 8  # samples integrated per task: ~8 * 4 MiB of int64 counts in 
 WRITE_ALL = {"array.write_empty_chunks": True}  # zarr.config.set(WRITE_ALL) while writing
 
 
-def frame_store_path(root: Path, T: int, split_by: str) -> Path:
-    """ROOT/frames_number_{T}_split_by_{split_by}.zarr (SpikingJelly's folder name plus .zarr)."""
-    check_frame_params(T, split_by)
-    return Path(root) / f"frames_number_{T}_split_by_{split_by}.zarr"
-
-
 def _compressor(zarr_format: int) -> Any:
     if zarr_format == 2:
         import numcodecs
@@ -68,25 +64,50 @@ def _compressor(zarr_format: int) -> Any:
     return BloscCodec(shuffle="bitshuffle", **BLOSC)
 
 
-def _integrate_block(task: tuple) -> tuple[int, int, int, list[int]]:
+@dataclass(frozen=True)
+class BlockTask:
+    """Samples [s0, s1) of a split, to integrate and write: one worker's job."""
+
+    events_path: Path
+    split: str
+    s0: int
+    s1: int
+    offsets: np.ndarray  # int64 [s1 - s0 + 1]: the samples' events, absolute in the split
+    T: int
+    split_by: str
+    frames_path: str  # the split's frames array
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What a block came to: its largest count, and each sample's crc32 as written (empty when
+    the counts overflow the dtype and nothing was written)."""
+
+    s0: int
+    s1: int
+    largest: int
+    checksums: list[int]
+
+
+def _integrate_block(task: BlockTask) -> BlockResult:
     """Worker: read samples [s0, s1) from events.h5, integrate, write them when they fit the
-    dtype. Returns (s0, s1, largest count, crc32 per sample); a block whose counts overflow is
-    not written."""
-    events_path, split, s0, s1, offsets, T, split_by, frames_path, dtype = task
+    dtype; a block whose counts overflow is not written."""
+    offsets = task.offsets
     e0, e1 = int(offsets[0]), int(offsets[-1])
-    fields = ("x", "y", "p", "t") if split_by == "time" else ("x", "y", "p")  # "number" needs no t
-    with h5py.File(events_path, "r") as f:  # damage and pixels off the sensor: one clear line
-        events = read_columns(f[split], events_path, fields, e0, e1, sensor=SENSOR_SIZE,
-                              offsets=offsets, first_sample=s0)  # fmt: skip
-    counts = integrate_many(events, offsets, T, split_by)  # [S, T, 2, H, W] int64
+    # "number" needs no t
+    fields = ("x", "y", "p", "t") if task.split_by == "time" else ("x", "y", "p")
+    with EventCache(task.events_path) as cache:  # damage, pixels off the sensor: one clear line
+        events = cache.columns(task.split, fields, e0, e1, offsets=offsets, first_sample=task.s0)
+    counts = integrate_many(events, offsets, task.T, task.split_by)  # [S, T, 2, H, W] int64
     largest = int(counts.max()) if counts.size else 0
-    if largest > np.iinfo(dtype).max:
-        return s0, s1, largest, []
-    frames = counts.astype(dtype)
+    if largest > np.iinfo(task.dtype).max:
+        return BlockResult(task.s0, task.s1, largest, [])
+    frames = counts.astype(task.dtype)
     del counts
     with zarr.config.set(WRITE_ALL):
-        zarr.open_array(frames_path, mode="r+")[s0:s1] = frames
-    return s0, s1, largest, [verify.sample_checksum(f) for f in frames]
+        zarr.open_array(task.frames_path, mode="r+")[task.s0 : task.s1] = frames
+    return BlockResult(task.s0, task.s1, largest, [verify.sample_checksum(f) for f in frames])
 
 
 def _pick_dtype(largest: int) -> np.dtype:
@@ -97,7 +118,7 @@ def _write_split(
     group: zarr.Group,
     store_path: Path,
     split: str,
-    index: dict[str, Any],
+    index: SplitIndex,
     events_path: Path,
     T: int,
     split_by: str,
@@ -105,7 +126,7 @@ def _write_split(
     pool: ProcessPoolExecutor | None,
     after_block: Callable[[int], None],
 ) -> None:
-    offsets, labels = index["offsets"], index["labels"]
+    offsets, labels = index.offsets, index.labels
     n = labels.shape[0]
     H, W = SENSOR_SIZE
     sub = group.create_group(split)
@@ -125,16 +146,16 @@ def _write_split(
         )
         frames_path = str(store_path / split / "frames")
         tasks = [
-            (events_path, split, s0, min(s0 + BLOCK_SAMPLES, n),
-             offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
+            BlockTask(events_path, split, s0, min(s0 + BLOCK_SAMPLES, n),
+                      offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
             for s0 in range(0, n, BLOCK_SAMPLES)
         ]  # fmt: skip
         results = pool.map(_integrate_block, tasks) if pool else map(_integrate_block, tasks)
         largest = 0
-        for s0, s1, block_max, block_sums in results:
-            largest = max(largest, block_max)
-            sums[s0:s1] = block_sums or 0
-            after_block(s1 - s0)  # an interrupted build stops here; so does a full disk
+        for block in results:
+            largest = max(largest, block.largest)
+            sums[block.s0 : block.s1] = block.checksums or 0
+            after_block(block.s1 - block.s0)  # an interrupted build stops here, so does a full disk
         if largest <= np.iinfo(dtype).max:
             break
         dtype = _pick_dtype(largest)
@@ -146,72 +167,12 @@ def _write_split(
             "dtype": dtype.name,
             "class_counts": counts.tolist(),
             "max_count": largest,
-            "sample_ids": index["sample_ids"],  # "{recording stem}:{row in its labels CSV}"
+            "sample_ids": index.sample_ids,  # "{recording stem}:{row in its labels CSV}"
             "checksum": verify.CHECKSUM,  # of each sample, in the checksums array
             "labels_crc32": verify.array_checksum(labels),
             "checksums_crc32": verify.array_checksum(sums),
         }
     )
-
-
-def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tuple[str, str]:
-    """(status, why): 'absent'; 'current' (complete, same inputs, structure intact); 'stale'
-    (ours, but incomplete, of an older layout or built from other inputs); 'damaged' (ours and
-    complete, but files missing or other than recorded: why names them). FileExistsError when
-    the path holds anything else, which is never replaced."""
-    if not path.exists():
-        return "absent", ""
-    for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
-        if meta.is_file():  # unreadable root metadata: maybe ours, maybe not; never replaced
-            try:
-                json.loads(meta.read_bytes())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FileExistsError(
-                    f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
-                    "it is damaged: delete it and rerun"
-                ) from exc
-    try:
-        group = zarr.open_group(path, mode="r")
-        attrs = dict(group.attrs)
-    except Exception as exc:  # zarr raises several types for "not a group"; all mean: not ours
-        raise FileExistsError(
-            f"{path} exists but is not a Zarr group ({type(exc).__name__}); "
-            "move it away or delete it, then rerun"
-        ) from exc
-    if attrs.get("layout") != LAYOUT:
-        raise FileExistsError(
-            f"{path} holds a Zarr group that is not a dvsgkit frame store; move it away or "
-            "delete it, then rerun"
-        )
-    if attrs.get("T") != T or attrs.get("split_by") != split_by:
-        raise FileExistsError(
-            f"{path} holds a frame store of another configuration (T={attrs.get('T')}, "
-            f"split_by={attrs.get('split_by')!r}), not T={T}, split_by={split_by!r}; "
-            "move it away or delete it, then rerun"
-        )
-    if attrs.get("complete") is not True:
-        return "stale", "incomplete"
-    if attrs.get("layout_version") != LAYOUT_VERSION:
-        return "stale", f"layout version {attrs.get('layout_version')}"
-    if attrs.get("events", {}).get("checksum") != checksum:
-        return "stale", "built from another event cache"
-    problems = _problems(path, group, SPLITS)
-    return ("damaged", problems[0]) if problems else ("current", "")
-
-
-def _problems(path: Path, group: zarr.Group, splits: tuple[str, ...]) -> list[str]:
-    """Structure problems of `splits`, metadata that does not parse included."""
-    try:
-        verify.check_metadata(path)
-    except StoreDamagedError as exc:
-        return [str(exc).split("; ")[0]]
-    problems: list[str] = []
-    for split in splits:
-        try:
-            problems += verify.structure_problems(path, group, split)
-        except Exception as exc:  # zarr's errors for metadata it cannot use: all damage here
-            problems.append(f"{split} cannot be opened ({type(exc).__name__}: {exc})")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -263,7 +224,7 @@ def make_frame_store(
     check_memory(T, workers, BLOCK_SAMPLES)
     root = Path(root)
     target = frame_store_path(root, T, split_by)
-    events_path = root / "events.h5"
+    events_path = event_cache_path(root)
     if not events_path.exists() or dataset_dir(root).is_dir():
         # Missing: build it. Recordings present: let the event pipeline refresh a stale cache
         # (a no-op that compares file stats when current), so changed inputs reach the frames.
@@ -282,9 +243,8 @@ def make_frame_store(
         # Another build may have finished while this one waited for the lock.
         if store_status(target, T, split_by, checksum)[0] == "current":
             return FrameBuild(target, "built by another process")
-        for leftover in root.glob(f".{target.name}.*.partial"):  # from a killed build
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=root))
+        remove_dead_temps(root, target.name)  # what killed builds of this store left
+        tmp = make_temp_dir(target)
         try:
             with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
                 _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
@@ -297,27 +257,18 @@ def make_frame_store(
                     f"{events_path} was replaced while the frames were being built (another "
                     "'dvsgkit events' of this root?); no store was written: rerun"
                 )
-            _swap_into_place(tmp, target)
+            swap_in(tmp, target)  # an old store is moved aside, then deleted
         finally:
-            _remove_tree(tmp)  # gone already after a successful swap
+            # Gone already after a successful swap. After a failed write zarr's IO loop may still
+            # be finishing the other chunks of that write, and recreate folders that were just
+            # removed: delete again until nothing comes back.
+            remove_tree(tmp, patience=2.0)
     return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
-
-
-def _remove_tree(path: Path, patience: float = 2.0) -> None:
-    """Delete a partial store for good. After a failed write zarr's IO loop may still be
-    finishing the other chunks of that write, and recreate folders that rmtree has just removed:
-    delete again until nothing comes back (at most `patience` seconds)."""
-    deadline = time.monotonic() + patience
-    while True:
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists() or time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
 
 
 def _write_store(
     tmp: Path,
-    index: dict[str, Any],
+    index: EventsIndex,
     events_path: Path,
     checksum: str,
     T: int,
@@ -344,14 +295,14 @@ def _write_store(
             "events": {
                 "file": events_path.name,
                 "checksum": checksum,
-                "layout_version": index["attrs"].get("layout_version"),
-                "dvsgkit_version": index["attrs"].get("dvsgkit_version"),
+                "layout_version": index.attrs.get("layout_version"),
+                "dvsgkit_version": index.attrs.get("dvsgkit_version"),
             },
             "build_id": uuid.uuid4().hex,
             "complete": False,  # set True last: a store without it never counts as built
         }
     )
-    total = sum(s["labels"].shape[0] for s in index["splits"].values())
+    total = sum(s.labels.shape[0] for s in index.splits.values())
     space = SpaceCheck(tmp, total)
     pool = (
         ProcessPoolExecutor(
@@ -371,7 +322,7 @@ def _write_store(
 
             for split in SPLITS:
                 with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
-                    _write_split(group, tmp, split, index["splits"][split], events_path, T,
+                    _write_split(group, tmp, split, index.splits[split], events_path, T,
                                  split_by, zarr_format, pool, after_block)  # fmt: skip
     finally:
         if pool is not None:
@@ -384,48 +335,3 @@ def _init_worker(parent: int) -> None:
     # cancels the rest and removes the partial store); a worker would die printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)  # a killed build leaves no worker behind (and so no held lock)
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished store onto target; an old store is moved aside first, then deleted."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".partial",
-                                    dir=target.parent))  # fmt: skip
-        os.rename(target, old / "store")
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:
-    """Open a complete frame store read-only (the root group, or one split's group), after
-    checking its structure against its own record (arrays, shapes, dtypes, labels, every chunk
-    file present; no frame is decoded). Errors name the path, the part and what to do:
-    StoreDamagedError for a store that does not match its record."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    verify.check_metadata(path)
-    try:
-        group = zarr.open_group(path, mode="r")
-    except Exception as exc:  # several zarr error types mean "not a group here"
-        raise ValueError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc})") from exc
-    attrs = dict(group.attrs)
-    if attrs.get("layout") != LAYOUT:
-        raise ValueError(
-            f"{path} is not a dvsgkit frame store (layout attr {attrs.get('layout')!r})"
-        )
-    if attrs.get("complete") is not True:
-        raise ValueError(f"{path} is incomplete (an interrupted build?); rerun 'dvsgkit frames'")
-    if attrs.get("layout_version") != LAYOUT_VERSION:
-        raise ValueError(
-            f"{path} has frame layout_version {attrs.get('layout_version')}, this dvsgkit reads "
-            f"{LAYOUT_VERSION}; {verify.rebuild_hint(path, attrs)}"
-        )
-    problems = _problems(path, group, SPLITS if split is None else (split,))
-    if problems:
-        raise StoreDamagedError(verify.damaged(path, problems, attrs))
-    return group if split is None else group[split]

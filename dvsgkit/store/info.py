@@ -50,8 +50,7 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
     """An event cache's summary. Its seals are checked (4 bytes read per chunk: a dataset
     changed after the build makes it incomplete); `verify` also reads every byte
     (EventCache.verify: Fletcher-32 of every chunk, value ranges) and lists what is damaged."""
-    from dvsgkit.store.events import EventCache
-    from dvsgkit.store.frames import read_events_index
+    from dvsgkit.store.event_cache import EventCache, read_events_index
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
@@ -96,7 +95,7 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
     import zarr
 
     from dvsgkit.store import verify as checks
-    from dvsgkit.store.frames import LAYOUT, LAYOUT_VERSION
+    from dvsgkit.store.frame_layout import LAYOUT, LAYOUT_VERSION
 
     checks.check_metadata(path)  # StoreDamagedError names a metadata file that does not parse
     group = zarr.open_group(path, mode="r")

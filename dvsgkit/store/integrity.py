@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES
+from dvsgkit.store.event_layout import FIELDS
 
 SEAL_ATTR = "fletcher32_seal"
 VERIFY_BLOCK_EVENTS = 1 << 22  # events read at a time by `verify`: bounded memory
@@ -180,7 +181,7 @@ def verify(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int, int])
                     block = dset[a:b]
                 except OSError:
                     where = f"{split}/{name}[{a}:{b}]"
-                    if offsets is not None and name in ("t", "x", "y", "p"):
+                    if offsets is not None and name in FIELDS:
                         first, last = _sample_of(offsets, a), _sample_of(offsets, b - 1)
                         where += f" (samples {first}..{last})"
                     problems.append(f"{where} fails its Fletcher-32 checksum (damaged)")

@@ -6,10 +6,14 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dvsgkit.io.extract import MARKER, UnsafeArchiveError, is_extracted, safe_extract
+
+if TYPE_CHECKING:
+    from conftest import Writers  # the `killable` fixture
 
 MD5 = "0123456789abcdef0123456789abcdef"  # safe_extract trusts its caller to have verified it
 
@@ -110,11 +114,35 @@ def test_incomplete_or_foreign_extraction_is_redone(
     assert is_extracted(dest, md5)
 
 
-def test_leftovers_of_a_killed_run_are_cleared(tmp_path: Path, dest: Path) -> None:
-    (dest / ".extracting-abc123" / "tree" / "DvsGesture").mkdir(parents=True)
+# Extracts argv[1] into argv[2] and stops once every member is written, before the swap.
+EXTRACTOR = f"""
+import sys, time
+from pathlib import Path
+from dvsgkit.io import extract
+real = extract._extract_into
+def then_stop(*args):
+    done = real(*args)
+    print("writing", flush=True)
+    time.sleep(600)
+extract._extract_into = then_stop
+extract.safe_extract(Path(sys.argv[1]), Path(sys.argv[2]), archive_md5="{MD5}")
+"""
+
+
+def test_leftovers_of_a_killed_run_are_cleared(
+    tmp_path: Path, dest: Path, killable: Writers
+) -> None:
     archive = make_tar(tmp_path / "DvsGesture.tar.gz", GOOD)
-    safe_extract(archive, dest, archive_md5=MD5)
-    assert not (dest / ".extracting-abc123").exists()
+    dead = killable.killed(EXTRACTOR, archive, dest)
+    (leftover,) = dest.iterdir()  # nothing under a real name
+    assert leftover.name.startswith(f".DvsGesture.tar.gz.{dead}-")
+    assert (leftover / "DvsGesture" / "user01_natural.aedat").is_file()
+    assert not is_extracted(dest, MD5)
+    live = killable.start(EXTRACTOR, archive, dest).pid  # alive while the next run extracts
+    assert safe_extract(archive, dest, archive_md5=MD5) is True
+    assert is_extracted(dest, MD5)
+    hidden = sorted(p.name for p in dest.iterdir() if p.name != MARKER and p.name.startswith("."))
+    assert len(hidden) == 1 and hidden[0].startswith(f".DvsGesture.tar.gz.{live}-")
 
 
 HOSTILE: dict[str, tuple[list[Entry], str]] = {

@@ -20,8 +20,11 @@ from dvsgkit import __version__
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.io.aedat import AedatError
 from dvsgkit.samples import cut_recording, dataset_dir, list_recordings
+from dvsgkit.store import event_pool, event_writer
 from dvsgkit.store import events as store
-from dvsgkit.store.events import EventCache, build_event_cache, event_cache_path
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.event_layout import LAYOUT, LAYOUT_VERSION, event_cache_path
+from dvsgkit.store.events import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 
 
@@ -236,7 +239,8 @@ def test_two_builds_at_once_both_succeed(root: Path) -> None:
 
 
 def test_events_outside_the_sensor_are_rejected(root: Path) -> None:
-    from dvsgkit.io.aedat import read_events, write_aedat
+    from dvsgkit.io.aedat import read_events
+    from dvsgkit.io.aedat_writer import write_aedat
 
     path = dataset_dir(root) / "user01_fluorescent.aedat"
     ev = read_events(path)
@@ -260,7 +264,7 @@ def test_missing_dataset_and_bad_caches(tmp_path: Path) -> None:
         build_event_cache(tmp_path, workers=0)
     # Our layout attrs but datasets missing (a damaged file): an error naming what and the fix.
     with h5py.File(tmp_path / "damaged.h5", "w") as f:
-        f.attrs["layout"], f.attrs["layout_version"] = store.LAYOUT, store.LAYOUT_VERSION
+        f.attrs["layout"], f.attrs["layout_version"] = LAYOUT, LAYOUT_VERSION
         f.create_group("train")
     with pytest.raises(ValueError, match=r"damaged\.h5 lacks 'train/t' .*run 'dvsgkit events'"):
         EventCache(tmp_path / "damaged.h5")
@@ -268,7 +272,7 @@ def test_missing_dataset_and_bad_caches(tmp_path: Path) -> None:
 
 def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Recordings straddle HDF5 chunks; a tiny chunk size exercises every append branch."""
-    monkeypatch.setattr(store, "CHUNK_EVENTS", 1000)
+    monkeypatch.setattr(event_writer, "CHUNK_EVENTS", 1000)
     path = build_event_cache(root, workers=1, progress=False)
     rec = list_recordings(dataset_dir(root), "train")[1]
     _, samples = cut_recording(rec)
@@ -303,7 +307,7 @@ def test_a_killed_worker_fails_the_build_instead_of_hanging(
     thread.start()
     thread.join(60)
     assert outcome, "the build hung after a worker was killed"
-    assert isinstance(outcome[0], store.WorkerError)
+    assert isinstance(outcome[0], event_pool.WorkerError)
     assert "died (signal SIGKILL" in str(outcome[0])
     assert leftovers(root) == []
 

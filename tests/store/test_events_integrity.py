@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dvsgkit.store.events import EventCache, build_event_cache
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frames import build_frame_store
 from dvsgkit.store.info import _summarize_events
 from dvsgkit.synth import write_synthetic_dataset

@@ -14,8 +14,10 @@ import zarr
 from dvsgkit.data import FrameDataset, make_loader
 from dvsgkit.frames import integrate
 from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.events import EventCache, build_event_cache
-from dvsgkit.store.frames import make_frame_store, open_frame_store, store_status
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.events import build_event_cache
+from dvsgkit.store.frame_open import open_frame_store, store_status
+from dvsgkit.store.frames import make_frame_store
 from dvsgkit.store.info import summarize
 from dvsgkit.synth import write_synthetic_dataset
 

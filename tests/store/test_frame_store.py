@@ -16,8 +16,10 @@ import zarr
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.frames import integrate
 from dvsgkit.store import frames as store
-from dvsgkit.store.events import EventCache, build_event_cache
-from dvsgkit.store.frames import build_frame_store, frame_store_path, open_frame_store
+from dvsgkit.store.event_cache import EventCache
+from dvsgkit.store.events import build_event_cache
+from dvsgkit.store.frame_open import open_frame_store
+from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
@@ -200,12 +202,17 @@ def test_event_cache_replaced_during_the_build_leaves_no_store(
 
 def test_leftovers_of_a_killed_build_never_look_complete_and_are_cleared(tmp_path: Path) -> None:
     root = hand_made_root(tmp_path)
-    killed = root / ".frames_number_4_split_by_number.zarr.abc123.partial"
-    zarr.open_group(killed, mode="w").attrs["layout"] = "dvsgkit.frames"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names no process now
+    killed = root / f".frames_number_4_split_by_number.zarr.{gone.pid}-0a1b2c.partial"
+    live = root / f".frames_number_4_split_by_number.zarr.{os.getpid()}-3d4e5f.partial"
+    for leftover in (killed, live):
+        zarr.open_group(leftover, mode="w").attrs["layout"] = "dvsgkit.frames"
     with pytest.raises(FileNotFoundError, match="not found"):
         open_frame_store(frame_store_path(root, T, "number"))
     build_frame_store(root, T, workers=1, progress=False)
     assert not killed.exists()
+    assert live.exists()  # a live process's build is never deleted
 
 
 def test_concurrent_builds_of_one_store_both_succeed_once(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from dvsgkit.store.errors import LockTimeout
 from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import frame_store_path, open_frame_store
+from dvsgkit.store.frame_open import open_frame_store
+from dvsgkit.store.frames import frame_store_path
 from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 
@@ -50,6 +51,27 @@ def wait_for(cond, seconds: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
+def kill_9_mid_build(code: str, args: list[str], tmp_path: Path) -> int:
+    """Run `code` (a slowed-down build) with `args`, SIGKILL it once its two workers are inside
+    their first jobs, and check that the workers die with it; return its pid."""
+    workers: list[int] = []
+    with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
+    try:
+        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        workers = children(proc.pid)
+        time.sleep(0.5)  # the workers are inside their first jobs
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not any(alive(w) for w in workers), 10, f"workers {workers} outlived it")
+    finally:
+        for pid in workers:  # a failed test leaves nothing running either
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    return proc.pid
+
+
 # The real command, each block slowed down so that the kill lands mid-build. `slow` is a
 # top-level function of __main__, so that the pool can send it to its (forked) workers.
 SLOW_BUILD = textwrap.dedent(
@@ -71,23 +93,8 @@ SLOW_BUILD = textwrap.dedent(
 def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
     build_event_cache(tmp_path, workers=1, progress=False)
-    code = SLOW_BUILD
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
-    workers: list[int] = []
-    with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
-    try:
-        wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
-        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-        workers = children(proc.pid)
-        time.sleep(0.5)  # the workers are inside their first blocks
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        wait_for(lambda: not any(alive(w) for w in workers), 10, f"workers {workers} outlived it")
-    finally:
-        for pid in workers:  # a failed test leaves nothing running either
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_9_mid_build(SLOW_BUILD, args, tmp_path)
     # The next build takes the lock at once (a short timeout: a held lock would fail it).
     start = time.monotonic()
     later = subprocess.run(
@@ -102,6 +109,33 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     assert "waiting for" not in later.stderr
     assert open_frame_store(frame_store_path(tmp_path, 2, "number"), "test")
     assert not list(tmp_path.glob("*.partial"))
+
+
+SLOW_EVENTS = textwrap.dedent(
+    """
+    import sys, time
+    from dvsgkit.store import events as s
+    real = s._process
+    def slow(recording, spool=None):
+        time.sleep(1.0)
+        return real(recording, spool)
+    s._process = slow
+    from dvsgkit_cli.main import cli
+    cli(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_an_events_build_leaves_no_worker_and_the_next_build_cleans_up(
+    tmp_path: Path,
+) -> None:
+    write_synthetic_dataset(tmp_path, seed=3, train_trials=3, test_trials=1, events_per_sample=300)
+    args = ["events", "--root", str(tmp_path), "--workers", "2", "--no-progress"]
+    pid = kill_9_mid_build(SLOW_EVENTS, args, tmp_path)
+    assert (tmp_path / f"events.h5.partial-{pid}").exists()  # killed mid-write
+    build_event_cache(tmp_path, workers=2, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("events.h5*")) == ["events.h5"]
 
 
 HOLD = textwrap.dedent(

@@ -1,0 +1,21 @@
+"""The frame store's names: its layout tag and version, Zarr formats, and where it lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvsgkit.frames import check_frame_params
+
+LAYOUT = "dvsgkit.frames"
+# 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
+LAYOUT_VERSION = 2
+# Format 2 is the default: zarr-python 2.x (still common), zarr-python 3 and tensorstore all read
+# it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
+ZARR_FORMATS = (2, 3)
+DEFAULT_ZARR_FORMAT = 2
+
+
+def frame_store_path(root: Path, T: int, split_by: str) -> Path:
+    """ROOT/frames_number_{T}_split_by_{split_by}.zarr (SpikingJelly's folder name plus .zarr)."""
+    check_frame_params(T, split_by)
+    return Path(root) / f"frames_number_{T}_split_by_{split_by}.zarr"
