@@ -39,3 +39,18 @@ def test_dataset_facts() -> None:
     assert constants.EVENT_DTYPE.names == ("t", "x", "y", "p")
     # 98 train / 24 test recordings with 12 labelled rows each (docs/reference.md §1)
     assert (constants.TRAIN_SAMPLES, constants.TEST_SAMPLES) == (98 * 12, 24 * 12)
+
+
+def test_every_subpackage_is_listed_for_installation() -> None:
+    # pyproject.toml lists packages by name; one left out installs only as data, with a warning.
+    import ast
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).parent.parent
+    text = (repo / "pyproject.toml").read_text()
+    listed = set(ast.literal_eval(re.search(r"^packages = (\[.*\])$", text, re.M).group(1)))
+    found = {
+        ".".join(p.parent.relative_to(repo).parts) for p in (repo / "dvsgkit").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
