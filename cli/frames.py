@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
+from dvsgkit.store.frame_layout import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -38,8 +39,8 @@ from dvsgkit_cli.common import root_option, user_errors
 )
 @click.option(
     "--zarr-format",
-    type=click.Choice(["2", "3"]),
-    default="2",
+    type=click.Choice([str(f) for f in ZARR_FORMATS]),
+    default=str(DEFAULT_ZARR_FORMAT),
     show_default=True,
     help="2: read by zarr-python 2 and 3 and tensorstore; 3: zarr-python >= 3 and tensorstore.",
 )
