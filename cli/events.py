@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dvsgkit.constants import BUILD_WORKERS
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -15,7 +16,7 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=2,
+    default=BUILD_WORKERS,
     show_default=True,
     help="Processes that parse recordings (the main process writes).",
 )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
+from dvsgkit.constants import BUILD_WORKERS
 from dvsgkit.store.frame_layout import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
 from dvsgkit_cli.common import root_option, user_errors
 
@@ -33,7 +34,7 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=2,
+    default=BUILD_WORKERS,
     show_default=True,
     help="Processes that integrate and compress samples.",
 )

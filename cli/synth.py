@@ -6,30 +6,33 @@ from pathlib import Path
 
 import click
 
+import dvsgkit.synth as synth_defaults
 from dvsgkit_cli.common import root_option, user_errors
 
 
 @click.command("synth")
 @root_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed", type=int, default=synth_defaults.DEFAULT_SEED, show_default=True, help="Random seed."
+)
 @click.option(
     "--train-trials",
     type=click.IntRange(min=1),
-    default=4,
+    default=synth_defaults.DEFAULT_TRAIN_TRIALS,
     show_default=True,
     help="Recordings in trials_to_train.txt (the real set has 98).",
 )
 @click.option(
     "--test-trials",
     type=click.IntRange(min=1),
-    default=2,
+    default=synth_defaults.DEFAULT_TEST_TRIALS,
     show_default=True,
     help="Recordings in trials_to_test.txt (the real set has 24).",
 )
 @click.option(
     "--events-per-sample",
     type=click.IntRange(min=1),
-    default=20_000,
+    default=synth_defaults.DEFAULT_EVENTS_PER_SAMPLE,
     show_default=True,
     help="Mean events per labelled window (the real set averages ~360,000).",
 )

@@ -70,3 +70,4 @@ ARCHIVE_NAME = "DvsGesture.tar.gz"
 
 ROOT_ENV_VAR = "DVSGKIT_ROOT"
 DEFAULT_ROOT = "data"
+BUILD_WORKERS = 2  # default processes of the event and frame builds

@@ -23,6 +23,11 @@ from dvsgkit.io.aedat_writer import AedatWriter
 from dvsgkit.io.atomic import atomic_dir, remove_dead_temps, write_text_atomic
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 
+# write_synthetic_dataset's defaults (and `dvsgkit synth`'s): a small set that trains in minutes.
+DEFAULT_SEED = 0
+DEFAULT_TRAIN_TRIALS = 4
+DEFAULT_TEST_TRIALS = 2
+DEFAULT_EVENTS_PER_SAMPLE = 20_000
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
 FIRST_TEST_USER = 24  # the real test split holds users 24..29
 MARKER = "SYNTHETIC.txt"  # marks a folder this module may replace
@@ -144,10 +149,10 @@ def write_recording(
 def write_synthetic_dataset(
     root: Path,
     *,
-    seed: int = 0,
-    train_trials: int = 4,
-    test_trials: int = 2,
-    events_per_sample: int = 20_000,
+    seed: int = DEFAULT_SEED,
+    train_trials: int = DEFAULT_TRAIN_TRIALS,
+    test_trials: int = DEFAULT_TEST_TRIALS,
+    events_per_sample: int = DEFAULT_EVENTS_PER_SAMPLE,
 ) -> Path:
     """Write ROOT/extract/DvsGesture/ in the real layout (`userNN_<lighting>.aedat`, CRLF
     `*_labels.csv` with 12 rows, both trials lists, gesture_mapping.csv beside the folder);

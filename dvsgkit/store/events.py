@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dvsgkit.constants import SENSOR_SIZE, SPLITS, TRIALS_FILES
+from dvsgkit.constants import BUILD_WORKERS, SENSOR_SIZE, SPLITS, TRIALS_FILES
 from dvsgkit.samples import (
     CutBuffers,
     Recording,
@@ -190,7 +190,9 @@ def _discard_stale(out: Path, reason: BaseException) -> None:
         reason.add_note(str(exc))
 
 
-def build_event_cache(root: Path, *, workers: int = 2, progress: bool = True) -> Path:
+def build_event_cache(
+    root: Path, *, workers: int = BUILD_WORKERS, progress: bool = True
+) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
 

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 import dvsgkit
-from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
+from dvsgkit.constants import BUILD_WORKERS, CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.io.atomic import make_temp_dir, remove_dead_temps, remove_tree, swap_in
 from dvsgkit.samples import dataset_dir
@@ -190,7 +190,7 @@ def build_frame_store(
     T: int,
     split_by: str = "number",
     *,
-    workers: int = 2,
+    workers: int = BUILD_WORKERS,
     progress: bool = True,
     zarr_format: int = DEFAULT_ZARR_FORMAT,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
@@ -208,7 +208,7 @@ def make_frame_store(
     T: int,
     split_by: str = "number",
     *,
-    workers: int = 2,
+    workers: int = BUILD_WORKERS,
     progress: bool = True,
     zarr_format: int = DEFAULT_ZARR_FORMAT,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
