@@ -25,6 +25,10 @@ SPIKING_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2")  # 
 NUM_OUTPUTS = 11  # classes; the last layer has NUM_OUTPUTS * VOTERS neurons
 CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
 INPUT_SIZE = 128
+INPUT_CHANNELS = 2  # ON and OFF event counts
+# NHWC convolutions with 2 input channels miss cuDNN's fast kernels (fp16 tensor cores take
+# channels in multiples of 8): the channels_last path zero-pads the input and conv1's weight.
+PADDED_INPUT_CHANNELS = 8
 
 
 class GestureNet(nn.Module):
@@ -45,6 +49,12 @@ class GestureNet(nn.Module):
 
     `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
     The neurons' membranes live only inside forward, so every call starts from rest.
+
+    After `net.to(memory_format=torch.channels_last)` every convolution, BatchNorm, LIF and
+    max-pool runs on NHWC tensors, the input included: it is laid out NHWC once, its 2 channels
+    zero-padded to 8, and conv1 runs with its weight zero-padded alike (same function, same
+    state_dict). `fused=True` (backend "cupy" only) runs BatchNorm + LIF + max-pool of each conv
+    block as one fused kernel pair (`dvsgkit.model.fused_block.bn_lif_pool`).
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class GestureNet(nn.Module):
         init_tau: float = INIT_TAU,
         hidden: int | None = None,
         bias: bool = False,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
@@ -72,10 +83,15 @@ class GestureNet(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "cupy" and mode != "layer":
             raise ValueError("backend 'cupy' runs whole sequences: use mode='layer' with it")
+        if fused and backend != "cupy":
+            raise ValueError(
+                "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with "
+                "mode='layer', backend='cupy'"
+            )
         self.channels, self.mode, self.backend = channels, mode, backend
-        self.neuron, self.hidden, self.bias = neuron, hidden, bias
+        self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)
         self.convs = nn.ModuleList(
-            nn.Conv2d(2 if i == 0 else channels, channels, 3, padding=1, bias=False)
+            nn.Conv2d(INPUT_CHANNELS if i == 0 else channels, channels, 3, padding=1, bias=False)
             for i in range(CONV_BLOCKS)
         )
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(CONV_BLOCKS))
@@ -117,7 +133,34 @@ class GestureNet(nn.Module):
         return (
             f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}, "
             f"neuron={self.neuron!r}, hidden={self.hidden}, bias={self.bias}"
+            + (", fused=True" if self.fused else "")
         )
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the weights are NHWC (`net.to(memory_format=torch.channels_last)`): forward
+        then lays the input out NHWC too, so no convolution sees a mixed layout."""
+        return self.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x [N, T, 2, H, W]` as the time-major `[T, N, C, H, W]` conv1 reads: NCHW as given,
+        or (channels_last) each step an NHWC `[N, 8, H, W]` with channels 2..7 zero."""
+        if not self.channels_last:
+            return x.transpose(0, 1)
+        n, t, c, h, w = x.shape
+        padded = x.new_zeros(t, n, h, w, PADDED_INPUT_CHANNELS)
+        padded[..., :c] = x.permute(1, 0, 3, 4, 2)  # one strided copy; autograd reaches x
+        return padded.permute(0, 1, 4, 2, 3)
+
+    def _conv1(self, y: torch.Tensor) -> torch.Tensor:
+        """conv1 on `_input`'s steps; on the padded input with its weight padded alike."""
+        conv = self.convs[0]
+        if y.shape[1] == conv.in_channels:
+            return conv(y)
+        pad = y.shape[1] - conv.in_channels
+        weight = F.pad(conv.weight, (0, 0, 0, 0, 0, pad))  # zero input channels: same sums
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(y, weight, conv.bias, conv.stride, conv.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE):
@@ -137,12 +180,17 @@ class GestureNet(nn.Module):
     def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
         neurons = self.neurons()
-        y = x.transpose(0, 1).reshape(t * n, *x.shape[2:])  # [T*N, 2, H, W], time-major
-        for conv, bn, cell in zip(self.convs, self.bns, neurons[:CONV_BLOCKS], strict=True):
-            y = bn(conv(y))  # [T*N, C, H, W]
+        y = self._input(x).flatten(0, 1)  # [T*N, 2 (or 8), H, W], time-major
+        blocks = zip(self.convs, self.bns, neurons[:CONV_BLOCKS], strict=True)
+        for i, (conv, bn, cell) in enumerate(blocks):
+            y = self._conv1(y) if i == 0 else conv(y)  # [T*N, C, H, W]
+            if self.fused:
+                y = _bn_lif_pool()(y, bn, cell, t)
+                continue
+            y = bn(y)
             y = cell(y.unflatten(0, (t, n))).flatten(0, 1)  # neuron over T on [T, N, C, H, W]
             y = F.max_pool2d(y, 2, 2)  # [T*N, C, H/2, W/2]
-        y = y.reshape(t, n, -1)  # [T, N, C*4*4]
+        y = y.reshape(t, n, -1)  # [T, N, C*4*4] in NCHW order (a small copy when NHWC)
         y = neurons[-2](self.fc1(self.drop1(y)))  # [T, N, hidden]
         y = neurons[-1](self.fc2(self.drop2(y)))  # [T, N, 110]
         return vote(y).mean(0)  # [N, 11]
@@ -154,10 +202,12 @@ class GestureNet(nn.Module):
         v: list[torch.Tensor | float] = [V_RESET] * len(neurons)
         mask1 = mask2 = None
         rates = x.new_zeros(n, NUM_OUTPUTS)
+        steps = self._input(x)  # [T, N, 2 (or 8), H, W]
         for step in range(t):
-            y = x[:, step]  # [N, 2, H, W]
+            y = steps[step]  # [N, 2 (or 8), H, W]
             for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
-                spike, v[i] = neurons[i].advance(bn(conv(y)), v[i])
+                y = self._conv1(y) if i == 0 else conv(y)
+                spike, v[i] = neurons[i].advance(bn(y), v[i])
                 y = F.max_pool2d(spike, 2, 2)
             y = y.flatten(1)  # [N, C*4*4]
             if step == 0:  # masks drawn once per sample, reused for every step
@@ -169,3 +219,10 @@ class GestureNet(nn.Module):
             spike, v[-1] = neurons[-1].advance(self.fc2(y), v[-1])
             rates = rates + vote(spike)  # [N, 11]
         return rates / t
+
+
+def _bn_lif_pool():
+    """The fused BatchNorm + LIF + max-pool block (imported when first used: it needs CuPy)."""
+    from dvsgkit.model.fused_block import bn_lif_pool
+
+    return bn_lif_pool

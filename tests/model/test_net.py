@@ -87,14 +87,17 @@ def exact_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_cupy_backend_equals_torch_backend_on_cuda(
-    exact_cuda: None, train: bool, neuron: str
+    exact_cuda: None, train: bool, neuron: str, nhwc: bool
 ) -> None:
     torch_net = active_net(4, "layer", neuron=neuron).cuda().train(train)
     cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron).cuda().train(train)
     cupy_net.load_state_dict(torch_net.state_dict())
+    if nhwc:  # the CuPy net NHWC end to end against the plain NCHW torch net
+        cupy_net.to(memory_format=torch.channels_last)
     x = frames(n=3, t=4).cuda()
     torch.manual_seed(3)  # same dropout masks in train mode
     out_t, g_t = _grads(torch_net, x)
@@ -164,3 +167,61 @@ def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
 def test_wrong_input_shape_names_the_expected_one() -> None:
     with pytest.raises(ValueError, match=r"\[N, T, 2, 128, 128\], got shape \(2, 3, 2, 64, 64\)"):
         GestureNet(4)(torch.zeros(2, 3, 2, 64, 64))
+
+
+def _nhwc(net: GestureNet) -> GestureNet:
+    return net.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("mode", ["layer", "step"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_channels_last_computes_the_same_function_with_the_same_state_dict(
+    mode: str, train: bool
+) -> None:
+    plain = active_net(4, mode).train(train)
+    nhwc = _nhwc(active_net(4, mode)).train(train)
+    assert not plain.channels_last and nhwc.channels_last
+    assert list(nhwc.state_dict()) == list(plain.state_dict())
+    assert nhwc.convs[0].weight.shape == (4, 2, 3, 3)  # the padding never reaches the weights
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_n, g_n = _grads(nhwc, x)
+    assert out_p.abs().sum() > 0
+    assert torch.equal(out_n, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in plain.state_dict().items():  # running statistics updated alike
+        torch.testing.assert_close(nhwc.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_input_is_nhwc_with_eight_channels() -> None:
+    net = _nhwc(GestureNet(4))
+    x = frames(n=3, t=2)
+    steps = net._input(x)  # [T, N, 8, H, W]
+    assert steps.shape == (2, 3, 8, 128, 128)
+    assert all(s.is_contiguous(memory_format=torch.channels_last) for s in steps)
+    assert steps.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(steps[:, :, :2], x.transpose(0, 1)) and not steps[:, :, 2:].any()
+
+
+@pytest.mark.parametrize("mode", ["layer", "step"])
+def test_channels_last_keeps_every_convolution_and_batchnorm_nhwc(mode: str) -> None:
+    net = _nhwc(active_net(4, mode))
+    seen: list[tuple[str, bool]] = []
+
+    def record(name: str):
+        def hook(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            for what, t in (("in", args[0]), ("out", out)):
+                seen.append((f"{name} {what}", t.is_contiguous(memory_format=torch.channels_last)))
+
+        return hook
+
+    for i, (conv, bn) in enumerate(zip(net.convs, net.bns, strict=True)):
+        if i:  # conv1 runs through F.conv2d with its padded weight
+            conv.register_forward_hook(record(f"conv{i + 1}"))
+        bn.register_forward_hook(record(f"bn{i + 1}"))
+    net(frames(n=2, t=2))
+    assert len(seen) == (4 + 5) * 2 * (2 if mode == "step" else 1)
+    assert all(nhwc for _, nhwc in seen), [name for name, nhwc in seen if not nhwc]
