@@ -100,6 +100,11 @@ DEVICE = Device()
     is_flag=True,
     help="Layer-by-layer network with the fused CuPy LIF (else step-by-step).",
 )
+@click.option(
+    "--fused/--no-fused",
+    default=False,
+    help="With --cupy: BatchNorm + LIF + max-pool of each conv block as one fused kernel pair.",
+)
 @click.option("--opt", type=click.Choice(OPTIMIZERS), default="adam", help="Optimizer.")
 @click.option(
     "--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Learning rate."
@@ -142,7 +147,7 @@ DEVICE = Device()
 @click.option(
     "--channels-last/--no-channels-last",
     default=True,
-    help="NHWC memory layout on CUDA (step-by-step network; ignored with --cupy).",
+    help="NHWC memory layout on CUDA, the input included (ignored on CPU).",
 )
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 @click.option(

@@ -73,6 +73,7 @@ def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
         ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
         ({"momentum": float("inf")}, "momentum must be a finite number >= 0, got inf"),
         ({"gamma": -0.5}, "gamma must be a finite number >= 0, got -0.5"),
+        ({"fused": True}, "--fused runs the fused CuPy kernels .*; add --cupy"),
     ],
 )
 def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
@@ -229,6 +230,14 @@ CUDA_AMP = {"device": "cuda:0", "amp": True}
         pytest.param({}, id="cpu"),
         pytest.param(CUDA_AMP, marks=pytest.mark.gpu, id="cuda-amp-step"),
         pytest.param({**CUDA_AMP, "cupy": True}, marks=pytest.mark.gpu, id="cuda-amp-cupy"),
+        pytest.param(
+            {**CUDA_AMP, "cupy": True, "channels_last": False},
+            marks=pytest.mark.gpu,
+            id="cuda-amp-cupy-nchw",
+        ),
+        pytest.param(
+            {**CUDA_AMP, "cupy": True, "fused": True}, marks=pytest.mark.gpu, id="cuda-amp-fused"
+        ),
     ],
 )
 def test_short_training_run_writes_every_artefact(

@@ -51,10 +51,10 @@ class GestureNet(nn.Module):
     The neurons' membranes live only inside forward, so every call starts from rest.
 
     After `net.to(memory_format=torch.channels_last)` every convolution, BatchNorm, LIF and
-    max-pool runs on NHWC tensors, the input included: it is laid out NHWC once, its 2 channels
-    zero-padded to 8, and conv1 runs with its weight zero-padded alike (same function, same
-    state_dict). `fused=True` (backend "cupy" only) runs BatchNorm + LIF + max-pool of each conv
-    block as one fused kernel pair (`dvsgkit.model.fused_block.bn_lif_pool`).
+    max-pool runs on NHWC tensors; on CUDA the input too: it is laid out NHWC once, its 2
+    channels zero-padded to 8, and conv1 runs with its weight zero-padded alike (same function,
+    same state_dict). `fused=True` (backend "cupy" only) runs BatchNorm + LIF + max-pool of
+    each conv block as one fused kernel pair (`dvsgkit.model.fused_block.bn_lif_pool`).
     """
 
     def __init__(
@@ -142,10 +142,15 @@ class GestureNet(nn.Module):
         then lays the input out NHWC too, so no convolution sees a mixed layout."""
         return self.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
 
+    def _pads_input(self, x: torch.Tensor) -> bool:
+        """Whether forward lays x out NHWC with 8 channels: on CUDA with NHWC weights. On the
+        CPU the padded conv1 costs more than the layout saves (~25 % per predict call)."""
+        return self.channels_last and x.is_cuda
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        """`x [N, T, 2, H, W]` as the time-major `[T, N, C, H, W]` conv1 reads: NCHW as given,
-        or (channels_last) each step an NHWC `[N, 8, H, W]` with channels 2..7 zero."""
-        if not self.channels_last:
+        """`x [N, T, 2, H, W]` as the time-major `[T, N, C, H, W]` conv1 reads: as given, or
+        (`_pads_input`) each step an NHWC `[N, 8, H, W]` with channels 2..7 zero."""
+        if not self._pads_input(x):
             return x.transpose(0, 1)
         n, t, c, h, w = x.shape
         padded = x.new_zeros(t, n, h, w, PADDED_INPUT_CHANNELS)

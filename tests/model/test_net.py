@@ -169,17 +169,42 @@ def test_wrong_input_shape_names_the_expected_one() -> None:
         GestureNet(4)(torch.zeros(2, 3, 2, 64, 64))
 
 
-def _nhwc(net: GestureNet) -> GestureNet:
+def _nhwc(net: GestureNet, monkeypatch: pytest.MonkeyPatch | None = None) -> GestureNet:
+    """net in channels_last; with monkeypatch, padding the input as on CUDA, here on the CPU."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(net, "_pads_input", lambda x: net.channels_last)
     return net.to(memory_format=torch.channels_last)
+
+
+def test_the_input_is_padded_on_cuda_with_channels_last_only() -> None:
+    x = torch.zeros(1, 1, 2, 128, 128)
+    assert not GestureNet(4)._pads_input(x)
+    assert not _nhwc(GestureNet(4))._pads_input(x)  # CPU: conv1 on 8 channels costs more
+
+
+@pytest.mark.gpu
+def test_channels_last_on_cuda_pads_the_input_and_computes_the_same(exact_cuda: None) -> None:
+    plain = active_net(4, "layer").cuda().train()
+    nhwc = _nhwc(active_net(4, "layer").cuda()).train()
+    x = frames(n=3, t=4).cuda()
+    assert nhwc._pads_input(x) and nhwc._input(x).shape[2] == 8
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_n, g_n = _grads(nhwc, x)
+    assert out_p.abs().sum() > 0
+    torch.testing.assert_close(out_n, out_p, rtol=0, atol=1e-6)
+    for name in g_p:
+        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("mode", ["layer", "step"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_channels_last_computes_the_same_function_with_the_same_state_dict(
-    mode: str, train: bool
+    mode: str, train: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plain = active_net(4, mode).train(train)
-    nhwc = _nhwc(active_net(4, mode)).train(train)
+    nhwc = _nhwc(active_net(4, mode), monkeypatch).train(train)
     assert not plain.channels_last and nhwc.channels_last
     assert list(nhwc.state_dict()) == list(plain.state_dict())
     assert nhwc.convs[0].weight.shape == (4, 2, 3, 3)  # the padding never reaches the weights
@@ -196,8 +221,8 @@ def test_channels_last_computes_the_same_function_with_the_same_state_dict(
         torch.testing.assert_close(nhwc.state_dict()[name], value, rtol=1e-5, atol=1e-6)
 
 
-def test_channels_last_input_is_nhwc_with_eight_channels() -> None:
-    net = _nhwc(GestureNet(4))
+def test_channels_last_input_is_nhwc_with_eight_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _nhwc(GestureNet(4), monkeypatch)
     x = frames(n=3, t=2)
     steps = net._input(x)  # [T, N, 8, H, W]
     assert steps.shape == (2, 3, 8, 128, 128)
@@ -207,8 +232,10 @@ def test_channels_last_input_is_nhwc_with_eight_channels() -> None:
 
 
 @pytest.mark.parametrize("mode", ["layer", "step"])
-def test_channels_last_keeps_every_convolution_and_batchnorm_nhwc(mode: str) -> None:
-    net = _nhwc(active_net(4, mode))
+def test_channels_last_keeps_every_convolution_and_batchnorm_nhwc(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _nhwc(active_net(4, mode), monkeypatch)
     seen: list[tuple[str, bool]] = []
 
     def record(name: str):
@@ -225,3 +252,54 @@ def test_channels_last_keeps_every_convolution_and_batchnorm_nhwc(mode: str) -> 
     net(frames(n=2, t=2))
     assert len(seen) == (4 + 5) * 2 * (2 if mode == "step" else 1)
     assert all(nhwc for _, nhwc in seen), [name for name, nhwc in seen if not nhwc]
+
+
+def _fused_net_on_cpu(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> GestureNet:
+    """A fused CuPy GestureNet made to run on the CPU: CuPy checks pass, its LIF layers run the
+    torch loop, and forward's CUDA check sees a torch backend. Weights as active_net(4)'s."""
+    from dvsgkit.model import cupy_runtime, lif, lif_cupy
+
+    monkeypatch.setattr(cupy_runtime, "require_cupy", lambda: None)
+    monkeypatch.setattr(lif_cupy, "lif_multistep_cupy", lif.lif_multistep)
+    net = GestureNet(4, "layer", "cupy", fused=True)
+    net.load_state_dict(active_net(4, "layer", seed).state_dict())
+    monkeypatch.setattr(net, "backend", "torch")
+    return net
+
+
+def test_fused_option_hands_each_conv_block_to_bn_lif_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    calls = []
+
+    def chain(y: torch.Tensor, bn, neuron, t: int) -> torch.Tensor:  # the unfused torch chain
+        calls.append((tuple(y.shape), bn, neuron, t))
+        return F.max_pool2d(neuron(bn(y).unflatten(0, (t, -1))).flatten(0, 1), 2, 2)
+
+    fake = types.ModuleType("dvsgkit.model.fused_block")
+    fake.bn_lif_pool = chain
+    monkeypatch.setitem(sys.modules, "dvsgkit.model.fused_block", fake)
+    fused = _fused_net_on_cpu(monkeypatch).train()
+    assert fused.fused and "fused=True" in repr(fused)
+    plain = active_net(4, "layer").train()
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_f, g_f = _grads(fused, x)
+    assert [c[0] for c in calls] == [(12, 4, 128 >> i, 128 >> i) for i in range(5)]
+    assert [c[1] for c in calls] == list(fused.bns) and all(c[2] is fused.lif for c in calls)
+    assert all(c[3] == 4 for c in calls)
+    assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_needs_the_cupy_backend() -> None:
+    with pytest.raises(ValueError, match="fused=True .* use it with mode='layer', backend='cupy'"):
+        GestureNet(4, "layer", "torch", fused=True)
+    with pytest.raises(ValueError, match="use mode='layer'"):
+        GestureNet(4, "step", "cupy", fused=True)
