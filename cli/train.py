@@ -105,6 +105,13 @@ DEVICE = Device()
     default=False,
     help="With --cupy: BatchNorm + LIF + max-pool of each conv block as one fused kernel pair.",
 )
+@click.option(
+    "--compile/--no-compile",
+    "compile_steps",
+    default=False,
+    help="Step-by-step network on CUDA: torch.compile each time step (fused kernels replayed "
+    "as CUDA graphs; needs Triton; ignored on CPU).",
+)
 @click.option("--opt", type=click.Choice(OPTIMIZERS), default="adam", help="Optimizer.")
 @click.option(
     "--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Learning rate."

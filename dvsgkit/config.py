@@ -69,6 +69,7 @@ class TrainConfig:
     neuron: str = "lif"  # "plif": a learnable time constant per spiking layer
     init_tau: float = INIT_TAU
     fused: bool = False  # --cupy: fused BatchNorm + LIF + max-pool kernels per conv block
+    compile_steps: bool = False  # step-by-step on CUDA: each time step compiled (CUDA graphs)
 
     def __post_init__(self) -> None:
         for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
@@ -99,6 +100,11 @@ class TrainConfig:
         if self.fused and not self.cupy:
             raise ValueError(
                 "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy"
+            )
+        if self.compile_steps and self.cupy:
+            raise ValueError(
+                "--compile compiles the step-by-step network; --cupy runs the layer-by-layer "
+                "one: drop one of them"
             )
         if self.neuron == "lif" and self.init_tau != INIT_TAU:
             raise ValueError(

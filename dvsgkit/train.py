@@ -369,6 +369,7 @@ def _build_net(config: TrainConfig, device: torch.device, d: Dist) -> nn.Module:
         neuron=config.neuron,
         init_tau=config.init_tau,
         fused=config.fused,
+        compile_steps=config.compile_steps,
     )
     if config.sync_bn and d.world_size > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)

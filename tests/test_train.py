@@ -74,6 +74,7 @@ def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
         ({"momentum": float("inf")}, "momentum must be a finite number >= 0, got inf"),
         ({"gamma": -0.5}, "gamma must be a finite number >= 0, got -0.5"),
         ({"fused": True}, "--fused runs the fused CuPy kernels .*; add --cupy"),
+        ({"compile_steps": True, "cupy": True}, "--compile compiles the step-by-step network"),
     ],
 )
 def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
@@ -237,6 +238,9 @@ CUDA_AMP = {"device": "cuda:0", "amp": True}
         ),
         pytest.param(
             {**CUDA_AMP, "cupy": True, "fused": True}, marks=pytest.mark.gpu, id="cuda-amp-fused"
+        ),
+        pytest.param(
+            {**CUDA_AMP, "compile_steps": True}, marks=pytest.mark.gpu, id="cuda-amp-compile"
         ),
     ],
 )

@@ -55,6 +55,9 @@ class GestureNet(nn.Module):
     channels zero-padded to 8, and conv1 runs with its weight zero-padded alike (same function,
     same state_dict). `fused=True` (backend "cupy" only) runs BatchNorm + LIF + max-pool of
     each conv block as one fused kernel pair (`dvsgkit.model.fused_block.bn_lif_pool`).
+    `compile_steps=True` (mode "step") compiles each time step after the first with
+    torch.compile into fused kernels replayed as CUDA graphs (`dvsgkit.model.graphs`); where
+    that cannot run (CPU, no Triton) the steps run eagerly as without it.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class GestureNet(nn.Module):
         hidden: int | None = None,
         bias: bool = False,
         fused: bool = False,
+        compile_steps: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
@@ -88,7 +92,10 @@ class GestureNet(nn.Module):
                 "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with "
                 "mode='layer', backend='cupy'"
             )
+        if compile_steps and mode != "step":
+            raise ValueError("compile_steps compiles the step-by-step network: use mode='step'")
         self.channels, self.mode, self.backend = channels, mode, backend
+        self.compile_steps = bool(compile_steps)
         self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)
         self.convs = nn.ModuleList(
             nn.Conv2d(INPUT_CHANNELS if i == 0 else channels, channels, 3, padding=1, bias=False)
@@ -134,6 +141,7 @@ class GestureNet(nn.Module):
             f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}, "
             f"neuron={self.neuron!r}, hidden={self.hidden}, bias={self.bias}"
             + (", fused=True" if self.fused else "")
+            + (", compile_steps=True" if self.compile_steps else "")
         )
 
     @property
@@ -200,30 +208,80 @@ class GestureNet(nn.Module):
         y = neurons[-1](self.fc2(self.drop2(y)))  # [T, N, 110]
         return vote(y).mean(0)  # [N, 11]
 
+    def _compiles_steps(self, x: torch.Tensor) -> bool:
+        """Whether forward runs the compiled time step (`graphs`): asked for, and it can run."""
+        from dvsgkit.model.graphs import compile_unavailable_reason, plain_batchnorms
+
+        return (
+            self.compile_steps
+            and compile_unavailable_reason(x.device) is None
+            and plain_batchnorms(self.bns)
+        )
+
     def _forward_step(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        neurons = self.neurons()
+        t = x.shape[1]
         # One membrane per spiking layer (5 conv + 2 fc), at rest before the first step.
-        v: list[torch.Tensor | float] = [V_RESET] * len(neurons)
-        mask1 = mask2 = None
-        rates = x.new_zeros(n, NUM_OUTPUTS)
+        v: list[torch.Tensor | float] = [V_RESET] * len(SPIKING_LAYERS)
         steps = self._input(x)  # [T, N, 2 (or 8), H, W]
-        for step in range(t):
-            y = steps[step]  # [N, 2 (or 8), H, W]
-            for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
-                y = self._conv1(y) if i == 0 else conv(y)
-                spike, v[i] = neurons[i].advance(bn(y), v[i])
-                y = F.max_pool2d(spike, 2, 2)
-            y = y.flatten(1)  # [N, C*4*4]
-            if step == 0:  # masks drawn once per sample, reused for every step
-                mask1 = self.drop1.mask(y)
-            spike, v[-2] = neurons[-2].advance(self.fc1(y if mask1 is None else y * mask1), v[-2])
-            if step == 0:
-                mask2 = self.drop2.mask(spike)
-            y = spike if mask2 is None else spike * mask2
-            spike, v[-1] = neurons[-1].advance(self.fc2(y), v[-1])
-            rates = rates + vote(spike)  # [N, 11]
+        compiled = t > 1 and self._compiles_steps(x)
+        # Compiled in train mode, BatchNorm's running statistics are updated outside the
+        # steps (graphs.update_running_stats): in place inside a graph, or through modules that
+        # saved them for backward, the updates fail backward's in-place version check.
+        stats_out = compiled and self.training
+        if compiled:
+            from dvsgkit.model import graphs
+
+            graphs.mark_step_begin()
+            later_step = graphs.compiled(time_step)
+        # The first step runs eagerly: it draws the dropout masks and starts from rest.
+        votes, v, masks, stats = time_step(self, steps[0], v, None, stats_out)
+        rates = x.new_zeros(x.shape[0], NUM_OUTPUTS) + votes  # summed in x's dtype
+        for step in range(1, t):
+            if stats_out:
+                graphs.update_running_stats(self.bns, stats)
+            if compiled:
+                votes, v, _, stats = later_step(self, steps[step], v, masks, stats_out)
+            else:
+                votes, v, _, _ = time_step(self, steps[step], v, masks)
+            rates = rates + votes  # [N, 11]
+        if stats_out:
+            graphs.update_running_stats(self.bns, stats)
         return rates / t
+
+
+def time_step(
+    net: GestureNet,
+    y: torch.Tensor,
+    v: list[torch.Tensor | float],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+    stats_out: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor], tuple, list[torch.Tensor]]:
+    """One time step of the step-by-step network: input `y [N, 2 (or 8), H, W]` and the
+    membranes `v` of the 7 spiking layers -> (votes [N, 11], new membranes, dropout masks,
+    batch statistics). masks None (the first step) draws the masks, once per sample, reused for
+    every later step. stats_out (train mode): BatchNorm normalises with the batch statistics
+    but leaves its running statistics alone and returns [mean, unbiased var] per conv block
+    (`graphs.update_running_stats` applies them); else the list is empty."""
+    neurons = net.neurons()
+    v = list(v)
+    stats: list[torch.Tensor] = []
+    for i, (conv, bn) in enumerate(zip(net.convs, net.bns, strict=True)):
+        y = net._conv1(y) if i == 0 else conv(y)
+        if stats_out:
+            var, mean = torch.var_mean(y.detach().float(), dim=(0, 2, 3), correction=1)
+            stats += [mean, var]
+            y = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        else:
+            y = bn(y)
+        spike, v[i] = neurons[i].advance(y, v[i])
+        y = F.max_pool2d(spike, 2, 2)
+    y = y.flatten(1)  # [N, C*4*4]
+    mask1 = net.drop1.mask(y) if masks is None else masks[0]
+    spike, v[-2] = neurons[-2].advance(net.fc1(y if mask1 is None else y * mask1), v[-2])
+    mask2 = net.drop2.mask(spike) if masks is None else masks[1]
+    y = spike if mask2 is None else spike * mask2
+    spike, v[-1] = neurons[-1].advance(net.fc2(y), v[-1])
+    return vote(spike), v, (mask1, mask2), stats
 
 
 def _bn_lif_pool():

@@ -303,3 +303,97 @@ def test_fused_needs_the_cupy_backend() -> None:
         GestureNet(4, "layer", "torch", fused=True)
     with pytest.raises(ValueError, match="use mode='layer'"):
         GestureNet(4, "step", "cupy", fused=True)
+
+
+def test_compiled_steps_run_on_cuda_with_triton_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from dvsgkit.model import graphs
+
+    assert "CUDA only" in graphs.compile_unavailable_reason(torch.device("cpu"))
+    cuda = torch.device("cuda", 0)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "triton" else real_find_spec(name)
+    )
+    assert "Triton" in graphs.compile_unavailable_reason(cuda)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert graphs.compile_unavailable_reason(cuda) is None
+
+
+def test_compile_steps_on_the_cpu_runs_the_eager_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsgkit.model import graphs
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled on the CPU")
+
+    monkeypatch.setattr(graphs, "compiled", refuse)
+    eager, asked = active_net(4, "step").train(), active_net(4, "step").train()
+    asked.compile_steps = True
+    x = frames(n=2, t=3)
+    assert not asked._compiles_steps(x)
+    torch.manual_seed(5)
+    out_e = eager(x)
+    torch.manual_seed(5)
+    assert torch.equal(asked(x), out_e)
+
+
+def test_compile_steps_leaves_sync_batchnorm_to_the_eager_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dvsgkit.model import graphs
+
+    monkeypatch.setattr(graphs, "compile_unavailable_reason", lambda device: None)
+    net = GestureNet(4, "step", compile_steps=True)
+    assert net._compiles_steps(torch.zeros(1))
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+        GestureNet(4, "step", compile_steps=True)
+    )
+    assert not synced._compiles_steps(torch.zeros(1))
+    with pytest.raises(ValueError, match="compile_steps compiles the step-by-step network"):
+        GestureNet(4, "layer", compile_steps=True)
+
+
+@pytest.mark.slow
+def test_compiled_steps_compute_the_eager_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.compile also runs on the CPU (no CUDA graphs there): forced on here, the compiled
+    # steps, with BatchNorm's running statistics updated outside them, must match the eager
+    # net in output, gradients and running statistics.
+    from dvsgkit.model import graphs
+
+    monkeypatch.setattr(graphs, "compile_unavailable_reason", lambda device: None)
+    eager = active_net(4, "step").train()
+    compiled = active_net(4, "step").train()
+    compiled.compile_steps = True
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_e, g_e = _grads(eager, x)
+    torch.manual_seed(5)
+    out_c, g_c = _grads(compiled, x)
+    assert out_e.abs().sum() > 0 and torch.equal(out_c, out_e)
+    for name in g_e:
+        torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+    assert compiled.bns[0].num_batches_tracked.item() == 4  # one batch per time step
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_compiled_steps_on_cuda_compute_the_eager_function(exact_cuda: None, train: bool) -> None:
+    eager = active_net(8, "step").cuda().train(train)
+    compiled = GestureNet(8, "step", compile_steps=True).cuda().train(train)
+    compiled.load_state_dict(eager.state_dict())
+    x = frames(n=4, t=4).cuda()
+    assert compiled._compiles_steps(x)
+    for _ in range(3):  # warm-up, CUDA graph recording, replay
+        torch.manual_seed(5)
+        out_e, g_e = _grads(eager, x)
+        torch.manual_seed(5)
+        out_c, g_c = _grads(compiled, x)
+        assert out_e.abs().sum() > 0
+        torch.testing.assert_close(out_c, out_e, rtol=0, atol=1e-6)
+        for name in g_e:
+            torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-3, atol=1e-5, msg=name)
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-6)
