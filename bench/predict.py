@@ -81,8 +81,10 @@ def main() -> None:
                   f"({k} windows)")  # fmt: skip
         a, b = (runs[label].rates for label, _ in models[1:])
         differ = int((a.argmax(1) != b.argmax(1)).sum())
-        print(f"the two network modes: rates differ by at most {np.abs(a - b).max():.3g}, "
-              f"predictions in {differ} of {len(a)} windows (float rounding near a threshold)")
+        print(
+            f"the two network modes: rates differ by at most {np.abs(a - b).max():.3g}, "
+            f"predictions in {differ} of {len(a)} windows (float rounding near a threshold)"
+        )
 
 
 if __name__ == "__main__":

@@ -240,7 +240,9 @@ CUDA_AMP = {"device": "cuda:0", "amp": True}
             {**CUDA_AMP, "cupy": True, "fused": True}, marks=pytest.mark.gpu, id="cuda-amp-fused"
         ),
         pytest.param(
-            {**CUDA_AMP, "compile_steps": True}, marks=pytest.mark.gpu, id="cuda-amp-compile"
+            {**CUDA_AMP, "compile_steps": True},
+            marks=[pytest.mark.gpu, pytest.mark.slow],
+            id="cuda-amp-compile",
         ),
     ],
 )

@@ -379,6 +379,7 @@ def test_compiled_steps_compute_the_eager_function(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # compiles the step twice (train, eval)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_compiled_steps_on_cuda_compute_the_eager_function(exact_cuda: None, train: bool) -> None:
     eager = active_net(8, "step").cuda().train(train)
