@@ -285,7 +285,7 @@ def time_step(
 
 
 def _bn_lif_pool():
-    """The fused BatchNorm + LIF + max-pool block (imported when first used: it needs CuPy)."""
+    """The fused BatchNorm + LIF + max-pool block, imported when a fused net first runs."""
     from dvsgkit.model.fused_block import bn_lif_pool
 
     return bn_lif_pool

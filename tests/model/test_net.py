@@ -87,14 +87,15 @@ def exact_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_cupy_backend_equals_torch_backend_on_cuda(
-    exact_cuda: None, train: bool, neuron: str, nhwc: bool
+    exact_cuda: None, train: bool, neuron: str, nhwc: bool, fused: bool
 ) -> None:
     torch_net = active_net(4, "layer", neuron=neuron).cuda().train(train)
-    cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron).cuda().train(train)
+    cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron, fused=fused).cuda().train(train)
     cupy_net.load_state_dict(torch_net.state_dict())
     if nhwc:  # the CuPy net NHWC end to end against the plain NCHW torch net
         cupy_net.to(memory_format=torch.channels_last)
@@ -398,3 +399,38 @@ def test_compiled_steps_on_cuda_compute_the_eager_function(exact_cuda: None, tra
             torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-3, atol=1e-5, msg=name)
     for name, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_net_runs_the_real_fused_kernels_as_the_unfused_net(
+    monkeypatch: pytest.MonkeyPatch, cpp_harness, train: bool
+) -> None:
+    # The fused kernels' CUDA source, built for the CPU by the g++ harness, inside the whole
+    # network: same rates, gradients and BatchNorm running statistics as the module chain.
+    import importlib.util
+    from pathlib import Path
+
+    from dvsgkit.model import fused_block
+
+    path = Path(__file__).with_name("test_fused_block.py")
+    spec = importlib.util.spec_from_file_location("fused_block_tests", path)
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    launch = tests.CppLaunch(cpp_harness)
+    monkeypatch.setattr(
+        fused_block,
+        "bn_lif_pool",
+        lambda y, bn, neuron, t: fused_block.fused_bn_lif_pool(y, bn, neuron, t, launch),
+    )
+    fused = _fused_net_on_cpu(monkeypatch).train(train)
+    plain = active_net(4, "layer").train(train)
+    x = frames(n=2, t=3)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_f, g_f = _grads(fused, x)
+    assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-5, atol=1e-7)
