@@ -152,7 +152,7 @@ class GestureNet(nn.Module):
 
     def _pads_input(self, x: torch.Tensor) -> bool:
         """Whether forward lays x out NHWC with 8 channels: on CUDA with NHWC weights. On the
-        CPU the padded conv1 costs more than the layout saves (~25 % per predict call)."""
+        CPU the padded conv1 costs more than the layout saves."""
         return self.channels_last and x.is_cuda
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
