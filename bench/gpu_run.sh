@@ -55,9 +55,12 @@ for pair in zarr:zarr numcodecs:numcodecs donfig:donfig google_crc32c:google_crc
   module=${pair%%:*}
   wheel=$(ls wheels 2>/dev/null | grep -i "^${pair##*:}-" | head -n 1)
   if ! "$PY" -c "import $module" 2>/dev/null; then
-    if [ -n "$wheel" ]; then
+    if [ -n "$wheel" ] && "$PY" -m pip --version >/dev/null 2>&1; then
       "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$LIBS" "wheels/$wheel" \
         >>"$OUT/env.txt" 2>&1 && echo "installed $wheel" >>"$OUT/env.txt"
+    elif [ -n "$wheel" ]; then  # no pip: a wheel is a zip of what goes on the path
+      "$PY" -m zipfile -e "wheels/$wheel" "$LIBS" >>"$OUT/env.txt" 2>&1 \
+        && echo "unpacked $wheel" >>"$OUT/env.txt"
     else
       echo "missing: $module (no wheel in wheels/)" >>"$OUT/env.txt"
     fi
