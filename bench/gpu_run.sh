@@ -32,13 +32,15 @@ rm -f "$OUT/parts.jsonl"
 if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
 BUDGET=${BUDGET:-465}  # seconds for the whole run (8 minutes, less setup and margin)
 START=$(date +%s)
-LIBS=$OUT/pylibs
+# Installed wheels, stores and run directories live outside $OUT (whose files are fetched back)
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+LIBS=$SCRATCH/pylibs
 mkdir -p "$LIBS"
 ln -sfn "$PWD/cli" "$LIBS/dvsgkit_cli"  # the CLI package, as an install would name it
 export PYTHONPATH="$PWD:$LIBS${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-WORK=$OUT/work  # stores and run directories
-rm -rf "$WORK"
+WORK=$SCRATCH/work  # stores and run directories: gigabytes, deleted on exit
 mkdir -p "$WORK"
 
 {
@@ -110,5 +112,4 @@ part tests_gpu_slow 90 "$PY" -m pytest -q -p no:cacheprovider -rs -m "gpu and sl
   --continue-on-collection-errors --junitxml="$OUT/tests_gpu_slow.xml" $GPU_TESTS
 part sj_reference 60 "$PY" bench/sj_reference.py
 
-rm -rf "$WORK"  # gigabytes of frames; the numbers are in the JSON files
 echo "summary: $OUT/summary.json ($(($(date +%s) - START)) s)"
