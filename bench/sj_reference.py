@@ -1,8 +1,8 @@
 """dvsgkit's LIF, PLIF and networks against the real SpikingJelly 0.0.0.0.14.
 
-Needs SpikingJelly; its seed example needs torchvision too, so the seed checks run in
-.venv-bench (or on the GPU machine with the wheels carried), not in CI. Without torchvision the
-seed checks are skipped with a note and the rest still runs:
+Needs SpikingJelly, so it runs in .venv-bench or on the GPU machine with the wheels carried
+(bench/gpu_run.sh), not in CI. The seed example's dataset import (torchvision) is stood in for
+by bench/sj_seed.py:
 
     .venv-bench/bin/python bench/sj_reference.py    # CPU: LIF, PLIF, PythonNet, DVSGestureNet
     python3 bench/sj_reference.py                   # CUDA + CuPy: also CextNet and cupy
@@ -39,14 +39,15 @@ except ImportError:
     stub.SummaryWriter = None
     sys.modules["torch.utils.tensorboard"] = stub
 
+from sj_seed import seed_module  # noqa: E402  (bench/, next to this script)
 from spikingjelly.activation_based import functional as ab_functional  # noqa: E402
 from spikingjelly.activation_based import neuron as ab_neuron  # noqa: E402
 from spikingjelly.activation_based import surrogate as ab_surrogate  # noqa: E402
 from spikingjelly.activation_based.model import parametric_lif_net  # noqa: E402
 from spikingjelly.clock_driven import functional, neuron, surrogate  # noqa: E402
 
-try:  # the seed's example imports SpikingJelly's datasets, which import torchvision
-    from spikingjelly.clock_driven.examples import classify_dvsg
+try:  # without torchvision too (sj_seed); a SpikingJelly that does not import skips them
+    classify_dvsg = seed_module()
 except ImportError as exc:
     classify_dvsg, SEED_MISSING = None, f"{type(exc).__name__}: {exc}"
 

@@ -81,6 +81,18 @@ from dvsgkit_cli.common import DEVICE, root_option, user_errors
     default=DEFAULTS.cupy,
     help="Layer-by-layer network with the fused CuPy LIF (else step-by-step).",
 )
+@click.option(
+    "--fused/--no-fused",
+    default=DEFAULTS.fused,
+    help="With --cupy: BatchNorm + LIF + max-pool of each conv block as one fused kernel pair.",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_steps",
+    default=DEFAULTS.compile_steps,
+    help="Step-by-step network on CUDA: torch.compile each time step (fused kernels replayed "
+    "as CUDA graphs; needs Triton; ignored on CPU).",
+)
 @click.option("--opt", type=click.Choice(OPTIMIZERS), default=DEFAULTS.opt, help="Optimizer.")
 @click.option(
     "--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
@@ -130,7 +142,7 @@ from dvsgkit_cli.common import DEVICE, root_option, user_errors
 @click.option(
     "--channels-last/--no-channels-last",
     default=DEFAULTS.channels_last,
-    help="NHWC memory layout on CUDA (step-by-step network; ignored with --cupy).",
+    help="NHWC memory layout on CUDA, the input included (ignored on CPU).",
 )
 @click.option("--progress/--no-progress", default=DEFAULTS.progress, help="tqdm progress bars.")
 @click.option(

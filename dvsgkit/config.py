@@ -65,10 +65,12 @@ class TrainConfig:
     split_by: str = "number"
     seed: int = DEFAULT_SEED
     sync_bn: bool = False
-    channels_last: bool = True  # NHWC weights on CUDA with the torch LIF (see train.py)
+    channels_last: bool = True  # NHWC weights and activations on CUDA (see train.py)
     progress: bool = True
     neuron: str = "lif"  # "plif": a learnable time constant per spiking layer
     init_tau: float = INIT_TAU
+    fused: bool = False  # --cupy: fused BatchNorm + LIF + max-pool kernels per conv block
+    compile_steps: bool = False  # step-by-step on CUDA: each time step compiled (CUDA graphs)
 
     def __post_init__(self) -> None:
         for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
@@ -96,6 +98,15 @@ class TrainConfig:
             raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
         if not self.init_tau > 1.0:
             raise ValueError(f"init_tau must be > 1, got {self.init_tau!r}")
+        if self.fused and not self.cupy:
+            raise ValueError(
+                "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy"
+            )
+        if self.compile_steps and self.cupy:
+            raise ValueError(
+                "--compile compiles the step-by-step network; --cupy runs the layer-by-layer "
+                "one: drop one of them"
+            )
         if self.neuron == "lif" and self.init_tau != INIT_TAU:
             raise ValueError(
                 f"--init-tau {self.init_tau} sets the PLIF's initial time constant; add "

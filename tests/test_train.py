@@ -61,6 +61,8 @@ def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
         ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
         ({"momentum": float("inf")}, "momentum must be a finite number >= 0, got inf"),
         ({"gamma": -0.5}, "gamma must be a finite number >= 0, got -0.5"),
+        ({"fused": True}, "--fused runs the fused CuPy kernels .*; add --cupy"),
+        ({"compile_steps": True, "cupy": True}, "--compile compiles the step-by-step network"),
     ],
 )
 def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
@@ -120,6 +122,19 @@ CUDA_AMP = {"device": "cuda:0", "amp": True}
         pytest.param({}, id="cpu"),
         pytest.param(CUDA_AMP, marks=pytest.mark.gpu, id="cuda-amp-step"),
         pytest.param({**CUDA_AMP, "cupy": True}, marks=pytest.mark.gpu, id="cuda-amp-cupy"),
+        pytest.param(
+            {**CUDA_AMP, "cupy": True, "channels_last": False},
+            marks=pytest.mark.gpu,
+            id="cuda-amp-cupy-nchw",
+        ),
+        pytest.param(
+            {**CUDA_AMP, "cupy": True, "fused": True}, marks=pytest.mark.gpu, id="cuda-amp-fused"
+        ),
+        pytest.param(
+            {**CUDA_AMP, "compile_steps": True},
+            marks=[pytest.mark.gpu, pytest.mark.slow],
+            id="cuda-amp-compile",
+        ),
     ],
 )
 def test_short_training_run_writes_every_artefact(

@@ -7,12 +7,29 @@ import.
 
 from __future__ import annotations
 
+import functools
+import importlib
+from types import ModuleType
+
 import torch
 
-try:
-    import cupy as cp
-except ImportError:  # optional dependency: only backend="cupy" needs it
-    cp = None
+
+def _import_cupy() -> tuple[ModuleType | None, str | None]:
+    """(cupy, None), or (None, why it did not import). CuPy is optional: only backend="cupy"
+    needs it. Besides ImportError (not installed), a wheel that cannot load its CUDA libraries
+    fails at import with OSError or RuntimeError (CuPy 14 finds them when imported); that is
+    kept as the reason rather than raised from `import dvsgkit.model`."""
+    try:
+        return importlib.import_module("cupy"), None
+    except ImportError as exc:
+        if exc.name == "cupy":
+            return None, None  # simply not installed
+        return None, f"{type(exc).__name__}: {exc}"
+    except (OSError, RuntimeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+cp, CUPY_IMPORT_ERROR = _import_cupy()
 
 INSTALL_HINT = (
     "install the CuPy wheel matching your CUDA major version (the 'CUDA Version' that "
@@ -33,6 +50,11 @@ class CupyKernelError(RuntimeError):
 def cupy_unavailable_reason() -> str | None:
     """None when the CuPy kernels can run here; else a one-line reason naming the fix."""
     if cp is None:
+        if CUPY_IMPORT_ERROR is not None:
+            return (
+                f"CuPy is installed but does not import ({CUPY_IMPORT_ERROR}); its CUDA "
+                f"libraries are missing or do not fit this machine: {INSTALL_HINT}, {FALLBACK_HINT}"
+            )
         return f"CuPy is not installed; {INSTALL_HINT}, {FALLBACK_HINT}"
     if not torch.cuda.is_available():
         return (
@@ -41,10 +63,10 @@ def cupy_unavailable_reason() -> str | None:
         )
     try:
         cp.cuda.runtime.getDeviceCount()
-    except cp.cuda.runtime.CUDARuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # CUDARuntimeError, or a CUDA library not loading
         return (
-            f"CuPy {cp.__version__} cannot use the GPU ({exc}); its CUDA runtime does not fit "
-            f"the driver: {INSTALL_HINT}, {FALLBACK_HINT}"
+            f"CuPy {cp.__version__} cannot use the GPU ({type(exc).__name__}: {exc}); its CUDA "
+            f"runtime does not fit the driver: {INSTALL_HINT}, {FALLBACK_HINT}"
         )
     return None
 
@@ -99,3 +121,12 @@ def build_kernels(
             OSError,  # libnvrtc missing
         ) as exc:
             raise readable_kernel_error(exc, dtype_name, neuron) from exc
+
+
+@functools.cache
+def external_stream(device: int, handle: int):
+    """CuPy's view of the CUDA stream `handle` (torch's current stream) on `device`, built once
+    per stream: kernels launch inside `with cp.cuda.Device(device), external_stream(...)`.
+    Building one per launch costs time and makes CuPy 14 warn on every launch."""
+    with cp.cuda.Device(device):
+        return cp.cuda.ExternalStream(handle, device)

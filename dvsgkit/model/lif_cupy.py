@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from dvsgkit.model.cupy_runtime import (  # noqa: F401  (re-exported: the LIF's public names)
     FALLBACK_HINT,
@@ -24,6 +25,7 @@ from dvsgkit.model.cupy_runtime import (  # noqa: F401  (re-exported: the LIF's 
     build_kernels,
     cp,
     cupy_unavailable_reason,
+    external_stream,
     readable_kernel_error,
     require_cupy,
 )
@@ -252,7 +254,7 @@ def _launch(kind: str, tensors: list[torch.Tensor | None], ref: torch.Tensor, pa
     groups = neurons // w
     blocks = max(1, min(math.ceil(groups / THREADS), 1 << 20))  # grid-stride beyond that
     stream = torch.cuda.current_stream(ref.device).cuda_stream
-    with cp.cuda.Device(device), cp.cuda.ExternalStream(stream):
+    with cp.cuda.Device(device), external_stream(device, stream):
         kernels[f"lif_{kind}_w{w}"](
             (blocks,), (THREADS,), (*ptrs, np.int64(groups), np.int32(steps))
         )
@@ -271,6 +273,7 @@ class LIFMultiStep(torch.autograd.Function):
         return spike
 
     @staticmethod
+    @once_differentiable  # the kernels' gradient has no graph
     def backward(ctx, grad_spike: torch.Tensor):
         (h,) = ctx.saved_tensors
         grad_spike = grad_spike.to(h.dtype)  # the kernel reads h's dtype and memory layout

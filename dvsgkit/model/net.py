@@ -25,6 +25,10 @@ SPIKING_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2")  # 
 NUM_OUTPUTS = 11  # classes; the last layer has NUM_OUTPUTS * VOTERS neurons
 CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
 INPUT_SIZE = 128
+INPUT_CHANNELS = 2  # ON and OFF event counts
+# NHWC convolutions with 2 input channels miss cuDNN's fast kernels (fp16 tensor cores take
+# channels in multiples of 8): the channels_last path zero-pads the input and conv1's weight.
+PADDED_INPUT_CHANNELS = 8
 
 
 class GestureNet(nn.Module):
@@ -45,6 +49,15 @@ class GestureNet(nn.Module):
 
     `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
     The neurons' membranes live only inside forward, so every call starts from rest.
+
+    After `net.to(memory_format=torch.channels_last)` every convolution, BatchNorm, LIF and
+    max-pool runs on NHWC tensors; on CUDA the input too: it is laid out NHWC once, its 2
+    channels zero-padded to 8, and conv1 runs with its weight zero-padded alike (same function,
+    same state_dict). `fused=True` (backend "cupy" only) runs BatchNorm + LIF + max-pool of
+    each conv block as one fused kernel pair (`dvsgkit.model.fused_block.bn_lif_pool`).
+    `compile_steps=True` (mode "step") compiles each time step after the first with
+    torch.compile into fused kernels replayed as CUDA graphs (`dvsgkit.model.graphs`); where
+    that cannot run (CPU, no Triton) the steps run eagerly as without it.
     """
 
     def __init__(
@@ -57,6 +70,8 @@ class GestureNet(nn.Module):
         init_tau: float = INIT_TAU,
         hidden: int | None = None,
         bias: bool = False,
+        fused: bool = False,
+        compile_steps: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
@@ -72,10 +87,18 @@ class GestureNet(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "cupy" and mode != "layer":
             raise ValueError("backend 'cupy' runs whole sequences: use mode='layer' with it")
+        if fused and backend != "cupy":
+            raise ValueError(
+                "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with "
+                "mode='layer', backend='cupy'"
+            )
+        if compile_steps and mode != "step":
+            raise ValueError("compile_steps compiles the step-by-step network: use mode='step'")
         self.channels, self.mode, self.backend = channels, mode, backend
-        self.neuron, self.hidden, self.bias = neuron, hidden, bias
+        self.compile_steps = bool(compile_steps)
+        self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)
         self.convs = nn.ModuleList(
-            nn.Conv2d(2 if i == 0 else channels, channels, 3, padding=1, bias=False)
+            nn.Conv2d(INPUT_CHANNELS if i == 0 else channels, channels, 3, padding=1, bias=False)
             for i in range(CONV_BLOCKS)
         )
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(CONV_BLOCKS))
@@ -117,7 +140,40 @@ class GestureNet(nn.Module):
         return (
             f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}, "
             f"neuron={self.neuron!r}, hidden={self.hidden}, bias={self.bias}"
+            + (", fused=True" if self.fused else "")
+            + (", compile_steps=True" if self.compile_steps else "")
         )
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the weights are NHWC (`net.to(memory_format=torch.channels_last)`): forward
+        then lays the input out NHWC too, so no convolution sees a mixed layout."""
+        return self.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+    def _pads_input(self, x: torch.Tensor) -> bool:
+        """Whether forward lays x out NHWC with 8 channels: on CUDA with NHWC weights. On the
+        CPU the padded conv1 costs more than the layout saves."""
+        return self.channels_last and x.is_cuda
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x [N, T, 2, H, W]` as the time-major `[T, N, C, H, W]` conv1 reads: as given, or
+        (`_pads_input`) each step an NHWC `[N, 8, H, W]` with channels 2..7 zero."""
+        if not self._pads_input(x):
+            return x.transpose(0, 1)
+        n, t, c, h, w = x.shape
+        padded = x.new_zeros(t, n, h, w, PADDED_INPUT_CHANNELS)
+        padded[..., :c] = x.permute(1, 0, 3, 4, 2)  # one strided copy; autograd reaches x
+        return padded.permute(0, 1, 4, 2, 3)
+
+    def _conv1(self, y: torch.Tensor) -> torch.Tensor:
+        """conv1 on `_input`'s steps; on the padded input with its weight padded alike."""
+        conv = self.convs[0]
+        if y.shape[1] == conv.in_channels:
+            return conv(y)
+        pad = y.shape[1] - conv.in_channels
+        weight = F.pad(conv.weight, (0, 0, 0, 0, 0, pad))  # zero input channels: same sums
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(y, weight, conv.bias, conv.stride, conv.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE):
@@ -137,35 +193,99 @@ class GestureNet(nn.Module):
     def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
         neurons = self.neurons()
-        y = x.transpose(0, 1).reshape(t * n, *x.shape[2:])  # [T*N, 2, H, W], time-major
-        for conv, bn, cell in zip(self.convs, self.bns, neurons[:CONV_BLOCKS], strict=True):
-            y = bn(conv(y))  # [T*N, C, H, W]
+        y = self._input(x).flatten(0, 1)  # [T*N, 2 (or 8), H, W], time-major
+        blocks = zip(self.convs, self.bns, neurons[:CONV_BLOCKS], strict=True)
+        for i, (conv, bn, cell) in enumerate(blocks):
+            y = self._conv1(y) if i == 0 else conv(y)  # [T*N, C, H, W]
+            if self.fused:
+                y = _bn_lif_pool()(y, bn, cell, t)
+                continue
+            y = bn(y)
             y = cell(y.unflatten(0, (t, n))).flatten(0, 1)  # neuron over T on [T, N, C, H, W]
             y = F.max_pool2d(y, 2, 2)  # [T*N, C, H/2, W/2]
-        y = y.reshape(t, n, -1)  # [T, N, C*4*4]
+        y = y.reshape(t, n, -1)  # [T, N, C*4*4] in NCHW order (a small copy when NHWC)
         y = neurons[-2](self.fc1(self.drop1(y)))  # [T, N, hidden]
         y = neurons[-1](self.fc2(self.drop2(y)))  # [T, N, 110]
         return vote(y).mean(0)  # [N, 11]
 
+    def _compiles_steps(self, x: torch.Tensor) -> bool:
+        """Whether forward runs the compiled time step (`graphs`): asked for, and it can run."""
+        from dvsgkit.model.graphs import compile_unavailable_reason, plain_batchnorms
+
+        return (
+            self.compile_steps
+            and compile_unavailable_reason(x.device) is None
+            and plain_batchnorms(self.bns)
+        )
+
     def _forward_step(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        neurons = self.neurons()
+        t = x.shape[1]
         # One membrane per spiking layer (5 conv + 2 fc), at rest before the first step.
-        v: list[torch.Tensor | float] = [V_RESET] * len(neurons)
-        mask1 = mask2 = None
-        rates = x.new_zeros(n, NUM_OUTPUTS)
-        for step in range(t):
-            y = x[:, step]  # [N, 2, H, W]
-            for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
-                spike, v[i] = neurons[i].advance(bn(conv(y)), v[i])
-                y = F.max_pool2d(spike, 2, 2)
-            y = y.flatten(1)  # [N, C*4*4]
-            if step == 0:  # masks drawn once per sample, reused for every step
-                mask1 = self.drop1.mask(y)
-            spike, v[-2] = neurons[-2].advance(self.fc1(y if mask1 is None else y * mask1), v[-2])
-            if step == 0:
-                mask2 = self.drop2.mask(spike)
-            y = spike if mask2 is None else spike * mask2
-            spike, v[-1] = neurons[-1].advance(self.fc2(y), v[-1])
-            rates = rates + vote(spike)  # [N, 11]
+        v: list[torch.Tensor | float] = [V_RESET] * len(SPIKING_LAYERS)
+        steps = self._input(x)  # [T, N, 2 (or 8), H, W]
+        compiled = t > 1 and self._compiles_steps(x)
+        # Compiled in train mode, BatchNorm's running statistics are updated outside the
+        # steps (graphs.update_running_stats): in place inside a graph, or through modules that
+        # saved them for backward, the updates fail backward's in-place version check.
+        stats_out = compiled and self.training
+        if compiled:
+            from dvsgkit.model import graphs
+
+            graphs.mark_step_begin()
+            later_step = graphs.compiled(time_step)
+        # The first step runs eagerly: it draws the dropout masks and starts from rest.
+        votes, v, masks, stats = time_step(self, steps[0], v, None, stats_out)
+        rates = x.new_zeros(x.shape[0], NUM_OUTPUTS) + votes  # summed in x's dtype
+        for step in range(1, t):
+            if stats_out:
+                graphs.update_running_stats(self.bns, stats)
+            if compiled:
+                votes, v, _, stats = later_step(self, steps[step], v, masks, stats_out)
+            else:
+                votes, v, _, _ = time_step(self, steps[step], v, masks)
+            rates = rates + votes  # [N, 11]
+        if stats_out:
+            graphs.update_running_stats(self.bns, stats)
         return rates / t
+
+
+def time_step(
+    net: GestureNet,
+    y: torch.Tensor,
+    v: list[torch.Tensor | float],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+    stats_out: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor], tuple, list[torch.Tensor]]:
+    """One time step of the step-by-step network: input `y [N, 2 (or 8), H, W]` and the
+    membranes `v` of the 7 spiking layers -> (votes [N, 11], new membranes, dropout masks,
+    batch statistics). masks None (the first step) draws the masks, once per sample, reused for
+    every later step. stats_out (train mode): BatchNorm normalises with the batch statistics
+    but leaves its running statistics alone and returns [mean, unbiased var] per conv block
+    (`graphs.update_running_stats` applies them); else the list is empty."""
+    neurons = net.neurons()
+    v = list(v)
+    stats: list[torch.Tensor] = []
+    for i, (conv, bn) in enumerate(zip(net.convs, net.bns, strict=True)):
+        y = net._conv1(y) if i == 0 else conv(y)
+        if stats_out:
+            var, mean = torch.var_mean(y.detach().float(), dim=(0, 2, 3), correction=1)
+            stats += [mean, var]
+            y = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        else:
+            y = bn(y)
+        spike, v[i] = neurons[i].advance(y, v[i])
+        y = F.max_pool2d(spike, 2, 2)
+    y = y.flatten(1)  # [N, C*4*4]
+    mask1 = net.drop1.mask(y) if masks is None else masks[0]
+    spike, v[-2] = neurons[-2].advance(net.fc1(y if mask1 is None else y * mask1), v[-2])
+    mask2 = net.drop2.mask(spike) if masks is None else masks[1]
+    y = spike if mask2 is None else spike * mask2
+    spike, v[-1] = neurons[-1].advance(net.fc2(y), v[-1])
+    return vote(spike), v, (mask1, mask2), stats
+
+
+def _bn_lif_pool():
+    """The fused BatchNorm + LIF + max-pool block, imported when a fused net first runs."""
+    from dvsgkit.model.fused_block import bn_lif_pool
+
+    return bn_lif_pool

@@ -22,8 +22,9 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
-from dvsgkit.model.cupy_runtime import build_kernels, cp, require_cupy
+from dvsgkit.model.cupy_runtime import build_kernels, cp, external_stream, require_cupy
 from dvsgkit.model.lif import ALPHA, V_THRESHOLD
 from dvsgkit.model.lif_cupy import (
     KERNEL_DTYPES,
@@ -198,7 +199,7 @@ def _launch(kind: str, tensors: list, ref: torch.Tensor, params: tuple, blocks: 
         blocks = max(1, min(math.ceil(groups / THREADS), 1 << 20))
     ptrs = [0 if t is None else t.data_ptr() for t in tensors]
     stream = torch.cuda.current_stream(ref.device).cuda_stream
-    with cp.cuda.Device(device), cp.cuda.ExternalStream(stream):
+    with cp.cuda.Device(device), external_stream(device, stream):
         kernels[f"plif_{kind}_w{w}"](
             (blocks,), (THREADS,), (*ptrs, np.int64(groups), np.int32(steps))
         )
@@ -217,6 +218,7 @@ class PLIFMultiStep(torch.autograd.Function):
         return spike
 
     @staticmethod
+    @once_differentiable  # the kernels' gradient has no graph
     def backward(ctx, grad_spike: torch.Tensor):
         h, decay = ctx.saved_tensors
         grad_spike = grad_spike.to(h.dtype)  # the kernel reads h's dtype and memory layout

@@ -77,6 +77,10 @@ def test_train_then_extend_with_resume(frame_root: Path, tmp_path: Path) -> None
     [
         (["--amp"], "--amp needs a CUDA device"),
         (["--cupy"], "--cupy"),
+        (
+            ["--fused"],
+            "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy",
+        ),
         (["--device", "cuda:0"], "no CUDA device here"),
         (["--device", "gpu"], "'gpu' is not a supported device; use cpu, cuda or cuda:N"),
         (["--opt", "rmsprop"], "'rmsprop' is not one of 'sgd', 'adam'"),

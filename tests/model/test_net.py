@@ -87,14 +87,18 @@ def exact_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_cupy_backend_equals_torch_backend_on_cuda(
-    exact_cuda: None, train: bool, neuron: str
+    exact_cuda: None, train: bool, neuron: str, nhwc: bool, fused: bool
 ) -> None:
     torch_net = active_net(4, "layer", neuron=neuron).cuda().train(train)
-    cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron).cuda().train(train)
+    cupy_net = GestureNet(4, "layer", "cupy", neuron=neuron, fused=fused).cuda().train(train)
     cupy_net.load_state_dict(torch_net.state_dict())
+    if nhwc:  # the CuPy net NHWC end to end against the plain NCHW torch net
+        cupy_net.to(memory_format=torch.channels_last)
     x = frames(n=3, t=4).cuda()
     torch.manual_seed(3)  # same dropout masks in train mode
     out_t, g_t = _grads(torch_net, x)
@@ -164,3 +168,269 @@ def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
 def test_wrong_input_shape_names_the_expected_one() -> None:
     with pytest.raises(ValueError, match=r"\[N, T, 2, 128, 128\], got shape \(2, 3, 2, 64, 64\)"):
         GestureNet(4)(torch.zeros(2, 3, 2, 64, 64))
+
+
+def _nhwc(net: GestureNet, monkeypatch: pytest.MonkeyPatch | None = None) -> GestureNet:
+    """net in channels_last; with monkeypatch, padding the input as on CUDA, here on the CPU."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(net, "_pads_input", lambda x: net.channels_last)
+    return net.to(memory_format=torch.channels_last)
+
+
+def test_the_input_is_padded_on_cuda_with_channels_last_only() -> None:
+    x = torch.zeros(1, 1, 2, 128, 128)
+    assert not GestureNet(4)._pads_input(x)
+    assert not _nhwc(GestureNet(4))._pads_input(x)  # CPU: conv1 on 8 channels costs more
+
+
+@pytest.mark.gpu
+def test_channels_last_on_cuda_pads_the_input_and_computes_the_same(exact_cuda: None) -> None:
+    plain = active_net(4, "layer").cuda().train()
+    nhwc = _nhwc(active_net(4, "layer").cuda()).train()
+    x = frames(n=3, t=4).cuda()
+    assert nhwc._pads_input(x) and nhwc._input(x).shape[2] == 8
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_n, g_n = _grads(nhwc, x)
+    assert out_p.abs().sum() > 0
+    torch.testing.assert_close(out_n, out_p, rtol=0, atol=1e-6)
+    for name in g_p:
+        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["layer", "step"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_channels_last_computes_the_same_function_with_the_same_state_dict(
+    mode: str, train: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = active_net(4, mode).train(train)
+    nhwc = _nhwc(active_net(4, mode), monkeypatch).train(train)
+    assert not plain.channels_last and nhwc.channels_last
+    assert list(nhwc.state_dict()) == list(plain.state_dict())
+    assert nhwc.convs[0].weight.shape == (4, 2, 3, 3)  # the padding never reaches the weights
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_n, g_n = _grads(nhwc, x)
+    assert out_p.abs().sum() > 0
+    assert torch.equal(out_n, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in plain.state_dict().items():  # running statistics updated alike
+        torch.testing.assert_close(nhwc.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_input_is_nhwc_with_eight_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _nhwc(GestureNet(4), monkeypatch)
+    x = frames(n=3, t=2)
+    steps = net._input(x)  # [T, N, 8, H, W]
+    assert steps.shape == (2, 3, 8, 128, 128)
+    assert all(s.is_contiguous(memory_format=torch.channels_last) for s in steps)
+    assert steps.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(steps[:, :, :2], x.transpose(0, 1)) and not steps[:, :, 2:].any()
+
+
+@pytest.mark.parametrize("mode", ["layer", "step"])
+def test_channels_last_keeps_every_convolution_and_batchnorm_nhwc(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _nhwc(active_net(4, mode), monkeypatch)
+    seen: list[tuple[str, bool]] = []
+
+    def record(name: str):
+        def hook(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            for what, t in (("in", args[0]), ("out", out)):
+                seen.append((f"{name} {what}", t.is_contiguous(memory_format=torch.channels_last)))
+
+        return hook
+
+    for i, (conv, bn) in enumerate(zip(net.convs, net.bns, strict=True)):
+        if i:  # conv1 runs through F.conv2d with its padded weight
+            conv.register_forward_hook(record(f"conv{i + 1}"))
+        bn.register_forward_hook(record(f"bn{i + 1}"))
+    net(frames(n=2, t=2))
+    assert len(seen) == (4 + 5) * 2 * (2 if mode == "step" else 1)
+    assert all(nhwc for _, nhwc in seen), [name for name, nhwc in seen if not nhwc]
+
+
+def _fused_net_on_cpu(monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> GestureNet:
+    """A fused CuPy GestureNet made to run on the CPU: CuPy checks pass, its LIF layers run the
+    torch loop, and forward's CUDA check sees a torch backend. Weights as active_net(4)'s."""
+    from dvsgkit.model import cupy_runtime, lif, lif_cupy
+
+    monkeypatch.setattr(cupy_runtime, "require_cupy", lambda: None)
+    monkeypatch.setattr(lif_cupy, "lif_multistep_cupy", lif.lif_multistep)
+    net = GestureNet(4, "layer", "cupy", fused=True)
+    net.load_state_dict(active_net(4, "layer", seed).state_dict())
+    monkeypatch.setattr(net, "backend", "torch")
+    return net
+
+
+def test_fused_option_hands_each_conv_block_to_bn_lif_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    calls = []
+
+    def chain(y: torch.Tensor, bn, neuron, t: int) -> torch.Tensor:  # the unfused torch chain
+        calls.append((tuple(y.shape), bn, neuron, t))
+        return F.max_pool2d(neuron(bn(y).unflatten(0, (t, -1))).flatten(0, 1), 2, 2)
+
+    fake = types.ModuleType("dvsgkit.model.fused_block")
+    fake.bn_lif_pool = chain
+    monkeypatch.setitem(sys.modules, "dvsgkit.model.fused_block", fake)
+    fused = _fused_net_on_cpu(monkeypatch).train()
+    assert fused.fused and "fused=True" in repr(fused)
+    plain = active_net(4, "layer").train()
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_f, g_f = _grads(fused, x)
+    assert [c[0] for c in calls] == [(12, 4, 128 >> i, 128 >> i) for i in range(5)]
+    assert [c[1] for c in calls] == list(fused.bns) and all(c[2] is fused.lif for c in calls)
+    assert all(c[3] == 4 for c in calls)
+    assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_needs_the_cupy_backend() -> None:
+    with pytest.raises(ValueError, match="fused=True .* use it with mode='layer', backend='cupy'"):
+        GestureNet(4, "layer", "torch", fused=True)
+    with pytest.raises(ValueError, match="use mode='layer'"):
+        GestureNet(4, "step", "cupy", fused=True)
+
+
+def test_compiled_steps_run_on_cuda_with_triton_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from dvsgkit.model import graphs
+
+    assert "CUDA only" in graphs.compile_unavailable_reason(torch.device("cpu"))
+    cuda = torch.device("cuda", 0)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "triton" else real_find_spec(name)
+    )
+    assert "Triton" in graphs.compile_unavailable_reason(cuda)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert graphs.compile_unavailable_reason(cuda) is None
+
+
+def test_compile_steps_on_the_cpu_runs_the_eager_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsgkit.model import graphs
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled on the CPU")
+
+    monkeypatch.setattr(graphs, "compiled", refuse)
+    eager, asked = active_net(4, "step").train(), active_net(4, "step").train()
+    asked.compile_steps = True
+    x = frames(n=2, t=3)
+    assert not asked._compiles_steps(x)
+    torch.manual_seed(5)
+    out_e = eager(x)
+    torch.manual_seed(5)
+    assert torch.equal(asked(x), out_e)
+
+
+def test_compile_steps_leaves_sync_batchnorm_to_the_eager_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dvsgkit.model import graphs
+
+    monkeypatch.setattr(graphs, "compile_unavailable_reason", lambda device: None)
+    net = GestureNet(4, "step", compile_steps=True)
+    assert net._compiles_steps(torch.zeros(1))
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+        GestureNet(4, "step", compile_steps=True)
+    )
+    assert not synced._compiles_steps(torch.zeros(1))
+    with pytest.raises(ValueError, match="compile_steps compiles the step-by-step network"):
+        GestureNet(4, "layer", compile_steps=True)
+
+
+@pytest.mark.slow
+def test_compiled_steps_compute_the_eager_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.compile also runs on the CPU (no CUDA graphs there): forced on here, the compiled
+    # steps, with BatchNorm's running statistics updated outside them, must match the eager
+    # net in output, gradients and running statistics.
+    from dvsgkit.model import graphs
+
+    monkeypatch.setattr(graphs, "compile_unavailable_reason", lambda device: None)
+    eager = active_net(4, "step").train()
+    compiled = active_net(4, "step").train()
+    compiled.compile_steps = True
+    x = frames(n=3, t=4)
+    torch.manual_seed(5)
+    out_e, g_e = _grads(eager, x)
+    torch.manual_seed(5)
+    out_c, g_c = _grads(compiled, x)
+    assert out_e.abs().sum() > 0 and torch.equal(out_c, out_e)
+    for name in g_e:
+        torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+    assert compiled.bns[0].num_batches_tracked.item() == 4  # one batch per time step
+
+
+@pytest.mark.gpu
+@pytest.mark.slow  # compiles the step twice (train, eval)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_compiled_steps_on_cuda_compute_the_eager_function(exact_cuda: None, train: bool) -> None:
+    eager = active_net(8, "step").cuda().train(train)
+    compiled = GestureNet(8, "step", compile_steps=True).cuda().train(train)
+    compiled.load_state_dict(eager.state_dict())
+    x = frames(n=4, t=4).cuda()
+    assert compiled._compiles_steps(x)
+    for _ in range(3):  # warm-up, CUDA graph recording, replay
+        torch.manual_seed(5)
+        out_e, g_e = _grads(eager, x)
+        torch.manual_seed(5)
+        out_c, g_c = _grads(compiled, x)
+        assert out_e.abs().sum() > 0
+        torch.testing.assert_close(out_c, out_e, rtol=0, atol=1e-6)
+        for name in g_e:
+            torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-3, atol=1e-5, msg=name)
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fused_net_runs_the_real_fused_kernels_as_the_unfused_net(
+    monkeypatch: pytest.MonkeyPatch, cpp_harness, train: bool
+) -> None:
+    # The fused kernels' CUDA source, built for the CPU by the g++ harness, inside the whole
+    # network: same rates, gradients and BatchNorm running statistics as the module chain.
+    import importlib.util
+    from pathlib import Path
+
+    from dvsgkit.model import fused_block
+
+    path = Path(__file__).with_name("test_fused_block.py")
+    spec = importlib.util.spec_from_file_location("fused_block_tests", path)
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    launch = tests.CppLaunch(cpp_harness)
+    monkeypatch.setattr(
+        fused_block,
+        "bn_lif_pool",
+        lambda y, bn, neuron, t: fused_block.fused_bn_lif_pool(y, bn, neuron, t, launch),
+    )
+    fused = _fused_net_on_cpu(monkeypatch).train(train)
+    plain = active_net(4, "layer").train(train)
+    x = frames(n=2, t=3)
+    torch.manual_seed(5)
+    out_p, g_p = _grads(plain, x)
+    torch.manual_seed(5)
+    out_f, g_f = _grads(fused, x)
+    assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
+    for name in g_p:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-5, atol=1e-7)

@@ -1,0 +1,35 @@
+"""SpikingJelly 0.0.0.0.14's seed example (classify_dvsg: PythonNet, and CextNet when CuPy
+imports) without what only its training script uses.
+
+The module imports the DVS128Gesture dataset class (torchvision, scipy) and SummaryWriter
+(tensorboard) at import time; neither is needed to build its networks. Whichever is missing is
+replaced by a stand-in. cuDNN's flags are put back as they were: the module sets the seed's
+(deterministic, no autotuning) at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+import torch
+
+
+def seed_module() -> Any:
+    try:
+        importlib.import_module("torch.utils.tensorboard")
+    except ImportError:
+        sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=None)
+    try:
+        importlib.import_module("spikingjelly.datasets.dvs128_gesture")
+    except ImportError:  # torchvision or scipy missing: the dataset class is not used here
+        stub = types.ModuleType("spikingjelly.datasets.dvs128_gesture")
+        stub.DVS128Gesture = None
+        sys.modules["spikingjelly.datasets.dvs128_gesture"] = stub
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    from spikingjelly.clock_driven.examples import classify_dvsg
+
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+    return classify_dvsg

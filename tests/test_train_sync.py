@@ -1,0 +1,111 @@
+"""The training step never waits for the host: no tensor read back per step (CPU: any read of a
+tensor's value fails the test; CUDA: torch's sync debug mode turns each synchronisation into an
+error), in every network the trainer builds."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+
+from dvsgkit.config import TrainConfig
+from dvsgkit.model import GestureNet
+from dvsgkit.train import _run_epoch, build_optim
+
+READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+
+
+class _Bar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _batches(device: str, n: int = 4, t: int = 3, count: int = 3) -> list[tuple[Any, Any]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        frames = (torch.rand(n, t, 2, 128, 128, generator=g) < 0.2).float()
+        labels = torch.randint(0, 11, (n,), generator=g)
+        out.append((frames.to(device), labels.to(device)))
+    return out
+
+
+@contextmanager
+def _no_value_reads(monkeypatch: pytest.MonkeyPatch):
+    """Every Python-level read of a tensor's value raises inside the block."""
+    reads: list[str] = []
+
+    def refuse(name: str):
+        def read(self: torch.Tensor, *args: object, **kwargs: object) -> Any:
+            reads.append(name)
+            raise AssertionError(f"Tensor.{name}() read a value back during a training step")
+
+        return read
+
+    with monkeypatch.context() as m:
+        for name in READS:
+            m.setattr(torch.Tensor, name, refuse(name))
+        yield reads
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
+def test_an_epoch_reads_no_tensor_value_back_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, train: bool
+) -> None:
+    config = TrainConfig(channels=4, opt="sgd")  # CPU Adam reads its step count back
+    net = GestureNet(4, "step").train(train)
+    optimizer, _ = build_optim(config, net.parameters(), torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batches = _batches("cpu")
+    with _no_value_reads(monkeypatch) as reads:
+        sums = _run_epoch(
+            net, batches, torch.device("cpu"), False, optimizer if train else None, scaler, _Bar()
+        )
+    assert reads == []
+    assert sums.tolist()[2] == 12  # [loss sum, correct, samples] stayed a tensor until here
+
+
+def test_the_guard_catches_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    loss = torch.tensor(1.0)
+    with _no_value_reads(monkeypatch), pytest.raises(AssertionError, match=r"Tensor.item\(\)"):
+        loss.item()
+
+
+CUDA_NETS = {
+    "step": TrainConfig(device="cuda", amp=True, channels=8),
+    "cupy": TrainConfig(device="cuda", amp=True, channels=8, cupy=True),
+    "cupy-fused": TrainConfig(device="cuda", amp=True, channels=8, cupy=True, fused=True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(CUDA_NETS))
+def test_a_cuda_training_step_never_synchronises(name: str) -> None:
+    config = CUDA_NETS[name]
+    if config.cupy:
+        from dvsgkit.model.cupy_runtime import cupy_unavailable_reason
+
+        if cupy_unavailable_reason() is not None:
+            pytest.skip(cupy_unavailable_reason())
+    device = torch.device("cuda")
+    net = GestureNet(8, config.mode, config.backend, fused=config.fused).to(device)
+    net.to(memory_format=torch.channels_last)
+    optimizer, _ = build_optim(replace(config), net.parameters(), device)
+    scaler = torch.amp.GradScaler("cuda", enabled=True)
+    batches = _batches("cuda")
+    # One warm-up step: kernel compilation, cuDNN autotuning and the scaler's lazy state may
+    # synchronise once; the steady-state steps after it must not.
+    _run_epoch(net, batches[:1], device, True, optimizer, scaler, _Bar())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sums = _run_epoch(net, batches[1:], device, True, optimizer, scaler, _Bar())
+        net.eval()
+        with torch.inference_mode():
+            _run_epoch(net, batches[1:], device, True, None, None, _Bar())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sums.tolist()[2] == 8
