@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dvsgkit.constants import NUM_CLASSES, SENSOR_HEIGHT
 from dvsgkit.model.lif import (
     ALPHA,
     TAU,
@@ -22,9 +23,9 @@ MODES = ("step", "layer")
 BACKENDS = ("torch", "cupy")
 NEURONS = ("lif", "plif")
 SPIKING_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2")  # for reports
-NUM_OUTPUTS = 11  # classes; the last layer has NUM_OUTPUTS * VOTERS neurons
+NUM_OUTPUTS = NUM_CLASSES  # the last layer has NUM_OUTPUTS * VOTERS neurons
 CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
-INPUT_SIZE = 128
+INPUT_SIZE = SENSOR_HEIGHT  # square frames: the sensor is 128 x 128
 INPUT_CHANNELS = 2  # ON and OFF event counts
 # NHWC convolutions with 2 input channels miss cuDNN's fast kernels (fp16 tensor cores take
 # channels in multiples of 8): the channels_last path zero-pads the input and conv1's weight.

@@ -190,9 +190,7 @@ def _discard_stale(out: Path, reason: BaseException) -> None:
         reason.add_note(str(exc))
 
 
-def build_event_cache(
-    root: Path, *, workers: int = BUILD_WORKERS, progress: bool = True
-) -> Path:
+def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: bool = True) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
 
