@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,14 @@ def mount_tmpfs(path: Path, options: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
 
 
-def umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], check=True)
+def umount(path: Path, patience: float = 5.0) -> None:
+    """Unmount; a failed build's last in-flight chunk writes (zarr's IO thread) may hold the
+    mount busy for a moment after the command has returned."""
+    deadline = time.monotonic() + patience
+    while (done := subprocess.run(["umount", str(path)], capture_output=True)).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cannot unmount {path}: {done.stderr.decode().strip()}")
+        time.sleep(0.1)
 
 
 @pytest.fixture
