@@ -18,7 +18,7 @@ def _gpu_reason() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine (GPU tests run on the device machine)"
+        return "no CUDA GPU on this machine (tests marked gpu need one)"
     return None
 
 
