@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from dvsgkit.model.cupy_runtime import build_kernels, cp, require_cupy
+from dvsgkit.model.cupy_runtime import build_kernels, cp, external_stream, require_cupy
 from dvsgkit.model.lif_cupy import KERNEL_DTYPES, THREADS, _conversions, _f32_literal
 
 NEURONS = ("lif", "plif")
@@ -110,18 +110,24 @@ __device__ __forceinline__ window_t window_of(long long i, long long channels, l
 """
 
 
+def _each_window(neuron: str) -> str:
+    """Both kernels' loop head: one thread per (sample, channel, 2x2 window), grid-stride, with
+    `win` the window and `tasks` their number (partial windows of odd H/W included)."""
+    return f"""  const long long rows = (height + 1) / 2, cols = (width + 1) / 2;
+  const long long tasks = n_batch * channels * rows * cols;
+  const long long stride = (long long)blockDim.x * gridDim.x;
+{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks;
+       i += stride) {{
+    const window_t win = window_of(i, channels, rows, cols, c_fast);"""
+
+
 def _forward(neuron: str, one: str) -> str:
     return f"""
 extern "C" __global__ void fused_forward(
     const elem_t* __restrict__ y, const float* __restrict__ bn, const float* __restrict__ decay,
     elem_t* __restrict__ out,{_GEOMETRY})
 {{
-  const long long rows = (height + 1) / 2, cols = (width + 1) / 2;
-  const long long tasks = n_batch * channels * rows * cols;
-  const long long stride = (long long)blockDim.x * gridDim.x;
-{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks;
-       i += stride) {{
-    const window_t win = window_of(i, channels, rows, cols, c_fast);
+{_each_window(neuron)}
     if (2 * win.row + 1 >= height || 2 * win.col + 1 >= width) continue;  // pools nothing
     BN_SCALE_SHIFT(bn, win.c, channels)
     const long long base = win.n * ys_n + win.c * ys_c + 2 * win.row * ys_h + 2 * win.col * ys_w;
@@ -165,12 +171,7 @@ extern "C" __global__ void fused_backward(
     const float* __restrict__ decay, elem_t* __restrict__ grad_y,
     float* __restrict__ partial,{_GEOMETRY})
 {{
-  const long long rows = (height + 1) / 2, cols = (width + 1) / 2;
-  const long long tasks = n_batch * channels * rows * cols;
-  const long long stride = (long long)blockDim.x * gridDim.x;
-{_DECAY[neuron]}  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tasks;
-       i += stride) {{
-    const window_t win = window_of(i, channels, rows, cols, c_fast);
+{_each_window(neuron)}
     const bool pooled = 2 * win.row + 1 < height && 2 * win.col + 1 < width;
     bool valid[4];
     valid[0] = true;
@@ -255,12 +256,6 @@ def _kernels(dtype_name: str, steps: int, neuron: str, params: tuple, device: in
     )
 
 
-@functools.cache
-def external_stream(pointer: int, device: int):
-    """CuPy's view of torch's stream `pointer`, built once per stream rather than per launch."""
-    return cp.cuda.ExternalStream(pointer, device)
-
-
 def cupy_launch(kind: str, spec: tuple, tensors: list, geometry: tuple, tasks: int) -> None:
     """Run `fused_{kind}` on the current torch stream of the first tensor's device. `spec` is
     (dtype name, steps, neuron, params); `tensors` are the kernel's pointer arguments in order
@@ -270,6 +265,6 @@ def cupy_launch(kind: str, spec: tuple, tensors: list, geometry: tuple, tasks: i
     kernels = _kernels(*spec, device)
     blocks = max(1, min(math.ceil(tasks / THREADS), 1 << 20))  # grid-stride beyond that
     ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-    stream = external_stream(torch.cuda.current_stream(ref.device).cuda_stream, device)
+    stream = external_stream(device, torch.cuda.current_stream(ref.device).cuda_stream)
     with cp.cuda.Device(device), stream:
         kernels[f"fused_{kind}"]((blocks,), (THREADS,), (*ptrs, *map(np.int64, geometry)))

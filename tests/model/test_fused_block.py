@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dvsgkit.model import cupy_runtime, fused_cupy
+from dvsgkit.model import cupy_runtime
 from dvsgkit.model.fused_block import (
     bn_lif_pool,
     bn_statistics,
@@ -314,24 +314,6 @@ def test_bn_lif_pool_without_cupy_names_the_package(monkeypatch: pytest.MonkeyPa
     bn, cell = block_modules("lif", 3, "cpu")
     with pytest.raises(CupyUnavailableError, match="pip install cupy-cuda12x"):
         bn_lif_pool(torch.zeros(6, 3, 4, 4), bn, cell, 3)
-
-
-def test_external_stream_is_built_once_per_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = []
-
-    class FakeCuda:
-        @staticmethod
-        def ExternalStream(pointer: int, device: int):  # noqa: N802  (CuPy's name)
-            built.append((pointer, device))
-            return object()
-
-    monkeypatch.setattr(fused_cupy, "cp", type("FakeCupy", (), {"cuda": FakeCuda}))
-    fused_cupy.external_stream.cache_clear()
-    first = fused_cupy.external_stream(1234, 0)
-    assert fused_cupy.external_stream(1234, 0) is first
-    fused_cupy.external_stream(5678, 0)
-    assert built == [(1234, 0), (5678, 0)]
-    fused_cupy.external_stream.cache_clear()
 
 
 def test_batchnorm_apply_rounds_as_torch_near_the_threshold(cpp_harness) -> None:
