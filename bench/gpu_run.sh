@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# dvsgkit's GPU evidence in one run of at most 8 minutes (one NVIDIA GPU; repo root), most
+# dvsgkit's GPU measurements in one run of at most 8 minutes (one NVIDIA GPU; repo root), most
 # important first, each part under its own timeout and within the run's deadline; everything
 # under $OUT, plus $OUT/summary.json (rewritten after every part, so a cut-off run keeps one):
 #   a. every gpu-marked test but the slow ones (model, data loader, trainer, no-sync check)
@@ -11,8 +11,8 @@
 #      step-by-step --amp) on a full-size store of random counts (1176 + 288 samples)
 #   d. the slow gpu tests (torch.compile), bench/lif_kernel.py, bench/sj_reference.py
 #
-# The machine has torch, CuPy, numpy, h5py, tqdm, click and no package index: the rest travels
-# as wheels in wheels/ (git-ignored), fetched on a machine with an index by
+# It needs torch, CuPy, numpy, h5py, tqdm and click installed. On a machine without a package
+# index the rest can come as wheels in wheels/ (git-ignored), fetched elsewhere by
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux_2_28_x86_64 -d wheels spikingjelly==0.0.0.0.14 zarr==3.1.6 \
@@ -21,18 +21,19 @@
 # and installed below (only what does not import already) into a folder on PYTHONPATH. Never
 # `pip install dvsgkit[cuda]` there: its cupy-cuda12x would clash with the machine's CuPy.
 #
-#   bash bench/gpu_run.sh              # on the GPU machine (with wheels/ next to the code)
+#   bash bench/gpu_run.sh              # on a machine with a GPU (wheels/ next to the code)
 #   bash bench/gpu_run.sh --dry-run    # any CPU machine: tiny sizes, every part, summary.json
 set -uo pipefail
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; fi
 if [ "$DRY" = 1 ]; then OUT=${OUT:-/tmp/gpu_run_dry}; else OUT=${OUT:-/tmp/gpu_run}; fi
 mkdir -p "$OUT"
-rm -f "$OUT/parts.jsonl"
+# A part that is skipped or cut off must not leave the summary an earlier run's numbers.
+rm -f "$OUT"/parts.jsonl "$OUT"/summary.json "$OUT"/*.json "$OUT"/*.xml "$OUT"/*.log
 if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
 BUDGET=${BUDGET:-465}  # seconds for the whole run (8 minutes, less setup and margin)
 START=$(date +%s)
-# Installed wheels, stores and run directories live outside $OUT (whose files are fetched back)
+# Installed wheels, stores and run directories live outside $OUT (which keeps only results)
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 LIBS=$SCRATCH/pylibs

@@ -4,7 +4,7 @@ Training speed does not depend on what the frames show, only on their shape and 
 timing run needs no realistic recordings. Writing 551 M synthetic events as AEDAT and parsing
 them back takes minutes; this writes a small synthetic dataset (a few events per sample, so the
 event cache and the store's records are real), builds its store as `dvsgkit train` would, then
-overwrites every sample with random counts at about the real density (~0.7 events per cell,
+overwrites every sample with random counts at about the real density (~0.5 events per cell,
 uint8) and records their checksums, so the store verifies as intact and `dvsgkit train` uses it
 as it is.
 

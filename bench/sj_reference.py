@@ -1,7 +1,7 @@
 """dvsgkit's LIF, PLIF and networks against the real SpikingJelly 0.0.0.0.14.
 
-Needs SpikingJelly, so it runs in .venv-bench or on the GPU machine with the wheels carried
-(bench/gpu_run.sh), not in CI. The seed example's dataset import (torchvision) is stood in for
+Needs SpikingJelly, so it runs in .venv-bench or inside bench/gpu_run.sh (which installs it
+from wheels/), not in CI. The seed example's dataset import (torchvision) is stood in for
 by bench/sj_seed.py:
 
     .venv-bench/bin/python bench/sj_reference.py    # CPU: LIF, PLIF, PythonNet, DVSGestureNet

@@ -8,7 +8,7 @@ import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.predict import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
-from dvsgkit_cli.common import user_errors
+from dvsgkit_cli.common import DEVICE, user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -44,8 +44,9 @@ from dvsgkit_cli.common import user_errors
     f"[default: {DEFAULT_BATCH['cpu']} on the CPU, {DEFAULT_BATCH['cuda']} on a GPU]",
 )  # fmt: skip
 @click.option(
-    "--device", default=None, help="Torch device.  [default: cuda:0 if available, else cpu]"
-)
+    "--device", type=DEVICE, default=None,
+    help="Torch device.  [default: cuda:0 if available, else cpu]",
+)  # fmt: skip
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where the CSV, JSON and PNG go.  [default: beside each recording]",

@@ -24,7 +24,7 @@ def render() -> str:
     for name in COMMANDS:
         command = cli.get_command(top, name)
         assert command is not None  # every COMMANDS entry resolves (tested)
-        ctx = click.Context(command, info_name=name, parent=top)
+        ctx = click.Context(command, info_name=name, parent=top, **command.context_settings)
         parts.append(f"## `dvsgkit {name}`\n\n```text\n{command.get_help(ctx).rstrip()}\n```\n")
     return "\n".join(parts)
 

@@ -102,6 +102,16 @@ class TrainConfig:
             raise ValueError(
                 "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy"
             )
+        if self.fused and self.sync_bn:
+            raise ValueError(
+                "--fused computes each process's own BatchNorm statistics; --sync-bn needs them "
+                "synchronised across GPUs: drop one of them"
+            )
+        if self.compile_steps and self.sync_bn:
+            raise ValueError(
+                "--compile runs the time steps with plain BatchNorm; --sync-bn replaces it: "
+                "drop one of them"
+            )
         if self.compile_steps and self.cupy:
             raise ValueError(
                 "--compile compiles the step-by-step network; --cupy runs the layer-by-layer "

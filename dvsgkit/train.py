@@ -52,6 +52,12 @@ def _check_runtime(config: TrainConfig) -> torch.device:
             f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), got "
             f"--device {config.device}; drop --sync-bn"
         )
+    if config.compile_steps and device.type == "cuda":
+        from dvsgkit.model.graphs import compile_unavailable_reason
+
+        reason = compile_unavailable_reason(device)
+        if reason is not None:
+            raise ValueError(f"--compile cannot run: {reason}; or train without --compile")
     if config.cupy:
         from dvsgkit.model.lif_cupy import cupy_unavailable_reason
 
@@ -227,6 +233,7 @@ def train(
 
     device = _check_runtime(config)
     d, device = init_distributed(device)
+    writer = None  # TensorBoard's, on the main process when installed
     try:
         run_dir, ckpt = prepare_run(config, resume)
         store, provenance = _frame_store(config, d)
@@ -261,7 +268,6 @@ def train(
                 f"one batch of {config.batch_size}; lower --batch-size"
             )
 
-        writer = None
         if d.main:  # nothing is written before every check above has passed
             with run_writes(run_dir, run_dir / LATEST):
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -330,10 +336,10 @@ def train(
                 )
                 with run_writes(run_dir, run_dir / LATEST):
                     _write_epoch(run_dir, checkpoint, record, best, writer)
-        if writer is not None:
-            writer.close()
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:
+        if writer is not None:  # flushed on errors too
+            writer.close()
         close_distributed(d)
 
 

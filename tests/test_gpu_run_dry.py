@@ -1,4 +1,4 @@
-"""bench/gpu_run.sh --dry-run: every part of the GPU evidence run executes on the CPU, at tiny
+"""bench/gpu_run.sh --dry-run: every part of the GPU measurement run executes on the CPU, at tiny
 sizes, and leaves summary.json with each part's status and numbers."""
 
 from __future__ import annotations

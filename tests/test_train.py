@@ -63,6 +63,8 @@ def test_run_name_follows_the_seed(changes: dict, name: str) -> None:
         ({"gamma": -0.5}, "gamma must be a finite number >= 0, got -0.5"),
         ({"fused": True}, "--fused runs the fused CuPy kernels .*; add --cupy"),
         ({"compile_steps": True, "cupy": True}, "--compile compiles the step-by-step network"),
+        ({"fused": True, "cupy": True, "sync_bn": True}, "--fused computes each process's own"),
+        ({"compile_steps": True, "sync_bn": True}, "--compile runs the time steps with plain"),
     ],
 )
 def test_bad_config_values_name_the_value(changes: dict, match: str) -> None:
@@ -208,3 +210,18 @@ def test_a_single_process_run_on_cuda_1_makes_it_the_current_device(
     assert current == [torch.device("cuda", 1)]
     init_distributed(torch.device("cpu"))
     assert current == [torch.device("cuda", 1)]
+
+
+def test_compile_that_cannot_run_on_cuda_is_refused_not_run_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from dvsgkit import train as trainer
+    from dvsgkit.model import graphs
+
+    monkeypatch.setattr(trainer, "parse_device", lambda text: torch.device("cuda", 0))
+    monkeypatch.setattr(graphs, "compile_unavailable_reason", lambda device: "no Triton here")
+    with pytest.raises(ValueError, match="--compile cannot run: no Triton here; or train without"):
+        trainer._check_runtime(TrainConfig(compile_steps=True, device="cuda"))
+    trainer._check_runtime(TrainConfig(device="cuda"))  # without --compile: nothing to refuse

@@ -64,12 +64,18 @@ def make_temp_dir(path: str | os.PathLike[str]) -> Path:
 def swap_in(tmp: Path, target: Path) -> None:
     """Rename the finished `tmp` onto `target`. An old `target` (folder, file or link) is moved
     aside under a temporary name first and deleted after: a crash in between leaves only what
-    `remove_dead_temps` clears, never half of the old and half of the new."""
+    `remove_dead_temps` clears, never half of the old and half of the new. When the new one
+    cannot be renamed in, the old one goes back under its name before the error is raised."""
     old = None
     if os.path.lexists(target):
         old = temp_dir_name(target)
         os.rename(target, old)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
     if old is not None:
         remove_tree(old)
 
@@ -103,7 +109,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         remove_tree(tmp)  # gone already after the swap
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
@@ -127,7 +133,7 @@ def remove_dead_temps(folder: str | os.PathLike[str], name: str | None = None) -
         match = _TEMP_NAME.match(path.name)
         if match is None or (name is not None and match["name"] != name):
             continue
-        if _alive(int(match["pid"])):
+        if pid_alive(int(match["pid"])):
             continue
         remove_tree(path)
         removed.append(path)

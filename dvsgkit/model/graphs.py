@@ -49,10 +49,14 @@ def mark_step_begin() -> None:
 
 
 def plain_batchnorms(bns: nn.ModuleList) -> bool:
-    """True when every BatchNorm is a plain nn.BatchNorm2d with a momentum, tracking running
-    statistics: what `update_running_stats` reproduces (SyncBatchNorm is left to run eagerly)."""
+    """True when every BatchNorm is a plain nn.BatchNorm2d tracking running statistics with one
+    and the same momentum: what `update_running_stats` reproduces (anything else, SyncBatchNorm
+    included, is left to run eagerly)."""
     return all(
-        type(bn) is nn.BatchNorm2d and bn.momentum is not None and bn.track_running_stats
+        type(bn) is nn.BatchNorm2d
+        and bn.momentum is not None
+        and bn.momentum == bns[0].momentum
+        and bn.track_running_stats
         for bn in bns
     )
 

@@ -3,10 +3,11 @@ Everything is checked before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from dvsgkit.config import TrainConfig
+from dvsgkit.config import RECIPE_FIELDS, TrainConfig
 from dvsgkit.run import CONFIG, LATEST, checkpoint_file
 from dvsgkit.run.checkpoint import check_checkpoint, is_dvsgkit_checkpoint, load_checkpoint
 from dvsgkit.run.metrics import read_metrics
@@ -42,7 +43,7 @@ def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[st
     if diff:
         raise ValueError(
             f"cannot resume {resume}: it was trained with {_describe(diff)}; pass the same "
-            "options (only --epochs, --device, --workers, --amp and --out-dir may change)"
+            f"options (only {', '.join(resumable_options())} may change)"
         )
     if ckpt["epoch"] + 1 >= config.epochs:
         raise ValueError(
@@ -65,6 +66,17 @@ def _progress(run_dir: Path) -> str:
     last = done[-1]["epoch"]
     state = "finished" if last + 1 >= planned else "unfinished"
     return f"{state}: epochs 0..{last} of {planned} done"
+
+
+def resumable_options() -> list[str]:
+    """The `dvsgkit train` options a resume may change: every TrainConfig field outside the
+    recipe, as its option is spelled."""
+    spelled = {"compile_steps": "--compile", "root": "--root"}
+    return [
+        spelled.get(f.name, "--" + f.name.replace("_", "-"))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RECIPE_FIELDS
+    ]
 
 
 def _describe(diff: dict[str, tuple[Any, Any]]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import BUILD_WORKERS, SENSOR_SIZE, SPLITS, TRIALS_FILES
+from dvsgkit.io.atomic import pid_alive
 from dvsgkit.samples import (
     CutBuffers,
     Recording,
@@ -142,13 +143,8 @@ def _remove_leftovers(out: Path) -> None:
     for path in out.parent.glob(f"{out.name}.*"):
         owner = path.name.rsplit("-", 1)[-1]
         if path.suffix.startswith((".partial", ".spool")) and owner.isdigit():
-            try:
-                os.kill(int(owner), 0)
-                continue  # alive (or not ours to signal): still being written
-            except (ProcessLookupError, OverflowError):  # no such process (or no such pid)
-                pass
-            except PermissionError:
-                continue
+            if pid_alive(int(owner)):
+                continue  # still being written
         elif path.name not in (f"{out.name}.partial", f"{out.name}.spool"):
             continue
         if path.is_dir():

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dvsgkit.io.atomic import pid_alive
 from dvsgkit.store.errors import LockTimeout
 
 DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a build waits for another build of the same store
@@ -34,16 +35,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_holder(fd: int) -> int | None:
@@ -88,7 +79,7 @@ def _take_over(path: Path) -> int | None:
         holder = _read_holder(fd)
         if _try_lock(fd):  # released meanwhile: an ordinary acquisition
             return fd
-        if holder is None or _pid_alive(holder):
+        if holder is None or pid_alive(holder):
             os.close(fd)
             return None
         os.close(fd)
@@ -127,7 +118,7 @@ def build_lock(
             continue
         holder = _read_holder(fd)
         os.close(fd)
-        if holder is not None and not _pid_alive(holder):
+        if holder is not None and not pid_alive(holder):
             fd = _take_over(path)
             if fd is not None and _same_file(fd, path):
                 break

@@ -122,3 +122,17 @@ def test_corrupt_resume_checkpoint(frame_root: Path, tmp_path: Path) -> None:
     result = _train(frame_root, tmp_path / "runs", "--epochs", "2", "--resume", str(bad))
     assert result.exit_code == 1 and "is not a readable checkpoint" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_options_a_resume_may_change_are_train_options_outside_the_recipe() -> None:
+    import click
+
+    from dvsgkit.config import RECIPE_FIELDS
+    from dvsgkit.run.prepare import resumable_options
+
+    command = cli.get_command(click.Context(cli), "train")
+    spelled = {o for p in command.params for o in [*p.opts, *p.secondary_opts]}
+    allowed = resumable_options()
+    assert {"--epochs", "--device", "--amp", "--cupy", "--fused", "--compile"} <= set(allowed)
+    assert set(allowed) <= spelled
+    assert not {f"--{name.replace('_', '-')}" for name in RECIPE_FIELDS} & set(allowed)

@@ -135,3 +135,20 @@ def test_swap_in_replaces_a_file_or_link_too(tmp_path: Path, old: str) -> None:
     assert sorted(p.name for p in target.iterdir()) == ["new"]
     assert (elsewhere / "keep").read_text() == "not ours to delete"  # not followed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "elsewhere"]
+
+
+def test_swap_in_puts_the_old_target_back_when_the_new_one_cannot_go_in(tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    target.mkdir()
+    (target / "data").write_text("old")
+    missing = tmp_path / ".store.1-ab.partial"  # a rename that fails: nothing to rename
+    with pytest.raises(FileNotFoundError):
+        swap_in(missing, target)
+    assert (target / "data").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing left aside
+
+
+def test_pid_alive_takes_any_number_a_name_can_hold() -> None:
+    from dvsgkit.io.atomic import pid_alive
+
+    assert pid_alive(os.getpid()) and not pid_alive(2**80)  # beyond any pid: no such process
