@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from dvsgkit.demo import DEMO_CONFIG
-from dvsgkit.evaluate import for_inference
 from dvsgkit.model import GestureNet
+from dvsgkit.model.inference import for_inference
 from dvsgkit.predict import load_checkpoint_net, predict_recording
 from dvsgkit.recording import iter_recording
 from dvsgkit.synth import write_recording

@@ -69,7 +69,7 @@ def predict(
     <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
     before any file is written."""
     from dvsgkit.device import default_device, parse_device
-    from dvsgkit.evaluate import for_inference
+    from dvsgkit.model.inference import for_inference
     from dvsgkit.predict import load_checkpoint_net, predict_recording
     from dvsgkit.predictions import output_paths, summary, write_outputs
     from dvsgkit.recording import parse_duration

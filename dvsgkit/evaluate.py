@@ -155,25 +155,6 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
     return labels_all, preds_all, float(sums[0]) / max(len(labels_all), 1)
 
 
-def for_inference(net: Any, device: Any) -> Any:
-    """`net` in eval mode on `device`, arranged to run fastest there. On the CPU a GestureNet
-    becomes an `InferenceNet` (a copy; the original is left as it is): step by step, so one time
-    step of a few windows fits the caches, channels-last, with in-place spiking layers. It
-    computes the very values of the GestureNet in step mode (`bench/predict.py` also compares it
-    with layer-by-layer mode, which rounds differently). `evaluate` and `predict` both run
-    through here, so the two agree on the same samples."""
-    import torch
-
-    from dvsgkit.model import GestureNet
-    from dvsgkit.model.inference import InferenceNet
-
-    device = torch.device(device)
-    net = net.eval().to(device)
-    if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
-        return InferenceNet(net)
-    return net
-
-
 def evaluate(
     checkpoint: Path,
     *,
@@ -191,6 +172,7 @@ def evaluate(
     (16 / number)."""
     from dvsgkit.data import make_loader
     from dvsgkit.device import parse_device
+    from dvsgkit.model.inference import for_inference
     from dvsgkit.store.frames import build_frame_store
 
     checkpoint = checkpoint_file(checkpoint)  # a run directory: its latest, named so in outputs

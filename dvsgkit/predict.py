@@ -198,7 +198,8 @@ def predict_recording(
     of `window_us` every `hop_us` from the first event; mode "labels": exactly the windows of
     the `labels` CSV, cut as the event cache cuts its samples. T and split_by default to the
     checkpoint's (16 / number for a SpikingJelly checkpoint). With `labels`, the prediction is
-    also scored (see `score`). `net` runs as given: pass it through `for_inference` first.
+    also scored (see `score`). `net` runs as given: pass it through
+    `dvsgkit.model.inference.for_inference` first.
     `batch_size` defaults to DEFAULT_BATCH of the device type."""
     if mode not in WINDOW_MODES:
         raise ValueError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES
-from dvsgkit.evaluate import for_inference
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
+from dvsgkit.model.inference import for_inference
 from dvsgkit.predict import (
     load_checkpoint_net,
     predict_recording,

@@ -117,3 +117,16 @@ class InferenceNet(nn.Module):
             spike, v[-1] = cells[-1].fire(h)
             rates += vote(spike)
         return rates / t
+
+
+def for_inference(net: nn.Module, device: str | torch.device) -> nn.Module:
+    """`net` in eval mode on `device`, arranged to run fastest there. On the CPU a GestureNet
+    becomes an `InferenceNet` (a copy; the original is left as it is), which computes the very
+    values of the GestureNet in step mode (`bench/predict.py` also compares it with
+    layer-by-layer mode, which rounds differently). `evaluate` and `predict` both run through
+    here, so the two agree on the same samples."""
+    device = torch.device(device)
+    net = net.eval().to(device)
+    if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
+        return InferenceNet(net)
+    return net
