@@ -3,6 +3,7 @@ under torchrun. The run directory's files are dvsgkit.run's."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dvsgkit.objective import new_sums, score_batch
 from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file
 from dvsgkit.run.checkpoint import load_state, load_weights, new_checkpoint, save_atomic
 from dvsgkit.run.metrics import append_metrics, truncate_metrics
-from dvsgkit.run.prepare import prepare_run
+from dvsgkit.run.prepare import prepare_run, run_lock
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
 from dvsgkit.run.rng import RngState, seed_everything
 from dvsgkit.run.writes import run_writes
@@ -234,6 +235,7 @@ def train(
     device = _check_runtime(config)
     d, device = init_distributed(device)
     writer = None  # TensorBoard's, on the main process when installed
+    held = contextlib.ExitStack()  # the run directory's lock, on the main process
     try:
         run_dir, ckpt = prepare_run(config, resume)
         store, provenance = _frame_store(config, d)
@@ -271,6 +273,10 @@ def train(
         if d.main:  # nothing is written before every check above has passed
             with run_writes(run_dir, run_dir / LATEST):
                 run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(run_lock(run_dir))  # one process trains here at a time
+            if ckpt is None:  # a run made there while this one was prepared is refused too
+                prepare_run(config, None)
+            with run_writes(run_dir, run_dir / LATEST):
                 remove_dead_temps(run_dir)  # checkpoint writes of a killed run
                 config.save_json(run_dir / CONFIG)
                 notes.append(record_frames(run_dir, provenance, start_epoch))
@@ -340,6 +346,7 @@ def train(
     finally:
         if writer is not None:  # flushed on errors too
             writer.close()
+        held.close()
         close_distributed(d)
 
 

@@ -98,6 +98,38 @@ def test_resume_removes_a_killed_checkpoint_write(
 # ----------------------------------------------------------------------------- tmpfs
 
 
+# Holds the training lock of the run directory argv[1], as a `dvsgkit train` running there does.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from dvsgkit.run import RUN_LOCK
+from dvsgkit.store.lock import build_lock
+with build_lock(Path(sys.argv[1]) / RUN_LOCK, timeout=0):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_directory_another_process_trains_in_is_refused(
+    frame_root: Path, tmp_path: Path, writers: list[subprocess.Popen]
+) -> None:
+    run_dir = tmp_path / "runs" / RUN
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    writers.append(holder)
+    assert holder.stdout.readline().strip() == "holding"
+    line = _error_line(_train(frame_root, tmp_path / "runs", "--epochs", "1"))
+    assert f"process {holder.pid} is training the run in {run_dir}" in line, line
+    assert f"kill {holder.pid}" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing else written
+    holder.kill()  # SIGKILL: the lock goes with its holder
+    holder.wait()
+    result = _train(frame_root, tmp_path / "runs", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0]
+
+
 def _mount(mnt: Path, options: str) -> None:
     mnt.mkdir(exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
@@ -142,7 +174,8 @@ def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) ->
     _fill(small_fs)
     line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "1"))
     run_dir = small_fs / "runs" / RUN
-    assert f"cannot write {run_dir / 'config.json'}: No space left on device" in line, line
+    # the first file a run writes is its lock
+    assert f"cannot write {run_dir / 'train.lock'}: No space left on device" in line, line
     assert "no epoch was saved: free some space or choose another --out-dir" in line
     assert _partials(small_fs) == [] and not list(small_fs.rglob("*.pth"))
 
@@ -181,7 +214,7 @@ def test_a_read_only_run_directory(frame_root: Path, small_fs: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "2",
                               "--resume", str(run_dir)))  # fmt: skip
-    assert f"cannot write {run_dir / 'config.json'}: Read-only file system" in line, line
+    assert f"cannot write {run_dir / 'train.lock'}: Read-only file system" in line, line
     assert "then rerun with --resume" in line and "make it writable" in line
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
@@ -224,3 +257,23 @@ def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
         append_line(metrics, '{"epoch": 1, "pad": "' + "x" * 20000 + '"}\n')
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(metrics)
     assert metrics.read_text() == '{"epoch": 0}\n'
+
+
+def test_a_run_made_while_this_one_was_prepared_is_refused(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two `train`s of one recipe start together: both pass prepare_run; the first trains and
+    # finishes before the second takes the run directory's lock. The second must then refuse
+    # (the run exists), not train over it.
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
+    lock = tr.run_lock
+
+    def the_other_run_finishes_first(run_dir: Path):  # noqa: ANN202
+        monkeypatch.setattr(tr, "run_lock", lock)
+        train(config)
+        return lock(run_dir)
+
+    monkeypatch.setattr(tr, "run_lock", the_other_run_finishes_first)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(config)
+    assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0]  # the first run's epoch

@@ -9,6 +9,7 @@ RUN_DIR/
   frames.json              the frame stores the run trained on (run.provenance)
   tensorboard/             the same scalars, when tensorboard is installed
   curves.png               `dvsgkit plot`'s figure (dvsgkit.plots)
+  train.lock               held while a process trains here (run.prepare.run_lock)
 ```
 
 The modules of this package read and write them: `checkpoint` (save, load, check), `rng`
@@ -27,6 +28,7 @@ BEST = "checkpoint_max.pth"
 FRAMES_RECORD = "frames.json"  # the frame stores a run trained on, by first epoch
 TENSORBOARD = "tensorboard"
 CURVES_PNG = "curves.png"
+RUN_LOCK = "train.lock"  # one training process per run directory
 
 
 def checkpoint_file(path: Path) -> Path:

@@ -3,14 +3,17 @@ Everything is checked before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dvsgkit.config import RECIPE_FIELDS, TrainConfig
-from dvsgkit.run import CONFIG, LATEST, checkpoint_file
+from dvsgkit.run import CONFIG, LATEST, RUN_LOCK, checkpoint_file
 from dvsgkit.run.checkpoint import check_checkpoint, is_dvsgkit_checkpoint, load_checkpoint
 from dvsgkit.run.metrics import read_metrics
+from dvsgkit.store.lock import build_lock
 
 
 def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[str, Any] | None]:
@@ -52,6 +55,17 @@ def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[st
         )
     resume = Path(resume)
     return (resume if resume.is_dir() else resume.parent), ckpt
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir's lock while training there: a second process that would train in the same
+    directory (the same recipe started twice, or a run resumed twice) is refused at once with
+    LockTimeout naming the holder, instead of both writing its checkpoints and metrics. A lock
+    whose holder died is taken over. run_dir must exist. A fresh run should call prepare_run
+    again under it: a run made meanwhile is then refused."""
+    with build_lock(run_dir / RUN_LOCK, timeout=0, what=f"the run in {run_dir}", doing="training"):
+        yield
 
 
 def _progress(run_dir: Path) -> str:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dvsgkit.store.errors import LockTimeout
+
 
 class RunWriteError(OSError):
     """A file of the run directory could not be written (disk full, read-only, ...). The message
@@ -35,7 +37,7 @@ def run_writes(run_dir: Path, resume_from: Path | None) -> Iterator[None]:
     file and the cause, and the checkpoint to resume from (`resume_from`, when one exists)."""
     try:
         yield
-    except RunWriteError:
+    except (RunWriteError, LockTimeout):  # a held lock is no failed write
         raise
     except OSError as exc:
         where = exc.filename or run_dir

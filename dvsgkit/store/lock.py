@@ -1,4 +1,5 @@
-"""The build lock of a store: one build at a time, a waiting build told who holds it.
+"""The build lock of a store (and of a training run): one at a time, a waiting one told who
+holds it.
 
 The failure this prevents: an flock belongs to the open file, so a forked worker that inherits
 the descriptor keeps the lock held after its parent is killed, and every later build waited
@@ -97,14 +98,16 @@ def build_lock(
     *,
     timeout: float = DEFAULT_LOCK_TIMEOUT,
     what: str = "this store",
+    doing: str = "building",
     notify: Callable[[str], None] | None = None,
     poll: float = 0.2,
 ) -> Iterator[None]:
     """Hold the exclusive build lock `path` (created if missing; it holds the holder's pid).
 
     While another live process holds it, wait up to `timeout` seconds, telling `notify` once who
-    holds it, then raise LockTimeout naming the holder and the lock file. A lock whose recorded
-    holder has died (descriptors kept by orphaned children) is taken over.
+    holds it ("waiting for process P, which is {doing} {what}"), then raise LockTimeout naming the
+    holder and the lock file; with `timeout` 0, raise at once. A lock whose recorded holder has
+    died (descriptors kept by orphaned children) is taken over.
     """
     path = Path(path)
     deadline = time.monotonic() + timeout
@@ -126,16 +129,24 @@ def build_lock(
                 os.close(fd)
             continue
         who = f"process {holder}" if holder is not None else "another process"
+        fix = f"let it finish, or stop it (kill {holder or '<pid>'}) and rerun"
+        if timeout <= 0:
+            raise LockTimeout(f"{who} is {doing} {what} (it holds {path}); {fix}")
         if time.monotonic() >= deadline:
             raise LockTimeout(
-                f"{path} is held by {who}, still building {what} after {timeout:.0f} s of "
-                f"waiting; let it finish, or stop it (kill {holder or '<pid>'}) and rerun"
+                f"{path} is held by {who}, still {doing} {what} after {timeout:.0f} s of "
+                f"waiting; {fix}"
             )
         if not told and notify is not None:
-            notify(f"waiting for {who}, which is building {what} (lock {path})")
+            notify(f"waiting for {who}, which is {doing} {what} (lock {path})")
             told = True
         time.sleep(poll)
-    _write_holder(fd)
+    try:
+        _write_holder(fd)
+    except OSError as exc:  # a full disk: release the lock, name the file
+        os.close(fd)
+        exc.filename = exc.filename or str(path)
+        raise
     _held.add(fd)
     try:
         yield

@@ -9,6 +9,7 @@ CPU (tests/model/conftest.py), and the real CuPy kernels on a GPU (marked `gpu`)
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,7 @@ from dvsgkit.model.fused_block import (
 )
 from dvsgkit.model.fused_cupy import kernel_source
 from dvsgkit.model.lif import MultiStepLIF
-from dvsgkit.model.lif_cupy import CupyUnavailableError
+from dvsgkit.model.lif_cupy import THREADS, CupyUnavailableError
 from dvsgkit.model.plif import MultiStepPLIF
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -46,6 +47,25 @@ def test_kernel_source_compiles_with_nvcc(dtype: str, neuron: str, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     binary = out.read_bytes()
     assert b"fused_forward" in binary and b"fused_backward" in binary
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_backward_keeps_the_recipe_trajectory_in_registers(neuron: str, tmp_path: Path) -> None:
+    # Backward holds T = 16 steps x 4 elements of y and of the membrane per thread; ptxas must
+    # fit them in registers on an H100/H200 (sm_90): a spill would send them through local memory.
+    src = tmp_path / f"fused_{neuron}.cu"
+    src.write_text(kernel_source("float16", 16, neuron))
+    cmd = ["nvcc", "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-o", str(tmp_path / "k"), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
+    registers = [int(r) for r in re.findall(r"Used (\d+) registers", result.stderr)]
+    assert len(spills) == 2 and len(registers) == 2, result.stderr  # forward and backward
+    assert all(stores == loads == "0" for stores, loads in spills), result.stderr
+    # a launch's block of THREADS threads must fit the SM's 64K registers, or it fails with
+    # "too many resources requested for launch"
+    assert max(registers) * THREADS <= 65536, (registers, THREADS)
 
 
 def test_kernel_source_bakes_steps_and_parameters_and_rejects_bad_input() -> None:

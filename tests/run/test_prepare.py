@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from dvsgkit.config import TrainConfig
-from dvsgkit.run import CONFIG, LATEST
+from dvsgkit.run import CONFIG, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import save_atomic
-from dvsgkit.run.prepare import prepare_run
+from dvsgkit.run.prepare import prepare_run, run_lock
+from dvsgkit.store.errors import LockTimeout
 
 TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}
 
@@ -59,3 +61,16 @@ def test_prepare_run_checks_the_checkpoint_it_resumes(tmp_path: Path) -> None:
     torch.save({"net": {"conv.0.weight": torch.zeros(1)}, "epoch": 5, "max_test_acc": 0.9}, foreign)
     with pytest.raises(ValueError, match="not a dvsgkit training checkpoint"):
         prepare_run(config, foreign)
+
+
+
+def test_run_lock_admits_one_process_per_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_lock(run_dir):
+        assert (run_dir / RUN_LOCK).read_text().strip() == str(os.getpid())
+        with pytest.raises(LockTimeout, match=rf"process {os.getpid()} is training the run in"):
+            with run_lock(run_dir):  # a second holder, refused without waiting
+                pytest.fail("two holders of one run directory")
+    with run_lock(run_dir):  # released on exit
+        pass

@@ -3,6 +3,7 @@ no held lock behind; a waiting build names the holder and gives up; a dead holde
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from dvsgkit.store.errors import LockTimeout
 from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frame_open import open_frame_store
 from dvsgkit.store.frames import frame_store_path
+from dvsgkit.store import lock as lock_module
 from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 
@@ -211,3 +213,22 @@ def test_a_lock_whose_holder_died_is_taken_over_from_its_orphans(tmp_path: Path)
         assert time.monotonic() - start < 2
     finally:
         os.kill(orphan, signal.SIGKILL)
+
+
+def test_a_lock_whose_holder_cannot_be_written_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk can fail the pid write after the flock is taken: the error names the lock
+    # file, and the lock is not left held by a descriptor nobody will close.
+    lock = tmp_path / "build.lock"
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock_module, "_write_holder", disk_full)
+    with pytest.raises(OSError, match="No space left") as err, build_lock(lock, timeout=0):
+        pytest.fail("entered a lock whose holder could not be written")
+    assert err.value.filename == str(lock)
+    monkeypatch.undo()
+    with build_lock(lock, timeout=0):  # free: nothing kept it
+        assert lock.read_text().strip() == str(os.getpid())
