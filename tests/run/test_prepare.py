@@ -63,14 +63,13 @@ def test_prepare_run_checks_the_checkpoint_it_resumes(tmp_path: Path) -> None:
         prepare_run(config, foreign)
 
 
-
 def test_run_lock_admits_one_process_per_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with run_lock(run_dir):
         assert (run_dir / RUN_LOCK).read_text().strip() == str(os.getpid())
-        with pytest.raises(LockTimeout, match=rf"process {os.getpid()} is training the run in"):
-            with run_lock(run_dir):  # a second holder, refused without waiting
-                pytest.fail("two holders of one run directory")
+        busy = rf"process {os.getpid()} is training the run in"
+        with pytest.raises(LockTimeout, match=busy), run_lock(run_dir):  # refused, no waiting
+            pytest.fail("two holders of one run directory")
     with run_lock(run_dir):  # released on exit
         pass

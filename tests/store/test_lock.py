@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from dvsgkit.store import lock as lock_module
 from dvsgkit.store.errors import LockTimeout
 from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frame_open import open_frame_store
 from dvsgkit.store.frames import frame_store_path
-from dvsgkit.store import lock as lock_module
 from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 
