@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
+from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
 from dvsgkit.store.errors import LockTimeout, StoreWriteError
 
@@ -21,6 +22,25 @@ root_option = click.option(
     show_envvar=True,
     help="Dataset root (holds download/, extract/, events.h5 and the frame stores).",
 )
+
+
+def checkpoint_frame_options(per: str) -> Callable[[Callable], Callable]:
+    """-T and --split-by of a command that runs a checkpoint on frames (`per`: "sample",
+    "window"): both default to the checkpoint's own recipe."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--split-by", type=click.Choice(SPLIT_BYS), default=None,
+            help="Frame cutting.  [default: the checkpoint's; "
+            f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
+        )(command)  # fmt: skip
+        return click.option(
+            "-T", "T", type=click.IntRange(min=1), default=None,
+            help=f"Frames per {per}.  [default: the checkpoint's T; "
+            f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
+        )(command)  # fmt: skip
+
+    return decorate
 
 
 class Device(click.ParamType):

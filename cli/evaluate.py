@@ -6,24 +6,15 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import DEFAULTS, SPLIT_BYS
+from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import SPLITS
-from dvsgkit_cli.common import DEVICE, root_option, user_errors
+from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, root_option, user_errors
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @root_option
-@click.option(
-    "-T", "T", type=click.IntRange(min=1), default=None,
-    help="Frames per sample.  [default: the checkpoint's T; "
-    f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
-)  # fmt: skip
-@click.option(
-    "--split-by", type=click.Choice(SPLIT_BYS), default=None,
-    help="Frame cutting.  [default: the checkpoint's; "
-    f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
-)  # fmt: skip
+@checkpoint_frame_options("sample")
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Which split to score.")
 @click.option(
     "-b", "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,

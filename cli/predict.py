@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.predict import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
-from dvsgkit_cli.common import DEVICE, user_errors
+from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -28,16 +27,7 @@ from dvsgkit_cli.common import DEVICE, user_errors
               help="Window length (s, ms or us).")  # fmt: skip
 @click.option("--hop", default=f"{DEFAULT_HOP_US / 1e6:g}s",
               help="Step between window starts (s, ms or us).")  # fmt: skip
-@click.option(
-    "-T", "T", type=click.IntRange(min=1), default=None,
-    help="Frames per window.  [default: the checkpoint's T; "
-    f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
-)  # fmt: skip
-@click.option(
-    "--split-by", type=click.Choice(SPLIT_BYS), default=None,
-    help="Frame cutting.  [default: the checkpoint's; "
-    f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
-)  # fmt: skip
+@checkpoint_frame_options("window")
 @click.option(
     "-b", "--batch-size", type=click.IntRange(min=1), default=None,
     help="Windows per forward pass.  "
