@@ -81,7 +81,9 @@ def call_ms(fn: LifFn, x: torch.Tensor, grad: torch.Tensor, reps: int, warmup: i
     return start.elapsed_time(end) / reps
 
 
-def kernel_ms(fn: LifFn, x: torch.Tensor, grad: torch.Tensor, names: tuple[str, ...]) -> float:
+def kernel_ms(
+    fn: LifFn, x: torch.Tensor, grad: torch.Tensor, names: tuple[str, ...]
+) -> float | None:
     """GPU time per call of the kernels whose name contains one of `names` (CUPTI sees CuPy's
     launches too)."""
     from torch.profiler import ProfilerActivity, profile
@@ -96,17 +98,31 @@ def kernel_ms(fn: LifFn, x: torch.Tensor, grad: torch.Tensor, names: tuple[str, 
         if any(n in evt.key for n in names):
             total_us += getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0))
     if total_us == 0.0:  # the profiler saw no such kernel (CUPTI unavailable?): no number
-        return float("nan")
+        return None
     return total_us / reps / 1e3
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing (a kernel time the profiler did not see)."""
+    return None if a is None or b is None else a / b
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def spikingjelly_lif() -> tuple[LifFn | None, str]:
     """SpikingJelly 0.0.0.0.14's MultiStepLIFNode(backend='cupy') as a stateless function, or
     None and why not (it is optional here: the table then lacks its columns)."""
     try:
+        from sj_seed import stub_missing_imports  # bench/, beside this script
+
+        stub_missing_imports()  # else its CuPy backend is dropped without tensorboard
         version = importlib.metadata.version("spikingjelly")
         neuron = importlib.import_module("spikingjelly.clock_driven.neuron")
         surrogate = importlib.import_module("spikingjelly.clock_driven.surrogate")
+        if neuron.neuron_kernel is None:
+            raise ImportError("its CuPy kernel module (clock_driven.neuron_kernel) did not import")
         node = neuron.MultiStepLIFNode(
             tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True, backend="cupy"
         )
@@ -173,20 +189,20 @@ def plif_comparison(args: argparse.Namespace, device: torch.device) -> dict[str,
     with torch.no_grad():
         same = torch.equal(dvs_plif(x), lif_cupy.lif_multistep_cupy(x))  # w = 0 is the LIF
     row["plif_equals_lif_at_w0"] = same
-    row["plif_over_lif_kernel"] = row["dvsgkit_plif_kernel_ms"] / row["dvsgkit_lif_kernel_ms"]
+    row["plif_over_lif_kernel"] = ratio(row["dvsgkit_plif_kernel_ms"], row["dvsgkit_lif_kernel_ms"])
     row["plif_over_lif_call"] = row["dvsgkit_plif_ms"] / row["dvsgkit_lif_ms"]
     print(f"PLIF fp16 {list(shape)}: {sj_info}; spikes equal to the LIF at w = 0: {same}")
     for name in impls:
-        k = row[f"{name}_kernel_ms"]
-        print(f"  {name:18} call {row[f'{name}_ms']:.3f} ms   kernels {k:.3f} ms")
+        call, kernels = ms(row[f"{name}_ms"]), ms(row[f"{name}_kernel_ms"])
+        print(f"  {name:18} call {call} ms   kernels {kernels} ms")
     print(
-        f"  PLIF / LIF: kernels {row['plif_over_lif_kernel']:.2f}x, call "
+        f"  PLIF / LIF: kernels {ms(row['plif_over_lif_kernel'])}x, call "
         f"{row['plif_over_lif_call']:.2f}x (target <= 1.2x)"
     )
     if sj is not None:
-        ratio = row["spikingjelly_plif_kernel_ms"] / row["dvsgkit_plif_kernel_ms"]
-        row["sj_plif_over_dvs_plif_kernel"] = ratio
-        print(f"  SpikingJelly PLIF / dvsgkit PLIF: kernels {ratio:.2f}x")
+        sj_ratio = ratio(row["spikingjelly_plif_kernel_ms"], row["dvsgkit_plif_kernel_ms"])
+        row["sj_plif_over_dvs_plif_kernel"] = sj_ratio
+        print(f"  SpikingJelly PLIF / dvsgkit PLIF: kernels {ms(sj_ratio)}x")
     return row
 
 
@@ -280,7 +296,8 @@ def main() -> int:
                 row["grad_max_abs_diff_sj"] = float((g1.float() - g2.float()).abs().max())
             rows.append(row)
             if args.json:  # after every row: a time limit cuts off only what was not measured
-                args.json.write_text(json.dumps({"bandwidth_Bps": bw, "rows": rows}, indent=1))
+                out = {"bandwidth_Bps": bw, "sj": sj_info, "rows": rows}
+                args.json.write_text(json.dumps(out, indent=1))
             del outputs, x, grad
             torch.cuda.empty_cache()
 
@@ -290,25 +307,27 @@ def main() -> int:
                 k = row.get(f"{name}_kernel_ms")
                 return f"{row[f'{name}_ms']:.3f}" + (f" ({k:.3f})" if k is not None else "")
 
-            ratio_bound = row["dvsgkit_kernel_ms"] / bound
+            ratio_bound = ratio(row["dvsgkit_kernel_ms"], bound)
             row["dvs_kernel_over_bound"] = ratio_bound
             sj_ratio = "-"
             if "spikingjelly_ms" in row:
                 row["sj_over_dvs_call"] = row["spikingjelly_ms"] / row["dvsgkit_ms"]
-                row["sj_over_dvs_kernel"] = row["spikingjelly_kernel_ms"] / row["dvsgkit_kernel_ms"]
-                sj_ratio = f"{row['sj_over_dvs_call']:.2f} ({row['sj_over_dvs_kernel']:.2f})"
+                row["sj_over_dvs_kernel"] = ratio(
+                    row["spikingjelly_kernel_ms"], row["dvsgkit_kernel_ms"]
+                )
+                sj_ratio = f"{row['sj_over_dvs_call']:.2f} ({ms(row['sj_over_dvs_kernel'])})"
             mismatch = row.get("spike_mismatch_sj")
             same = "-" if mismatch is None else ("yes" if mismatch == 0 else f"{mismatch:.1e}")
             print(
                 f"{dtype_name:8} {size:>4} {row['elements']:>11} {bound:>7.3f} "
                 f"{fmt('dvsgkit'):>15} {fmt('spikingjelly'):>15} {fmt('torch'):>8} "
-                f"{ratio_bound:>9.2f} {sj_ratio:>12} {same:>7}",
+                f"{ms(ratio_bound):>9} {sj_ratio:>12} {same:>7}",
                 flush=True,
             )
     if args.plif_size:
         plif_row = plif_comparison(args, device)
         if args.json:
-            out = {"bandwidth_Bps": bw, "rows": rows, "plif": plif_row}
+            out = {"bandwidth_Bps": bw, "sj": sj_info, "rows": rows, "plif": plif_row}
             args.json.write_text(json.dumps(out, indent=1))
     return 0
 

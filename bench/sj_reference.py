@@ -23,23 +23,16 @@ Checks (each prints the largest difference; exit 1 if any fails):
 from __future__ import annotations
 
 import sys
-import types
 
 import torch
+from sj_seed import seed_module, stub_missing_imports  # bench/, beside this script
 
 from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
 from dvsgkit.model import from_spikingjelly
 from dvsgkit.model.lif import lif_multistep
 from dvsgkit.model.plif import plif_multistep
 
-try:  # the seed's example module imports SummaryWriter at import time; only that is missing
-    import torch.utils.tensorboard  # noqa: F401
-except ImportError:
-    stub = types.ModuleType("torch.utils.tensorboard")
-    stub.SummaryWriter = None
-    sys.modules["torch.utils.tensorboard"] = stub
-
-from sj_seed import seed_module  # noqa: E402  (bench/, next to this script)
+stub_missing_imports()  # before SpikingJelly's modules import, or its CuPy kernels go missing
 from spikingjelly.activation_based import functional as ab_functional  # noqa: E402
 from spikingjelly.activation_based import neuron as ab_neuron  # noqa: E402
 from spikingjelly.activation_based import surrogate as ab_surrogate  # noqa: E402
@@ -48,7 +41,7 @@ from spikingjelly.clock_driven import functional, neuron, surrogate  # noqa: E40
 
 try:  # without torchvision too (sj_seed); a SpikingJelly that does not import skips them
     classify_dvsg = seed_module()
-except ImportError as exc:
+except Exception as exc:
     classify_dvsg, SEED_MISSING = None, f"{type(exc).__name__}: {exc}"
 
 FAILURES: list[str] = []

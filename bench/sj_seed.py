@@ -17,17 +17,25 @@ from typing import Any
 import torch
 
 
-def seed_module() -> Any:
+def stub_missing_imports() -> None:
+    """Stand-ins for what SpikingJelly 0.0.0.0.14 imports at import time but never uses here:
+    SummaryWriter (its CuPy kernel module imports it, and `clock_driven.neuron` silently drops its
+    CuPy backend when that import fails) and the DVS128Gesture dataset class (torchvision, scipy).
+    Anything that fails to import, or imports but breaks against this torch, is replaced."""
     try:
         importlib.import_module("torch.utils.tensorboard")
-    except ImportError:
+    except Exception:  # missing, or built for another torch
         sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=None)
     try:
         importlib.import_module("spikingjelly.datasets.dvs128_gesture")
-    except ImportError:  # torchvision or scipy missing: the dataset class is not used here
+    except Exception:  # torchvision or scipy missing or broken: the class is not used here
         stub = types.ModuleType("spikingjelly.datasets.dvs128_gesture")
         stub.DVS128Gesture = None
         sys.modules["spikingjelly.datasets.dvs128_gesture"] = stub
+
+
+def seed_module() -> Any:
+    stub_missing_imports()
     flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     from spikingjelly.clock_driven.examples import classify_dvsg
 

@@ -8,7 +8,9 @@ folder (a run directory is named after the recipe, which execution options such 
 batches gathered on the GPU included; epoch 0 pays for compilation and autotuning and is
 reported apart), ms per train step (from the trainer's samples/s), test accuracy, wall time.
 Compare ms per train step with bench/train_step.py's compute-only step of the same network:
-their ratio is what the data path costs.
+their ratio is what the data path costs. Each job is stopped after `--job-timeout` seconds, or
+earlier so that the jobs after it keep `RESERVE_S` seconds each before `--deadline` (a Unix time;
+default: $PART_DEADLINE, which bench/gpu_run.sh sets to the end of this part).
 
     python bench/train_gpu.py --root /tmp/dvsg_random --out OUT --json OUT/train_gpu.json
     python bench/train_gpu.py --root /tmp/tiny --out /tmp/o --json /tmp/o/x.json --dry-run
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +33,18 @@ JOBS = [
     ("dvsgkit train --cupy --amp --fused", ["--cupy", "--amp", "--fused"]),
     ("dvsgkit train --amp", ["--amp"]),
 ]
+
+
+RESERVE_S = 30.0  # seconds kept for each job still waiting, when a deadline is set
+
+
+def job_timeout(limit: float, deadline: float | None, jobs_left: int) -> float:
+    """Seconds the next job may run: `limit`, less what the jobs after it need before
+    `deadline`, and never less than an equal share of the time left."""
+    if deadline is None:
+        return limit
+    left = deadline - time.time()
+    return max(1.0, min(limit, max(left - RESERVE_S * (jobs_left - 1), left / jobs_left)))
 
 
 def job_dirs(out: Path, jobs: list[tuple[str, list[str]]]) -> list[Path]:
@@ -73,6 +88,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=len(JOBS), help="run the first N jobs")
     parser.add_argument("--job-timeout", type=float, default=150.0)
+    parser.add_argument(
+        "--deadline", type=float, default=os.environ.get("PART_DEADLINE") or None,
+        help="Unix time by which every job must be done  [default: $PART_DEADLINE]",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="tiny store, CPU, no --cupy/--amp")
     args = parser.parse_args()
 
@@ -88,13 +107,16 @@ def main() -> int:
         common += ["--device", "cpu", "--channels", "4", "-b", "4"]
     jobs = JOBS[: args.jobs]
     results: list[dict[str, Any]] = []
-    for (name, options), out_dir in zip(jobs, job_dirs(args.out, jobs), strict=True):
+    for i, ((name, options), out_dir) in enumerate(
+        zip(jobs, job_dirs(args.out, jobs), strict=True)
+    ):
         if args.dry_run:
             options = [o for o in options if o not in ("--cupy", "--amp", "--fused")]
+        timeout = job_timeout(args.job_timeout, args.deadline, len(jobs) - i)
         try:
-            results.append(run_job(name, options, common, out_dir, args.job_timeout))
+            results.append(run_job(name, options, common, out_dir, timeout))
         except subprocess.TimeoutExpired:
-            results.append({"name": name, "error": f"timed out after {args.job_timeout} s"})
+            results.append({"name": name, "error": f"timed out after {timeout:.0f} s"})
         meta = {"store": str(store), "prepare": prep, "epochs": args.epochs,
                 "dry_run": args.dry_run}  # fmt: skip
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

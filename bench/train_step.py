@@ -10,10 +10,14 @@ under its own. SpikingJelly's optimizer is torch's default Adam, as in the seed;
 the one its trainer builds (fused Adam on CUDA).
 
 ms per step: median over `--rounds` rounds of `--steps` steps each (CUDA events), after
-`--warmup` steps (kernel compilation, cuDNN autotuning, CUDA graph recording). Peak memory:
-torch's allocator peak from building the network to its last step (the shared batch, 34 MB at
-b16 T16, included). Networks run most wanted first; the JSON is rewritten after each, so a time
-limit keeps what finished.
+`--warmup` steps (kernel compilation, cuDNN autotuning, CUDA graph recording). Peak memory
+(`peak_gib`): torch's allocator peak over the timed steps, i.e. what training needs (weights,
+optimizer state, the shared batch of 34 MB at b16 T16, activations); `warmup_peak_gib` is the
+peak from building the network to the end of warm-up, which also holds cuDNN's autotuning
+workspaces (SpikingJelly under the seed's flags does not autotune). Networks run most wanted
+first; the JSON is rewritten after each, so a time limit keeps what finished. A network that
+breaks the CUDA context (an illegal address poisons every later call in the process) ends the
+run with exit status 3; `--continue` then runs what the JSON does not hold yet.
 
     python bench/train_step.py --json out.json                   # CUDA: b16 T16 C128, AMP
     python bench/train_step.py --device cpu --tiny --json x.json # proves the plumbing
@@ -112,19 +116,22 @@ def networks(cuda: bool) -> list[tuple[str, dict[str, Any]]]:
     return nets
 
 
-def build(spec: dict[str, Any], channels: int, amp: bool, device: torch.device) -> Callable:
+def build(
+    spec: dict[str, Any], channels: int, amp: bool, device: torch.device
+) -> tuple[Callable, torch.nn.Module]:
+    """The network's training step, and the network."""
     if "seed" in spec:
         module = seed_module()
         if not hasattr(module, spec["seed"]):
             raise RuntimeError(f"SpikingJelly defines {spec['seed']} only when CuPy imports")
         set_flags(spec["flags"])
         net = getattr(module, spec["seed"])(channels=channels).to(device)
-        return seed_step(net, amp, device)
+        return seed_step(net, amp, device), net
     set_flags(DVSGKIT_FLAGS)
     net = GestureNet(channels, **spec["dvsgkit"]).to(device)
     if not spec.get("nchw"):
         net.to(memory_format=torch.channels_last)  # what dvsgkit train does on CUDA
-    return dvsgkit_step(net, amp, device)
+    return dvsgkit_step(net, amp, device), net
 
 
 def time_steps(step: Callable, batch: tuple, device: torch.device, steps: int) -> float:
@@ -152,11 +159,17 @@ def measure(name: str, spec: dict, batch: tuple, args: argparse.Namespace,
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     begin = time.perf_counter()
-    step = build(spec, args.channels, args.amp, device)
+    step, net = build(spec, args.channels, args.amp, device)
+    compiled = bool(spec.get("dvsgkit", {}).get("compile_steps")) and net._compiles_steps(batch[0])
+    if cuda and spec.get("dvsgkit", {}).get("compile_steps") and not compiled:
+        raise RuntimeError("the compiled time step cannot run here (no Triton?): not measured")
     for _ in range(args.warmup):
         step(*batch)
+    warmup_peak = None
     if cuda:
         torch.cuda.synchronize(device)
+        warmup_peak = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)  # the timed steps' own peak from here
     warmup_s = time.perf_counter() - begin
     rounds = [time_steps(step, batch, device, args.steps) for _ in range(args.rounds)]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
@@ -165,10 +178,25 @@ def measure(name: str, spec: dict, batch: tuple, args: argparse.Namespace,
         "ms_per_step": statistics.median(rounds),
         "ms_rounds": rounds,
         "peak_gib": peak,
+        "warmup_peak_gib": warmup_peak,
         "warmup_s": warmup_s,
+        "compiled_steps": compiled,  # the time step ran compiled (CUDA graphs)
         "cudnn": {"benchmark": torch.backends.cudnn.benchmark,
                   "deterministic": torch.backends.cudnn.deterministic},
     }  # fmt: skip
+
+
+def context_usable(device: torch.device) -> bool:
+    """Whether CUDA still works in this process after a failure (False after a sticky error,
+    such as an illegal memory access, which fails every later call)."""
+    if device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize(device)
+        torch.ones(1, device=device).add_(1).item()
+    except Exception:
+        return False
+    return True
 
 
 def main() -> int:
@@ -183,6 +211,10 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="b2 T2 C4, 1+1x1 steps: plumbing")
     parser.add_argument("--only", default="", help="comma-separated substrings of names to run")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--continue", dest="resume", action="store_true",
+        help="keep the results already in --json and run only the networks it lacks",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.tiny:
@@ -199,9 +231,12 @@ def main() -> int:
         "steps": args.steps, "rounds": args.rounds,
     }  # fmt: skip
     results: list[dict[str, Any]] = []
+    if args.resume and args.json.exists():
+        results = json.loads(args.json.read_text())["results"]
+    done = {r["name"] for r in results}
     wanted = [w for w in args.only.split(",") if w]
     for name, spec in networks(device.type == "cuda"):
-        if wanted and not any(w in name for w in wanted):
+        if name in done or (wanted and not any(w in name for w in wanted)):
             continue
         print(f"--- {name}", flush=True)
         try:
@@ -212,6 +247,10 @@ def main() -> int:
         except Exception as exc:  # one network failing must not hide the others' numbers
             print(f"{name} FAILED: {type(exc).__name__}: {exc}", flush=True)
             results.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            if not context_usable(device):
+                args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+                print(f"{name} broke the CUDA context; rerun with --continue", flush=True)
+                return 3
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     return 1 if any("error" in r for r in results) else 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ["tests_gpu", "train_step", "train_gpu", "lif_kernel", "tests_gpu_slow", "sj_reference"]
+PARTS = ["tests_gpu", "train_step", "train_gpu", "sj_reference", "lif_kernel", "tests_gpu_slow"]
 
 
 @pytest.mark.slow

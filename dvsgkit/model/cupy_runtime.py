@@ -68,6 +68,13 @@ def cupy_unavailable_reason() -> str | None:
             f"CuPy {cp.__version__} cannot use the GPU ({type(exc).__name__}: {exc}); its CUDA "
             f"runtime does not fit the driver: {INSTALL_HINT}, {FALLBACK_HINT}"
         )
+    try:  # the kernels are compiled at first use by NVRTC, a library CuPy loads on demand
+        cp.cuda.nvrtc.getVersion()
+    except (RuntimeError, OSError) as exc:  # NVRTCError, or libnvrtc not found
+        return (
+            f"CuPy {cp.__version__} cannot load NVRTC, the CUDA compiler library it builds "
+            f"kernels with ({type(exc).__name__}: {exc}): {INSTALL_HINT}, {FALLBACK_HINT}"
+        )
     return None
 
 
@@ -119,6 +126,7 @@ def build_kernels(
             cp.cuda.driver.CUDADriverError,  # e.g. PTX newer than the driver
             cp.cuda.nvrtc.NVRTCError,
             OSError,  # libnvrtc missing
+            RuntimeError,  # e.g. a CUDA library that cannot be found when first needed
         ) as exc:
             raise readable_kernel_error(exc, dtype_name, neuron) from exc
 

@@ -5,7 +5,9 @@ charged membrane h (both in the input dtype); the backward kernel loops over T i
 recomputes the spike from h, so the whole layer moves 3 tensors each way through GPU memory.
 Math is fp32 in registers for every storage dtype (float32, float16, bfloat16), with the same
 IEEE operations in the same order as `dvsgkit.model.lif.lif_step`, so fp32 results match the
-reference bit for bit. CuPy is optional: `cupy_unavailable_reason()` says what is missing.
+reference bit for bit, except that CuPy compiles with -ftz=true, so a float32 subnormal (below
+1.2e-38; nothing in the recipe comes near) is zero here. CuPy is optional:
+`cupy_unavailable_reason()` says what is missing.
 """
 
 from __future__ import annotations

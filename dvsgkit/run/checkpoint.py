@@ -139,9 +139,19 @@ def load_weights(net: nn.Module, state: Mapping[str, Any], path: Path) -> None:
     net.load_state_dict(state)
 
 
+# An optimizer's group options that say how it runs on this machine, not what it computes:
+# torch's load_state_dict would take them from the checkpoint (a GPU run's fused=True on a CPU).
+EXECUTION_OPTIONS = ("fused", "foreach", "capturable")
+
+
 def load_state(part: Any, state: Any, key: str, path: Path) -> None:
     """`part.load_state_dict(state)` for an optimizer, scheduler, scaler or RNG state; an edited
-    or foreign state becomes a ValueError naming the file and the part, not torch's traceback."""
+    or foreign state becomes a ValueError naming the file and the part, not torch's traceback.
+    An optimizer keeps its own execution options (`EXECUTION_OPTIONS`) and gets its moments in
+    its parameters' memory layout (see `_fit_optimizer_state`)."""
+    execution = []
+    if isinstance(part, torch.optim.Optimizer):
+        execution = [{k: g[k] for k in EXECUTION_OPTIONS if k in g} for g in part.param_groups]
     try:
         part.load_state_dict(state)
     # What torch's load_state_dict raises on an edited state depends on where it first trips.
@@ -161,3 +171,24 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
                             f"{path}: its {key!r} state does not fit this run: {name} has shape "
                             f"{_shape(value)} for a parameter of shape {_shape(param)}"
                         )
+        _fit_optimizer_state(part, execution)
+
+
+def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict]) -> None:
+    """After load_state_dict: put back this optimizer's execution options, give each per-element
+    state tensor its parameter's strides (torch moves them keeping the saved ones: a channels_last
+    run's moments would pair with a contiguous parameter element by memory, not by index) and
+    put `step` where the optimizer's kernels read it (fused: float32 beside the parameter)."""
+    for group, options in zip(optimizer.param_groups, execution, strict=True):
+        group.update(options)
+        fused = bool(group.get("fused")) or bool(group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() > 0 and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                elif name == "step" and value.dim() == 0:
+                    target = param.device if fused else torch.device("cpu")
+                    state[name] = value.to(target, torch.float32)

@@ -22,6 +22,7 @@ from dvsgkit.io.atomic import pid_alive
 from dvsgkit.store.errors import LockTimeout
 
 DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a build waits for another build of the same store
+PID_GRACE = 1.0  # seconds a lock held by an unnamed process is retried before it is reported
 
 _held: set[int] = set()  # descriptors of the locks this process holds
 
@@ -110,7 +111,8 @@ def build_lock(
     died (descriptors kept by orphaned children) is taken over.
     """
     path = Path(path)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -127,6 +129,9 @@ def build_lock(
                 break
             if fd is not None:
                 os.close(fd)
+            continue
+        if holder is None and time.monotonic() < start + PID_GRACE:
+            time.sleep(poll)  # a holder writes its pid just after taking the lock
             continue
         who = f"process {holder}" if holder is not None else "another process"
         fix = f"let it finish, or stop it (kill {holder or '<pid>'}) and rerun"

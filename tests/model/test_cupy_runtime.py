@@ -66,6 +66,27 @@ def test_a_cupy_that_cannot_load_its_runtime_names_the_fix(
     assert "cupy-cuda12x" in reason
 
 
+def test_a_cupy_that_cannot_load_nvrtc_is_a_reason_before_any_kernel_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The GPU is usable but libnvrtc (loaded on first use) is not found: say so at the option
+    # check, not as a traceback from the first forward pass.
+    def no_nvrtc() -> tuple[int, int]:
+        raise RuntimeError("libnvrtc.so.13 not found")
+
+    cuda = SimpleNamespace(
+        runtime=SimpleNamespace(getDeviceCount=lambda: 1),
+        nvrtc=SimpleNamespace(getVersion=no_nvrtc),
+    )
+    monkeypatch.setattr(cupy_runtime, "cp", SimpleNamespace(__version__="14.2.0", cuda=cuda))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    reason = cupy_runtime.cupy_unavailable_reason()
+    assert reason is not None and "cannot load NVRTC" in reason, reason
+    assert "libnvrtc.so.13 not found" in reason and "cupy-cuda12x" in reason
+    cuda.nvrtc.getVersion = lambda: (13, 0)
+    assert cupy_runtime.cupy_unavailable_reason() is None
+
+
 class _Device:
     def __init__(self, index: int) -> None:
         self.index = index

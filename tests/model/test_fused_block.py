@@ -51,11 +51,14 @@ def test_kernel_source_compiles_with_nvcc(dtype: str, neuron: str, tmp_path: Pat
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
-def test_backward_keeps_the_recipe_trajectory_in_registers(neuron: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_backward_keeps_the_recipe_trajectory_in_registers(
+    dtype: str, neuron: str, tmp_path: Path
+) -> None:
     # Backward holds T = 16 steps x 4 elements of y and of the membrane per thread; ptxas must
     # fit them in registers on an H100/H200 (sm_90): a spill would send them through local memory.
-    src = tmp_path / f"fused_{neuron}.cu"
-    src.write_text(kernel_source("float16", 16, neuron))
+    src = tmp_path / f"fused_{neuron}_{dtype}.cu"
+    src.write_text(kernel_source(dtype, 16, neuron))
     cmd = ["nvcc", "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-o", str(tmp_path / "k"), str(src)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -64,7 +67,7 @@ def test_backward_keeps_the_recipe_trajectory_in_registers(neuron: str, tmp_path
     assert len(spills) == 2 and len(registers) == 2, result.stderr  # forward and backward
     assert all(stores == loads == "0" for stores, loads in spills), result.stderr
     # a launch's block of THREADS threads must fit the SM's 64K registers, or it fails with
-    # "too many resources requested for launch"
+    # "too many resources requested for launch" (ptxas caps a thread at 255: 256 threads fit)
     assert max(registers) * THREADS <= 65536, (registers, THREADS)
 
 
@@ -281,7 +284,7 @@ def test_fused_block_matches_torch_chain(fused, device, neuron, train, layout, d
     if device == "cpu":
         assert torch.equal(spikes, ref), "spikes differ"
     else:  # a value within an ulp of the threshold may fall the other way on a GPU
-        assert (spikes != ref).float().mean() <= 1e-3, "spikes differ"
+        assert (spikes != ref).sum() <= max(1, ref.numel() // 1000), "spikes differ"
         if not torch.equal(spikes, ref):
             return  # a flipped spike reroutes its window's gradient: nothing left to compare
     assert y_fused.grad.dtype == dtype and y_fused.grad.stride() == y_fused.stride()

@@ -333,3 +333,13 @@ def test_cupy_kernel_compile_failure_is_readable(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(lif_cupy.CupyKernelError, match=r"float32 LIF kernel .*NVRTC .*cupy-cuda"):
         lif_multistep_cupy(torch.ones(2, 3, device="cuda", dtype=torch.float32) * 0.123)
     lif_cupy._kernels.cache_clear()
+
+
+def test_the_harness_flushes_subnormals_as_cupy_compiles_the_kernels(cpp_kernels) -> None:
+    # CuPy adds -ftz=true to every compile: a subnormal float32 input charges nothing. The
+    # harness models that; torch's reference keeps the subnormal (h = x / tau).
+    tiny = torch.finfo(torch.float32).tiny  # the smallest normal float
+    x = torch.tensor([[tiny / 4, tiny * 4, 1.5]])  # [T=1, 3]: subnormal, normal, normal
+    spike, h = cpp_kernels.run("f", x, x, outs=2)
+    assert spike.tolist() == [[0.0, 0.0, 0.0]]
+    assert h.tolist() == [[0.0, tiny * 2, 0.75]]

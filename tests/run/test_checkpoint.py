@@ -3,6 +3,7 @@ RNG states that survive the round trip."""
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from dvsgkit.run import LATEST
-from dvsgkit.run.checkpoint import load_checkpoint, save_atomic
+from dvsgkit.run.checkpoint import load_checkpoint, load_state, save_atomic
 from dvsgkit.run.rng import rng_state, set_rng_state
 
 
@@ -60,3 +61,47 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(got[0], expected[0])
     assert np.array_equal(got[1], expected[1])
     assert got[2] == expected[2]
+
+
+def _adam_run(layout: torch.memory_format, fused: bool, state: dict | None = None):
+    """A conv weight in `layout` and its Adam (fused or not), optionally loaded from `state`."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=layout)
+    optimizer = torch.optim.Adam(conv.parameters(), lr=0.01, fused=fused)
+    if state is not None:
+        load_state(optimizer, state, "optimizer", Path("run/checkpoint_latest.pth"))
+    return conv, optimizer
+
+
+def _adam_step(conv: torch.nn.Conv2d, optimizer: torch.optim.Optimizer, seed: int) -> None:
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    optimizer.zero_grad()
+    conv(x.to(memory_format=torch.channels_last)).square().sum().backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["cpu-plain", "gpu-no-channels-last"])
+def test_a_resumed_optimizer_runs_as_this_machine_says_on_its_parameters_layout(fused) -> None:
+    # A GPU run's checkpoint: channels_last weights, fused Adam. Resumed on a CPU (plain Adam) or
+    # with contiguous weights (fused Adam), torch alone would keep the saved fused=True and the
+    # channels_last moments, which fused Adam pairs with the weights by memory order, not by
+    # index. Both must follow this run.
+    gpu_conv, gpu_adam = _adam_run(torch.channels_last, fused=True)
+    _adam_step(gpu_conv, gpu_adam, seed=1)
+    saved = copy.deepcopy(gpu_adam.state_dict())  # as from a file: no tensor shared
+    assert saved["state"][0]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+
+    conv, adam = _adam_run(torch.contiguous_format, fused=fused, state=saved)
+    with torch.no_grad():
+        conv.weight.copy_(gpu_conv.weight), conv.bias.copy_(gpu_conv.bias)
+    group = adam.param_groups[0]
+    assert group["fused"] is fused and group["lr"] == 0.01
+    moments = adam.state[conv.weight]
+    assert moments["exp_avg"].stride() == conv.weight.stride()
+    assert torch.equal(moments["exp_avg"], saved["state"][0]["exp_avg"])  # same values, by index
+    assert moments["step"].device.type == "cpu" and moments["step"].dtype == torch.float32
+
+    _adam_step(conv, adam, seed=2)  # equals the run that kept going as it was
+    _adam_step(gpu_conv, gpu_adam, seed=2)
+    torch.testing.assert_close(conv.weight, gpu_conv.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(conv.bias, gpu_conv.bias, rtol=1e-6, atol=1e-7)
