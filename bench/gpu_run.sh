@@ -57,7 +57,7 @@ export TORCHINDUCTOR_CACHE_DIR=$SCRATCH/inductor
   echo "cc: $(command -v cc || command -v gcc || echo none)"
   "$PY" -c "import os, sysconfig; h = sysconfig.get_paths()['include'] + '/Python.h'; print('Python.h', os.path.exists(h))"
   # SpikingJelly's float16 kernels include cuda_fp16.h through NVRTC (dvsgkit's include nothing)
-  "$PY" -c "import cupy; cupy.RawKernel('#include <cuda_fp16.h>\nextern \"C\" __global__ void k(){}', 'k').compile(); print('NVRTC cuda_fp16.h: ok')" 2>&1 | tail -n 1
+  "$PY" -c "import cupy; cupy.RawModule(code='#include <cuda_fp16.h>\nextern \"C\" __global__ void k(){}').get_function('k'); print('NVRTC cuda_fp16.h: ok')" 2>&1 | tail -n 1
   nproc
 } >"$OUT/env.txt" 2>&1
 # module:wheel name prefix; a module that imports already is left as the machine has it
