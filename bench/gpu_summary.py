@@ -45,7 +45,13 @@ def tests(path: Path) -> dict[str, Any] | None:
 
 
 def by_name(results: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    return {r["name"]: r for r in results or [] if "error" not in r}
+    """The results that measured what their name says (no error; a "compiled" network that ran
+    eagerly, where it could not compile, is left out)."""
+    return {
+        r["name"]: r
+        for r in results or []
+        if "error" not in r and (r.get("compiled_steps", True) or "compiled" not in r["name"])
+    }
 
 
 def ratios(step: dict | None, epochs: dict | None) -> dict[str, float]:
