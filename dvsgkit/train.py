@@ -32,7 +32,7 @@ from dvsgkit.objective import new_sums, score_batch
 from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file
 from dvsgkit.run.checkpoint import load_state, load_weights, new_checkpoint, save_atomic
 from dvsgkit.run.metrics import append_metrics, truncate_metrics
-from dvsgkit.run.prepare import prepare_run, run_lock
+from dvsgkit.run.prepare import check_unchanged, latest_stamp, prepare_run, run_lock
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
 from dvsgkit.run.rng import RngState, seed_everything
 from dvsgkit.run.writes import run_writes
@@ -235,9 +235,10 @@ def train(
     device = _check_runtime(config)
     d, device = init_distributed(device)
     writer = None  # TensorBoard's, on the main process when installed
-    held = contextlib.ExitStack()  # the run directory's lock, on the main process
+    held = contextlib.ExitStack()  # the run directory's lock and TensorBoard's writer
     try:
         run_dir, ckpt = prepare_run(config, resume)
+        stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
         store, provenance = _frame_store(config, d)
         notes = []  # printed once the run directory is announced
         if ckpt is not None:
@@ -274,14 +275,15 @@ def train(
             with run_writes(run_dir, run_dir / LATEST):
                 run_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(run_lock(run_dir))  # one process trains here at a time
-            if ckpt is None:  # a run made there while this one was prepared is refused too
-                prepare_run(config, None)
+            check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
             with run_writes(run_dir, run_dir / LATEST):
                 remove_dead_temps(run_dir)  # checkpoint writes of a killed run
                 config.save_json(run_dir / CONFIG)
                 notes.append(record_frames(run_dir, provenance, start_epoch))
                 truncate_metrics(run_dir, start_epoch - 1)
                 writer = _tensorboard(run_dir, start_epoch)
+                if writer is not None:  # flushed on errors too, before the lock goes
+                    held.callback(writer.close)
             print(f"run directory: {run_dir}  (frames: {store}, {d.world_size} process(es))")
             for note in filter(None, notes):
                 print(note)
@@ -344,10 +346,10 @@ def train(
                     _write_epoch(run_dir, checkpoint, record, best, writer)
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:
-        if writer is not None:  # flushed on errors too
-            writer.close()
-        held.close()
-        close_distributed(d)
+        try:
+            held.close()  # TensorBoard's writer, then the run directory's lock
+        finally:
+            close_distributed(d)
 
 
 def _tensorboard(run_dir: Path, start_epoch: int) -> Any:

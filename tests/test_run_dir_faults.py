@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,24 @@ def test_a_run_made_while_this_one_was_prepared_is_refused(
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config)
     assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0]  # the first run's epoch
+
+
+def test_a_run_resumed_twice_at_once_trains_once(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two resumes of one run start together from epoch 0; the first trains epoch 1 and finishes
+    # before the second takes the lock. The second must refuse, not train epoch 1 again over it.
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
+    run_dir = train(config).run_dir
+    lock = tr.run_lock
+
+    def the_other_resume_finishes_first(where: Path):  # noqa: ANN202
+        monkeypatch.setattr(tr, "run_lock", lock)
+        train(replace(config, epochs=2), resume=run_dir)
+        return lock(where)
+
+    monkeypatch.setattr(tr, "run_lock", the_other_resume_finishes_first)
+    with pytest.raises(ValueError, match="another process trained in .* while this run was start"):
+        train(replace(config, epochs=3), resume=run_dir)
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+    assert load_checkpoint(run_dir / LATEST)["epoch"] == 1

@@ -62,10 +62,35 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold run_dir's lock while training there: a second process that would train in the same
     directory (the same recipe started twice, or a run resumed twice) is refused at once with
     LockTimeout naming the holder, instead of both writing its checkpoints and metrics. A lock
-    whose holder died is taken over. run_dir must exist. A fresh run should call prepare_run
-    again under it: a run made meanwhile is then refused."""
+    whose holder died is taken over. run_dir must exist. Under it, `check_unchanged` refuses a
+    run that another process trained in run_dir while this one was being prepared."""
     with build_lock(run_dir / RUN_LOCK, timeout=0, what=f"the run in {run_dir}", doing="training"):
         yield
+
+
+def latest_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of run_dir's latest checkpoint, or None when it has none: taken when
+    a run is prepared, and compared by `check_unchanged` once the run lock is held."""
+    try:
+        st = (run_dir / LATEST).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def check_unchanged(
+    config: TrainConfig, run_dir: Path, stamp: tuple[int, int] | None, resumed: bool
+) -> None:
+    """Under run_lock: refuse, as prepare_run would, when another process has trained in run_dir
+    since `stamp` was taken (it finished before this one got the lock)."""
+    if latest_stamp(run_dir) == stamp:
+        return
+    if not resumed:
+        prepare_run(config, None)  # raises: the directory holds a run now
+    raise ValueError(
+        f"another process trained in {run_dir} while this run was starting "
+        f"({_progress(run_dir)}); resume from there with --resume {run_dir / LATEST}"
+    )
 
 
 def _progress(run_dir: Path) -> str:

@@ -4,8 +4,9 @@ holds it.
 The failure this prevents: an flock belongs to the open file, so a forked worker that inherits
 the descriptor keeps the lock held after its parent is killed, and every later build waited
 forever without a word. Here the descriptor is closed in every forked child, the lock file holds
-the holder's pid, a waiting build names it and gives up after a bounded time, and a lock whose
-recorded holder is dead (its descriptor kept by orphans) is taken over.
+the holder's pid and host, a waiting build names it and gives up after a bounded time, and a lock
+whose recorded holder is dead (its descriptor kept by orphans) is taken over. A holder on another
+host (or container) sharing the folder is never taken over: its pid cannot be checked from here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from dvsgkit.io.atomic import pid_alive
 from dvsgkit.store.errors import LockTimeout
@@ -39,17 +42,48 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _read_holder(fd: int) -> int | None:
+class Holder(NamedTuple):
+    """Who holds a lock, as its file says: "PID HOST" (files of older versions: "PID")."""
+
+    pid: int
+    host: str | None
+
+    @property
+    def elsewhere(self) -> bool:
+        """Held from another machine or container sharing the folder: its pid means nothing
+        here, so it can be neither checked nor taken over."""
+        return self.host is not None and self.host != socket.gethostname()
+
+    def dead(self) -> bool:
+        """Its process has ended (known only for a holder on this machine)."""
+        return not self.elsewhere and not pid_alive(self.pid)
+
+
+def _read_holder(fd: int) -> Holder | None:
     try:
-        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        words = os.pread(fd, 320, 0).decode("utf-8", "replace").split()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not words or not words[0].isdigit():
+        return None
+    return Holder(int(words[0]), words[1] if len(words) > 1 else None)
 
 
 def _write_holder(fd: int) -> None:
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+
+
+def _describe(holder: Holder | None) -> tuple[str, str]:
+    """('process P [on HOST]', what to do about it) for messages."""
+    if holder is None:
+        return "another process", "let it finish, or stop it and rerun"
+    if holder.elsewhere:
+        return (
+            f"process {holder.pid} on {holder.host}",
+            f"let it finish, or stop it on {holder.host} and rerun",
+        )
+    return f"process {holder.pid}", f"let it finish, or stop it (kill {holder.pid}) and rerun"
 
 
 def _try_lock(fd: int) -> bool:
@@ -81,7 +115,7 @@ def _take_over(path: Path) -> int | None:
         holder = _read_holder(fd)
         if _try_lock(fd):  # released meanwhile: an ordinary acquisition
             return fd
-        if holder is None or pid_alive(holder):
+        if holder is None or not holder.dead():
             os.close(fd)
             return None
         os.close(fd)
@@ -123,7 +157,7 @@ def build_lock(
             continue
         holder = _read_holder(fd)
         os.close(fd)
-        if holder is not None and not pid_alive(holder):
+        if holder is not None and holder.dead():
             fd = _take_over(path)
             if fd is not None and _same_file(fd, path):
                 break
@@ -133,8 +167,7 @@ def build_lock(
         if holder is None and time.monotonic() < start + PID_GRACE:
             time.sleep(poll)  # a holder writes its pid just after taking the lock
             continue
-        who = f"process {holder}" if holder is not None else "another process"
-        fix = f"let it finish, or stop it (kill {holder or '<pid>'}) and rerun"
+        who, fix = _describe(holder)
         if timeout <= 0:
             raise LockTimeout(f"{who} is {doing} {what} (it holds {path}); {fix}")
         if time.monotonic() >= deadline:

@@ -80,7 +80,7 @@ def _adam_step(conv: torch.nn.Conv2d, optimizer: torch.optim.Optimizer, seed: in
     optimizer.step()
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["cpu-plain", "gpu-no-channels-last"])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain-target", "fused-contiguous-target"])
 def test_a_resumed_optimizer_runs_as_this_machine_says_on_its_parameters_layout(fused) -> None:
     # A GPU run's checkpoint: channels_last weights, fused Adam. Resumed on a CPU (plain Adam) or
     # with contiguous weights (fused Adam), torch alone would keep the saved fused=True and the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_run_lock_admits_one_process_per_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with run_lock(run_dir):
-        assert (run_dir / RUN_LOCK).read_text().strip() == str(os.getpid())
+        assert (run_dir / RUN_LOCK).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
         busy = rf"process {os.getpid()} is training the run in"
         with pytest.raises(LockTimeout, match=busy), run_lock(run_dir):  # refused, no waiting
             pytest.fail("two holders of one run directory")

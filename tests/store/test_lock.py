@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -175,7 +176,7 @@ def test_a_waiting_build_names_the_holder_and_gives_up(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     with build_lock(lock, timeout=5):  # released with its holder's death
-        assert lock.read_text().strip() == str(os.getpid())
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
 
 
 ORPHAN = textwrap.dedent(
@@ -209,7 +210,7 @@ def test_a_lock_whose_holder_died_is_taken_over_from_its_orphans(tmp_path: Path)
         assert alive(orphan)
         start = time.monotonic()
         with build_lock(lock, timeout=2):
-            assert lock.read_text().strip() == str(os.getpid()) != str(dead)
+            assert lock.read_text().split()[0] == str(os.getpid()) != str(dead)
         assert time.monotonic() - start < 2
     finally:
         os.kill(orphan, signal.SIGKILL)
@@ -231,4 +232,34 @@ def test_a_lock_whose_holder_cannot_be_written_is_released(
     assert err.value.filename == str(lock)
     monkeypatch.undo()
     with build_lock(lock, timeout=0):  # free: nothing kept it
-        assert lock.read_text().strip() == str(os.getpid())
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+
+
+# Holds the flock of argv[1] and records a holder on another host, as a build or training run in
+# another container or on another machine sharing the folder would.
+ELSEWHERE = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"4000000 other-host\\n")  # a pid that is no process here
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_held_from_another_host_is_never_taken_over(tmp_path: Path) -> None:
+    lock = tmp_path / "train.lock"
+    holder = subprocess.Popen([sys.executable, "-c", ELSEWHERE, str(lock)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(LockTimeout) as err, build_lock(lock, timeout=0.5, what="it"):
+            pytest.fail("took over a lock whose holder cannot be checked from here")
+        message = str(err.value)
+        assert "held by process 4000000 on other-host" in message, message
+        assert "stop it on other-host" in message and "kill" not in message
+        assert lock.read_text() == "4000000 other-host\n"  # not replaced
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
