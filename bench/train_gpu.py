@@ -107,9 +107,8 @@ def main() -> int:
         common += ["--device", "cpu", "--channels", "4", "-b", "4"]
     jobs = JOBS[: args.jobs]
     results: list[dict[str, Any]] = []
-    for i, ((name, options), out_dir) in enumerate(
-        zip(jobs, job_dirs(args.out, jobs), strict=True)
-    ):
+    dirs = job_dirs(args.out, jobs)
+    for i, ((name, options), out_dir) in enumerate(zip(jobs, dirs, strict=True)):
         if args.dry_run:
             options = [o for o in options if o not in ("--cupy", "--amp", "--fused")]
         timeout = job_timeout(args.job_timeout, args.deadline, len(jobs) - i)

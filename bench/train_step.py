@@ -160,8 +160,9 @@ def measure(name: str, spec: dict, batch: tuple, args: argparse.Namespace,
     torch.manual_seed(0)
     begin = time.perf_counter()
     step, net = build(spec, args.channels, args.amp, device)
-    compiled = bool(spec.get("dvsgkit", {}).get("compile_steps")) and net._compiles_steps(batch[0])
-    if cuda and spec.get("dvsgkit", {}).get("compile_steps") and not compiled:
+    wants_compiled = bool(spec.get("dvsgkit", {}).get("compile_steps"))
+    compiled = wants_compiled and net._compiles_steps(batch[0])
+    if cuda and wants_compiled and not compiled:
         raise RuntimeError("the compiled time step cannot run here (no Triton?): not measured")
     for _ in range(args.warmup):
         step(*batch)
@@ -234,6 +235,10 @@ def main() -> int:
     if args.resume and args.json.exists():
         results = json.loads(args.json.read_text())["results"]
     done = {r["name"] for r in results}
+
+    def save() -> None:  # after every network: a time limit keeps what finished
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+
     wanted = [w for w in args.only.split(",") if w]
     for name, spec in networks(device.type == "cuda"):
         if name in done or (wanted and not any(w in name for w in wanted)):
@@ -248,10 +253,10 @@ def main() -> int:
             print(f"{name} FAILED: {type(exc).__name__}: {exc}", flush=True)
             results.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
             if not context_usable(device):
-                args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+                save()
                 print(f"{name} broke the CUDA context; rerun with --continue", flush=True)
                 return 3
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        save()
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -275,8 +275,7 @@ def train(
             with run_writes(run_dir, run_dir / LATEST):
                 run_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(run_lock(run_dir))  # one process trains here at a time
-            check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
-            with run_writes(run_dir, run_dir / LATEST):
+                check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
                 remove_dead_temps(run_dir)  # checkpoint writes of a killed run
                 config.save_json(run_dir / CONFIG)
                 notes.append(record_frames(run_dir, provenance, start_epoch))

@@ -161,24 +161,16 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
             f"{path}: its {key!r} state does not fit this run ({_kind(exc)}: {first}); use "
             "another checkpoint of the run"
         ) from exc
-    if isinstance(part, torch.optim.Optimizer):  # torch loads any shapes; step() would fail
-        for group in part.param_groups:
-            for param in group["params"]:
-                for name, value in part.state.get(param, {}).items():
-                    tensor = isinstance(value, torch.Tensor) and value.dim() > 0
-                    if tensor and value.shape != param.shape:
-                        raise ValueError(
-                            f"{path}: its {key!r} state does not fit this run: {name} has shape "
-                            f"{_shape(value)} for a parameter of shape {_shape(param)}"
-                        )
-        _fit_optimizer_state(part, execution)
+    if isinstance(part, torch.optim.Optimizer):
+        _fit_optimizer_state(part, execution, f"{path}: its {key!r} state does not fit this run")
 
 
-def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict]) -> None:
-    """After load_state_dict: put back this optimizer's execution options, give each per-element
-    state tensor its parameter's strides (torch moves them keeping the saved ones: a channels_last
-    run's moments would pair with a contiguous parameter element by memory, not by index) and
-    put `step` where the optimizer's kernels read it (fused: float32 beside the parameter)."""
+def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict], bad: str) -> None:
+    """After load_state_dict: check each per-element state tensor's shape (torch loads any;
+    step() would fail: ValueError starting with `bad`), give it its parameter's strides (torch
+    moves it keeping the saved ones: a channels_last run's moments would pair with a contiguous
+    parameter element by memory, not by index), put `step` where the optimizer's kernels read it
+    (fused: float32 beside the parameter) and put back this optimizer's execution options."""
     for group, options in zip(optimizer.param_groups, execution, strict=True):
         group.update(options)
         fused = bool(group.get("fused")) or bool(group.get("capturable"))
@@ -187,6 +179,11 @@ def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict]
             for name, value in state.items():
                 if not isinstance(value, torch.Tensor):
                     continue
+                if value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"{bad}: {name} has shape {_shape(value)} for a parameter of shape "
+                        f"{_shape(param)}"
+                    )
                 if value.dim() > 0 and value.stride() != param.stride():
                     state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
                 elif name == "step" and value.dim() == 0:

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dvsgkit.store.errors import LockTimeout
-
 
 class RunWriteError(OSError):
     """A file of the run directory could not be written (disk full, read-only, ...). The message
@@ -37,9 +35,11 @@ def run_writes(run_dir: Path, resume_from: Path | None) -> Iterator[None]:
     file and the cause, and the checkpoint to resume from (`resume_from`, when one exists)."""
     try:
         yield
-    except (RunWriteError, LockTimeout):  # a held lock is no failed write
+    except RunWriteError:
         raise
     except OSError as exc:
+        if exc.errno is None:  # no failed write (a run lock held by another process, say)
+            raise
         where = exc.filename or run_dir
         cause = exc.strerror or str(exc) or type(exc).__name__
         fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
