@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,19 +79,12 @@ def swap_in(tmp: Path, target: Path) -> None:
         remove_tree(old)
 
 
-def remove_tree(path: Path, patience: float = 0.0) -> None:
-    """Delete a temporary folder (or file, or link) for good. With `patience` (seconds), delete
-    again while something comes back: a writer still finishing in another thread may recreate
-    folders that have just been removed."""
-    deadline = time.monotonic() + patience
-    while True:
-        if path.is_symlink() or path.is_file():
-            path.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path) or time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
+def remove_tree(path: Path) -> None:
+    """Delete a temporary folder (or file, or link)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -258,12 +259,27 @@ def make_frame_store(
                     "'dvsgkit events' of this root?); no store was written: rerun"
                 )
             swap_in(tmp, target)  # an old store is moved aside, then deleted
+        except BaseException:
+            _wait_for_zarr_writes()  # those would recreate folders in `tmp` once it is removed
+            raise
         finally:
-            # Gone already after a successful swap. After a failed write zarr's IO loop may still
-            # be finishing the other chunks of that write, and recreate folders that were just
-            # removed: delete again until nothing comes back.
-            remove_tree(tmp, patience=2.0)
+            remove_tree(tmp)  # gone already after a successful swap
     return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
+
+
+def _wait_for_zarr_writes(timeout: float = 10.0) -> None:
+    """Wait (at most `timeout` seconds) until zarr's IO thread has no write left in flight.
+    zarr-python 3 writes the chunks of one assignment, and the metadata files of one array or
+    group, concurrently, and raises at the first that fails (a full disk) while the others go
+    on in its IO thread."""
+    from zarr.core.sync import sync  # runs a coroutine on that thread's event loop
+
+    async def the_others() -> None:
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    sync(the_others())
 
 
 def _write_store(

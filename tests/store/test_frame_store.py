@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -16,6 +19,7 @@ import zarr
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.frames import integrate
 from dvsgkit.store import frames as store
+from dvsgkit.store.errors import StoreWriteError
 from dvsgkit.store.event_cache import EventCache
 from dvsgkit.store.events import build_event_cache
 from dvsgkit.store.frame_open import open_frame_store
@@ -179,6 +183,41 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
         build_frame_store(root, T, workers=1, progress=False)
     assert zarr.open_group(path, mode="r").attrs["build_id"] == built
     assert open_frame_store(path, "train")["frames"].shape[0] == 3
+
+
+@pytest.mark.parametrize("fails", ["metadata", "chunk"])
+def test_a_failed_write_removes_the_store_after_zarrs_other_writes_have_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """zarr writes an array's metadata files, and the chunks of one assignment, concurrently.
+    One fails at once (a full disk), the others are slow: they must not recreate files after
+    the build has removed its folder."""
+    root = hand_made_root(tmp_path)
+    real_set, in_flight, failed = zarr.storage.LocalStore.set, [], []
+
+    def metadata(key: str) -> bool:
+        return key.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup", "zarr.json")
+
+    async def slow_disk(self: zarr.storage.LocalStore, key: str, value: object) -> None:
+        path = (self.root / key).as_posix()  # a block's chunks go through the array's own store
+        if "/train/frames/" not in path or metadata(key) != (fails == "metadata"):
+            return await real_set(self, key, value)
+        if not failed:
+            failed.append(key)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        in_flight.append(key)
+        await asyncio.sleep(0.3)
+        await real_set(self, key, value)
+        in_flight.remove(key)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", slow_disk)
+    with pytest.raises(StoreWriteError, match="no space left on device"):
+        build_frame_store(root, T, workers=1, progress=False)
+    assert failed and in_flight == []  # nothing was still writing when the build gave up
+    time.sleep(0.5)
+    assert [p.name for p in root.iterdir() if "frames" in p.name] == [
+        f".{frame_store_path(root, T, 'number').name}.lock"
+    ]
 
 
 def test_event_cache_replaced_during_the_build_leaves_no_store(
