@@ -173,6 +173,7 @@ def train(
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
     from dvsgkit.device import default_device
+    from dvsgkit.distributed import JobStopped
     from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
     from dvsgkit.train import train as run_training
 
@@ -180,7 +181,7 @@ def train(
         raise click.UsageError("--allow-new-store applies to --resume only")
     # OSError: a missing file, a full or read-only disk (the run directory's: RunWriteError)
     expected = (ValueError, OSError)
-    with user_errors(*expected, CupyUnavailableError, CupyKernelError):
+    with user_errors(*expected, CupyUnavailableError, CupyKernelError, JobStopped):
         config = TrainConfig(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +52,36 @@ def close_distributed(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def barrier(d: Dist) -> None:
-    if d.world_size > 1:
-        dist.barrier()
+class JobStopped(RuntimeError):
+    """Another process of this job failed; this one stops with it."""
+
+
+@contextlib.contextmanager
+def together(d: Dist, device: torch.device) -> Iterator[None]:
+    """Every rank runs the block and leaves it together: when it raised on any rank (the run
+    directory's checks and writes, which rank 0 alone makes, say), the others raise JobStopped
+    instead of failing in their next collective with a traceback (gloo) or waiting there until
+    its timeout (NCCL). torchrun would stop them; other launchers (srun, mpirun) do not. The
+    block must make no collective itself."""
+    if d.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        _any_failed(device, failed=True)
+        raise
+    if _any_failed(device, failed=False):
+        raise JobStopped(
+            "another process of this job failed (its error, on rank 0 for the run directory and "
+            "the frame store, says why); this one stops too"
+        )
+
+
+def _any_failed(device: torch.device, failed: bool) -> bool:
+    flag = torch.tensor([int(failed)], device=device)  # NCCL reduces CUDA tensors, gloo CPU ones
+    dist.all_reduce(flag)
+    return bool(flag.item())
 
 
 def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:

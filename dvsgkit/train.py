@@ -20,11 +20,11 @@ from dvsgkit.device import parse_device
 from dvsgkit.distributed import (
     Dist,
     all_sum,
-    barrier,
     close_distributed,
     gather_rng,
     init_distributed,
     sync_buffers,
+    together,
 )
 from dvsgkit.io.atomic import remove_dead_temps
 from dvsgkit.model import GestureNet
@@ -101,17 +101,10 @@ def build_optim(
     return optimizer, scheduler
 
 
-def _frame_store(config: TrainConfig, d: Dist) -> tuple[Path, dict[str, Any]]:
-    """Build the frame store if missing (rank 0 only; the others wait); return it and its
-    provenance. A store at that path made with another T is refused by build_frame_store."""
-    root = Path(config.root)
-    if d.main:
-        workers = max(config.workers, 1)
-        build_frame_store(
-            root, config.T, config.split_by, workers=workers, progress=config.progress
-        )
-    barrier(d)
-    store = frame_store_path(root, config.T, config.split_by)
+def _frame_store(config: TrainConfig) -> tuple[Path, dict[str, Any]]:
+    """The frame store (built by rank 0 before) and its provenance. A store at that path made
+    with another T is refused by build_frame_store."""
+    store = frame_store_path(Path(config.root), config.T, config.split_by)
     attrs = dict(open_frame_store(store).attrs)
     if attrs.get("T") != config.T or attrs.get("split_by") != config.split_by:
         raise ValueError(
@@ -237,52 +230,68 @@ def train(
     writer = None  # TensorBoard's, on the main process when installed
     held = contextlib.ExitStack()  # the run directory's lock and TensorBoard's writer
     try:
-        run_dir, ckpt = prepare_run(config, resume)
-        stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
-        store, provenance = _frame_store(config, d)
-        notes = []  # printed once the run directory is announced
-        if ckpt is not None:
-            source = checkpoint_file(resume)
-            notes = check_resume_frames(ckpt.get("frames"), provenance, source, allow_new_store)
-        net = _build_net(config, device, d)
-        optimizer, scheduler = build_optim(config, net.parameters(), device)
-        scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
-        parts = {"net": net, "optimizer": optimizer, "lr_scheduler": scheduler, "scaler": scaler}
-        start_epoch, max_test_acc = 0, 0.0
-        if ckpt is not None:
-            _restore(ckpt, parts, d, resume)
-            start_epoch, max_test_acc = ckpt["epoch"] + 1, float(ckpt["max_test_acc"])
+        # Each block ends on every rank together, so that a failure on one (rank 0's checks and
+        # writes) stops the others too; see `together`.
+        with together(d, device):
+            run_dir, ckpt = prepare_run(config, resume)
+            stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
+            if d.main:  # build the frame store if missing; the others wait
+                workers = max(config.workers, 1)
+                build_frame_store(
+                    config.root, config.T, config.split_by, workers=workers,
+                    progress=config.progress,
+                )  # fmt: skip
+        with together(d, device):
+            store, provenance = _frame_store(config)
+            notes = []  # printed once the run directory is announced
+            if ckpt is not None:
+                source = checkpoint_file(resume)
+                notes = check_resume_frames(ckpt.get("frames"), provenance, source, allow_new_store)
+            net = _build_net(config, device, d)
+            optimizer, scheduler = build_optim(config, net.parameters(), device)
+            scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+            parts = {
+                "net": net,
+                "optimizer": optimizer,
+                "lr_scheduler": scheduler,
+                "scaler": scaler,
+            }
+            start_epoch, max_test_acc = 0, 0.0
+            if ckpt is not None:
+                _restore(ckpt, parts, d, resume)
+                start_epoch, max_test_acc = ckpt["epoch"] + 1, float(ckpt["max_test_acc"])
+
+            loader_args = {"device": device, "seed": config.seed, "workers": config.workers}
+            train_loader = make_loader(
+                store, "train", config.batch_size, shuffle=True, drop_last=True,
+                rank=d.rank, world_size=d.world_size, **loader_args,
+            )  # fmt: skip
+            test_loader = make_loader(
+                store, "test", config.batch_size, shuffle=False, drop_last=False, **loader_args
+            )
+            if len(train_loader) == 0:
+                raise ValueError(
+                    f"{store} has {train_loader.num_samples} training samples per process, fewer "
+                    f"than one batch of {config.batch_size}; lower --batch-size"
+                )
+
+            if d.main:  # nothing is written before every check above has passed
+                with run_writes(run_dir, run_dir / LATEST):
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(run_lock(run_dir))  # one process trains here at a time
+                    check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
+                    remove_dead_temps(run_dir)  # checkpoint writes of a killed run
+                    config.save_json(run_dir / CONFIG)
+                    notes.append(record_frames(run_dir, provenance, start_epoch))
+                    truncate_metrics(run_dir, start_epoch - 1)
+                    writer = _tensorboard(run_dir, start_epoch)
+                    if writer is not None:  # flushed on errors too, before the lock goes
+                        held.callback(writer.close)
         model = net
-        if d.world_size > 1:
+        if d.world_size > 1:  # (a collective: after the blocks above)
             ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-
-        loader_args = {"device": device, "seed": config.seed, "workers": config.workers}
-        train_loader = make_loader(
-            store, "train", config.batch_size, shuffle=True, drop_last=True,
-            rank=d.rank, world_size=d.world_size, **loader_args,
-        )  # fmt: skip
-        test_loader = make_loader(
-            store, "test", config.batch_size, shuffle=False, drop_last=False, **loader_args
-        )
-        if len(train_loader) == 0:
-            raise ValueError(
-                f"{store} has {train_loader.num_samples} training samples per process, fewer than "
-                f"one batch of {config.batch_size}; lower --batch-size"
-            )
-
-        if d.main:  # nothing is written before every check above has passed
-            with run_writes(run_dir, run_dir / LATEST):
-                run_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(run_lock(run_dir))  # one process trains here at a time
-                check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
-                remove_dead_temps(run_dir)  # checkpoint writes of a killed run
-                config.save_json(run_dir / CONFIG)
-                notes.append(record_frames(run_dir, provenance, start_epoch))
-                truncate_metrics(run_dir, start_epoch - 1)
-                writer = _tensorboard(run_dir, start_epoch)
-                if writer is not None:  # flushed on errors too, before the lock goes
-                    held.callback(writer.close)
+        if d.main:
             print(f"run directory: {run_dir}  (frames: {store}, {d.world_size} process(es))")
             for note in filter(None, notes):
                 print(note)
@@ -328,21 +337,22 @@ def train(
             }
             if config.neuron == "plif":  # the learned membrane time constants, 1 + exp(-w)
                 record["tau"] = net.learned_taus()
-            if d.main:
-                # The first epoch always makes checkpoint_max.pth, even at 0 % (nothing beats
-                # the initial 0): evaluate and the demo expect it after any run.
-                best = best or not (run_dir / BEST).exists()
-                checkpoint = new_checkpoint(
-                    parts,
-                    epoch=epoch,
-                    max_test_acc=max_test_acc,
-                    rng=states,
-                    config=config.to_dict(),
-                    world_size=d.world_size,
-                    frames=provenance,
-                )
-                with run_writes(run_dir, run_dir / LATEST):
-                    _write_epoch(run_dir, checkpoint, record, best, writer)
+            with together(d, device):  # a full disk on rank 0 stops every rank
+                if d.main:
+                    # The first epoch always makes checkpoint_max.pth, even at 0 % (nothing
+                    # beats the initial 0): evaluate and the demo expect it after any run.
+                    best = best or not (run_dir / BEST).exists()
+                    checkpoint = new_checkpoint(
+                        parts,
+                        epoch=epoch,
+                        max_test_acc=max_test_acc,
+                        rng=states,
+                        config=config.to_dict(),
+                        world_size=d.world_size,
+                        frames=provenance,
+                    )
+                    with run_writes(run_dir, run_dir / LATEST):
+                        _write_epoch(run_dir, checkpoint, record, best, writer)
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:
         try:

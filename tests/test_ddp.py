@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvsgkit.run import BEST, LATEST
+from dvsgkit.run import BEST, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import load_checkpoint
 from dvsgkit.run.metrics import read_metrics
 from dvsgkit.store.frames import build_frame_store
+from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 
 # Runs in each torchrun process: records what the train loader served and the final weights,
@@ -99,3 +101,46 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert latest["world_size"] == 2 and len(latest["rng"]) == 2 and (run_dirs[0] / BEST).exists()
     for key, value in latest["net"].items():
         assert torch.equal(value, nets[0][key]), key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_refusal_on_rank_0_stops_every_rank_under_any_launcher(
+    frame_root: Path, tmp_path: Path
+) -> None:
+    """Two processes started as srun or mpirun would (no torchrun agent to stop the others):
+    rank 0 alone refuses the run directory, which another process is training in. Rank 1 must
+    stop too, with one line: not a traceback when rank 0's connection closes (gloo), nor a wait
+    in its first all-reduce until the timeout (NCCL)."""
+    args = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "1", "-j", "0"]
+    args += ["--device", "cpu", "--root", str(frame_root), "--out-dir", str(tmp_path)]
+    run_dir = tmp_path / "T_4_b_4_c_4_adam_lr_0.001_cosalr_32"
+    run_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    with build_lock(run_dir / RUN_LOCK, timeout=0):  # this test process trains there
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", "from dvsgkit_cli.main import main; main()", *args],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for rank in (0, 1)
+        ]
+        try:
+            outs = [p.communicate(timeout=120)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert f"Error: process {os.getpid()} is training the run in {run_dir}" in outs[0], outs[0]
+    assert "Error: another process of this job failed" in outs[1], outs[1]
+    assert "Traceback" not in outs[0] + outs[1]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing written
