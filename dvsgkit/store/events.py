@@ -3,6 +3,7 @@ written in order by this one; a current cache is left as it is."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -15,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import BUILD_WORKERS, SENSOR_SIZE, SPLITS, TRIALS_FILES
-from dvsgkit.io.atomic import pid_alive
 from dvsgkit.samples import (
     CutBuffers,
     Recording,
@@ -28,6 +28,7 @@ from dvsgkit.store.event_cache import recorded_sources
 from dvsgkit.store.event_layout import FIELDS, STORED_DTYPES, event_cache_path
 from dvsgkit.store.event_pool import WorkerPool
 from dvsgkit.store.event_writer import CacheWriter, RecordingSamples
+from dvsgkit.store.lock import build_lock, to_stderr
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
@@ -138,14 +139,11 @@ def _results(
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Remove the partial files and spool folders of builds that were killed (their process is
-    gone): the next run starts clean. Those of a build still running are left alone."""
+    """Remove the partial files and spool folders that killed builds left. Called under the
+    build lock: every other build waits for it, so whatever is there is a leftover (of this
+    machine or of another sharing the folder)."""
     for path in out.parent.glob(f"{out.name}.*"):
-        owner = path.name.rsplit("-", 1)[-1]
-        if path.suffix.startswith((".partial", ".spool")) and owner.isdigit():
-            if pid_alive(int(owner)):
-                continue  # still being written
-        elif path.name not in (f"{out.name}.partial", f"{out.name}.spool"):
+        if not path.name[len(out.name) :].startswith((".partial", ".spool")):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -194,7 +192,8 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
     `events.h5.partial-<pid>` and renamed only when complete, so an error (named file and byte
     offset or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A
     complete cache whose sources are unchanged (names, sizes, modification times) is returned
-    as it is.
+    as it is. Two builds of one root are serialised by ROOT/.events.h5.lock: the second waits
+    (saying for whom, on stderr) and then finds the cache up to date.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -215,12 +214,48 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
         return out
     # Names unique to this process, so that two builds of one root cannot trip over each other.
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
+    with _event_lock(out):
+        # Another build may have finished while this one waited for the lock.
+        if out.exists() and _up_to_date(out, folder, recordings):
+            return out
+        _discard(out)  # stale: never leave a cache disagreeing with its sources
+        _remove_leftovers(out)
+        _build(out, partial, recordings, folder, root, workers, progress)
+    return out
+
+
+@contextlib.contextmanager
+def _event_lock(out: Path) -> Iterator[None]:
+    """Hold the build lock of `out` (`.events.h5.lock`): a second build of the same root waits
+    for the first, saying so, and then finds the cache up to date. A full disk that fails the
+    lock file's write gives one StorageError line."""
+    lock = out.with_name(f".{out.name}.lock")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(build_lock(lock, what=str(out), notify=to_stderr))
+        except OSError as exc:
+            error = space.storage_error(exc, lock, "write", SPACE_FIX)
+            if error is None:
+                raise
+            raise error from exc
+        yield
+
+
+def _build(
+    out: Path,
+    partial: Path,
+    recordings: list[Recording],
+    folder: Path,
+    root: Path,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Write `partial` from `recordings` and rename it to `out`; on any error or signal, remove
+    it and any spool folder."""
     spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
     ahead = workers + 1  # jobs submitted and not yet written
     pooled = min(workers, len(recordings)) > 1
-    space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
-    _discard(out)  # stale: never leave a cache disagreeing with its sources
-    _remove_leftovers(out)
     space.require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out,
                        SPACE_FIX)  # fmt: skip
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
@@ -254,7 +289,6 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
                 if isinstance(slot, int):
                     os.close(slot)
             shutil.rmtree(spool, ignore_errors=True)
-    return out
 
 
 def _write(

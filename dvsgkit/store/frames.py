@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +37,7 @@ from dvsgkit.store.frame_layout import (
     frame_store_path,
 )
 from dvsgkit.store.frame_open import store_status
-from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock
+from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock, to_stderr
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.workers import die_with_parent, pool_context
@@ -239,7 +238,7 @@ def make_frame_store(
         return FrameBuild(target, "up to date")
     with writing(target), build_lock(
         root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
-        notify=lambda line: print(line, file=sys.stderr, flush=True),
+        notify=to_stderr,
     ):  # fmt: skip
         # Another build may have finished while this one waited for the lock.
         if store_status(target, T, split_by, checksum)[0] == "current":
@@ -267,17 +266,15 @@ def make_frame_store(
     return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
 
 
-def _wait_for_zarr_writes(timeout: float = 10.0) -> None:
-    """Wait (at most `timeout` seconds) until zarr's IO thread has no write left in flight.
-    zarr-python 3 writes the chunks of one assignment, and the metadata files of one array or
-    group, concurrently, and raises at the first that fails (a full disk) while the others go
-    on in its IO thread."""
+def _wait_for_zarr_writes() -> None:
+    """Wait until zarr's IO thread has no write left in flight. zarr-python 3 writes the chunks
+    of one assignment, and the metadata files of one array or group, concurrently, and raises at
+    the first that fails (a full disk) while the others go on in its IO thread."""
     from zarr.core.sync import sync  # runs a coroutine on that thread's event loop
 
     async def the_others() -> None:
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        if others:
-            await asyncio.wait(others, timeout=timeout)
+        while others := asyncio.all_tasks() - {asyncio.current_task()}:
+            await asyncio.wait(others)
 
     sync(the_others())
 

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +60,11 @@ class Holder(NamedTuple):
         return not self.elsewhere and not pid_alive(self.pid)
 
 
+def to_stderr(line: str) -> None:
+    """A `notify` for build_lock: the line on stderr, at once."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _read_holder(fd: int) -> Holder | None:
     try:
         words = os.pread(fd, 320, 0).decode("utf-8", "replace").split()
@@ -69,9 +75,16 @@ def _read_holder(fd: int) -> Holder | None:
     return Holder(int(words[0]), words[1] if len(words) > 1 else None)
 
 
-def _write_holder(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+def _write_holder(fd: int, path: Path) -> None:
+    """Record this process in the lock file `fd` (`path`). On an error (a full disk) the lock is
+    released (`fd` closed) and the error names `path`."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        exc.filename = exc.filename or str(path)
+        raise
 
 
 def _describe(holder: Holder | None) -> tuple[str, str]:
@@ -105,24 +118,48 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def _take_over(path: Path) -> int | None:
-    """Replace a lock file whose recorded holder is dead (its flock kept by orphans) with a new
-    one that this process holds. Returns the new descriptor, or None when someone else moved
-    first. Take-overs are serialised by a second, short-lived lock."""
+@contextlib.contextmanager
+def _takeover_guard(path: Path) -> Iterator[None]:
+    """Serialises take-overs of `path`, and claims of a file that still names a dead holder."""
     with open(path.with_name(path.name + ".takeover"), "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+
+
+def _claim(fd: int, path: Path) -> bool:
+    """Record this process in the lock file `fd`, just locked, unless a take-over replaced the
+    file meanwhile (False: it is not the lock any more). A file that still names a dead holder
+    may be being taken over at this moment: decide under the take-over guard, so that a take-over
+    finds either this process recorded or its own new file in place, never both holders."""
+    stale = _read_holder(fd)
+    with _takeover_guard(path) if stale is not None and stale.dead() else contextlib.nullcontext():
+        if not _same_file(fd, path):
+            return False
+        _write_holder(fd, path)
+    return True
+
+
+def _take_over(path: Path) -> int | None:
+    """Replace a lock file whose recorded holder is dead (its flock kept by orphans) with a new
+    one that this process holds and names. Returns its descriptor, or None when someone else
+    moved first."""
+    with _takeover_guard(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         holder = _read_holder(fd)
         if _try_lock(fd):  # released meanwhile: an ordinary acquisition
+            _write_holder(fd, path)
             return fd
-        if holder is None or not holder.dead():
-            os.close(fd)
-            return None
         os.close(fd)
+        if holder is None or not holder.dead():
+            return None
         new = path.with_name(f"{path.name}.{os.getpid()}.new")
         fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
-        _write_holder(fd)
+        try:
+            _write_holder(fd, path)
+        except OSError:
+            new.unlink(missing_ok=True)
+            raise
         os.replace(new, path)
         return fd
 
@@ -151,18 +188,16 @@ def build_lock(
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if _try_lock(fd):
-            if _same_file(fd, path):  # not replaced by a take-over while we opened it
+            if _claim(fd, path):
                 break
-            os.close(fd)
+            os.close(fd)  # replaced by a take-over while we opened it
             continue
         holder = _read_holder(fd)
         os.close(fd)
         if holder is not None and holder.dead():
             fd = _take_over(path)
-            if fd is not None and _same_file(fd, path):
-                break
             if fd is not None:
-                os.close(fd)
+                break
             continue
         if holder is None and time.monotonic() < start + PID_GRACE:
             time.sleep(poll)  # a holder writes its pid just after taking the lock
@@ -179,12 +214,6 @@ def build_lock(
             notify(f"waiting for {who}, which is {doing} {what} (lock {path})")
             told = True
         time.sleep(poll)
-    try:
-        _write_holder(fd)
-    except OSError as exc:  # a full disk: release the lock, name the file
-        os.close(fd)
-        exc.filename = exc.filename or str(path)
-        raise
     _held.add(fd)
     try:
         yield

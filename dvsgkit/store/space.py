@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 # The causes a user can act on, by errno: free space, or write somewhere else.
@@ -69,17 +70,17 @@ def require_free(folder: Path, need: int, what: Path, fix: str) -> None:
 
 
 def probe_writable(path: Path, fix: str) -> None:
-    """Create and remove `path` (a name of the build's own): StorageError naming it when the
-    folder cannot be written (read-only mount, permissions), before any work."""
+    """Create and drop a nameless file in `path`'s folder (O_TMPFILE where the file system has
+    it): StorageError naming `path` when the folder cannot be written (read-only mount,
+    permissions), before any work. Nothing is left behind, even by a killed process."""
     try:
-        with open(path, "xb"):
+        with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
         error = storage_error(exc, path, "create", fix)
         if error is None:
             raise
         raise error from exc
-    path.unlink()
 
 
 def _mb(n: int) -> str:

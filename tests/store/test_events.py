@@ -200,6 +200,9 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
     (root / f"events.h5.spool-{dead}").mkdir()
     (root / f"events.h5.partial-{os.getpid()}9").write_bytes(b"")  # no such process either
     (root / f"events.h5.partial-{2**64}").write_bytes(b"")  # no such pid: os.kill overflows
+    # Named by a live process that holds no build lock (a build on another machine sharing the
+    # folder, killed, whose pid is in use here): a leftover all the same.
+    (root / "events.h5.partial-1").write_bytes(b"")
     build_event_cache(root, progress=False)
     assert leftovers(root) == ["events.h5"]
 
@@ -236,6 +239,51 @@ def test_two_builds_at_once_both_succeed(root: Path) -> None:
     assert leftovers(root) == ["events.h5"]
     with EventCache(root / "events.h5") as cache:
         assert cache.num_samples("train") == 24
+
+
+# Builds ROOT's events.h5 in this process, each recording held until the file argv[2] exists.
+HELD_BUILD = """
+import sys, time
+from pathlib import Path
+from dvsgkit.store import events as s
+real = s._process
+def held(recording, spool=None):
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.01)
+    return real(recording, spool)
+s._process = held
+s.build_event_cache(Path(sys.argv[1]), workers=1, progress=False)
+"""
+
+
+def test_a_second_build_of_a_root_waits_for_the_first_and_finds_the_cache_up_to_date(
+    root: Path,
+) -> None:
+    lock, go = root / ".events.h5.lock", root / "go"
+    first = subprocess.Popen([sys.executable, "-c", HELD_BUILD, str(root), str(go)])
+    procs = [first]
+    try:
+        deadline = time.monotonic() + 60
+        while not lock.exists() or not lock.read_text().startswith(f"{first.pid} "):
+            assert first.poll() is None and time.monotonic() < deadline, "the build never locked"
+            time.sleep(0.02)
+        code = "import sys; from dvsgkit.store.events import build_event_cache as b; b(sys.argv[1])"
+        second = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE,
+                                  text=True)  # fmt: skip
+        procs.append(second)
+        waiting = second.stderr.readline()
+        assert waiting.startswith(f"waiting for process {first.pid}, which is building "
+                                  f"{root / 'events.h5'}"), waiting  # fmt: skip
+        go.touch()
+        assert first.wait(timeout=120) == 0
+        built = (root / "events.h5").stat().st_ino
+        assert second.wait(timeout=120) == 0, second.stderr.read()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert (root / "events.h5").stat().st_ino == built  # used as it was, not rebuilt
+    assert leftovers(root) == ["events.h5"] and lock.read_text() == ""
 
 
 def test_events_outside_the_sensor_are_rejected(root: Path) -> None:

@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,9 +56,12 @@ def wait_for(cond, seconds: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
-def kill_9_mid_build(code: str, args: list[str], tmp_path: Path) -> int:
-    """Run `code` (a slowed-down build) with `args`, SIGKILL it once its two workers are inside
-    their first jobs, and check that the workers die with it; return its pid."""
+def kill_9_mid_build(
+    code: str, args: list[str], tmp_path: Path, writing: Callable[[int], bool]
+) -> int:
+    """Run `code` (a slowed-down build) with `args`, SIGKILL it once `writing(its pid)` and its
+    two workers are inside their first jobs, and check that the workers die with it; return its
+    pid."""
     workers: list[int] = []
     with open(tmp_path / "stderr.txt", "wb") as log:  # not a pipe, which a worker would hold
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=log)
@@ -64,6 +69,7 @@ def kill_9_mid_build(code: str, args: list[str], tmp_path: Path) -> int:
         wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 60, "no workers")
         assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
         workers = children(proc.pid)
+        wait_for(lambda: writing(proc.pid) or proc.poll() is not None, 60, "nothing written")
         time.sleep(0.5)  # the workers are inside their first jobs
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -97,7 +103,8 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
     build_event_cache(tmp_path, workers=1, progress=False)
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
-    kill_9_mid_build(SLOW_BUILD, args, tmp_path)
+    kill_9_mid_build(SLOW_BUILD, args, tmp_path,
+                     lambda _: any(tmp_path.glob(".frames_*.zarr.*.partial")))  # fmt: skip
     # The next build takes the lock at once (a short timeout: a held lock would fail it).
     start = time.monotonic()
     later = subprocess.run(
@@ -135,7 +142,11 @@ def test_kill_9_of_an_events_build_leaves_no_worker_and_the_next_build_cleans_up
 ) -> None:
     write_synthetic_dataset(tmp_path, seed=3, train_trials=3, test_trials=1, events_per_sample=300)
     args = ["events", "--root", str(tmp_path), "--workers", "2", "--no-progress"]
-    pid = kill_9_mid_build(SLOW_EVENTS, args, tmp_path)
+
+    def writing(pid: int) -> bool:
+        return (tmp_path / f"events.h5.partial-{pid}").exists()
+
+    pid = kill_9_mid_build(SLOW_EVENTS, args, tmp_path, writing)
     assert (tmp_path / f"events.h5.partial-{pid}").exists()  # killed mid-write
     build_event_cache(tmp_path, workers=2, progress=False)
     assert sorted(p.name for p in tmp_path.glob("events.h5*")) == ["events.h5"]
@@ -223,10 +234,10 @@ def test_a_lock_whose_holder_cannot_be_written_is_released(
     # file, and the lock is not left held by a descriptor nobody will close.
     lock = tmp_path / "build.lock"
 
-    def disk_full(fd: int) -> None:
+    def disk_full(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lock_module, "_write_holder", disk_full)
+    monkeypatch.setattr(lock_module.os, "pwrite", disk_full)
     with pytest.raises(OSError, match="No space left") as err, build_lock(lock, timeout=0):
         pytest.fail("entered a lock whose holder could not be written")
     assert err.value.filename == str(lock)
@@ -263,3 +274,52 @@ def test_a_lock_held_from_another_host_is_never_taken_over(tmp_path: Path) -> No
     finally:
         holder.kill()
         holder.wait()
+
+
+# Takes the flock of argv[1] and stops just before recording itself (its pid), until told to go
+# on by a line on stdin; then holds the lock until stdin closes.
+CLAIMER = """
+import sys
+from pathlib import Path
+from dvsgkit.store import lock as m
+
+record = m._write_holder
+
+def paused(fd, *path):
+    print("locked", flush=True)
+    sys.stdin.readline()
+    record(fd, *path)
+
+m._write_holder = paused
+with m.build_lock(Path(sys.argv[1]), timeout=0):
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(tmp_path: Path) -> None:
+    """A killed holder left its pid in the lock file. One process takes the free flock and,
+    before it has recorded itself, another reads the dead pid and would take the lock over:
+    it must find the first one recorded and be refused, not hold a new lock file beside it."""
+    lock = tmp_path / "build.lock"
+    lock.write_text(f"{10**9} {socket.gethostname()}\n")  # no process has that pid
+    first = subprocess.Popen([sys.executable, "-c", CLAIMER, str(lock)], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert first.stdout.readline().strip() == "locked"
+
+        def go_on() -> None:  # once this process is inside its take-over
+            first.stdin.write("go\n")
+            first.stdin.flush()
+
+        timer = threading.Timer(0.5, go_on)
+        timer.start()
+        refused = pytest.raises(LockTimeout, match=f"process {first.pid} is building")
+        with refused, build_lock(lock, timeout=0):
+            pytest.fail("took over a lock that another process had just taken")
+        timer.join()
+        assert first.stdout.readline().strip() == "holding"
+        assert lock.read_text() == f"{first.pid} {socket.gethostname()}\n"
+    finally:
+        first.kill()
+        first.wait()
