@@ -165,4 +165,4 @@ def test_small_demo_set_is_fast(tmp_path: Path) -> None:
     start = time.perf_counter()
     write_synthetic_dataset(tmp_path, train_trials=2, test_trials=1, events_per_sample=2000)
     build_event_cache(tmp_path, progress=False)
-    assert time.perf_counter() - start < 5  # generous: a shared CI core; ~0.2 s here
+    assert time.perf_counter() - start < 20  # ~0.2 s here: catches a pathological slowdown only

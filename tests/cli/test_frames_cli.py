@@ -135,19 +135,25 @@ def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: int) -> None:
     (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
-    # The real command, with each block slowed down so that the signal lands mid-build.
+    # The real command, held after its first block until the signal has arrived, so that the
+    # signal always lands mid-build.
     code = (
-        "import sys, time; from dvsgkit.store import frames as s; real = s._integrate_block; "
-        "s._integrate_block = lambda task: (time.sleep(0.3), real(task))[1]; "
-        "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+        "import sys, threading; from dvsgkit.store import frames as s, signals as g; "
+        "noted = threading.Event(); note = g.BuildSignals._note; "
+        "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
+        "real = s._integrate_block; blocks = []\n"
+        "def held(task):\n"
+        "    blocks.append(task)\n"
+        "    if len(blocks) == 2:\n"
+        "        print('written', flush=True)\n"
+        "        noted.wait(60)\n"
+        "    return real(task)\n"
+        "s._integrate_block = held; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
     )
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".frames_number_2_split_by_number.zarr.*.partial")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the build never started"
-        time.sleep(0.02)
-    time.sleep(0.4)  # some samples written
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "written"  # the first block is in the store
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
