@@ -12,6 +12,7 @@ import click
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
 from dvsgkit.store.errors import LockTimeout, StoreWriteError
+from dvsgkit.store.space import StorageError
 
 root_option = click.option(
     "--root",
@@ -66,9 +67,9 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     """Turn the library's expected errors into one-line `click.ClickException`s (exit 1, no
     traceback). Unexpected errors still raise with their traceback: those are bugs."""
     kinds = kinds or (ValueError, FileNotFoundError, FileExistsError, PermissionError)
-    # A store that cannot be written (full disk, read-only) or whose lock is held too long: the
-    # message names the path and the cause, whichever command was building it.
-    kinds = (*kinds, StoreWriteError, LockTimeout)
+    # A store or event cache that cannot be written (full disk, read-only) or whose lock is held
+    # too long: the message names the path and the cause, whichever command was building it.
+    kinds = (*kinds, StoreWriteError, StorageError, LockTimeout)
     try:
         yield
     except kinds as exc:

@@ -14,6 +14,8 @@ from torch import nn
 
 from dvsgkit.run.rng import rng_state
 
+_votes: Any = None  # the gloo group `together` votes in (None: a single process)
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -44,12 +46,16 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    global _votes
+    _votes = dist.new_group(backend="gloo")  # see `together`
     return d, device
 
 
 def close_distributed(d: Dist) -> None:
+    global _votes
     if d.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the votes' too
+    _votes = None
 
 
 class JobStopped(RuntimeError):
@@ -57,30 +63,41 @@ class JobStopped(RuntimeError):
 
 
 @contextlib.contextmanager
-def together(d: Dist, device: torch.device) -> Iterator[None]:
+def together(d: Dist) -> Iterator[None]:
     """Every rank runs the block and leaves it together: when it raised on any rank (the run
     directory's checks and writes, which rank 0 alone makes, say), the others raise JobStopped
     instead of failing in their next collective with a traceback (gloo) or waiting there until
     its timeout (NCCL). torchrun would stop them; other launchers (srun, mpirun) do not. The
-    block must make no collective itself."""
+    block must make no collective itself.
+
+    The vote goes through a gloo group on the CPU: a peer that has died already (killed for its
+    memory, say) closes its connection, and the vote's own error is then dropped so that this
+    rank's error is the one reported."""
     if d.world_size == 1:
         yield
         return
     try:
         yield
     except BaseException:
-        _any_failed(device, failed=True)
+        with contextlib.suppress(Exception):
+            _any_failed(failed=True)
         raise
-    if _any_failed(device, failed=False):
+    try:
+        failed = _any_failed(failed=False)
+    except Exception as exc:  # gloo: a peer's connection closed
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"another process of this job has gone ({why}); this one stops too"
+        raise JobStopped(message) from exc
+    if failed:
         raise JobStopped(
             "another process of this job failed (its error, on rank 0 for the run directory and "
             "the frame store, says why); this one stops too"
         )
 
 
-def _any_failed(device: torch.device, failed: bool) -> bool:
-    flag = torch.tensor([int(failed)], device=device)  # NCCL reduces CUDA tensors, gloo CPU ones
-    dist.all_reduce(flag)
+def _any_failed(failed: bool) -> bool:
+    flag = torch.tensor([int(failed)])
+    dist.all_reduce(flag, group=_votes)
     return bool(flag.item())
 
 

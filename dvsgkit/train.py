@@ -232,7 +232,7 @@ def train(
     try:
         # Each block ends on every rank together, so that a failure on one (rank 0's checks and
         # writes) stops the others too; see `together`.
-        with together(d, device):
+        with together(d):
             run_dir, ckpt = prepare_run(config, resume)
             stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
             if d.main:  # build the frame store if missing; the others wait
@@ -241,7 +241,7 @@ def train(
                     config.root, config.T, config.split_by, workers=workers,
                     progress=config.progress,
                 )  # fmt: skip
-        with together(d, device):
+        with together(d):
             store, provenance = _frame_store(config)
             notes = []  # printed once the run directory is announced
             if ckpt is not None:
@@ -275,7 +275,8 @@ def train(
                     f"than one batch of {config.batch_size}; lower --batch-size"
                 )
 
-            if d.main:  # nothing is written before every check above has passed
+        with together(d):  # nothing is written before every rank has passed its checks
+            if d.main:
                 with run_writes(run_dir, run_dir / LATEST):
                     run_dir.mkdir(parents=True, exist_ok=True)
                     held.enter_context(run_lock(run_dir))  # one process trains here at a time
@@ -337,7 +338,7 @@ def train(
             }
             if config.neuron == "plif":  # the learned membrane time constants, 1 + exp(-w)
                 record["tau"] = net.learned_taus()
-            with together(d, device):  # a full disk on rank 0 stops every rank
+            with together(d):  # a full disk on rank 0 stops every rank
                 if d.main:
                     # The first epoch always makes checkpoint_max.pth, even at 0 % (nothing
                     # beats the initial 0): evaluate and the demo expect it after any run.

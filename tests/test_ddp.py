@@ -109,38 +109,80 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TRAIN_TINY = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "1", "-j", "0"]
+
+
+def _by_hand(code: str, args: list[str]) -> tuple[list[int], list[str]]:
+    """Run `code` (which ends in the CLI) as ranks 0 and 1 of a 2-process gloo job started as
+    srun or mpirun would start it: no torchrun agent to stop the others. (Return codes,
+    outputs.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], outs
+
+
+CLI = "from dvsgkit_cli.main import main; main()"
+
+
 @pytest.mark.slow
 def test_a_refusal_on_rank_0_stops_every_rank_under_any_launcher(
     frame_root: Path, tmp_path: Path
 ) -> None:
-    """Two processes started as srun or mpirun would (no torchrun agent to stop the others):
-    rank 0 alone refuses the run directory, which another process is training in. Rank 1 must
-    stop too, with one line: not a traceback when rank 0's connection closes (gloo), nor a wait
-    in its first all-reduce until the timeout (NCCL)."""
-    args = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "1", "-j", "0"]
-    args += ["--device", "cpu", "--root", str(frame_root), "--out-dir", str(tmp_path)]
+    """Rank 0 alone refuses the run directory, which another process is training in. Rank 1
+    must stop too, with one line: not a traceback when rank 0's connection closes (gloo), nor a
+    wait in its first all-reduce until the timeout (NCCL)."""
     run_dir = tmp_path / "T_4_b_4_c_4_adam_lr_0.001_cosalr_32"
     run_dir.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    args = [*TRAIN_TINY, "--device", "cpu", "--root", str(frame_root), "--out-dir", str(tmp_path)]
     with build_lock(run_dir / RUN_LOCK, timeout=0):  # this test process trains there
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", "from dvsgkit_cli.main import main; main()", *args],
-                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-            for rank in (0, 1)
-        ]
-        try:
-            outs = [p.communicate(timeout=120)[0] for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-    assert [p.returncode for p in procs] == [1, 1], outs
+        codes, outs = _by_hand(CLI, args)
+    assert codes == [1, 1], outs
     assert f"Error: process {os.getpid()} is training the run in {run_dir}" in outs[0], outs[0]
     assert "Error: another process of this job failed" in outs[1], outs[1]
     assert "Traceback" not in outs[0] + outs[1]
     assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing written
+
+
+# Rank 1 dies at once (killed for its memory, say); rank 0 fails on its own in the same block,
+# or goes on to vote.
+PEER_DIES = (
+    "import os, sys; import dvsgkit.train as tr; real = tr.prepare_run; mode = sys.argv.pop(1)\n"
+    "def prepare(*a):\n"
+    "    if os.environ['RANK'] == '1':\n"
+    "        os._exit(3)\n"
+    "    if mode == 'fail':\n"
+    "        raise ValueError('the error of rank 0')\n"
+    "    return real(*a)\n"
+    "tr.prepare_run = prepare\n" + CLI
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank_0", ["fail", "go on"])
+def test_a_rank_whose_peer_has_died_stops_with_one_line(
+    frame_root: Path, tmp_path: Path, rank_0: str
+) -> None:
+    args = [*TRAIN_TINY, "--device", "cpu", "--root", str(frame_root), "--out-dir", str(tmp_path)]
+    codes, outs = _by_hand(PEER_DIES, [rank_0, *args])
+    assert codes == [1, 3], outs
+    lines = outs[0].strip().splitlines()
+    assert len(lines) == 1, outs[0]
+    if rank_0 == "fail":  # its own error, not the vote's
+        assert lines[0] == "Error: the error of rank 0"
+    else:
+        assert lines[0].startswith("Error: another process of this job has gone ("), lines[0]

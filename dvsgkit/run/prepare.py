@@ -68,20 +68,18 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def latest_stamp(run_dir: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime in ns, size) of run_dir's latest checkpoint, or None when it has none: taken
-    when a run is prepared, and compared by `check_unchanged` once the run lock is held. Every
-    checkpoint is a new file renamed into place, so a new inode, even where timestamps are coarse
-    and the sizes equal."""
+def latest_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of run_dir's latest checkpoint, or None when it has none: taken when
+    a run is prepared, and compared by `check_unchanged` once the run lock is held."""
     try:
         st = (run_dir / LATEST).stat()
     except FileNotFoundError:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return st.st_mtime_ns, st.st_size
 
 
 def check_unchanged(
-    config: TrainConfig, run_dir: Path, stamp: tuple[int, int, int] | None, resumed: bool
+    config: TrainConfig, run_dir: Path, stamp: tuple[int, int] | None, resumed: bool
 ) -> None:
     """Under run_lock: refuse, as prepare_run would, when another process has trained in run_dir
     since `stamp` was taken (it finished before this one got the lock)."""

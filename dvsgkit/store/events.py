@@ -28,7 +28,7 @@ from dvsgkit.store.event_cache import recorded_sources
 from dvsgkit.store.event_layout import FIELDS, STORED_DTYPES, event_cache_path
 from dvsgkit.store.event_pool import WorkerPool
 from dvsgkit.store.event_writer import CacheWriter, RecordingSamples
-from dvsgkit.store.lock import build_lock, to_stderr
+from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock, to_stderr
 from dvsgkit.store.signals import BuildSignals
 from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
@@ -184,7 +184,13 @@ def _discard_stale(out: Path, reason: BaseException) -> None:
         reason.add_note(str(exc))
 
 
-def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: bool = True) -> Path:
+def build_event_cache(
+    root: Path,
+    *,
+    workers: int = BUILD_WORKERS,
+    progress: bool = True,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
 
@@ -193,7 +199,8 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
     offset or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A
     complete cache whose sources are unchanged (names, sizes, modification times) is returned
     as it is. Two builds of one root are serialised by ROOT/.events.h5.lock: the second waits
-    (saying for whom, on stderr) and then finds the cache up to date.
+    (saying for whom, on stderr; LockTimeout after `lock_timeout` seconds) and then finds the
+    cache up to date.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -215,7 +222,7 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
     # Names unique to this process, so that two builds of one root cannot trip over each other.
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
-    with _event_lock(out):
+    with _event_lock(out, lock_timeout):
         # Another build may have finished while this one waited for the lock.
         if out.exists() and _up_to_date(out, folder, recordings):
             return out
@@ -226,14 +233,14 @@ def build_event_cache(root: Path, *, workers: int = BUILD_WORKERS, progress: boo
 
 
 @contextlib.contextmanager
-def _event_lock(out: Path) -> Iterator[None]:
+def _event_lock(out: Path, timeout: float) -> Iterator[None]:
     """Hold the build lock of `out` (`.events.h5.lock`): a second build of the same root waits
     for the first, saying so, and then finds the cache up to date. A full disk that fails the
     lock file's write gives one StorageError line."""
     lock = out.with_name(f".{out.name}.lock")
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(build_lock(lock, what=str(out), notify=to_stderr))
+            held.enter_context(build_lock(lock, timeout=timeout, what=str(out), notify=to_stderr))
         except OSError as exc:
             error = space.storage_error(exc, lock, "write", SPACE_FIX)
             if error is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -230,7 +231,7 @@ def make_frame_store(
         # (a no-op that compares file stats when current), so changed inputs reach the frames.
         from dvsgkit.store.events import build_event_cache
 
-        build_event_cache(root, workers=workers, progress=progress)
+        build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
     index = read_events_index(events_path)
     checksum = events_checksum(events_path)
     status, why = store_status(target, T, split_by, checksum)
@@ -259,7 +260,8 @@ def make_frame_store(
                 )
             swap_in(tmp, target)  # an old store is moved aside, then deleted
         except BaseException:
-            _wait_for_zarr_writes()  # those would recreate folders in `tmp` once it is removed
+            with contextlib.suppress(Exception):  # this build's error is the one to report
+                _wait_for_zarr_writes()  # those would recreate folders in `tmp` once removed
             raise
         finally:
             remove_tree(tmp)  # gone already after a successful swap

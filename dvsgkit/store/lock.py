@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dvsgkit.io.atomic import pid_alive
-from dvsgkit.store.errors import LockTimeout
+from dvsgkit.store.errors import LockTimeout, StoreWriteError
 
 DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a build waits for another build of the same store
 PID_GRACE = 1.0  # seconds a lock held by an unnamed process is retried before it is reported
@@ -76,14 +76,23 @@ def _read_holder(fd: int) -> Holder | None:
 
 
 def _write_holder(fd: int, path: Path) -> None:
-    """Record this process in the lock file `fd` (`path`). On an error (a full disk) the lock is
-    released (`fd` closed) and the error names `path`."""
+    """Record this process in the lock file `fd` (`path`); an error (a full disk) names `path`."""
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     except OSError as exc:
-        os.close(fd)
         exc.filename = exc.filename or str(path)
+        raise
+
+
+@contextlib.contextmanager
+def _closed_on_error(fd: int) -> Iterator[None]:
+    """Close `fd` (so releasing its flock) if the block raises: a lock must never stay held by
+    a descriptor that nobody will close."""
+    try:
+        yield
+    except BaseException:
+        os.close(fd)
         raise
 
 
@@ -99,12 +108,17 @@ def _describe(holder: Holder | None) -> tuple[str, str]:
     return f"process {holder.pid}", f"let it finish, or stop it (kill {holder.pid}) and rerun"
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return False
+        if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise StoreWriteError(
+                f"cannot lock {path}: its file system does not support file locks (flock); use "
+                "one that does (a local disk, NFSv4, Lustre mounted with -o flock)"
+            ) from exc
         raise
     return True
 
@@ -145,22 +159,24 @@ def _take_over(path: Path) -> int | None:
     moved first."""
     with _takeover_guard(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        holder = _read_holder(fd)
-        if _try_lock(fd):  # released meanwhile: an ordinary acquisition
-            _write_holder(fd, path)
-            return fd
+        with _closed_on_error(fd):
+            holder = _read_holder(fd)
+            if _try_lock(fd, path):  # released meanwhile: an ordinary acquisition
+                _write_holder(fd, path)
+                return fd
         os.close(fd)
         if holder is None or not holder.dead():
             return None
         new = path.with_name(f"{path.name}.{os.getpid()}.new")
         fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
         try:
-            _write_holder(fd, path)
-        except OSError:
+            with _closed_on_error(fd):
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
+                _write_holder(fd, path)
+                os.replace(new, path)
+        except BaseException:
             new.unlink(missing_ok=True)
             raise
-        os.replace(new, path)
         return fd
 
 
@@ -187,13 +203,14 @@ def build_lock(
     told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if _try_lock(fd):
-            if _claim(fd, path):
+        with _closed_on_error(fd):
+            locked = _try_lock(fd, path)
+            if locked and _claim(fd, path):
                 break
-            os.close(fd)  # replaced by a take-over while we opened it
-            continue
-        holder = _read_holder(fd)
+            holder = None if locked else _read_holder(fd)
         os.close(fd)
+        if locked:
+            continue  # replaced by a take-over while we opened it
         if holder is not None and holder.dead():
             fd = _take_over(path)
             if fd is not None:

@@ -70,9 +70,10 @@ def require_free(folder: Path, need: int, what: Path, fix: str) -> None:
 
 
 def probe_writable(path: Path, fix: str) -> None:
-    """Create and drop a nameless file in `path`'s folder (O_TMPFILE where the file system has
-    it): StorageError naming `path` when the folder cannot be written (read-only mount,
-    permissions), before any work. Nothing is left behind, even by a killed process."""
+    """Create and drop a temporary file in `path`'s folder: StorageError naming `path` when the
+    folder cannot be written (read-only mount, permissions), before any work. Where the file
+    system has O_TMPFILE (Linux local disks) the file has no name, so not even a killed process
+    leaves it behind."""
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass

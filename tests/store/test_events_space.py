@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from dvsgkit.store import events as store
 from dvsgkit.store import space
 from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit_cli.main import cli
 
 # The dataset: 3 recordings, ~6 MB of .aedat (~0.75 M events); its cache needs ~4.5 MB, and the
 # build asks for WRITE_MARGIN (16 MiB) on top.
@@ -132,3 +134,15 @@ def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.Mon
     assert cache_files(tmp_path) == [LOCK]
     monkeypatch.setattr(space, "free_bytes", lambda folder: need + store.WRITE_MARGIN * 4)
     assert store.build_event_cache(tmp_path, workers=1, progress=False).is_file()
+
+
+def test_frames_reports_an_event_cache_it_cannot_write_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dvsgkit frames` (and train, demo) build the event cache first when recordings are there.
+    write_synthetic_dataset(tmp_path, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
+    monkeypatch.setattr(space, "free_bytes", lambda folder: 0)
+    result = CliRunner().invoke(cli, ["frames", "--root", str(tmp_path), "-T", "2",
+                                      "--workers", "1", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: not enough free space for {tmp_path / 'events.h5'}")

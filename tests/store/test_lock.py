@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from dvsgkit.store import lock as lock_module
 from dvsgkit.store.errors import LockTimeout
@@ -24,6 +24,7 @@ from dvsgkit.store.frame_open import open_frame_store
 from dvsgkit.store.frames import frame_store_path
 from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
+from dvsgkit_cli.main import cli
 
 
 def children(pid: int) -> list[int]:
@@ -297,7 +298,9 @@ with m.build_lock(Path(sys.argv[1]), timeout=0):
 """
 
 
-def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(tmp_path: Path) -> None:
+def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A killed holder left its pid in the lock file. One process takes the free flock and,
     before it has recorded itself, another reads the dead pid and would take the lock over:
     it must find the first one recorded and be refused, not hold a new lock file beside it."""
@@ -308,18 +311,52 @@ def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(tmp_path: 
     try:
         assert first.stdout.readline().strip() == "locked"
 
-        def go_on() -> None:  # once this process is inside its take-over
-            first.stdin.write("go\n")
-            first.stdin.flush()
+        take_over = lock_module._take_over
 
-        timer = threading.Timer(0.5, go_on)
-        timer.start()
+        def go_on_then_take_over(path: Path) -> int | None:
+            first.stdin.write("go\n")  # the first one records itself while this one takes over
+            first.stdin.flush()
+            return take_over(path)
+
+        monkeypatch.setattr(lock_module, "_take_over", go_on_then_take_over)
         refused = pytest.raises(LockTimeout, match=f"process {first.pid} is building")
         with refused, build_lock(lock, timeout=0):
             pytest.fail("took over a lock that another process had just taken")
-        timer.join()
         assert first.stdout.readline().strip() == "holding"
         assert lock.read_text() == f"{first.pid} {socket.gethostname()}\n"
     finally:
         first.kill()
         first.wait()
+
+
+def test_an_error_while_claiming_a_lock_releases_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / "build.lock"
+    lock.write_text(f"{10**9} {socket.gethostname()}\n")  # a dead holder: claimed under the guard
+
+    def no_guard(path: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path) + ".takeover")
+
+    monkeypatch.setattr(lock_module, "_takeover_guard", no_guard)
+    with pytest.raises(PermissionError), build_lock(lock, timeout=0):
+        pytest.fail("entered a lock it could not claim")
+    monkeypatch.undo()
+    with build_lock(lock, timeout=0):  # free: the descriptor was closed
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+
+
+def test_a_file_system_without_locks_gives_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    result = CliRunner().invoke(cli, ["events", "--root", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: cannot lock {tmp_path / '.events.h5.lock'}: its file "
+                                    "system does not support file locks")  # fmt: skip
+    assert not list(tmp_path.glob("events.h5*"))
