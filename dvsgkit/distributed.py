@@ -14,8 +14,6 @@ from torch import nn
 
 from dvsgkit.run.rng import rng_state
 
-_votes: Any = None  # the gloo group `together` votes in (None: a single process)
-
 
 @dataclass(frozen=True)
 class Dist:
@@ -46,16 +44,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    global _votes
-    _votes = dist.new_group(backend="gloo")  # see `together`
     return d, device
 
 
 def close_distributed(d: Dist) -> None:
-    global _votes
     if d.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()  # every group, the votes' too
-    _votes = None
+        dist.destroy_process_group()
 
 
 class JobStopped(RuntimeError):
@@ -70,9 +64,10 @@ def together(d: Dist) -> Iterator[None]:
     its timeout (NCCL). torchrun would stop them; other launchers (srun, mpirun) do not. The
     block must make no collective itself.
 
-    The vote goes through a gloo group on the CPU: a peer that has died already (killed for its
-    memory, say) closes its connection, and the vote's own error is then dropped so that this
-    rank's error is the one reported."""
+    When a peer has died already (killed for its memory, say), gloo's vote fails at once (its
+    connection closed): after a failure here that error is dropped, so that this rank's own is
+    the one reported; otherwise it becomes JobStopped. (NCCL's watchdog ends the process at the
+    collective's timeout instead.)"""
     if d.world_size == 1:
         yield
         return
@@ -96,8 +91,10 @@ def together(d: Dist) -> Iterator[None]:
 
 
 def _any_failed(failed: bool) -> bool:
-    flag = torch.tensor([int(failed)])
-    dist.all_reduce(flag, group=_votes)
+    # NCCL reduces tensors on this process's GPU (init_distributed made it current), gloo on CPU.
+    nccl = dist.get_backend() == "nccl"
+    flag = torch.tensor([int(failed)], device=torch.cuda.current_device() if nccl else "cpu")
+    dist.all_reduce(flag)
     return bool(flag.item())
 
 
