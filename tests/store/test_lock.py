@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -298,31 +299,55 @@ with m.build_lock(Path(sys.argv[1]), timeout=0):
 """
 
 
-def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _waits_for_flock(path: Path) -> bool:
+    """Whether some process is blocked waiting for an flock on `path` (Linux /proc/locks marks
+    a waiter with "->"; the file is named by device and inode)."""
+    try:
+        inode = path.stat().st_ino
+    except FileNotFoundError:
+        return False
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(f.count(":") == 2 and f.endswith(f":{inode}") for f in fields):
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(tmp_path: Path) -> None:
     """A killed holder left its pid in the lock file. One process takes the free flock and,
     before it has recorded itself, another reads the dead pid and would take the lock over:
-    it must find the first one recorded and be refused, not hold a new lock file beside it."""
+    it must wait for the first one's record and be refused, not hold a new lock file beside
+    it."""
     lock = tmp_path / "build.lock"
     lock.write_text(f"{10**9} {socket.gethostname()}\n")  # no process has that pid
     first = subprocess.Popen([sys.executable, "-c", CLAIMER, str(lock)], text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with build_lock(lock, timeout=0):
+                pass
+            outcome.append(None)
+        except BaseException as exc:  # examined below
+            outcome.append(exc)
+
     try:
-        assert first.stdout.readline().strip() == "locked"
-
-        take_over = lock_module._take_over
-
-        def go_on_then_take_over(path: Path) -> int | None:
-            first.stdin.write("go\n")  # the first one records itself while this one takes over
-            first.stdin.flush()
-            return take_over(path)
-
-        monkeypatch.setattr(lock_module, "_take_over", go_on_then_take_over)
-        refused = pytest.raises(LockTimeout, match=f"process {first.pid} is building")
-        with refused, build_lock(lock, timeout=0):
-            pytest.fail("took over a lock that another process had just taken")
+        assert first.stdout.readline().strip() == "locked"  # flock taken, pid not yet written
+        thread = threading.Thread(target=second)
+        thread.start()
+        # Let the first one go on once the second waits for it (or has finished without).
+        guard = lock.with_name(lock.name + ".takeover")
+        deadline = time.monotonic() + 10
+        while thread.is_alive() and not _waits_for_flock(guard) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        thread.join(timeout=30)
         assert first.stdout.readline().strip() == "holding"
+        assert outcome and isinstance(outcome[0], LockTimeout), f"the second one got {outcome}"
+        assert f"process {first.pid} is building" in str(outcome[0])
         assert lock.read_text() == f"{first.pid} {socket.gethostname()}\n"
     finally:
         first.kill()
