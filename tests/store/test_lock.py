@@ -358,13 +358,12 @@ def test_an_error_while_claiming_a_lock_releases_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lock = tmp_path / "build.lock"
-    lock.write_text(f"{10**9} {socket.gethostname()}\n")  # a dead holder: claimed under the guard
 
-    def no_guard(path: Path) -> None:
-        raise PermissionError(errno.EACCES, "Permission denied", str(path) + ".takeover")
+    def io_error(fd: int, path: Path) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
 
-    monkeypatch.setattr(lock_module, "_takeover_guard", no_guard)
-    with pytest.raises(PermissionError), build_lock(lock, timeout=0):
+    monkeypatch.setattr(lock_module, "_same_file", io_error)  # after the flock is taken
+    with pytest.raises(OSError, match="Input/output error"), build_lock(lock, timeout=0):
         pytest.fail("entered a lock it could not claim")
     monkeypatch.undo()
     with build_lock(lock, timeout=0):  # free: the descriptor was closed
