@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dvsgkit.model.cupy_runtime import build_kernels, cp, external_stream, require_cupy
-from dvsgkit.model.lif_cupy import KERNEL_DTYPES, THREADS, _conversions, _f32_literal
+from dvsgkit.model.lif_cupy import KERNEL_DTYPES, THREADS, _conversions, lif_defines
 
 NEURONS = ("lif", "plif")
 PARTS = {"lif": 2, "plif": 3}  # partial sums per window: dL/dx, dL/dx * x_hat (, dL/dk)
@@ -61,18 +61,10 @@ def kernel_source(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     storage, size = KERNEL_DTYPES[dtype_name]
-    consts = {
-        "STEPS": str(steps),
-        "TAU": _f32_literal(tau),
-        "V_TH": _f32_literal(v_threshold),
-        "V_RESET": _f32_literal(v_reset),
-        "HALF_ALPHA": _f32_literal(alpha / 2),
-        "PI_HALF_ALPHA": _f32_literal(math.pi / 2 * alpha),
-    }
     one = "1.0f" if size == 4 else ("(elem_t)0x3c00" if dtype_name == "float16" else "0x3f80")
     lines = [f"// dvsgkit fused BatchNorm + {neuron} + max-pool, {dtype_name}"]
     lines.append(f"typedef {storage} elem_t;")
-    lines += [f"#define {k} {v}" for k, v in consts.items()]
+    lines += [f"#define STEPS {steps}", *lif_defines(tau, v_threshold, v_reset, alpha)]
     lines.append(_conversions(dtype_name))
     lines += [_COMMON, _forward(neuron, one), _backward(neuron)]
     return "\n".join(lines)

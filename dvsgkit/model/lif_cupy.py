@@ -51,6 +51,18 @@ def _f32_literal(value: float) -> str:
     return f"{f!r}f"
 
 
+def lif_defines(tau: float, v_threshold: float, v_reset: float, alpha: float) -> list[str]:
+    """The `#define` lines that bake a LIF parameter set into kernel source (float32 literals)."""
+    consts = {
+        "TAU": _f32_literal(tau),
+        "V_TH": _f32_literal(v_threshold),
+        "V_RESET": _f32_literal(v_reset),
+        "HALF_ALPHA": _f32_literal(alpha / 2),
+        "PI_HALF_ALPHA": _f32_literal(math.pi / 2 * alpha),
+    }
+    return [f"#define {k} {v}" for k, v in consts.items()]
+
+
 def _all_values(dtype: torch.dtype) -> torch.Tensor:
     """Every finite value of a 16-bit float dtype, sorted, as float64."""
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
@@ -108,15 +120,8 @@ def kernel_source(
     if dtype_name not in KERNEL_DTYPES:
         raise ValueError(f"no LIF kernel for dtype {dtype_name}; choose one of {KERNEL_DTYPES}")
     storage, size = KERNEL_DTYPES[dtype_name]
-    consts = {
-        "TAU": _f32_literal(tau),
-        "V_TH": _f32_literal(v_threshold),
-        "V_RESET": _f32_literal(v_reset),
-        "HALF_ALPHA": _f32_literal(alpha / 2),
-        "PI_HALF_ALPHA": _f32_literal(math.pi / 2 * alpha),
-    }
     lines = [f"// dvsgkit LIF kernels, storage {dtype_name}", f"typedef {storage} elem_t;"]
-    lines += [f"#define {k} {v}" for k, v in consts.items()]
+    lines += lif_defines(tau, v_threshold, v_reset, alpha)
     lines.append(_conversions(dtype_name))
     if size == 2:
         above, below = threshold_bracket(dtype_name, v_threshold)

@@ -166,13 +166,8 @@ def _discard(path: Path) -> None:
     """Remove the file `path` if there is one. (Checked first: on a read-only mount, unlinking
     a missing file fails with EROFS rather than FileNotFoundError.)"""
     if path.exists():
-        try:
+        with space.storage_errors(path, "remove the stale", SPACE_FIX):
             path.unlink()
-        except OSError as exc:
-            error = space.storage_error(exc, path, "remove the stale", SPACE_FIX)
-            if error is None:
-                raise
-            raise error from exc
 
 
 def _discard_stale(out: Path, reason: BaseException) -> None:
@@ -239,13 +234,8 @@ def _event_lock(out: Path, timeout: float) -> Iterator[None]:
     lock file's write gives one StorageError line."""
     lock = out.with_name(f".{out.name}.lock")
     with contextlib.ExitStack() as held:
-        try:
+        with space.storage_errors(lock, "write", SPACE_FIX):
             held.enter_context(build_lock(lock, timeout=timeout, what=str(out), notify=to_stderr))
-        except OSError as exc:
-            error = space.storage_error(exc, lock, "write", SPACE_FIX)
-            if error is None:
-                raise
-            raise error from exc
         yield
 
 
@@ -273,18 +263,13 @@ def _build(
         slots = make_slots(ahead + 1, spool) if pooled else []
         pool = None
         try:
-            if pooled:  # started before any other thread of ours (the progress bar's monitor)
-                pool = WorkerPool(_process, min(workers, len(recordings)), _release_reused)
-            results = _results(recordings, pool, ahead, slots, signals)
-            _write(partial, results, len(recordings), sources, root, progress)
-            signals.check()
-            os.replace(partial, out)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            error = space.storage_error(exc, partial, "write", SPACE_FIX)
-            if error is None or isinstance(exc, space.StorageError):
-                raise
-            raise error from exc
+            with space.storage_errors(partial, "write", SPACE_FIX):
+                if pooled:  # started before any other thread of ours (the progress bar's monitor)
+                    pool = WorkerPool(_process, min(workers, len(recordings)), _release_reused)
+                results = _results(recordings, pool, ahead, slots, signals)
+                _write(partial, results, len(recordings), sources, root, progress)
+                signals.check()
+                os.replace(partial, out)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

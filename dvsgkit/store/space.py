@@ -10,10 +10,12 @@ program filling the disk in between) is reported as a StorageError naming the pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # The causes a user can act on, by errno: free space, or write somewhere else.
@@ -44,13 +46,19 @@ def cause_of(exc: OSError) -> int | None:
     return code if code in CAUSES else None
 
 
-def storage_error(exc: OSError, path: Path, doing: str, fix: str) -> StorageError | None:
-    """A StorageError for `exc` (`doing` e.g. "write", `fix` what to do), or None when the error
-    is not one of CAUSES (and should propagate as it is)."""
-    code = cause_of(exc)
-    if code is None:
-        return None
-    return StorageError(code, f"cannot {doing} {path}: {CAUSES[code]}; {fix}")
+@contextlib.contextmanager
+def storage_errors(path: Path, doing: str, fix: str) -> Iterator[None]:
+    """Turn an OSError of CAUSES raised in the block into one StorageError line, "cannot {doing}
+    {path}: {cause}; {fix}"; other errors (and StorageErrors) propagate as they are."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        code = cause_of(exc)
+        if code is None:
+            raise
+        raise StorageError(code, f"cannot {doing} {path}: {CAUSES[code]}; {fix}") from exc
 
 
 def free_bytes(folder: Path) -> int:
@@ -74,14 +82,8 @@ def probe_writable(path: Path, fix: str) -> None:
     folder cannot be written (read-only mount, permissions), before any work. Where the file
     system has O_TMPFILE (Linux local disks) the file has no name, so not even a killed process
     leaves it behind."""
-    try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        error = storage_error(exc, path, "create", fix)
-        if error is None:
-            raise
-        raise error from exc
+    with storage_errors(path, "create", fix), tempfile.TemporaryFile(dir=path.parent):
+        pass
 
 
 def _mb(n: int) -> str:

@@ -65,6 +65,23 @@ def _grads(net: GestureNet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, to
     return out.detach(), {"input": x.grad, **grads}
 
 
+def _same_seed_grads(
+    first: GestureNet, second: GestureNet, x: torch.Tensor, seed: int = 5
+) -> tuple[tuple[torch.Tensor, dict[str, torch.Tensor]], ...]:
+    """`_grads` of both nets, each from the same RNG state (the same dropout masks)."""
+    torch.manual_seed(seed)
+    a = _grads(first, x)
+    torch.manual_seed(seed)
+    return a, _grads(second, x)
+
+
+def _assert_grads_close(
+    got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rtol: float, atol: float
+) -> None:
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol, msg=name)
+
+
 def test_step_and_layer_modes_agree_in_eval() -> None:
     step, layer = active_net(4, "step").eval(), active_net(4, "layer").eval()
     x = frames(t=4)
@@ -72,8 +89,7 @@ def test_step_and_layer_modes_agree_in_eval() -> None:
     out_l, g_l = _grads(layer, x)
     torch.testing.assert_close(out_s, out_l, rtol=0, atol=1e-6)
     assert g_s["fc1.weight"].abs().sum() > 0 and g_s["convs.0.weight"].abs().sum() > 0
-    for name in g_s:
-        torch.testing.assert_close(g_s[name], g_l[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_s, g_l, rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture
@@ -100,14 +116,11 @@ def test_cupy_backend_equals_torch_backend_on_cuda(
     if nhwc:  # the CuPy net NHWC end to end against the plain NCHW torch net
         cupy_net.to(memory_format=torch.channels_last)
     x = frames(n=3, t=4).cuda()
-    torch.manual_seed(3)  # same dropout masks in train mode
-    out_t, g_t = _grads(torch_net, x)
-    torch.manual_seed(3)
-    out_c, g_c = _grads(cupy_net, x)
+    # same dropout masks in train mode
+    (out_t, g_t), (out_c, g_c) = _same_seed_grads(torch_net, cupy_net, x, seed=3)
     assert out_t.abs().sum() > 0
     torch.testing.assert_close(out_c, out_t, rtol=0, atol=1e-6)
-    for name in g_t:
-        torch.testing.assert_close(g_c[name], g_t[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_c, g_t, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -137,13 +150,9 @@ def test_step_and_layer_modes_agree_in_train_mode_with_dropout() -> None:
     # mode (batch statistics + dropout masks drawn from the same seed) must agree too.
     step, layer = active_net(4, "step").train(), active_net(4, "layer").train()
     x = frames(n=3, t=1)
-    torch.manual_seed(7)
-    out_s, g_s = _grads(step, x)
-    torch.manual_seed(7)
-    out_l, g_l = _grads(layer, x)
+    (out_s, g_s), (out_l, g_l) = _same_seed_grads(step, layer, x, seed=7)
     torch.testing.assert_close(out_s, out_l, rtol=0, atol=1e-6)
-    for name in g_s:
-        torch.testing.assert_close(g_s[name], g_l[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_s, g_l, rtol=1e-4, atol=1e-6)
     torch.manual_seed(8)
     assert not torch.equal(_grads(layer, x)[1]["fc2.weight"], g_l["fc2.weight"]), "new masks"
 
@@ -189,14 +198,10 @@ def test_channels_last_on_cuda_pads_the_input_and_computes_the_same(exact_cuda: 
     nhwc = _nhwc(active_net(4, "layer").cuda()).train()
     x = frames(n=3, t=4).cuda()
     assert nhwc._pads_input(x) and nhwc._input(x).shape[2] == 8
-    torch.manual_seed(5)
-    out_p, g_p = _grads(plain, x)
-    torch.manual_seed(5)
-    out_n, g_n = _grads(nhwc, x)
+    (out_p, g_p), (out_n, g_n) = _same_seed_grads(plain, nhwc, x)
     assert out_p.abs().sum() > 0
     torch.testing.assert_close(out_n, out_p, rtol=0, atol=1e-6)
-    for name in g_p:
-        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_n, g_p, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["layer", "step"])
@@ -210,14 +215,10 @@ def test_channels_last_computes_the_same_function_with_the_same_state_dict(
     assert list(nhwc.state_dict()) == list(plain.state_dict())
     assert nhwc.convs[0].weight.shape == (4, 2, 3, 3)  # the padding never reaches the weights
     x = frames(n=3, t=4)
-    torch.manual_seed(5)
-    out_p, g_p = _grads(plain, x)
-    torch.manual_seed(5)
-    out_n, g_n = _grads(nhwc, x)
+    (out_p, g_p), (out_n, g_n) = _same_seed_grads(plain, nhwc, x)
     assert out_p.abs().sum() > 0
     assert torch.equal(out_n, out_p)
-    for name in g_p:
-        torch.testing.assert_close(g_n[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_n, g_p, rtol=1e-4, atol=1e-6)
     for name, value in plain.state_dict().items():  # running statistics updated alike
         torch.testing.assert_close(nhwc.state_dict()[name], value, rtol=1e-5, atol=1e-6)
 
@@ -287,16 +288,12 @@ def test_fused_option_hands_each_conv_block_to_bn_lif_pool(monkeypatch: pytest.M
     assert fused.fused and "fused=True" in repr(fused)
     plain = active_net(4, "layer").train()
     x = frames(n=3, t=4)
-    torch.manual_seed(5)
-    out_p, g_p = _grads(plain, x)
-    torch.manual_seed(5)
-    out_f, g_f = _grads(fused, x)
+    (out_p, g_p), (out_f, g_f) = _same_seed_grads(plain, fused, x)
     assert [c[0] for c in calls] == [(12, 4, 128 >> i, 128 >> i) for i in range(5)]
     assert [c[1] for c in calls] == list(fused.bns) and all(c[2] is fused.lif for c in calls)
     assert all(c[3] == 4 for c in calls)
     assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
-    for name in g_p:
-        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_f, g_p, rtol=1e-4, atol=1e-6)
 
 
 def test_fused_needs_the_cupy_backend() -> None:
@@ -367,13 +364,9 @@ def test_compiled_steps_compute_the_eager_function(monkeypatch: pytest.MonkeyPat
     compiled = active_net(4, "step").train()
     compiled.compile_steps = True
     x = frames(n=3, t=4)
-    torch.manual_seed(5)
-    out_e, g_e = _grads(eager, x)
-    torch.manual_seed(5)
-    out_c, g_c = _grads(compiled, x)
+    (out_e, g_e), (out_c, g_c) = _same_seed_grads(eager, compiled, x)
     assert out_e.abs().sum() > 0 and torch.equal(out_c, out_e)
-    for name in g_e:
-        torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_c, g_e, rtol=1e-4, atol=1e-6)
     for name, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-5, atol=1e-7)
     assert compiled.bns[0].num_batches_tracked.item() == 4  # one batch per time step
@@ -389,14 +382,10 @@ def test_compiled_steps_on_cuda_compute_the_eager_function(exact_cuda: None, tra
     x = frames(n=4, t=4).cuda()
     assert compiled._compiles_steps(x)
     for _ in range(3):  # warm-up, CUDA graph recording, replay
-        torch.manual_seed(5)
-        out_e, g_e = _grads(eager, x)
-        torch.manual_seed(5)
-        out_c, g_c = _grads(compiled, x)
+        (out_e, g_e), (out_c, g_c) = _same_seed_grads(eager, compiled, x)
         assert out_e.abs().sum() > 0
         torch.testing.assert_close(out_c, out_e, rtol=0, atol=1e-6)
-        for name in g_e:
-            torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-3, atol=1e-5, msg=name)
+        _assert_grads_close(g_c, g_e, rtol=1e-3, atol=1e-5)
     for name, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-6)
 
@@ -425,12 +414,8 @@ def test_fused_net_runs_the_real_fused_kernels_as_the_unfused_net(
     fused = _fused_net_on_cpu(monkeypatch).train(train)
     plain = active_net(4, "layer").train(train)
     x = frames(n=2, t=3)
-    torch.manual_seed(5)
-    out_p, g_p = _grads(plain, x)
-    torch.manual_seed(5)
-    out_f, g_f = _grads(fused, x)
+    (out_p, g_p), (out_f, g_f) = _same_seed_grads(plain, fused, x)
     assert out_p.abs().sum() > 0 and torch.equal(out_f, out_p)
-    for name in g_p:
-        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_grads_close(g_f, g_p, rtol=1e-4, atol=1e-6)
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-5, atol=1e-7)
