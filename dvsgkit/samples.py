@@ -21,7 +21,7 @@ from dvsgkit.io.aedat import (
     unpack_into,
     xy_bound,
 )
-from dvsgkit.io.labels import labels_path_for, read_labels, read_trials_numbered
+from dvsgkit.io.labels import labels_path_for, read_labels, read_trials_numbered, recording_key
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,20 @@ def list_all_recordings(folder: str | os.PathLike[str]) -> list[Recording]:
     splits' trials lists (test data leaking into training) is refused with a ValueError naming
     both files, their lines and the recording, before any file is read beyond the lists."""
     folder = Path(folder)
-    seen: dict[str, tuple[Path, int]] = {}
+    seen: dict[str, tuple[Path, int, str]] = {}
     for split in SPLITS:
         trials = folder / TRIALS_FILES[split]
         for lineno, name in read_trials_numbered(trials):
-            if name in seen:
-                other, other_line = seen[name]
+            key = recording_key(folder, name)  # `./NAME`, `sub/../NAME`, a link: one recording
+            if key in seen:
+                other, other_line, other_name = seen[key]
+                spelled = "" if name == other_name else f" as {other_name!r} (both name {key})"
                 raise ValueError(
                     f"{trials}, line {lineno}: {name!r} is also listed in {other}, line "
-                    f"{other_line}; a recording belongs to one split only: remove it from one list"
+                    f"{other_line}{spelled}; a recording belongs to one split only: remove it "
+                    "from one list"
                 )
-            seen[name] = (trials, lineno)
+            seen[key] = (trials, lineno, name)
     return [rec for split in SPLITS for rec in list_recordings(folder, split)]
 
 

@@ -156,6 +156,28 @@ def test_trials_list_naming_a_missing_recording(tmp_path: Path) -> None:
         list_recordings(tmp_path, "val")
 
 
+@pytest.mark.parametrize("spelling", ["./user24_led.aedat", "sub/../user24_led.aedat",
+                                      "sub//..//./user24_led.aedat", "alias.aedat"])  # fmt: skip
+def test_a_recording_in_both_splits_under_another_spelling_is_refused(
+    tmp_path: Path, spelling: str
+) -> None:
+    for stem in ("user02_lab", "user24_led"):
+        make_recording(tmp_path, stem, events_at([1, 2]), [(1, 0, 5)])
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "alias.aedat").symlink_to("user24_led.aedat")  # a link: the same recording
+    (tmp_path / "alias_labels.csv").symlink_to("user24_led_labels.csv")
+    (tmp_path / "trials_to_train.txt").write_text("user02_lab.aedat\nuser24_led.aedat\n")
+    (tmp_path / "trials_to_test.txt").write_text(f"{spelling}\n")
+    with pytest.raises(ValueError) as err:
+        list_all_recordings(tmp_path)
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"{tmp_path / 'trials_to_test.txt'}, line 1: {spelling!r} is also "
+                           f"listed in {tmp_path / 'trials_to_train.txt'}, line 2 as "
+                           "'user24_led.aedat' (both name "), line  # fmt: skip
+    assert "a recording belongs to one split only: remove it from one list" in line
+
+
 def test_a_recording_in_both_splits_is_refused(tmp_path: Path) -> None:
     for stem in ("user02_lab", "user24_led"):
         make_recording(tmp_path, stem, events_at([1, 2]), [(1, 0, 5)])

@@ -88,23 +88,32 @@ def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: boo
     return write_bytes_atomic(path, (eol.join(body) + eol).encode("ascii"))
 
 
+def recording_key(folder: str | os.PathLike[str], name: str) -> str:
+    """What a trials-list name in `folder` refers to: the real path of FOLDER/NAME, so that
+    `NAME`, `./NAME`, `sub/../NAME` and a link to NAME are one recording."""
+    return os.path.realpath(Path(folder) / name)
+
+
 def read_trials_numbered(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     """(1-based line number, recording name) of a `trials_to_{train,test}.txt` list, in order
-    (blanks skipped). A name listed twice would duplicate the recording's samples: ValueError
-    naming the file, both lines and the name."""
+    (blanks skipped). A recording listed twice, under any spelling (`recording_key`), would
+    duplicate its samples: ValueError naming the file, both lines and both names."""
     path = Path(path)
     lines = [line.strip() for line in _text(path, "trials list").splitlines()]
     numbered = [(lineno, name) for lineno, name in enumerate(lines, start=1) if name]
     if not numbered:
         raise ValueError(f"{path}: the trials list names no recording")
-    first: dict[str, int] = {}
+    first: dict[str, tuple[int, str]] = {}
     for lineno, name in numbered:
-        if name in first:
+        key = recording_key(path.parent, name)
+        if key in first:
+            line, other = first[key]
+            spelled = "" if name == other else f" as {other!r}; both name {key}"
             raise ValueError(
-                f"{path}, line {lineno}: {name!r} is listed again (first on line "
-                f"{first[name]}); a recording may be listed once: remove the repeated line"
+                f"{path}, line {lineno}: {name!r} is listed again (first on line {line}"
+                f"{spelled}); a recording may be listed once: remove the repeated line"
             )
-        first[name] = lineno
+        first[key] = (lineno, name)
     return numbered
 
 

@@ -135,5 +135,14 @@ def test_a_recording_listed_twice_is_refused_with_both_lines(tmp_path: Path) -> 
         read_trials(path)
 
 
+def test_a_recording_listed_twice_under_another_spelling_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "trials_to_train.txt", "user02_lab.aedat\nuser01_led.aedat\n"
+                 "./user02_lab.aedat\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"trials_to_train.txt, line 3: './user02_lab.aedat' is "
+                       r"listed again \(first on line 1 as 'user02_lab.aedat'; both name "
+                       r".*user02_lab.aedat\); a recording may be listed once"):  # fmt: skip
+        read_trials(path)
+
+
 def test_labels_path_for() -> None:
     assert labels_path_for("/d/user01_natural.aedat") == Path("/d/user01_natural_labels.csv")
