@@ -41,16 +41,19 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option(
     "--zarr-format",
     type=click.Choice([str(f) for f in ZARR_FORMATS]),
-    default=str(DEFAULT_ZARR_FORMAT),
-    show_default=True,
-    help="2: read by zarr-python 2 and 3 and tensorstore; 3: zarr-python >= 3 and tensorstore.",
+    default=None,
+    help="2: read by zarr-python 2 and 3 and tensorstore; 3: zarr-python >= 3 and tensorstore. "
+    "A store in the other format is rebuilt.  [default: an existing store's format; "
+    f"{DEFAULT_ZARR_FORMAT} for a new one]",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def frames(
-    root: Path, T: int, split_by: str, workers: int, zarr_format: str, progress: bool
+    root: Path, T: int, split_by: str, workers: int, zarr_format: str | None, progress: bool
 ) -> None:
     """Write ROOT/frames_number_{T}_split_by_{split_by}.zarr from ROOT/events.h5 (built first
-    when missing). Rerunning with the same inputs does nothing; a damaged store is rebuilt."""
+    when missing). Rerunning with the same inputs does nothing. An existing store is checked
+    first, every sample against its checksum (as 'dvsgkit info --verify' does); a damaged one
+    is rebuilt, saying what was wrong."""
     from dvsgkit.store.event_pool import WorkerError
     from dvsgkit.store.frames import make_frame_store
     from dvsgkit.store.info import summarize
@@ -60,8 +63,9 @@ def frames(
     # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
     with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
         build = make_frame_store(
-            root, T, split_by, workers=workers, progress=progress, zarr_format=int(zarr_format)
-        )
+            root, T, split_by, workers=workers, progress=progress, check_samples=True,
+            zarr_format=None if zarr_format is None else int(zarr_format),
+        )  # fmt: skip
         info = summarize(build.path)
     seconds = time.perf_counter() - start
     path, splits = build.path, info["splits"]
@@ -71,8 +75,6 @@ def frames(
         by = ", built by another process while this one waited" * (build.outcome != "up to date")
         click.echo(f"{path} is up to date{by} ({counts} samples, T={T}, {dtype})")
         return
-    if build.outcome == "rebuilt":
-        click.echo(f"{path} was damaged ({build.why}): rebuilt it", err=True)
     raw = sum(s["raw_bytes"] for s in splits.values())
     click.echo(
         f"wrote {path}: {counts} samples, T={T}, split_by={split_by}, {dtype}, "

@@ -23,7 +23,8 @@ def info(path: Path, as_json: bool, verify: bool) -> None:
     """Summarise PATH (ROOT/events.h5 or a ROOT/frames_*.zarr store): samples per split and
     class, T, dtype, size on disk, provenance, and whether it is complete and intact (its
     files against its own record; with --verify, every sample against its checksum). Exits 1
-    when the store is incomplete or damaged."""
+    when the store is incomplete or damaged. For a dataset ROOT, lists what it holds
+    (download/, extract/, events.h5, frame stores), each with the command that inspects it."""
     from dvsgkit.store.info import format_summary, summarize
 
     with user_errors():

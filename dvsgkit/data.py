@@ -106,7 +106,12 @@ class EventDataset(torch.utils.data.Dataset):
     int label 0..10), so Tonic transforms apply as they are, e.g.
     `EventDataset(root, "train", transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2),
     n_event_bins=16))`. `transform` gets the events, `target_transform` the label. The HDF5
-    file is opened lazily in each process, so the dataset can go to DataLoader workers."""
+    file is opened lazily in each process, so the dataset can go to DataLoader workers.
+
+    The cache is checked as a frame build checks it: its seals on creation (a dataset changed
+    after the build: ValueError naming it and the fix; 4 bytes read per chunk), each read's
+    Fletcher-32 checksums and pixel range, and that every process reads the file the labels
+    came from (a cache replaced since: ValueError)."""
 
     def __init__(
         self,
@@ -122,7 +127,9 @@ class EventDataset(torch.utils.data.Dataset):
         self.path, self.split = event_cache_path(root), split
         self.transform, self.target_transform = transform, target_transform
         with EventCache(self.path) as cache:  # validates: errors name the path and the fix
+            cache.check_sealed()  # never a dataset changed after the build
             self.labels = cache.labels(split).astype(np.int64)  # [N]
+            self.identity = cache.identity  # of the file the labels come from
         self._cache: Any = None
         self._pid: int | None = None
 
@@ -130,10 +137,17 @@ class EventDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
-        from dvsgkit.store.event_cache import EventCache
+        from dvsgkit.store.event_cache import EventCache, check_unchanged
 
         if self._pid != os.getpid():
-            self._cache, self._pid = EventCache(self.path), os.getpid()
+            cache = EventCache(self.path)
+            try:
+                check_unchanged(self.path, self.identity, cache.identity, "this EventDataset "
+                                "was in use", "create the EventDataset again")  # fmt: skip
+            except ValueError:
+                cache.close()
+                raise
+            self._cache, self._pid = cache, os.getpid()
         sample = self._cache.sample(self.split, i)  # EVENT_DTYPE [E]; IndexError names the range
         events = np.empty(len(sample), TONIC_EVENT_DTYPE)
         for name in TONIC_EVENT_DTYPE.names:

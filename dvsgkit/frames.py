@@ -116,7 +116,11 @@ def integrate_many(
     S = offsets.size - 1
     n = events["x"].size
     if n != offsets[-1] - offsets[0]:
-        raise ValueError(f"offsets span {offsets[-1] - offsets[0]} events but {n} were given")
+        raise ValueError(
+            f"integrate_many: offsets span {offsets[-1] - offsets[0]} events (offsets[0] = "
+            f"{offsets[0]}, offsets[-1] = {offsets[-1]}) but `events` holds {n}; pass the "
+            "offsets of exactly these events (offsets[-1] - offsets[0] == len(events))"
+        )
     # int32 index arithmetic is ~2x faster than int64 and exact while the block is < 2**31 counts.
     itype = np.int32 if S * T * 2 * H * W < 2**31 else np.int64
     lengths = frame_lengths(events, offsets, T, split_by)

@@ -78,3 +78,21 @@ def test_frame_dataset_transform(frame_root: Path) -> None:
     with EventCache(event_cache_path(frame_root)) as cache:
         expected = integrate(cache.sample("train", 2), T, "number")
     assert np.array_equal(frames.numpy(), expected)
+
+
+def test_a_cache_replaced_under_a_dataset_is_never_read(frame_root: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(event_cache_path(frame_root), root / "events.h5")
+    dataset = EventDataset(root, "test")  # labels read from this file
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(root / "events.h5", copy)
+    os.replace(copy, root / "events.h5")  # `mv` of another file (here: equal bytes) onto it
+    fresh = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker gets it
+    with pytest.raises(ValueError, match=rf"{root / 'events.h5'} was replaced while this "
+                       r"EventDataset was in use .*create the EventDataset again"):  # fmt: skip
+        fresh[0]
+    EventDataset(root, "test")[0]  # a new one reads the file now in place

@@ -164,6 +164,14 @@ def test_events_off_the_sensor_are_rejected(x: int, y: int, p: int) -> None:
         integrate(make_events([0, 1], [0, x], [0, y], [0, p]), 2)
 
 
+def test_offsets_that_do_not_span_the_events_say_which_and_the_fix() -> None:
+    events = np.zeros(5, EVENT_DTYPE)
+    with pytest.raises(ValueError, match=r"integrate_many: offsets span 7 events \(offsets\[0\] "
+                       r"= 0, offsets\[-1\] = 7\) but `events` holds 5; pass the offsets of "
+                       r"exactly these events"):  # fmt: skip
+        integrate_many(events, np.array([0, 3, 7]), 2)
+
+
 def test_time_split_out_of_order_timestamps_follow_each_event_time() -> None:
     # Not time-ordered: each event goes to the window of its own timestamp (reference.md §4); one
     # earlier than the first event goes to frame 0, one after the last window to the last frame.

@@ -29,10 +29,35 @@ class SplitIndex:
 
 @dataclass(frozen=True)
 class EventsIndex:
-    """What a frame build works from: the root attributes and each split's index."""
+    """What a frame build works from, all read from one open file: the root attributes, each
+    split's index, the cache's checksum and the file's identity (see `file_identity`)."""
 
     attrs: dict[str, Any]
     splits: dict[str, SplitIndex]
+    checksum: str
+    identity: tuple[int, int, int]
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells one events.h5 from another under the same name: inode, size and modification
+    time (`mv` or `rsync` put a new inode there; a write in place changes the time)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_unchanged(
+    path: Path,
+    identity: tuple[int, int, int],
+    now: tuple[int, int, int],
+    during: str,
+    fix: str = "nothing was built from it: rerun",
+) -> None:
+    """ValueError naming the file and `fix` when `now` (the identity of the file read now) is
+    not `identity` (that of the file read before): it was replaced `during` something."""
+    if now != identity:
+        raise ValueError(
+            f"{path} was replaced while {during} (by another 'dvsgkit events' of this root, or "
+            f"a copy onto it?); {fix}"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -50,6 +75,8 @@ class EventCache:
             raise FileNotFoundError(f"{self.path} not found; run 'dvsgkit events' first")
         self._file = h5py.File(self.path, "r", rdcc_nbytes=READ_CACHE_BYTES)
         try:
+            # The file this object reads, whatever the name points to later.
+            self.identity = file_identity(os.fstat(self._file.id.get_vfd_handle()))
             self._check_layout()
             self._offsets = {s: self._file[s]["offsets"][:] for s in SPLITS}
             self._labels = {s: self._file[s]["labels"][:] for s in SPLITS}
@@ -143,8 +170,9 @@ class EventCache:
         return out
 
     def index(self) -> EventsIndex:
-        """The root attributes and each split's offsets, labels and sample ids, after checking
-        that they describe the event columns (ValueError naming the file, split and fix)."""
+        """The root attributes, each split's offsets, labels and sample ids, the checksum and
+        the file's identity, after checking that the offsets and labels describe the event
+        columns (ValueError naming the file, split and fix)."""
         splits = {}
         for split in SPLITS:
             group, offsets, labels = self._file[split], self._offsets[split], self._labels[split]
@@ -167,7 +195,7 @@ class EventCache:
             splits[split] = SplitIndex(offsets.astype(np.int64), labels.astype(np.uint8), ids)
         attrs = self._file.attrs
         scalars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
-        return EventsIndex(scalars, splits)
+        return EventsIndex(scalars, splits, self.checksum(), self.identity)
 
     def verify(self) -> list[str]:
         """Read the whole file and return what is damaged, one line each naming the file, the
@@ -204,11 +232,13 @@ class EventCache:
 
 
 def read_events_index(events_path: Path) -> EventsIndex:
-    """EventCache.index with every failure a ValueError (FileNotFoundError when there is no
-    file) naming the path and the fix: what a frame build and `dvsgkit info` rely on."""
+    """EventCache.index, from one open file whose seals match (`check_sealed`: 4 bytes read per
+    chunk), with every failure a ValueError (FileNotFoundError when there is no file) naming
+    the path and the fix: what a frame build and `dvsgkit info` rely on."""
     fix = integrity.fix_for(events_path)
     try:
         with EventCache(events_path) as cache:
+            cache.check_sealed()  # a dataset changed after the build is never built on
             return cache.index()
     except FileNotFoundError:
         raise
@@ -218,12 +248,6 @@ def read_events_index(events_path: Path) -> EventsIndex:
         ) from exc
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{events_path} does not follow the event layout ({exc}); {fix}") from exc
-
-
-def events_checksum(events_path: Path) -> str:
-    """The event cache's own fingerprint (EventCache.checksum), recorded as provenance."""
-    with EventCache(events_path) as cache:
-        return cache.checksum()
 
 
 def recorded_sources(path: Path) -> list[dict[str, Any]] | None:

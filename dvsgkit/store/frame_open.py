@@ -14,11 +14,31 @@ from dvsgkit.store.errors import StoreDamagedError
 from dvsgkit.store.frame_layout import LAYOUT, LAYOUT_VERSION
 
 
-def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tuple[str, str]:
+def store_zarr_format(path: Path) -> int | None:
+    """The Zarr format of the group at `path` (3: zarr.json, 2: .zgroup), None for neither."""
+    if (path / "zarr.json").is_file():
+        return 3
+    return 2 if (path / ".zgroup").is_file() else None
+
+
+def store_status(
+    path: Path,
+    T: int,
+    split_by: str,
+    checksum: str | None,
+    *,
+    zarr_format: int | None = None,
+    samples: bool = False,
+) -> tuple[str, str]:
     """(status, why): 'absent'; 'current' (complete, same inputs, structure intact); 'stale'
     (ours, but incomplete, of an older layout or built from other inputs); 'damaged' (ours and
-    complete, but files missing or other than recorded: why names them). FileExistsError when
-    the path holds anything else, which is never replaced."""
+    complete, but files missing or other than recorded, its T or split_by edited, or with
+    `samples`, a sample that does not match its checksum: why names them); 'format' (current,
+    but not in the `zarr_format` asked for). FileExistsError when the path holds anything else
+    (a sound store of another configuration included), which is never replaced.
+
+    Cost: a few bytes per sample and a listing of the chunk files, no frame decoded; with
+    `samples`, every sample decoded and checksummed (what `dvsgkit info --verify` does)."""
     if not path.exists():
         return "absent", ""
     for meta in (path / ".zattrs", path / ".zgroup", path / "zarr.json"):
@@ -44,10 +64,13 @@ def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tup
             "delete it, then rerun"
         )
     if attrs.get("T") != T or attrs.get("split_by") != split_by:
+        recorded = f"T={attrs.get('T')}, split_by={attrs.get('split_by')!r}"
+        problems = _problems(path, group, SPLITS)
+        if problems:  # its record was edited: the frames themselves are not of that recipe
+            return "damaged", f"it records {recorded}, but {_first(problems)}"
         raise FileExistsError(
-            f"{path} holds a frame store of another configuration (T={attrs.get('T')}, "
-            f"split_by={attrs.get('split_by')!r}), not T={T}, split_by={split_by!r}; "
-            "move it away or delete it, then rerun"
+            f"{path} holds a frame store of another configuration ({recorded}), not "
+            f"T={T}, split_by={split_by!r}; move it away or delete it, then rerun"
         )
     if attrs.get("complete") is not True:
         return "stale", "incomplete"
@@ -56,7 +79,21 @@ def store_status(path: Path, T: int, split_by: str, checksum: str | None) -> tup
     if attrs.get("events", {}).get("checksum") != checksum:
         return "stale", "built from another event cache"
     problems = _problems(path, group, SPLITS)
-    return ("damaged", problems[0]) if problems else ("current", "")
+    if problems:
+        return "damaged", _first(problems)
+    found = store_zarr_format(path)
+    if zarr_format is not None and found != zarr_format:
+        return "format", f"in Zarr format {found}, not the format {zarr_format} asked for"
+    if samples:
+        problems = [p for split in SPLITS for p in verify.verify_samples(path, group, split)[1]]
+        if problems:
+            return "damaged", _first(problems)
+    return "current", ""
+
+
+def _first(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
 
 
 def _problems(path: Path, group: zarr.Group, splits: tuple[str, ...]) -> list[str]:

@@ -26,7 +26,8 @@ from dvsgkit.store.event_cache import (
     EventCache,
     EventsIndex,
     SplitIndex,
-    events_checksum,
+    check_unchanged,
+    file_identity,
     read_events_index,
 )
 from dvsgkit.store.event_layout import event_cache_path
@@ -37,7 +38,7 @@ from dvsgkit.store.frame_layout import (
     ZARR_FORMATS,
     frame_store_path,
 )
-from dvsgkit.store.frame_open import store_status
+from dvsgkit.store.frame_open import store_status, store_zarr_format
 from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock, to_stderr
 from dvsgkit.store.resources import SpaceCheck, check_memory, writing
 from dvsgkit.store.signals import BuildSignals
@@ -70,6 +71,7 @@ class BlockTask:
     """Samples [s0, s1) of a split, to integrate and write: one worker's job."""
 
     events_path: Path
+    identity: tuple[int, int, int]  # of the events.h5 the index was read from
     split: str
     s0: int
     s1: int
@@ -99,6 +101,9 @@ def _integrate_block(task: BlockTask) -> BlockResult:
     # "number" needs no t
     fields = ("x", "y", "p", "t") if task.split_by == "time" else ("x", "y", "p")
     with EventCache(task.events_path) as cache:  # damage, pixels off the sensor: one clear line
+        # The same file as the index: a cache replaced since (mv, rsync) is never read.
+        check_unchanged(task.events_path, task.identity, cache.identity,
+                        "the frames were being built")  # fmt: skip
         events = cache.columns(task.split, fields, e0, e1, offsets=offsets, first_sample=task.s0)
     counts = integrate_many(events, offsets, task.T, task.split_by)  # [S, T, 2, H, W] int64
     largest = int(counts.max()) if counts.size else 0
@@ -121,6 +126,7 @@ def _write_split(
     split: str,
     index: SplitIndex,
     events_path: Path,
+    identity: tuple[int, int, int],
     T: int,
     split_by: str,
     zarr_format: int,
@@ -147,7 +153,7 @@ def _write_split(
         )
         frames_path = str(store_path / split / "frames")
         tasks = [
-            BlockTask(events_path, split, s0, min(s0 + BLOCK_SAMPLES, n),
+            BlockTask(events_path, identity, split, s0, min(s0 + BLOCK_SAMPLES, n),
                       offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
             for s0 in range(0, n, BLOCK_SAMPLES)
         ]  # fmt: skip
@@ -178,8 +184,9 @@ def _write_split(
 
 @dataclass(frozen=True)
 class FrameBuild:
-    """What make_frame_store did: "built", "rebuilt" (the old store was damaged; `why` says
-    how), "up to date", or "built by another process" (it was current once the lock was held)."""
+    """What make_frame_store did: "built", "rebuilt" (the old store was damaged, or of another
+    Zarr format than asked for; `why` says how), "up to date", or "built by another process"
+    (it was current once the lock was held)."""
 
     path: Path
     outcome: str
@@ -193,11 +200,12 @@ def build_frame_store(
     *,
     workers: int = BUILD_WORKERS,
     progress: bool = True,
-    zarr_format: int = DEFAULT_ZARR_FORMAT,
+    zarr_format: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Path:
     """Write ROOT/frames_number_{T}_split_by_{split_by}.zarr from ROOT/events.h5 (built first
-    when missing). A complete, intact store made from the same event cache is left as is."""
+    when missing). A complete, intact store made from the same event cache is left as is; a
+    damaged one is rebuilt, saying what was wrong on stderr first."""
     return make_frame_store(
         root, T, split_by, workers=workers, progress=progress, zarr_format=zarr_format,
         lock_timeout=lock_timeout,
@@ -211,14 +219,22 @@ def make_frame_store(
     *,
     workers: int = BUILD_WORKERS,
     progress: bool = True,
-    zarr_format: int = DEFAULT_ZARR_FORMAT,
+    zarr_format: int | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    check_samples: bool = False,
+    notify: Callable[[str], None] = to_stderr,
 ) -> FrameBuild:
-    """build_frame_store, saying what it did. A second build of the same store waits for the
-    first (at most `lock_timeout` seconds, naming its pid); StoreWriteError: full disk,
-    read-only file system or no permission, with nothing partial left."""
+    """build_frame_store, saying what it did. `zarr_format` None keeps an existing store's
+    format (new stores: DEFAULT_ZARR_FORMAT); a store in another format than the one given is
+    rebuilt. With `check_samples`, a store that would be up to date has every sample decoded and
+    compared with its checksum (what `dvsgkit info --verify` does: seconds for the full
+    dataset); without, its structure only is checked (milliseconds). Before rebuilding a
+    damaged store (or one of another format) it passes one line saying why to `notify`. A
+    second build of the same store waits for the first (at most `lock_timeout` seconds, naming
+    its pid); StoreWriteError: full disk, read-only file system or no permission, with nothing
+    partial left."""
     check_frame_params(T, split_by)
-    if zarr_format not in ZARR_FORMATS:
+    if zarr_format is not None and zarr_format not in ZARR_FORMATS:
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -232,32 +248,66 @@ def make_frame_store(
         from dvsgkit.store.events import build_event_cache
 
         build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
+    # Layout, seals, offsets, labels, checksum and the file's identity, from one open file.
     index = read_events_index(events_path)
-    checksum = events_checksum(events_path)
-    status, why = store_status(target, T, split_by, checksum)
-    if status == "current":
+    # Held open until the build ends, so that the file keeps its inode number (on FUSE too).
+    pin = os.open(events_path, os.O_RDONLY)
+    try:
+        check_unchanged(events_path, index.identity, file_identity(os.fstat(pin)),
+                        "its index was read")  # fmt: skip
+        return _make(root, target, events_path, index, T, split_by, workers, progress,
+                     zarr_format, lock_timeout, check_samples, notify)  # fmt: skip
+    finally:
+        os.close(pin)
+
+
+def _make(
+    root: Path,
+    target: Path,
+    events_path: Path,
+    index: EventsIndex,
+    T: int,
+    split_by: str,
+    workers: int,
+    progress: bool,
+    zarr_format: int | None,
+    lock_timeout: float,
+    check_samples: bool,
+    notify: Callable[[str], None],
+) -> FrameBuild:
+    """make_frame_store once the event cache's index is read."""
+
+    def status() -> tuple[str, str]:
+        return store_status(target, T, split_by, index.checksum, zarr_format=zarr_format,
+                            samples=check_samples)  # fmt: skip
+
+    found, why = status()
+    if found == "current":
         return FrameBuild(target, "up to date")
     with writing(target), build_lock(
         root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
         notify=to_stderr,
     ):  # fmt: skip
         # Another build may have finished while this one waited for the lock.
-        if store_status(target, T, split_by, checksum)[0] == "current":
+        found, why = status()
+        if found == "current":
             return FrameBuild(target, "built by another process")
+        if found == "damaged":
+            notify(f"{target} is damaged: {why}; rebuilding it")
+        elif found == "format":
+            notify(f"{target} is {why}; rebuilding it")
+        fmt = zarr_format or store_zarr_format(target) or DEFAULT_ZARR_FORMAT
         remove_dead_temps(root, target.name)  # what killed builds of this store left
         tmp = make_temp_dir(target)
         try:
             with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
-                _write_store(tmp, index, events_path, checksum, T, split_by, workers, progress,
-                             zarr_format, signals.check)  # fmt: skip
+                _write_store(tmp, index, events_path, T, split_by, workers, progress, fmt,
+                             signals.check)  # fmt: skip
                 signals.check()
-            # The workers open events.h5 by name: had a concurrent 'dvsgkit events' replaced it
-            # with other samples, they read those against the index read above.
-            if events_checksum(events_path) != checksum:
-                raise ValueError(
-                    f"{events_path} was replaced while the frames were being built (another "
-                    "'dvsgkit events' of this root?); no store was written: rerun"
-                )
+            # The workers checked that they read the file of the index; a write in place, or a
+            # replacement after the last of them, shows here.
+            check_unchanged(events_path, index.identity, file_identity(os.stat(events_path)),
+                            "the frames were being built")  # fmt: skip
             swap_in(tmp, target)  # an old store is moved aside, then deleted
         except BaseException:
             with contextlib.suppress(Exception):  # this build's error is the one to report
@@ -265,7 +315,7 @@ def make_frame_store(
             raise
         finally:
             remove_tree(tmp)  # gone already after a successful swap
-    return FrameBuild(target, "rebuilt" if status == "damaged" else "built", why)
+    return FrameBuild(target, "rebuilt" if found in ("damaged", "format") else "built", why)
 
 
 def _wait_for_zarr_writes() -> None:
@@ -285,7 +335,6 @@ def _write_store(
     tmp: Path,
     index: EventsIndex,
     events_path: Path,
-    checksum: str,
     T: int,
     split_by: str,
     workers: int,
@@ -309,7 +358,7 @@ def _write_store(
             "frame_axes": ["sample", "time", "polarity", "y", "x"],
             "events": {
                 "file": events_path.name,
-                "checksum": checksum,
+                "checksum": index.checksum,
                 "layout_version": index.attrs.get("layout_version"),
                 "dvsgkit_version": index.attrs.get("dvsgkit_version"),
             },
@@ -337,8 +386,9 @@ def _write_store(
 
             for split in SPLITS:
                 with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
-                    _write_split(group, tmp, split, index.splits[split], events_path, T,
-                                 split_by, zarr_format, pool, after_block)  # fmt: skip
+                    _write_split(group, tmp, split, index.splits[split], events_path,
+                                 index.identity, T, split_by, zarr_format, pool,
+                                 after_block)  # fmt: skip
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

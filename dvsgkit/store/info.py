@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,78 @@ def summarize(path: Path, verify: bool = False) -> dict[str, Any]:
         return _summarize_events(path, verify)
     if (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
         return _summarize_frames(path, verify)
-    raise ValueError(f"{path} is a folder but not a Zarr group (no .zgroup or zarr.json)")
+    holds = _root_parts(path)
+    if not holds:
+        raise ValueError(
+            f"{path} is a folder but neither a frame store (no .zgroup or zarr.json) nor a "
+            "dataset root (no download/, extract/, events.h5 or frames_*.zarr); give "
+            "ROOT/events.h5, a ROOT/frames_*.zarr store or a dataset ROOT"
+        )
+    return {"path": str(path), "kind": "root", "complete": True, "holds": holds}
+
+
+FRAME_STORE_NAME = re.compile(r"frames_number_(\d+)_split_by_(\w+)\.zarr")
+
+
+def _root_parts(root: Path) -> dict[str, dict[str, str]]:
+    """What a dataset root holds, cheaply (names and sizes; nothing hashed or decoded): each
+    part (its name under ROOT) with what it is and the command that inspects it."""
+    from dvsgkit.constants import DATASET_DIR, DOWNLOAD_DIR, EXTRACT_DIR, RESOURCES, TRIALS_FILES
+    from dvsgkit.io import extract
+    from dvsgkit.io.download import PARTIAL_SUFFIX
+    from dvsgkit.synth import MARKER as SYNTH_MARKER
+
+    parts: dict[str, dict[str, str]] = {}
+    download = root / DOWNLOAD_DIR
+    if download.is_dir():
+        present = [r.name for r in RESOURCES if (download / r.name).is_file()]
+        notes = [f"{len(present)} of {len(RESOURCES)} IBM files ({', '.join(present) or 'none'})"]
+        for r in RESOURCES:
+            partial = download / (r.name + PARTIAL_SUFFIX)
+            if partial.is_file():
+                notes.append(
+                    f"{r.name}: {partial.stat().st_size:,} bytes of an interrupted download"
+                )
+        parts[f"{DOWNLOAD_DIR}/"] = {
+            "what": ", ".join(notes),
+            "inspect": f"dvsgkit download --root {root} (checks the md5s, fetches the rest)",
+        }
+    folder = root / EXTRACT_DIR / DATASET_DIR
+    if folder.is_dir():
+        recordings = sum(1 for _ in folder.glob("*.aedat"))
+        lists = [n for n in TRIALS_FILES.values() if (folder / n).is_file()]
+        state = "both trials lists" if len(lists) == len(TRIALS_FILES) else (
+            f"trials lists: {', '.join(lists) or 'none'}")  # fmt: skip
+        if (folder / SYNTH_MARKER).is_file():
+            origin = "synthetic (dvsgkit synth)"
+        elif (root / EXTRACT_DIR / extract.MARKER).is_file():
+            origin = "extracted from the archive"
+        else:
+            origin = "no extraction record (copied by hand, or an interrupted extraction)"
+        parts[f"{EXTRACT_DIR}/{DATASET_DIR}/"] = {
+            "what": f"{recordings} recordings, {state}, {origin}",
+            "inspect": f"dvsgkit events --root {root} (cuts them into events.h5)",
+        }
+    elif (root / EXTRACT_DIR).is_dir():
+        parts[f"{EXTRACT_DIR}/"] = {
+            "what": f"no {DATASET_DIR}/ folder (not extracted yet)",
+            "inspect": f"dvsgkit download --root {root} (extracts the archive)",
+        }
+    events = root / "events.h5"
+    if events.is_file():
+        parts[events.name] = {
+            "what": f"event cache, {_mb(events.stat().st_size)}",
+            "inspect": f"dvsgkit info {events} (add --verify to read every byte)",
+        }
+    for store in sorted(root.glob("frames_*.zarr")):
+        match = FRAME_STORE_NAME.fullmatch(store.name)
+        if not store.is_dir() or match is None:
+            continue
+        parts[store.name] = {
+            "what": f"frame store, T={match[1]}, split_by {match[2]}, {_mb(size_on_disk(store))}",
+            "inspect": f"dvsgkit info {store} (add --verify to check every sample)",
+        }
+    return parts
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -54,9 +126,8 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
-        read_events_index(path)  # the layout checks a frame build relies on
+        read_events_index(path)  # the layout and seal checks a frame build relies on
         with EventCache(path) as cache:
-            cache.check_sealed()
             if verify:
                 damaged = cache.verify()
                 out["verified"] = sum(cache.num_samples(split) for split in SPLITS)
@@ -165,6 +236,12 @@ def _mb(n: int) -> str:
 
 def format_summary(info: dict[str, Any]) -> str:
     """The summary as aligned text lines."""
+    if info["kind"] == "root":
+        width = max(len(name) for name in info["holds"])
+        lines = [f"{info['path']}: a dataset root; what it holds, and the command for each:"]
+        for name, part in info["holds"].items():
+            lines.append(f"  {name:<{width}}  {part['what']}; {part['inspect']}")
+        return "\n".join(lines)
     lines = [f"{info['path']}: {'event cache' if info['kind'] == 'events' else 'frame store'}"]
     lines.append(f"  complete        {'yes' if info['complete'] else 'NO: ' + info['problem']}")
     if "verified" in info:

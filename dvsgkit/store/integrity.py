@@ -59,25 +59,21 @@ def _datasets(f: Any, splits: tuple[str, ...]) -> list[tuple[str, Any]]:
 def seal(f: Any, splits: tuple[str, ...]) -> None:
     """Record each dataset's seal as its SEAL_ATTR. `f` is open for writing; its data is final."""
     f.flush()  # chunks reach the file, where the checksums are read from
-    fd = os.open(f.filename, os.O_RDONLY)
-    try:
-        for _, dset in _datasets(f, splits):
-            dset.attrs[SEAL_ATTR] = dataset_seal(dset, fd)
-    finally:
-        os.close(fd)
+    fd = f.id.get_vfd_handle()  # the open file itself, not whatever its name points to now
+    for _, dset in _datasets(f, splits):
+        dset.attrs[SEAL_ATTR] = dataset_seal(dset, fd)
 
 
 def changed_datasets(f: Any, splits: tuple[str, ...]) -> list[str]:
-    """The datasets whose seal is missing or no longer matches their chunks ("train/x")."""
-    fd = os.open(f.filename, os.O_RDONLY)
-    try:
-        return [
-            name
-            for name, dset in _datasets(f, splits)
-            if dset.attrs.get(SEAL_ATTR) != dataset_seal(dset, fd)
-        ]
-    finally:
-        os.close(fd)
+    """The datasets of the open file `f` whose seal is missing or no longer matches their
+    chunks ("train/x"); a dataset stored without chunks (not written by dvsgkit) has none."""
+    fd = f.id.get_vfd_handle()  # the open file itself, not whatever its name points to now
+    changed = []
+    for name, dset in _datasets(f, splits):
+        recorded = dset.attrs.get(SEAL_ATTR)
+        if recorded is None or dset.chunks is None or recorded != dataset_seal(dset, fd):
+            changed.append(name)
+    return changed
 
 
 def check_sealed(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int, int]) -> None:
@@ -131,10 +127,10 @@ def read_columns(
     offsets: np.ndarray | None = None,
     first_sample: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Events [a, b) of a split group's `fields`. A chunk failing its checksum, or (given the
-    `sensor` (H, W)) an x or y off the sensor, becomes one ValueError naming the file, split,
-    dataset and fix; the sample too when the samples' `offsets` (absolute event indices,
-    sample `first_sample` first) are given."""
+    """Events [a, b) of a split group's `fields`. Fewer events than that, a chunk failing its
+    checksum, or (given the `sensor` (H, W)) an x or y off the sensor or a polarity other than
+    0/1, becomes one ValueError naming the file, split, dataset and fix; the sample too when
+    the samples' `offsets` (absolute event indices, sample `first_sample` first) are given."""
     split = group.name.strip("/")
     out = {}
     for name in fields:
@@ -145,16 +141,23 @@ def read_columns(
                 f"{path}: {split}/{name} events [{a}, {b}) cannot be read ({exc}: a chunk fails "
                 f"its Fletcher-32 checksum, the file is damaged); {fix_for(path)}"
             ) from exc
-        limit = None if sensor is None else {"x": sensor[1], "y": sensor[0]}.get(name)
+        if len(out[name]) != b - a:  # h5py returns what there is of a slice past the end
+            raise ValueError(
+                f"{path}: {split}/{name} holds {group[name].shape[0]} events, fewer than the {b} "
+                f"that events [{a}, {b}) need (the file was changed after its build); "
+                f"{fix_for(path)}"
+            )
+        limit = None if sensor is None else {"x": sensor[1], "y": sensor[0], "p": 2}.get(name)
         if limit is not None and len(out[name]) and int(out[name].max()) >= limit:
             k = int(np.argmax(out[name] >= limit))
             where = f"event {a + k}"
             if offsets is not None:
                 where = f"sample {first_sample + _sample_of(offsets, a + k)}, {where}"
+            off = "a polarity other than 0 or 1" if name == "p" else (
+                f"off the {sensor[1]}x{sensor[0]} sensor")  # fmt: skip
             raise ValueError(
-                f"{path}: {split} {where} has {name} = {int(out[name][k])}, off the "
-                f"{sensor[1]}x{sensor[0]} sensor (the file was changed after its build); "
-                f"{fix_for(path)}"
+                f"{path}: {split} {where} has {name} = {int(out[name][k])}, {off} (the file "
+                f"was changed after its build); {fix_for(path)}"
             )
     return out
 

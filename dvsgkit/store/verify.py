@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES, SENSOR_SIZE, SPLITS
+from dvsgkit.frames import SPLIT_BY
 from dvsgkit.store.errors import StoreDamagedError
 
 CHECKSUM = "crc32"  # zlib.crc32 of a sample's bytes as stored: C order, little-endian
@@ -69,12 +70,15 @@ def rebuild_hint(path: Path, attrs: dict[str, Any] | None = None) -> str:
 
 
 def _config(path: Path, attrs: dict[str, Any]) -> tuple[Any, Any]:
-    if "T" in attrs and "split_by" in attrs:
-        return attrs["T"], attrs["split_by"]
-    # frames_number_{T}_split_by_{split_by}.zarr
+    """T and split_by of the store that `dvsgkit frames` writes at `path`: those of its name,
+    frames_number_{T}_split_by_{split_by}.zarr (its attrs may have been edited); the attrs'
+    for a store under another name."""
     stem = path.name.removesuffix(".zarr")
     head, _, split_by = stem.partition("_split_by_")
-    return head.removeprefix("frames_number_") or "<T>", split_by or "<number|time>"
+    T = head.removeprefix("frames_number_")
+    if head.startswith("frames_number_") and T.isdigit() and split_by in SPLIT_BY:
+        return int(T), split_by
+    return attrs.get("T", "<T>"), attrs.get("split_by", "<number|time>")
 
 
 def chunk_key(array: Any, sample: int) -> str:

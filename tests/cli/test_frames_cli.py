@@ -121,6 +121,32 @@ def test_info_reports_a_store_missing_a_split(recordings: Path, tmp_path: Path) 
     assert code == 1 and "NO: damaged: split 'test' missing" in out
 
 
+def test_info_of_a_dataset_root_lists_what_it_holds(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path, seed=5, train_trials=1, test_trials=1, events_per_sample=200)
+    code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")
+    assert code == 0, out
+    (tmp_path / "download").mkdir()
+    (tmp_path / "download" / "README.txt").write_text("readme")
+    (tmp_path / "download" / "DvsGesture.tar.gz.partial").write_bytes(b"0" * 1000)
+    code, out = run("info", str(tmp_path))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == f"{tmp_path}: a dataset root; what it holds, and the command for each:"
+    store = tmp_path / "frames_number_2_split_by_number.zarr"
+    expected = {
+        "download/": ["1 of 4 IBM files (README.txt)", f"dvsgkit download --root {tmp_path}",
+                      "DvsGesture.tar.gz: 1,000 bytes of an interrupted download"],
+        "extract/DvsGesture/": ["2 recordings", "both trials lists", "synthetic"],
+        "events.h5": ["event cache", f"dvsgkit info {tmp_path / 'events.h5'}"],
+        store.name: ["frame store", "T=2", f"dvsgkit info {store}"],
+    }  # fmt: skip
+    for name, parts in expected.items():
+        (line,) = [line for line in lines if line.strip().startswith(name)]
+        assert all(part in line for part in parts), (line, parts)
+    summary = json.loads(run("info", "--json", str(tmp_path))[1])
+    assert summary["kind"] == "root" and store.name in summary["holds"]
+
+
 @pytest.mark.parametrize("kind", ["missing", "text file", "plain folder"])
 def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "thing"

@@ -107,11 +107,64 @@ def test_frames_and_evaluate_rebuild_a_damaged_store_and_score_every_sample(
     code, out = run("info", str(store))
     assert code == 1 and "complete        NO: damaged: test" in out, out
     code, out = run("frames", "--root", str(work), "-T", "4", "--no-progress")
-    assert code == 0 and f"{store} was damaged (test" in out and f"wrote {store}" in out, out
+    assert code == 0 and f"{store} is damaged: test" in out and f"wrote {store}" in out, out
     code, out = run("info", "--verify", str(store))
     assert code == 0, out
     spoil()
     code, out = evaluate(work, ckpt, tmp_path)
     assert code == 0, out
+    assert out.startswith(f"{store} is damaged: test") and "; rebuilding it\n" in out, out
+    if damage == "delete chunk":  # train says it too
+        spoil()
+        code, out = run("train", "--root", str(work), "-T", "4", "--epochs", "1", "--channels",
+                        "4", "-b", "4", "--device", "cpu", "--no-progress", "--out-dir",
+                        str(tmp_path / "runs"))  # fmt: skip
+        assert code == 0 and f"{store} is damaged: test sample 3: chunk file" in out, out
+        assert "; rebuilding it\n" in out
     scored = json.loads(next(tmp_path.glob("*_test_eval.json")).read_text())
     assert scored["samples"] == 12
+
+
+def test_frames_finds_damaged_chunk_bytes_and_rebuilds_the_store(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, _ = trained
+    (tmp_path / "events.h5").symlink_to(root / "events.h5")
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    assert code == 0, out
+    store = store_of(tmp_path)
+    shutil.copyfile(chunk(store, "test", 1), chunk(store, "test", 2))  # decodes: other counts
+    flipped = chunk(store, "train", 5)
+    data = bytearray(flipped.read_bytes())
+    for k in range(16, len(data), 7):
+        data[k] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    # What train and evaluate say for such a store, and the command they name, which works.
+    code, out = evaluate(tmp_path, trained[1], tmp_path / "eval")
+    assert code == 1 and f"rebuild it with 'dvsgkit frames --root {tmp_path} -T 4" in out, out
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    key = chunk(store, "train", 5).relative_to(store).as_posix()
+    assert code == 0 and f"{store} is damaged: train sample 5 (chunk {key}) cannot be" in out, out
+    assert "(and 1 more); rebuilding it" in out and f"wrote {store}" in out, out
+    code, out = run("info", "--verify", str(store))
+    assert code == 0 and "36 samples against checksums: all match" in out, out
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    assert code == 0 and f"{store} is up to date" in out
+
+
+def test_frames_with_another_zarr_format_rebuilds_the_store_saying_so(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, _ = trained
+    (tmp_path / "events.h5").symlink_to(root / "events.h5")
+    assert run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")[0] == 0
+    store = store_of(tmp_path)
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--zarr-format", "3",
+                    "--no-progress")  # fmt: skip
+    assert code == 0 and out.startswith(f"{store} is in Zarr format 2, not the format 3 asked "
+                                        "for; rebuilding it\n") and "wrote" in out, out  # fmt: skip
+    assert zarr.open_group(store, mode="r").metadata.zarr_format == 3
+    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    assert code == 0 and f"{store} is up to date" in out, out
+    code, out = run("info", str(store))
+    assert "zarr format     3" in out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import zarr
 
 from dvsgkit.store.event_cache import EventCache
 from dvsgkit.store.events import build_event_cache
@@ -105,11 +107,11 @@ def test_a_pixel_off_the_sensor_written_by_hand_is_noticed(root: Path) -> None:
         assert f"train/x[{event}] = 200 (sample {sample}), expected < 128" in "".join(
             cache.verify()
         )
-    # frames without the sources: names the file, split and sample.
+    # frames without the sources: the same line as info, before any frame is built.
     extract = root / "extract"
     shutil.move(extract, root / "moved")
-    with pytest.raises(ValueError, match=rf"events\.h5: train sample {sample}, event {event} "
-                       r"has x = 200, off the 128x128 sensor"):  # fmt: skip
+    with pytest.raises(ValueError, match=rf"events\.h5: train sample {sample} has x = 200 "
+                       rf"\(event {event}\), off the 128x128 sensor; train/x was"):  # fmt: skip
         build_frame_store(root, 4, "number", workers=1, progress=False)
     # events: not up to date; with the sources present it is rebuilt, sound again.
     shutil.move(root / "moved", extract)
@@ -146,3 +148,139 @@ def test_a_cache_of_layout_2_is_rebuilt(root: Path) -> None:
     build_event_cache(root, workers=1, progress=False)
     with EventCache(path) as cache:
         assert cache.attrs["layout_version"] == 3
+
+
+def swap_chunks(path: Path, name: str) -> None:
+    """Swap the stored bytes of the first two chunks of `name` (a misdirected write): each
+    keeps a valid Fletcher-32, so HDF5 reads both without complaint."""
+    (a, size), (b, other) = chunk_of(path, name, 0), chunk_of(path, name, 65536)
+    assert size == other
+    data = bytearray(path.read_bytes())
+    data[a : a + size], data[b : b + size] = data[b : b + size], data[a : a + size]
+    path.write_bytes(bytes(data))
+
+
+def edit_labels(path: Path) -> None:
+    with h5py.File(path, "r+") as f:  # valid checksums, labels still 0..10
+        f["train/labels"][0] = (f["train/labels"][0] + 1) % 11
+
+
+@pytest.mark.parametrize("damage", ["edited labels", "swapped chunks"])
+def test_a_changed_cache_is_refused_by_every_build_when_the_recordings_are_gone(
+    root: Path, damage: str
+) -> None:
+    from click.testing import CliRunner
+
+    from dvsgkit.data import EventDataset
+    from dvsgkit_cli.main import cli
+
+    path = root / "events.h5"
+    shutil.rmtree(root / "extract")  # users delete the recordings once the cache is built
+    if damage == "edited labels":
+        edit_labels(path)
+        changed = "train/labels"
+    else:
+        swap_chunks(path, "train/x")
+        with h5py.File(path, "r") as f:
+            f["train/x"][:]  # every chunk passes its Fletcher-32: only the seal can tell
+        changed = "train/x"
+    line = rf"{path}: {changed} changed after the build .*delete {path} and run 'dvsgkit events'"
+    for split_by in ("number", "time"):
+        with pytest.raises(ValueError, match=line):
+            build_frame_store(root, 4, split_by, workers=1, progress=False)
+    assert not list(root.glob("*.zarr"))
+    with pytest.raises(ValueError, match=line):
+        EventDataset(root, "test")  # the readers that feed training check it too
+    result = CliRunner().invoke(cli, ["frames", "--root", str(root), "-T", "4", "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{changed} changed after the build" in result.output
+
+
+@pytest.mark.parametrize(
+    "when", ["while its index is read", "before the first block", "between blocks",
+             "in place, after the last block"],
+)  # fmt: skip
+def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:  # fmt: skip
+    from dvsgkit.store import frames as store
+
+    other_root = tmp_path_factory.mktemp("other")
+    # More events than the first: reads past its samples succeed, so nothing else would stop it.
+    write_synthetic_dataset(other_root, seed=9, train_trials=3, test_trials=2,
+                            events_per_sample=4000)  # fmt: skip
+    other = build_event_cache(other_root, workers=1, progress=False)
+    path = root / "events.h5"
+    shutil.rmtree(root / "extract")
+    replaced: list[bool] = []
+
+    def replace() -> None:  # what `mv` or `rsync` do: a new file under the same name
+        if not replaced:
+            replaced.append(True)
+            if when.startswith("in place"):  # rsync --inplace: same inode, a write, new time
+                with open(path, "r+b") as f:
+                    head = f.read(8)
+                    f.seek(0)
+                    f.write(head)  # the same bytes: only the time tells
+                return
+            staged = root / "incoming.h5"
+            shutil.copyfile(other, staged)
+            os.replace(staged, path)
+
+    if when == "while its index is read":
+        real_init = EventCache.__init__
+
+        def init(self: EventCache, *args: object, **kwargs: object) -> None:
+            real_init(self, *args, **kwargs)
+            replace()
+
+        monkeypatch.setattr(EventCache, "__init__", init)
+    elif when.startswith("in place"):
+        real_write = store._write_store
+
+        def write(*args: object) -> None:
+            real_write(*args)
+            replace()
+
+        monkeypatch.setattr(store, "_write_store", write)
+    else:
+        real_block = store._integrate_block
+
+        def block(task: store.BlockTask) -> store.BlockResult:
+            if when == "before the first block":
+                replace()
+            result = real_block(task)
+            replace()
+            return result
+
+        monkeypatch.setattr(store, "_integrate_block", block)
+    with pytest.raises(ValueError, match=rf"{path} was replaced while .*; nothing was built from "
+                       r"it: rerun"):  # fmt: skip
+        build_frame_store(root, 4, "number", workers=1, progress=False)
+    assert replaced and not list(root.glob("*.zarr"))
+    monkeypatch.undo()
+    # The rerun builds from the cache now in place: its samples, and its checksum recorded.
+    store_path = build_frame_store(root, 4, "number", workers=1, progress=False)
+    group = zarr.open_group(store_path, mode="r")
+    with EventCache(path) as cache:
+        assert group.attrs["events"]["checksum"] == cache.checksum()
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(group[split]["labels"][:], cache.labels(split))
+    assert _summarize_frames_verified(store_path)
+
+
+def _summarize_frames_verified(path: Path) -> bool:
+    from dvsgkit.store.info import summarize
+
+    return summarize(path, verify=True)["complete"]
+
+
+def test_reading_past_the_end_of_a_split_names_the_file(root: Path) -> None:
+    path = root / "events.h5"
+    with EventCache(path) as cache:
+        n = int(cache.offsets("test")[-1])
+        with pytest.raises(ValueError, match=rf"{path}: test/x holds {n} events, fewer than "
+                           rf"the {n + 10} that events \[0, {n + 10}\) need.*delete"):  # fmt: skip
+            cache.columns("test", ("x",), 0, n + 10)

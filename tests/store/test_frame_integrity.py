@@ -207,3 +207,63 @@ def test_a_store_of_layout_version_1_is_rebuilt(tmp_path: Path, events_h5: Path)
         open_frame_store(path)
     assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "built"
     open_frame_store(path)
+
+
+def test_an_edited_T_is_damage_and_its_fix_is_the_command_that_rebuilds_it(
+    tmp_path: Path, events_h5: Path
+) -> None:
+    path = built(tmp_path, events_h5)
+    zarr.open_group(path, mode="r+").attrs["T"] = 8  # the frames still hold T=4
+    fix = f"rebuild it with 'dvsgkit frames --root {tmp_path} -T {T} --split-by number'"
+    with pytest.raises(StoreDamagedError) as err:
+        open_frame_store(path)
+    assert fix in str(err.value) and "uint8 [12, 4, 2, 128, 128]" in str(err.value)
+    info = summarize(path)
+    assert not info["complete"] and info["fix"].startswith(fix)
+    build = make_frame_store(tmp_path, T, workers=1, progress=False)  # what the fix runs
+    assert build.outcome == "rebuilt" and "T=8" in build.why, build
+    assert open_frame_store(path).attrs["T"] == T
+
+
+def test_a_rebuild_says_what_was_wrong_before_it_starts(
+    tmp_path: Path, events_h5: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from dvsgkit.store import frames as store
+
+    path = built(tmp_path, events_h5)
+    gone = chunk(path, "test", 3)
+    gone.unlink()
+    capsys.readouterr()
+    said: list[str] = []
+    real = store._write_store
+
+    def write(*args: object, **kwargs: object) -> None:
+        said.append(capsys.readouterr().err)  # what was printed when the rebuild began
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write_store", write)
+    # What train and evaluate call: it prints the line itself.
+    assert store.build_frame_store(tmp_path, T, workers=1, progress=False) == path
+    key = gone.relative_to(path).as_posix()
+    assert said == [f"{path} is damaged: test sample 3: chunk file {key} missing; rebuilding it\n"]
+    assert capsys.readouterr().err == ""
+    open_frame_store(path, "test")
+
+
+def test_an_explicit_zarr_format_rebuilds_a_store_of_the_other_format(
+    tmp_path: Path, events_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = built(tmp_path, events_h5, zarr_format=2)
+    capsys.readouterr()
+    build = make_frame_store(tmp_path, T, workers=1, progress=False, zarr_format=3)
+    assert build.outcome == "rebuilt" and (path / "zarr.json").is_file()
+    assert not (path / ".zgroup").exists()
+    assert capsys.readouterr().err == (
+        f"{path} is in Zarr format 2, not the format 3 asked for; rebuilding it\n"
+    )
+    # No format given: the store is kept in whichever format it has.
+    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "up to date"
+    assert make_frame_store(tmp_path, T, workers=1, progress=False,
+                            zarr_format=3).outcome == "up to date"  # fmt: skip
+    assert summarize(path, verify=True)["complete"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import os
@@ -19,6 +20,7 @@ import zarr
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.frames import integrate
 from dvsgkit.store import frames as store
+from dvsgkit.store import integrity
 from dvsgkit.store.errors import StoreWriteError
 from dvsgkit.store.event_cache import EventCache
 from dvsgkit.store.events import build_event_cache
@@ -39,7 +41,8 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_events_h5(path: Path, samples: dict[str, list[tuple[np.ndarray, int]]]) -> None:
-    """An events.h5 in the documented layout (version 3) from (events, label) per split."""
+    """An events.h5 in the documented layout (version 3) from (events, label) per split:
+    every dataset with Fletcher-32 and sealed, as the build writes it."""
     with h5py.File(path, "w") as f:
         f.attrs.update(layout="dvsgkit.events", layout_version=3, dvsgkit_version="test")
         f.attrs["sensor_size"] = [128, 128]
@@ -49,12 +52,15 @@ def write_events_h5(path: Path, samples: dict[str, list[tuple[np.ndarray, int]]]
             evs = [e for e, _ in samples[split]]
             cat = np.concatenate(evs) if evs else np.zeros(0, EVENT_DTYPE)
             g = f.create_group(split)
-            for k in "txyp":
-                g[k] = cat[k]
-            g["offsets"] = np.cumsum([0] + [e.size for e in evs]).astype(np.int64)
-            g["labels"] = np.array([lab for _, lab in samples[split]], dtype=np.uint8)
-            g["trial"] = np.array([f"user01_lab{i}" for i in range(len(evs))], dtype=object)
-            g["row"] = np.arange(len(evs), dtype=np.int32)
+            data = {k: cat[k] for k in "txyp"}
+            data["offsets"] = np.cumsum([0] + [e.size for e in evs]).astype(np.int64)
+            data["labels"] = np.array([lab for _, lab in samples[split]], dtype=np.uint8)
+            data["trial"] = np.array([f"user01_lab{i}" for i in range(len(evs))], dtype="S10")
+            data["row"] = np.arange(len(evs), dtype=np.int32)
+            for name, values in data.items():
+                g.create_dataset(name, data=values, chunks=(max(len(values), 1),),
+                                 maxshape=(None,), fletcher32=True)  # fmt: skip
+        integrity.seal(f, SPLITS)
 
 
 def events(n: int, x: int = 5, y: int = 7, p: int = 1, t0: int = 0) -> np.ndarray:
@@ -176,7 +182,9 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
     monkeypatch.setattr(store, "_integrate_block", real)
     build_frame_store(root, T, workers=1, progress=False)
     built = zarr.open_group(path, mode="r").attrs["build_id"]
-    monkeypatch.setattr(store, "events_checksum", lambda _: "inputs changed")
+    read_index = store.read_events_index  # other inputs: the store is stale
+    monkeypatch.setattr(store, "read_events_index",
+                        lambda p: dataclasses.replace(read_index(p), checksum="other"))  # fmt: skip
     calls.clear()
     monkeypatch.setattr(store, "_integrate_block", fail_on_second_block)
     with pytest.raises(RuntimeError, match="simulated"):
