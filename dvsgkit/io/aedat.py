@@ -392,3 +392,32 @@ def read_events(
     if len(chunks) == 1:
         return chunks[0]
     return np.concatenate(chunks) if chunks else np.empty(0, dtype=EVENT_DTYPE)
+
+
+def first_off_sensor(
+    path: str | os.PathLike[str], sensor: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """(index among the file's events, byte offset of its data word, x, y) of the first event
+    of an AEDAT 3.x file that lies off a sensor of `sensor` (height, width) pixels, or None.
+    For error messages: it reads the file again, one Python step per polarity packet."""
+    height, width = sensor
+    path = Path(path)
+    index = 0
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos = _parse_header(mm, path).data_offset
+        while pos < len(mm):
+            packets, end = _walk(mm, pos, path, DEFAULT_CHUNK_EVENTS, WINDOW_BYTES)
+            for offset, number, _capacity, _overflow in packets:
+                # The data words of the packet's events (a copy: no export of the map survives).
+                data = np.frombuffer(mm, "<u4", count=2 * number, offset=offset)[::2].copy()
+                valid = (data & 1).astype(bool)
+                x, y, _ = unpack_data(data)
+                off = np.flatnonzero(valid & ((x >= width) | (y >= height)))
+                if len(off):
+                    k = int(off[0])
+                    found = index + int(valid[:k].sum())
+                    return found, offset + POLARITY_EVENT_SIZE * k, int(x[k]), int(y[k])
+                index += int(valid.sum())
+            _release(mm, pos, end)
+            pos = end
+    return None
