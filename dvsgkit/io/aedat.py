@@ -159,10 +159,11 @@ def _nothing_to_check(etype: Any, esize: Any, number: Any) -> Any:
 
 def _skip_empty(mm: mmap.mmap, pos: int, stop: int) -> int:
     """The byte offset of the first packet header at or after `pos` that is not an empty packet
-    passing `_walk`'s checks, or the last header start before `stop` when all are. Headers are
-    read as [n, 7] uint32 arrays of 16, then 256, ... up to 65,536 at a time (1.8 MB), so a
-    zero-filled stretch (a 28-byte header of zeros declares eventCapacity 0, eventSize 0) costs
-    one numpy step per megabytes, not one Python step per 28 bytes."""
+    passing `_walk`'s checks or, when every whole header before `stop` is one, the offset after
+    the last of them. Headers are read as [n, 7] uint32 arrays of 16, then 256, ... up to 65,536
+    at a time (1.8 MB), so a zero-filled stretch (a 28-byte header of zeros declares
+    eventCapacity 0, eventSize 0) costs one numpy step per 1.8 MB, not one Python step per 28
+    bytes."""
     n = 16
     while True:
         n = min(n, (stop - pos) // PACKET_HEADER.size, 1 << 16)
@@ -272,7 +273,7 @@ def iter_words(
     most `WINDOW_BYTES` of it (a file with few events gives smaller chunks), and its pages are
     unmapped once the chunk is decoded (they stay in the page cache). Runs of empty packets (a
     zero-filled stretch reads as 28-byte headers declaring no events) are stepped over with
-    numpy, about 1 GB/s, not one Python step per packet.
+    numpy, at several GB/s, not one Python step per packet.
 
     A chunk's arrays live in `buffers` (fresh ones if None) and are overwritten by the next
     chunk: copy what you keep. `digest` (a hashlib object), if given, is updated with every
