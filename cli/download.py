@@ -15,7 +15,7 @@ from dvsgkit.io.download import (
     install_mapping,
     manual_steps,
 )
-from dvsgkit.io.extract import UnsafeArchiveError, safe_extract
+from dvsgkit.io.extract import ArchiveError, safe_extract
 from dvsgkit.io.fetch import DownloadError, fetch_missing
 from dvsgkit_cli.common import root_option, user_errors
 
@@ -40,7 +40,7 @@ def download(ctx: click.Context, root: Path, source: str | None, rehash: bool) -
     """Get and verify the dataset files in ROOT/download/, then extract them into ROOT/extract/.
 
     Exits 0 only when all four files have their published md5 and the archive is extracted."""
-    with user_errors(DownloadError, UnsafeArchiveError, ValueError, OSError):
+    with user_errors(DownloadError, ArchiveError, ValueError, OSError):
         click.echo(f"Checking {download_dir(root)}")
         statuses = check_resources(root, resources=RESOURCES, rehash=rehash, progress=True)
         click.echo(format_table(statuses))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE, SENSOR_HEIGHT, SENSOR_WIDTH
-from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, iter_events
+from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, first_off_sensor, iter_events
 
 AEDAT_SUFFIXES = (".aedat",)
 NPZ_SUFFIXES = (".npz",)
@@ -94,8 +94,12 @@ def _check_chunk(path: Path, chunk: np.ndarray, first: int) -> None:
     if bad.any():
         k = int(np.argmax(bad))
         ev = chunk[k]
+        found = None
+        if path.suffix.lower() in AEDAT_SUFFIXES:  # name the byte too: the word is there
+            found = first_off_sensor(path, (SENSOR_HEIGHT, SENSOR_WIDTH))
+        at = f" at byte {found[1]}" if found is not None and found[0] == first + k else ""
         raise RecordingError(
-            f"{path}: event {first + k} (x {ev['x']}, y {ev['y']}, p {ev['p']}) lies off the "
+            f"{path}: event {first + k}{at} (x {ev['x']}, y {ev['y']}, p {ev['p']}) lies off the "
             f"{SENSOR_WIDTH}x{SENSOR_HEIGHT} DVS128 sensor or has a polarity other than 0/1; "
             "dvsgkit classifies DVS128 recordings only (crop or rescale other sensors first)"
         )

@@ -15,6 +15,7 @@ from dvsgkit.io.aedat import (
     DEFAULT_CHUNK_EVENTS,
     AedatError,
     ReadBuffers,
+    first_off_sensor,
     iter_events,
     iter_words,
     max_xy,
@@ -208,7 +209,9 @@ def _check_sensor(recording: Recording, data: np.ndarray, sensor: tuple[int, int
         return
     mx, my = max_xy(data)
     if mx >= width or my >= height:
+        first = first_off_sensor(recording.aedat, sensor)
+        where = "" if first is None else f" (the first: event {first[0]} at byte {first[1]})"
         raise AedatError(
             f"{recording.aedat}: events with x up to {mx} and y up to {my} do not fit the "
-            f"{width}x{height} sensor; not a DVS128 recording"
+            f"{width}x{height} sensor{where}; not a DVS128 recording"
         )

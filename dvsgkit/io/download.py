@@ -80,7 +80,8 @@ class VerifyCache:
     """Remembers each file's md5 keyed by (size, mtime_ns), so a rerun does not rehash 3 GB.
 
     A file replaced or appended to changes size or mtime and is hashed again; `--rehash`
-    ignores the cache for a file edited in place with its mtime restored."""
+    ignores the cache for a file edited in place with its mtime restored (the extraction also
+    hashes the archive as it reads it, and stops if the md5 changed)."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / VERIFY_CACHE

@@ -78,7 +78,17 @@ def _open_url(url: str, offset: int, timeout: float) -> tuple[BinaryIO | None, i
         exc.close()
         if exc.code == 416 and offset:
             return None, offset, None
-        message = f"{url}: HTTP {exc.code} {exc.reason}"
+        if 300 <= exc.code < 400:  # urllib stopped following redirects (its reason: 3 lines)
+            if exc.headers.get("Location") or exc.headers.get("URI"):
+                limit = urllib.request.HTTPRedirectHandler.max_redirections
+                why = f"the server's redirects go round in a loop (or past {limit})"
+            else:
+                why = "the server redirects without saying where to"
+            raise DownloadError(
+                f"{url}: HTTP {exc.code}: {why}; open the URL in a browser and give --from the "
+                "address the files are served from"
+            ) from exc
+        message = f"{url}: HTTP {exc.code} {' '.join(str(exc.reason).split())}"
         if exc.code in TRANSIENT_STATUS:
             raise _TransientError(message) from exc
         raise DownloadError(message) from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -151,6 +153,31 @@ def test_hostile_archive_is_refused_cleanly(
     assert code == 1
     assert "refusing member '../evil.txt'" in out
     assert not (tmp_path / "root" / "extract" / "DvsGesture").exists()
+
+
+def test_archive_damaged_in_place_after_its_md5_was_cached(tmp_path: Path, mirror: Path) -> None:
+    """An edit that keeps the size and mtime passes the md5 cache: the extraction finds the
+    damage, says so in one line with the fix, and leaves nothing; the fix works."""
+    root = tmp_path / "root"
+    assert _run("--root", str(root), "--from", str(mirror))[0] == 0
+    shutil.rmtree(root / "extract")
+    archive = root / "download" / "DvsGesture.tar.gz"
+    st = archive.stat()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
+    archive.write_bytes(bytes(data))
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, out = _run("--root", str(root))
+    assert code == 1
+    (error,) = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: {archive}: cannot read the archive after ")
+    assert error.endswith("check it with 'dvsgkit download --rehash', or delete it and download "
+                          "it again")  # fmt: skip
+    assert os.listdir(root / "extract") == []
+    code, out = _run("--root", str(root), "--rehash", "--from", str(mirror))
+    assert code == 0, out
+    assert "corrupt" in out
+    assert (root / "extract" / "DvsGesture" / "trials_to_train.txt").is_file()
 
 
 def test_unsupported_source_scheme(tmp_path: Path, mirror: Path) -> None:

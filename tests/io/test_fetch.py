@@ -38,6 +38,7 @@ class Mirror:
         self.ranges = True  # honour "Range: bytes=N-" with 206, else always 200 from byte 0
         self.drop_after: dict[str, int] = {}  # name -> send only K body bytes, once, then hang up
         self.fail_with: list[int] = []  # statuses answered (in order) before serving anything
+        self.redirect: dict[str, str] = {}  # name -> where a 302 sends it (itself: a loop)
         self.requests: list[tuple[str, str | None]] = []  # (name, Range header)
         self.body_bytes_sent = 0
         self.url = ""
@@ -54,6 +55,13 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
             mirror.requests.append((name, asked))
             if mirror.fail_with:
                 self.send_error(mirror.fail_with.pop(0))
+                return
+            if name in mirror.redirect:
+                self.send_response(302)
+                if mirror.redirect[name]:
+                    self.send_header("Location", mirror.redirect[name])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             if name not in mirror.files:
                 self.send_error(404)
@@ -183,6 +191,29 @@ def test_404_fails_at_once_naming_the_url(tmp_path: Path, mirror: Mirror) -> Non
     with pytest.raises(DownloadError, match=r"/mirror/nothere\.bin: HTTP 404"):
         _fetch(Resource("nothere.bin", md5(b"")), mirror.url, tmp_path)
     assert len(mirror.requests) == 1  # a 404 is not retried
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("to", ["itself", "each other", "nowhere"])
+def test_a_bad_redirect_is_one_line_naming_the_url_and_the_fix(
+    tmp_path: Path, mirror: Mirror, to: str
+) -> None:
+    mirror.redirect["mirror/a.bin"] = {"itself": "/mirror/a.bin", "nowhere": ""}.get(
+        to, "/mirror/b.bin"
+    )
+    mirror.redirect["mirror/b.bin"] = "/mirror/a.bin"
+    with pytest.raises(DownloadError) as info:
+        _fetch(Resource("a.bin", md5(b"")), mirror.url, tmp_path)
+    why = (
+        "the server redirects without saying where to"
+        if to == "nowhere"
+        else "the server's redirects go round in a loop (or past 10)"
+    )
+    assert str(info.value) == (
+        f"{mirror.url}/a.bin: HTTP 302: {why}; open the URL in a browser and give --from the "
+        "address the files are served from"
+    )
+    assert len(mirror.requests) <= 11  # followed as far as urllib goes, once: not retried
     assert list(tmp_path.iterdir()) == []
 
 
