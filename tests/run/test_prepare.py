@@ -72,5 +72,7 @@ def test_run_lock_admits_one_process_per_run_directory(tmp_path: Path) -> None:
         busy = rf"process {os.getpid()} is training the run in"
         with pytest.raises(LockTimeout, match=busy), run_lock(run_dir):  # refused, no waiting
             pytest.fail("two holders of one run directory")
+    assert not (run_dir / RUN_LOCK).exists()  # a finished run leaves no lock file
     with run_lock(run_dir):  # released on exit
         pass
+    assert sorted(p.name for p in run_dir.iterdir()) == []
