@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dvsgkit.config import TrainConfig
+from dvsgkit.model import GestureNet
 from dvsgkit.run import CONFIG, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import save_atomic
 from dvsgkit.run.prepare import prepare_run, run_lock
@@ -26,7 +27,8 @@ def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
     )
-    ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
+    net = GestureNet(config.channels).state_dict()
+    ckpt = {"net": net, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
     ckpt |= {"optimizer": {}, "lr_scheduler": {}, "scaler": {}}
     save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
 
