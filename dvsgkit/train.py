@@ -31,6 +31,7 @@ from dvsgkit.model import GestureNet
 from dvsgkit.objective import new_sums, score_batch
 from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file
 from dvsgkit.run.checkpoint import load_state, load_weights, new_checkpoint, save_atomic
+from dvsgkit.run.divergence import FiniteWatch, TrainingDiverged
 from dvsgkit.run.metrics import append_metrics, truncate_metrics
 from dvsgkit.run.prepare import check_unchanged, latest_stamp, prepare_run, run_lock
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
@@ -124,9 +125,11 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
     bar: Any,
+    watch: FiniteWatch | None = None,
 ) -> torch.Tensor:
-    """One pass; trains when an optimizer is given. Returns [loss sum, correct, samples] on the
-    device: the sums stay there so no step waits for the host."""
+    """One pass; trains when an optimizer is given, `watch` recording whether each step left the
+    loss and the weights finite. Returns [loss sum, correct, samples] on the device: the sums
+    (and the watch's record) stay there so no step waits for the host."""
     sums = new_sums(device)
     for frames, labels in loader:
         loss, _ = score_batch(net, frames, labels, sums, amp=amp)
@@ -135,6 +138,8 @@ def _run_epoch(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if watch is not None:
+                watch.step(loss)
         bar.update(labels.numel())
     return sums
 
@@ -184,6 +189,23 @@ def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path 
             f"note: {source} was written by {len(states)} process(es), this job has "
             f"{d.world_size}; dropout masks restart from the seed (not bit-exact)"
         )
+
+
+def _check_finite(watch: FiniteWatch, epoch: int, run_dir: Path, config: TrainConfig) -> None:
+    """Stop (TrainingDiverged) when `epoch`'s training made the loss or the weights non-finite:
+    its checkpoint is never written, so the latest one stays the last finite one."""
+    problem = watch.problem(epoch)
+    if problem is None:
+        return
+    latest = run_dir / LATEST
+    kept = (
+        f"{latest} stays the latest checkpoint (nothing of epoch {epoch} was written)"
+        if latest.is_file()
+        else "no checkpoint was written"
+    )
+    raise TrainingDiverged(
+        f"{problem}; {kept}; train again with a lower --lr (this run's: {config.lr:g})"
+    )
 
 
 def _write_epoch(
@@ -302,13 +324,19 @@ def train(
             return tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not show)
 
         record: dict[str, Any] = {}
+        watch = FiniteWatch(net, device)  # the net's final tensors: on its device, restored
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
             train_loader.set_epoch(epoch)
             net.train()
+            watch.start_epoch()
             with bar(train_loader.num_samples, f"epoch {epoch} train") as b:
-                sums = _run_epoch(model, train_loader, device, config.amp, optimizer, scaler, b)
+                sums = _run_epoch(
+                    model, train_loader, device, config.amp, optimizer, scaler, b, watch
+                )
             train_sums = all_sum(sums, d).tolist()  # the epoch's one host sync (and all-reduce)
+            with together(d):  # a diverged run stops on every rank, before anything is written
+                _check_finite(watch, epoch, run_dir, config)
             train_time = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             scheduler.step()

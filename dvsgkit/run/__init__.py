@@ -14,7 +14,8 @@ RUN_DIR/
 
 The modules of this package read and write them: `checkpoint` (save, load, check), `rng`
 (the RNG states a checkpoint keeps), `metrics`, `provenance`, `prepare` (what a new or resumed
-run starts from) and `writes` (failed writes). This module imports no torch.
+run starts from), `writes` (failed writes) and `divergence` (a run whose loss or weights stop
+being finite is stopped before its checkpoint is written). This module imports no torch.
 """
 
 from __future__ import annotations
