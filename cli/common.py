@@ -25,6 +25,14 @@ root_option = click.option(
 )
 
 
+def root_given() -> bool:
+    """Whether the running command was given --root (on the command line or as $DVSGKIT_ROOT)
+    rather than left at its default: commands on a checkpoint then use the root its run
+    recorded."""
+    defaults = (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    return click.get_current_context().get_parameter_source("root") not in defaults
+
+
 def checkpoint_frame_options(per: str) -> Callable[[Callable], Callable]:
     """-T and --split-by of a command that runs a checkpoint on frames (`per`: "sample",
     "window"): both default to the checkpoint's own recipe."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from dvsgkit.distributed import (
 from dvsgkit.io.atomic import remove_dead_temps
 from dvsgkit.model import GestureNet
 from dvsgkit.objective import new_sums, score_batch
-from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file
+from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file, recorded_root
 from dvsgkit.run.checkpoint import load_state, load_weights, new_checkpoint, save_atomic
 from dvsgkit.run.divergence import FiniteWatch, TrainingDiverged
 from dvsgkit.run.metrics import append_metrics, truncate_metrics
@@ -233,11 +233,16 @@ def _write_epoch(
 
 
 def train(
-    config: TrainConfig, resume: Path | None = None, *, allow_new_store: bool = False
+    config: TrainConfig,
+    resume: Path | None = None,
+    *,
+    allow_new_store: bool = False,
+    root_from_run: bool = False,
 ) -> TrainResult:
     """Train `config`'s recipe, or continue the run whose checkpoint is `resume`: on the frame
     store it trained on (same events, T, split_by and sample counts), or on another one when
-    `allow_new_store`.
+    `allow_new_store`. With `root_from_run` a resumed run keeps the dataset root its checkpoint
+    records instead of `config.root` (the CLI's choice when --root is not given).
 
     Per epoch: one printed line, one metrics.jsonl record, TensorBoard scalars (when installed),
     checkpoint_latest.pth, and checkpoint_max.pth on a new best test accuracy. On CPU, training
@@ -254,8 +259,13 @@ def train(
     try:
         # Each block ends on every rank together, so that a failure on one (rank 0's checks and
         # writes) stops the others too; see `together`.
+        notes = []  # printed once the run directory is announced
         with together(d):
             run_dir, ckpt = prepare_run(config, resume)
+            if ckpt is not None and root_from_run and ckpt["config"].get("root"):
+                root = recorded_root(ckpt["config"]["root"], checkpoint_file(resume))
+                config = replace(config, root=str(root))
+                notes.append(f"note: dataset root {root}, as the run recorded (--root to change)")
             stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
             if d.main:  # build the frame store if missing; the others wait
                 workers = max(config.workers, 1)
@@ -265,10 +275,10 @@ def train(
                 )  # fmt: skip
         with together(d):
             store, provenance = _frame_store(config)
-            notes = []  # printed once the run directory is announced
             if ckpt is not None:
                 source = checkpoint_file(resume)
-                notes = check_resume_frames(ckpt.get("frames"), provenance, source, allow_new_store)
+                old = ckpt.get("frames")
+                notes += check_resume_frames(old, provenance, source, allow_new_store)
             net = _build_net(config, device, d)
             optimizer, scheduler = build_optim(config, net.parameters(), device)
             scaler = torch.amp.GradScaler("cuda", enabled=config.amp)

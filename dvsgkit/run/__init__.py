@@ -36,3 +36,16 @@ def checkpoint_file(path: Path) -> Path:
     """The .pth file that a checkpoint argument PATH means (a run directory means its latest)."""
     path = Path(path)
     return path / LATEST if path.is_dir() else path
+
+
+def recorded_root(root: str, source: Path) -> Path:
+    """The dataset root that checkpoint `source` records (its run's `--root`), for a command
+    given no `--root`. FileNotFoundError names it when it is not a folder from here (a relative
+    root recorded in another working directory, say)."""
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path}, the dataset root recorded in {source}, is not a folder here (in "
+            f"{Path.cwd()}); pass --root"
+        )
+    return path
