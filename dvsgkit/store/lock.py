@@ -145,9 +145,10 @@ def _takeover_guard(path: Path) -> Iterator[None]:
 
 def _claim(fd: int, path: Path) -> bool:
     """Record this process in the lock file `fd`, just locked, unless a take-over replaced the
-    file meanwhile or its last holder removed it (False: it is not the lock any more). A file that still names a dead holder
-    may be being taken over at this moment: decide under the take-over guard, so that a take-over
-    finds either this process recorded or its own new file in place, never both holders."""
+    file meanwhile or its last holder removed it (False: it is not the lock any more). A file
+    that still names a dead holder may be being taken over at this moment: decide under the
+    take-over guard, so that a take-over finds either this process recorded or its own new file
+    in place, never both holders."""
     stale = _read_holder(fd)
     with _takeover_guard(path) if stale is not None and stale.dead() else contextlib.nullcontext():
         if not _same_file(fd, path):
