@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
 from dvsgkit.store.errors import LockTimeout, StoreWriteError
 from dvsgkit.store.space import StorageError
+
+# OpenMP threads (torch's on the CPU) that wait for the others sleep instead of spinning. Beside
+# other jobs on a few cores a spinning thread holds the core that a descheduled peer needs, and
+# every parallel step waits for it (a demo training step on 2 busy cores: 3.5-11 s spinning,
+# 1.1-1.6 s sleeping). Read when torch loads, which no command has done yet; the user's own
+# OMP_WAIT_POLICY is kept (docs/training.md, "CPU threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 root_option = click.option(
     "--root",

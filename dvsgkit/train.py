@@ -16,7 +16,7 @@ from torch import nn
 from dvsgkit.config import TrainConfig
 from dvsgkit.constants import SPLITS
 from dvsgkit.data import make_loader
-from dvsgkit.device import parse_device
+from dvsgkit.device import parse_device, set_cpu_threads
 from dvsgkit.distributed import (
     Dist,
     all_sum,
@@ -253,6 +253,7 @@ def train(
     from tqdm.auto import tqdm
 
     device = _check_runtime(config)
+    set_cpu_threads()  # torch's CPU threads: no more than this process's CPUs
     d, device = init_distributed(device)
     writer = None  # TensorBoard's, on the main process when installed
     held = contextlib.ExitStack()  # the run directory's lock and TensorBoard's writer
