@@ -9,7 +9,7 @@ RUN_DIR/
   frames.json              the frame stores the run trained on (run.provenance)
   tensorboard/             the same scalars, when tensorboard is installed
   curves.png               `dvsgkit plot`'s figure (dvsgkit.plots)
-  train.lock               held while a process trains here (run.prepare.run_lock)
+  train.lock               there while a process trains here (run.prepare.run_lock)
 ```
 
 The modules of this package read and write them: `checkpoint` (save, load, check), `rng`
