@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,13 @@ from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
 from dvsgkit.store.errors import LockTimeout, StoreWriteError
 from dvsgkit.store.space import StorageError
 
+# OpenMP threads (torch's on the CPU) that wait for the others sleep instead of spinning. Beside
+# other jobs on a few cores a spinning thread holds the core that a descheduled peer needs, and
+# every parallel step waits for it (a demo training step on 2 busy cores: 3.5-11 s spinning,
+# 1.1-1.6 s sleeping). Read when torch loads, which no command has done yet; the user's own
+# OMP_WAIT_POLICY is kept (docs/training.md, "CPU threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 root_option = click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -23,6 +31,14 @@ root_option = click.option(
     show_envvar=True,
     help="Dataset root (holds download/, extract/, events.h5 and the frame stores).",
 )
+
+
+def root_given() -> bool:
+    """Whether the running command was given --root (on the command line or as $DVSGKIT_ROOT)
+    rather than left at its default: commands on a checkpoint then use the root its run
+    recorded."""
+    defaults = (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    return click.get_current_context().get_parameter_source("root") not in defaults
 
 
 def checkpoint_frame_options(per: str) -> Callable[[Callable], Callable]:

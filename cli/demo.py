@@ -38,5 +38,7 @@ def demo(root: Path, out_dir: Path, epochs: int | None, seed: int, progress: boo
         f"  curves:           {result.curves}\n"
         f"  confusion matrix: {result.confusion}\n"
         f"  best checkpoint:  {result.best_checkpoint}\n"
-        f"next: dvsgkit evaluate {result.best_checkpoint} --root {root}"
+        "next:"
     )
+    for command in result.next_commands():
+        click.echo(f"  {command}")

@@ -8,7 +8,13 @@ import click
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import SPLITS
-from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, root_option, user_errors
+from dvsgkit_cli.common import (
+    DEVICE,
+    checkpoint_frame_options,
+    root_given,
+    root_option,
+    user_errors,
+)
 
 
 @click.command(context_settings={"show_default": True})
@@ -44,7 +50,9 @@ def evaluate(
 ) -> None:
     """Score CHECKPOINT (a dvsgkit checkpoint_*.pth, a run directory, or a SpikingJelly
     classify_dvsg checkpoint) on ROOT's frames: prints the report and writes
-    <stem>_<split>_eval.json, <stem>_<split>_eval.txt and <stem>_<split>_confusion.png."""
+    <stem>_<split>_eval.json, <stem>_<split>_eval.txt and <stem>_<split>_confusion.png.
+    Without --root (or $DVSGKIT_ROOT) a dvsgkit checkpoint is scored on the root its run
+    trained on."""
     from dvsgkit.device import default_device
     from dvsgkit.evaluate import evaluate as run_evaluation
     from dvsgkit.evaluate import write_outputs
@@ -52,7 +60,7 @@ def evaluate(
     with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
         result = run_evaluation(
             checkpoint,
-            root=root,
+            root=root if root_given() else None,
             T=T,
             split_by=split_by,
             split=split,
@@ -64,6 +72,8 @@ def evaluate(
         folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
         paths = write_outputs(result, out_dir or folder)
     click.echo(result.report())
+    if not root_given() and result.source == "dvsgkit":
+        click.echo(f"(dataset root {result.root}, as the run recorded; --root to change)")
     click.echo("")
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")

@@ -17,7 +17,7 @@ from dvsgkit.config import (
     SPLIT_BYS,
     TrainConfig,
 )
-from dvsgkit_cli.common import DEVICE, root_option, user_errors
+from dvsgkit_cli.common import DEVICE, root_given, root_option, user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -169,6 +169,8 @@ def train(
     first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
     checkpoint_latest.pth, checkpoint_max.pth, tensorboard/.
 
+    --resume without --root (or $DVSGKIT_ROOT) continues on the dataset root the run recorded.
+
     For several GPUs (or CPU processes with gloo) run the same command under
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
@@ -185,7 +187,9 @@ def train(
         config = TrainConfig(
             device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
         )
-        result = run_training(config, resume=resume, allow_new_store=allow_new_store)
+        result = run_training(
+            config, resume=resume, allow_new_store=allow_new_store, root_from_run=not root_given()
+        )
     if result.main and result.last:
         click.echo(
             f"done: max test accuracy {100 * result.max_test_acc:.2f} %; run directory "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -39,6 +40,20 @@ class DemoResult:
     curves: Path
     confusion: Path
     seconds: float
+    root: Path  # the synthetic dataset's root
+    T: int  # frames per sample of the trained network
+    test_recording: tuple[Path, Path]  # (.aedat, labels CSV) of the first test recording
+
+    def next_commands(self) -> list[str]:
+        """Commands to try next on the demo's outputs, with its root and paths (quoted for a
+        POSIX shell, so that they work when pasted)."""
+        best, root = shlex.quote(str(self.best_checkpoint)), shlex.quote(str(self.root))
+        aedat, labels = (shlex.quote(str(p)) for p in self.test_recording)
+        return [
+            f"dvsgkit evaluate {best} --root {root}",
+            f"dvsgkit show --root {root} --split test --index 0 -T {self.T}",
+            f"dvsgkit predict {best} {aedat} --labels {labels}",
+        ]
 
 
 def run_demo(
@@ -59,6 +74,7 @@ def run_demo(
     from dvsgkit.evaluate import evaluate, write_outputs
     from dvsgkit.plots import plot_run
     from dvsgkit.run import BEST, CONFIG
+    from dvsgkit.samples import dataset_dir, list_recordings
     from dvsgkit.store.events import build_event_cache
     from dvsgkit.store.frames import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
@@ -95,6 +111,7 @@ def run_demo(
     curves = plot_run(result.run_dir)
     evaluation = evaluate(result.run_dir / BEST, root=root, progress=False)
     confusion = write_outputs(evaluation, result.run_dir)["png"]
+    test = list_recordings(dataset_dir(root), "test")[0]
     return DemoResult(
         run_dir=result.run_dir,
         max_test_acc=result.max_test_acc,
@@ -103,6 +120,9 @@ def run_demo(
         curves=curves,
         confusion=confusion,
         seconds=time.perf_counter() - begin,
+        root=root,
+        T=config.T,
+        test_recording=(test.aedat, test.labels),
     )
 
 

@@ -1,8 +1,17 @@
-"""The torch device a command runs on: `--device` checked against this machine."""
+"""The torch device a command runs on: `--device` checked against this machine, and the CPU
+threads torch may use on it."""
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import torch
+
+THREADS_ENV = "OMP_NUM_THREADS"  # set: torch's intra-op threads, as torch itself reads it
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD"
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")  # cpu.cfs_quota_us (-1: none), cpu.cfs_period_us
 
 
 def default_device() -> str:
@@ -27,3 +36,45 @@ def parse_device(text: str) -> torch.device:
                 "use cuda:0 .. cuda:N-1"
             )
     return device
+
+
+def cpus_available() -> int:
+    """The CPUs this process may run on: its affinity mask (`taskset`, a cpuset), capped by a
+    cgroup CPU quota (`docker --cpus 2`, a Kubernetes CPU limit), which the mask does not show."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this platform
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time per period that this process's cgroup may use (v2 `cpu.max`, v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`), or None when unlimited or unknown."""
+    try:
+        quota, period = CGROUP_V2_CPU_MAX.read_text().split()
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):  # no cgroup v2 CPU controller here: try v1
+        pass
+    try:
+        quota = int((CGROUP_V1_CPU / "cpu.cfs_quota_us").read_text())
+        period = int((CGROUP_V1_CPU / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def set_cpu_threads() -> int:
+    """Give torch one intra-op thread per CPU this process may use (`cpus_available`), never
+    more: torch's own default counts the machine's cores, which oversubscribes a container or a
+    cpuset (threads waiting for descheduled threads cost far more than the parallelism gives).
+    OMP_NUM_THREADS, when set, decides instead (torch has read it). Returns the thread count."""
+    if os.environ.get(THREADS_ENV, "").strip():
+        return torch.get_num_threads()
+    threads = min(torch.get_num_threads(), cpus_available())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads

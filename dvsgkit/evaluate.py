@@ -12,7 +12,7 @@ import numpy as np
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
 from dvsgkit.io.atomic import write_text_atomic
-from dvsgkit.run import checkpoint_file
+from dvsgkit.run import checkpoint_file, recorded_root
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
@@ -45,6 +45,7 @@ class Evaluation:
     channels: int
     loss: float  # mean MSE between firing rates and one-hot labels (the training loss)
     confusion: np.ndarray  # int64 [11, 11], rows true, columns predicted
+    root: str = ""  # the dataset root whose frames were scored
 
     @property
     def samples(self) -> int:
@@ -60,6 +61,7 @@ class Evaluation:
             "checkpoint": self.checkpoint,
             "source": self.source,
             "epoch": self.epoch,
+            "root": self.root,
             "split": self.split,
             "T": self.T,
             "split_by": self.split_by,
@@ -105,7 +107,8 @@ class Evaluation:
 
 def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
-    its recipe: {"source", "epoch", "T", "split_by", "channels"} (T/split_by None when unknown)."""
+    its recipe: {"source", "epoch", "T", "split_by", "channels", "root"} (T, split_by and the
+    dataset root its run trained on are None when unknown)."""
     from dvsgkit.model import GestureNet
     from dvsgkit.run.checkpoint import (
         check_checkpoint,
@@ -124,6 +127,7 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         load_weights(net, ckpt["net"], checkpoint_file(checkpoint))
         meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
         meta |= {"split_by": config["split_by"], "channels": config["channels"]}
+        meta["root"] = config["root"]
     else:
         from dvsgkit.model import from_spikingjelly
 
@@ -134,7 +138,7 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         except ValueError as exc:  # its message says what is wrong, not in which file
             raise ValueError(f"{checkpoint_file(checkpoint)}: {exc}") from exc
         meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
-        meta |= {"split_by": None, "channels": net.channels}
+        meta |= {"split_by": None, "channels": net.channels, "root": None}
     return net.eval(), meta
 
 
@@ -158,7 +162,7 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
 def evaluate(
     checkpoint: Path,
     *,
-    root: Path,
+    root: Path | None = None,
     T: int | None = None,
     split_by: str | None = None,
     split: str = "test",
@@ -167,9 +171,9 @@ def evaluate(
     workers: int = 0,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate `checkpoint` on ROOT's frames (built if missing). T and split_by default to the
-    checkpoint's recipe; a SpikingJelly checkpoint holds none, so they default to training's
-    (16 / number)."""
+    """Evaluate `checkpoint` on ROOT's frames (built if missing). ROOT, T and split_by default to
+    the checkpoint's run (the root it trained on, its recipe); a SpikingJelly checkpoint records
+    none, so they default to training's (data, 16, number)."""
     from dvsgkit.data import make_loader
     from dvsgkit.device import parse_device
     from dvsgkit.model.inference import for_inference
@@ -179,6 +183,8 @@ def evaluate(
     net, meta = load_net(checkpoint)
     T = T or meta["T"] or DEFAULTS.T
     split_by = split_by or meta["split_by"] or DEFAULTS.split_by
+    if root is None:
+        root = recorded_root(meta["root"], checkpoint) if meta["root"] else DEFAULTS.root
     dev = parse_device(device)
     store = build_frame_store(Path(root), T, split_by, workers=max(workers, 1), progress=progress)
     loader = make_loader(
@@ -195,6 +201,7 @@ def evaluate(
         channels=meta["channels"],
         loss=loss,
         confusion=confusion_matrix(labels, preds),
+        root=str(root),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import nn
 from dvsgkit.config import TrainConfig
 from dvsgkit.constants import SPLITS
 from dvsgkit.data import make_loader
-from dvsgkit.device import parse_device
+from dvsgkit.device import parse_device, set_cpu_threads
 from dvsgkit.distributed import (
     Dist,
     all_sum,
@@ -29,8 +29,9 @@ from dvsgkit.distributed import (
 from dvsgkit.io.atomic import remove_dead_temps
 from dvsgkit.model import GestureNet
 from dvsgkit.objective import new_sums, score_batch
-from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file
+from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file, recorded_root
 from dvsgkit.run.checkpoint import load_state, load_weights, new_checkpoint, save_atomic
+from dvsgkit.run.divergence import FiniteWatch, TrainingDiverged
 from dvsgkit.run.metrics import append_metrics, truncate_metrics
 from dvsgkit.run.prepare import check_unchanged, latest_stamp, prepare_run, run_lock
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
@@ -124,9 +125,11 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
     bar: Any,
+    watch: FiniteWatch | None = None,
 ) -> torch.Tensor:
-    """One pass; trains when an optimizer is given. Returns [loss sum, correct, samples] on the
-    device: the sums stay there so no step waits for the host."""
+    """One pass; trains when an optimizer is given, `watch` recording whether each step left the
+    loss and the weights finite. Returns [loss sum, correct, samples] on the device: the sums
+    (and the watch's record) stay there so no step waits for the host."""
     sums = new_sums(device)
     for frames, labels in loader:
         loss, _ = score_batch(net, frames, labels, sums, amp=amp)
@@ -135,6 +138,8 @@ def _run_epoch(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if watch is not None:
+                watch.step(loss)
         bar.update(labels.numel())
     return sums
 
@@ -186,6 +191,23 @@ def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path 
         )
 
 
+def _check_finite(watch: FiniteWatch, epoch: int, run_dir: Path, config: TrainConfig) -> None:
+    """Stop (TrainingDiverged) when `epoch`'s training made the loss or the weights non-finite:
+    its checkpoint is never written, so the latest one stays the last finite one."""
+    problem = watch.problem(epoch)
+    if problem is None:
+        return
+    latest = run_dir / LATEST
+    kept = (
+        f"{latest} stays the latest checkpoint (nothing of epoch {epoch} was written)"
+        if latest.is_file()
+        else "no checkpoint was written"
+    )
+    raise TrainingDiverged(
+        f"{problem}; {kept}; train again with a lower --lr (this run's: {config.lr:g})"
+    )
+
+
 def _write_epoch(
     run_dir: Path, checkpoint: dict[str, Any], record: dict[str, Any], best: bool, writer: Any
 ) -> None:
@@ -211,11 +233,16 @@ def _write_epoch(
 
 
 def train(
-    config: TrainConfig, resume: Path | None = None, *, allow_new_store: bool = False
+    config: TrainConfig,
+    resume: Path | None = None,
+    *,
+    allow_new_store: bool = False,
+    root_from_run: bool = False,
 ) -> TrainResult:
     """Train `config`'s recipe, or continue the run whose checkpoint is `resume`: on the frame
     store it trained on (same events, T, split_by and sample counts), or on another one when
-    `allow_new_store`.
+    `allow_new_store`. With `root_from_run` a resumed run keeps the dataset root its checkpoint
+    records instead of `config.root` (the CLI's choice when --root is not given).
 
     Per epoch: one printed line, one metrics.jsonl record, TensorBoard scalars (when installed),
     checkpoint_latest.pth, and checkpoint_max.pth on a new best test accuracy. On CPU, training
@@ -226,14 +253,20 @@ def train(
     from tqdm.auto import tqdm
 
     device = _check_runtime(config)
+    set_cpu_threads()  # torch's CPU threads: no more than this process's CPUs
     d, device = init_distributed(device)
     writer = None  # TensorBoard's, on the main process when installed
     held = contextlib.ExitStack()  # the run directory's lock and TensorBoard's writer
     try:
         # Each block ends on every rank together, so that a failure on one (rank 0's checks and
         # writes) stops the others too; see `together`.
+        notes = []  # printed once the run directory is announced
         with together(d):
             run_dir, ckpt = prepare_run(config, resume)
+            if ckpt is not None and root_from_run and ckpt["config"].get("root"):
+                root = recorded_root(ckpt["config"]["root"], checkpoint_file(resume))
+                config = replace(config, root=str(root))
+                notes.append(f"note: dataset root {root}, as the run recorded (--root to change)")
             stamp = latest_stamp(run_dir)  # what this run starts from, checked again under the lock
             if d.main:  # build the frame store if missing; the others wait
                 workers = max(config.workers, 1)
@@ -243,10 +276,10 @@ def train(
                 )  # fmt: skip
         with together(d):
             store, provenance = _frame_store(config)
-            notes = []  # printed once the run directory is announced
             if ckpt is not None:
                 source = checkpoint_file(resume)
-                notes = check_resume_frames(ckpt.get("frames"), provenance, source, allow_new_store)
+                old = ckpt.get("frames")
+                notes += check_resume_frames(old, provenance, source, allow_new_store)
             net = _build_net(config, device, d)
             optimizer, scheduler = build_optim(config, net.parameters(), device)
             scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
@@ -302,13 +335,19 @@ def train(
             return tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not show)
 
         record: dict[str, Any] = {}
+        watch = FiniteWatch(net, device)  # the net's final tensors: on its device, restored
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
             train_loader.set_epoch(epoch)
             net.train()
+            watch.start_epoch()
             with bar(train_loader.num_samples, f"epoch {epoch} train") as b:
-                sums = _run_epoch(model, train_loader, device, config.amp, optimizer, scaler, b)
+                sums = _run_epoch(
+                    model, train_loader, device, config.amp, optimizer, scaler, b, watch
+                )
             train_sums = all_sum(sums, d).tolist()  # the epoch's one host sync (and all-reduce)
+            with together(d):  # a diverged run stops on every rank, before anything is written
+                _check_finite(watch, epoch, run_dir, config)
             train_time = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             scheduler.step()

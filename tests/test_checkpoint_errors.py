@@ -55,6 +55,14 @@ def _bad_config_value(ckpt: dict) -> None:
     ckpt["config"]["lr"] = "fast"
 
 
+def _huge_channels(ckpt: dict) -> None:
+    ckpt["config"]["channels"] = 1_000_000  # built as it claims: terabytes of weights
+
+
+def _nan_weight(ckpt: dict) -> None:
+    ckpt["net"]["fc1.weight"][0, 0] = float("nan")  # what a diverged run wrote
+
+
 TAMPERED = [
     ("missing-epoch", _delete("epoch"), "not a valid dvsgkit checkpoint: missing key 'epoch'"),
     ("epoch-str", _set("epoch", "3"), "'epoch' is a str"),
@@ -66,6 +74,10 @@ TAMPERED = [
      "weights do not fit: convs.0.weight has shape [8, 2, 3, 3], expected [4, 2, 3, 3]"),
     ("missing-weight", _drop_weight, "weights do not fit this network: missing fc2.weight"),
     ("max-acc", _set("max_test_acc", 7.0), "'max_test_acc' is 7.0, expected 0..1"),
+    ("config-channels", _huge_channels, "weights do not fit: convs.0.weight has shape "
+     "[4, 2, 3, 3], expected [1000000, 2, 3, 3] for its config (channels 1000000, neuron lif)"),
+    ("nan-weight", _nan_weight,
+     "weight fc1.weight holds non-finite values (NaN or inf): its run had diverged"),
 ]  # fmt: skip
 RESUME_ONLY = [
     ("optimizer-missing", _delete("optimizer"), "missing key 'optimizer'"),
@@ -140,3 +152,14 @@ def test_evaluate_of_a_state_dict_keyed_by_numbers_fails_in_one_line(
     args = ["evaluate", str(odd), "--root", str(frame_root), "--device", "cpu"]
     line = _one_error_line(CliRunner().invoke(cli, args))
     assert f"{odd}: 'net' has keys that are not names" in line, line
+
+
+def test_predict_refuses_a_non_finite_checkpoint_in_one_line(
+    frame_root: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    copy = _tampered(run_dir, tmp_path, _nan_weight)
+    recording = sorted((frame_root / "extract").rglob("*.aedat"))[0]
+    args = ["predict", str(copy / LATEST), str(recording), "--out-dir", str(tmp_path / "out")]
+    line = _one_error_line(CliRunner().invoke(cli, [*args, "--device", "cpu"]))
+    assert f"{copy / LATEST}: weight fc1.weight holds non-finite values (NaN or inf)" in line, line
+    assert "lower --lr" in line

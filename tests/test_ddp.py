@@ -155,7 +155,7 @@ def test_a_refusal_on_rank_0_stops_every_rank_under_any_launcher(
     assert f"Error: process {os.getpid()} is training the run in {run_dir}" in outs[0], outs[0]
     assert "Error: another process of this job failed" in outs[1], outs[1]
     assert "Traceback" not in outs[0] + outs[1]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing written
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written (lock released)
 
 
 # Rank 1 dies at once (killed for its memory, say); rank 0 fails on its own in the same block,
@@ -186,3 +186,19 @@ def test_a_rank_whose_peer_has_died_stops_with_one_line(
         assert lines[0] == "Error: the error of rank 0"
     else:
         assert lines[0].startswith("Error: another process of this job has gone ("), lines[0]
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_every_rank_before_writing(frame_root: Path, tmp_path: Path) -> None:
+    args = [*TRAIN_TINY, "--device", "cpu", "--root", str(frame_root), "--out-dir", str(tmp_path)]
+    args += ["--epochs", "2", "--opt", "sgd", "--lr", "1e30", "--no-progress"]
+    codes, outs = _by_hand(CLI, args)
+    assert codes == [1, 1], outs
+    for out in outs:  # each rank its own line: diverged too, or stopped with the other
+        lines = [line for line in out.strip().splitlines() if not line.startswith("run directory")]
+        assert len(lines) == 1, out
+        assert lines[0].startswith(("Error: training diverged in epoch 0, at step ",
+                                    "Error: another process of this job failed")), out  # fmt: skip
+    assert "Error: training diverged in epoch 0" in outs[0]
+    (run_dir,) = tmp_path.iterdir()
+    assert not list(run_dir.glob("*.pth")) and not (run_dir / RUN_LOCK).exists()

@@ -1,9 +1,17 @@
-"""--device strings dvsgkit refuses, with the fix."""
+"""--device strings dvsgkit refuses, with the fix; the CPU threads torch is given."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+import torch
+
+from dvsgkit import device
 from dvsgkit.device import parse_device
 
 
@@ -11,3 +19,83 @@ from dvsgkit.device import parse_device
 def test_devices_dvsgkit_cannot_train_on_are_refused(device: str) -> None:
     with pytest.raises(ValueError, match=f"--device {device}: dvsgkit runs on cpu, cuda or cuda:N"):
         parse_device(device)
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "cpus"),
+    [
+        ("150000 100000\n", None, 1.5),  # docker --cpus 1.5
+        ("max 100000\n", None, None),  # no limit
+        (None, ("200000", "100000"), 2.0),  # cgroup v1
+        (None, ("-1", "100000"), None),
+        (None, None, None),  # neither: unknown
+    ],
+)
+def test_a_cgroup_cpu_quota_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, v2: str | None, v1: tuple | None, cpus: float
+) -> None:
+    v1_dir = tmp_path / "cpu"
+    v1_dir.mkdir()
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (v1_dir / "cpu.cfs_quota_us").write_text(v1[0])
+        (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
+    monkeypatch.setattr(device, "CGROUP_V2_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(device, "CGROUP_V1_CPU", v1_dir)
+    assert device._cgroup_cpu_quota() == cpus
+
+
+@pytest.fixture
+def one_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process limited to one CPU by its cgroup's quota (`docker --cpus 1`), which torch's
+    default thread count does not see; torch's threads are put back afterwards."""
+    threads = torch.get_num_threads()
+    if threads < 2 or device.cpus_available() < 2:
+        pytest.skip("needs 2 CPUs to see a limit to 1")
+    monkeypatch.setattr(device, "_cgroup_cpu_quota", lambda: 1.0)
+    monkeypatch.delenv(device.THREADS_ENV, raising=False)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_and_evaluation_use_no_more_threads_than_the_cpus_available(
+    one_cpu: None, frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dvsgkit.evaluate as ev
+    import dvsgkit.train as tr
+    from dvsgkit.config import TrainConfig
+
+    seen: list[int] = []
+    score = tr.score_batch
+
+    def counting(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "score_batch", counting)
+    config = TrainConfig(T=4, channels=4, batch_size=8, epochs=1, workers=0, device="cpu",
+                         root=str(frame_root), out_dir=str(tmp_path), progress=False)  # fmt: skip
+    run_dir = tr.train(config).run_dir
+    assert seen and set(seen) == {1}, seen
+    torch.set_num_threads(2)
+    result = ev.evaluate(run_dir, root=frame_root, device="cpu", progress=False)
+    assert result.samples == 12 and torch.get_num_threads() == 1
+
+
+def test_omp_num_threads_decides_when_set(one_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(2)
+    monkeypatch.setenv(device.THREADS_ENV, "2")  # torch read it at start: it is the user's choice
+    assert device.set_cpu_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.delenv(device.THREADS_ENV)
+    assert device.set_cpu_threads() == 1 and torch.get_num_threads() == 1
+
+
+def test_the_command_line_makes_waiting_openmp_threads_sleep() -> None:
+    code = "import os, dvsgkit_cli.common; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr

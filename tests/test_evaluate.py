@@ -138,6 +138,35 @@ def test_evaluate_cli_on_a_dvsgkit_checkpoint(trained: tuple[Path, Path]) -> Non
     assert data["split"] == "train" and data["samples"] == 24 and data["epoch"] == 0
 
 
+def test_evaluate_without_root_scores_the_root_its_run_recorded(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvsgkit.run import LATEST
+    from dvsgkit.run.checkpoint import save_atomic
+
+    root, run_dir = trained
+    monkeypatch.chdir(tmp_path)  # where no data/ is
+    monkeypatch.delenv("DVSGKIT_ROOT", raising=False)
+    args = ["evaluate", str(run_dir), "--device", "cpu", "--out-dir", str(tmp_path / "eval")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"(dataset root {root}, as the run recorded; --root to change)" in result.output
+    data = json.loads((tmp_path / "eval" / "checkpoint_latest_test_eval.json").read_text())
+    assert data["root"] == str(root) and data["samples"] == 12
+    assert not (tmp_path / "data").exists()
+
+    # A relative root recorded in another working directory: named, with the fix.
+    ckpt = torch.load(run_dir / LATEST, weights_only=True)
+    ckpt["config"]["root"] = "data/demo"
+    save_atomic(ckpt, tmp_path / "moved.pth")
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "moved.pth"), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: data/demo, the dataset root recorded in {tmp_path / 'moved.pth'}, is not a folder "
+        f"here (in {tmp_path}); pass --root\n"
+    )
+
+
 def test_evaluate_cli_refuses_a_malformed_device(trained: tuple[Path, Path]) -> None:
     root, run_dir = trained
     args = ["evaluate", str(run_dir), "--root", str(root), "--device", "gpu"]

@@ -183,8 +183,8 @@ def test_a_run_scoring_zero_still_writes_checkpoint_max(
 
     run_epoch = tr._run_epoch
 
-    def nothing_right_in_tests(net, loader, device, amp, optimizer, scaler, bar):
-        sums = run_epoch(net, loader, device, amp, optimizer, scaler, bar)
+    def nothing_right_in_tests(net, loader, device, amp, optimizer, scaler, bar, *watch):
+        sums = run_epoch(net, loader, device, amp, optimizer, scaler, bar, *watch)
         if optimizer is None:
             sums[1] = 0  # no correct test prediction: 0 % never beats the initial 0
         return sums

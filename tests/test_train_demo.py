@@ -47,3 +47,27 @@ def test_a_rerun_with_other_progress_bars_is_still_the_demos_own_run(tmp_path: P
     assert not _is_same_run(tmp_path / "config.json", replace(config, momentum=0.5))
     (tmp_path / "config.json").write_text("[]")
     assert not _is_same_run(tmp_path / "config.json", config)
+
+
+def test_the_next_commands_use_the_demos_root_and_work_when_pasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from click.testing import CliRunner
+
+    from dvsgkit_cli.main import cli
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as `dvsgkit demo` prints them
+    monkeypatch.delenv("DVSGKIT_ROOT", raising=False)
+    root = Path("demo data")  # a space: pasted, the paths must stay whole
+    kwargs = {"epochs": 1, "train_trials": 2, "test_trials": 1, "progress": False, "log": False}
+    result = run_demo(root, Path("runs"), **kwargs)
+    commands = result.next_commands()
+    assert [c.split()[1] for c in commands] == ["evaluate", "show", "predict"]
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == "dvsgkit" and any(a.startswith(str(root)) for a in args), command
+        done = CliRunner().invoke(cli, args[1:])
+        assert done.exit_code == 0, f"{command}\n{done.output}"
+    assert not Path("data").exists()  # nothing went to the default root

@@ -13,6 +13,7 @@ import torch
 
 from dvsgkit.config import TrainConfig
 from dvsgkit.model import GestureNet
+from dvsgkit.run.divergence import FiniteWatch
 from dvsgkit.train import _run_epoch, build_optim
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
@@ -60,12 +61,15 @@ def test_an_epoch_reads_no_tensor_value_back_on_cpu(
     optimizer, _ = build_optim(config, net.parameters(), torch.device("cpu"))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     batches = _batches("cpu")
+    watch = FiniteWatch(net, torch.device("cpu"))  # the divergence check runs on each step
     with _no_value_reads(monkeypatch) as reads:
         sums = _run_epoch(
-            net, batches, torch.device("cpu"), False, optimizer if train else None, scaler, _Bar()
-        )
+            net, batches, torch.device("cpu"), False, optimizer if train else None, scaler,
+            _Bar(), watch,
+        )  # fmt: skip
     assert reads == []
     assert sums.tolist()[2] == 12  # [loss sum, correct, samples] stayed a tensor until here
+    assert watch.steps.tolist() == (3 if train else 0) and watch.problem(0) is None
 
 
 def test_the_guard_catches_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,16 +100,17 @@ def test_a_cuda_training_step_never_synchronises(name: str) -> None:
     optimizer, _ = build_optim(replace(config), net.parameters(), device)
     scaler = torch.amp.GradScaler("cuda", enabled=True)
     batches = _batches("cuda")
+    watch = FiniteWatch(net, device)
     # One warm-up step: kernel compilation, cuDNN autotuning and the scaler's lazy state may
     # synchronise once; the steady-state steps after it must not.
-    _run_epoch(net, batches[:1], device, True, optimizer, scaler, _Bar())
+    _run_epoch(net, batches[:1], device, True, optimizer, scaler, _Bar(), watch)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        sums = _run_epoch(net, batches[1:], device, True, optimizer, scaler, _Bar())
+        sums = _run_epoch(net, batches[1:], device, True, optimizer, scaler, _Bar(), watch)
         net.eval()
         with torch.inference_mode():
             _run_epoch(net, batches[1:], device, True, None, None, _Bar())
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert sums.tolist()[2] == 8
+    assert sums.tolist()[2] == 8 and watch.problem(0) is None

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dvsgkit.device import set_cpu_threads
 from dvsgkit.model.lif import vote
 from dvsgkit.model.net import NUM_OUTPUTS, GestureNet
 
@@ -127,6 +128,8 @@ def for_inference(net: nn.Module, device: str | torch.device) -> nn.Module:
     here, so the two agree on the same samples."""
     device = torch.device(device)
     net = net.eval().to(device)
+    if device.type == "cpu":
+        set_cpu_threads()  # no more threads than this process's CPUs
     if device.type == "cpu" and isinstance(net, GestureNet) and net.backend == "torch":
         return InferenceNet(net)
     return net

@@ -9,12 +9,13 @@ RUN_DIR/
   frames.json              the frame stores the run trained on (run.provenance)
   tensorboard/             the same scalars, when tensorboard is installed
   curves.png               `dvsgkit plot`'s figure (dvsgkit.plots)
-  train.lock               held while a process trains here (run.prepare.run_lock)
+  train.lock               there while a process trains here (run.prepare.run_lock)
 ```
 
 The modules of this package read and write them: `checkpoint` (save, load, check), `rng`
 (the RNG states a checkpoint keeps), `metrics`, `provenance`, `prepare` (what a new or resumed
-run starts from) and `writes` (failed writes). This module imports no torch.
+run starts from), `writes` (failed writes) and `divergence` (a run whose loss or weights stop
+being finite is stopped before its checkpoint is written). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -35,3 +36,16 @@ def checkpoint_file(path: Path) -> Path:
     """The .pth file that a checkpoint argument PATH means (a run directory means its latest)."""
     path = Path(path)
     return path / LATEST if path.is_dir() else path
+
+
+def recorded_root(root: str, source: Path) -> Path:
+    """The dataset root that checkpoint `source` records (its run's `--root`), for a command
+    given no `--root`. FileNotFoundError names it when it is not a folder from here (a relative
+    root recorded in another working directory, say)."""
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path}, the dataset root recorded in {source}, is not a folder here (in "
+            f"{Path.cwd()}); pass --root"
+        )
+    return path

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,20 +49,56 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load any checkpoint with `weights_only=True` (a pickle could otherwise run code)."""
+    """Load any checkpoint with `weights_only=True` (a pickle could otherwise run code), and
+    refuse one whose weights are not all finite (a run that had diverged when it was written):
+    ValueError naming the file and the first tensor."""
     path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass a .pth file or a run directory")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # what the weights-only unpickler refused
+        raise ValueError(_unpickling_problem(path, exc)) from exc
     except Exception as exc:  # torch raises many kinds for a truncated or foreign file
         raise ValueError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be "
-            "truncated or not a weights-only torch file: resume from another checkpoint"
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
+            "it may be truncated or not a torch file: use another checkpoint"
         ) from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("net"), dict):
         raise ValueError(f"{path} holds no 'net' state dict; is it a training checkpoint?")
+    for key, value in ckpt["net"].items():
+        floating = isinstance(value, torch.Tensor) and value.is_floating_point()
+        if floating and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"{path}: weight {key} holds non-finite values (NaN or inf): its run had "
+                "diverged when it was written; use an earlier checkpoint of the run, or train "
+                "again with a lower --lr"
+            )
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unpickling_problem(path: Path, exc: pickle.UnpicklingError) -> str:
+    """One line for a file the weights-only unpickler refused, naming what it holds. torch's own
+    message suggests loading it unsafely; dvsgkit never does."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (
+            f"{path} is not a readable checkpoint: it holds a pickled Python object "
+            f"({found.group(1)}), not only tensors and plain values, and dvsgkit never unpickles "
+            "objects (that could run code); save the weights as tensors where it was made "
+            "(torch.save({'net': model.state_dict()}, path)), or use another checkpoint"
+        )
+    why = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+    detail = why.group(1).strip().rstrip(".") if why else "unexpected bytes"
+    return (
+        f"{path} is not a readable checkpoint ({detail}): not a torch file of tensors; it may "
+        "be truncated or another kind of file: use another checkpoint"
+    )
 
 
 def is_dvsgkit_checkpoint(ckpt: dict[str, Any]) -> bool:
@@ -105,37 +143,63 @@ def check_checkpoint(ckpt: Mapping[str, Any], path: Path, *, resume: bool) -> Tr
     if not isinstance(rng, list) or not all(isinstance(s, dict) for s in rng):
         raise _bad(path, f"'rng' is a {_kind(rng)}, expected a list of RNG states")
     try:
-        return TrainConfig.from_dict(ckpt["config"])
+        config = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as exc:
         raise _bad(path, f"its 'config' is invalid ({exc})") from exc
+    # Before any network is built from the config: an edited `channels` would otherwise make
+    # torch allocate that network (channels 20000: 23 GB) and die with an allocator traceback.
+    check_weights(
+        config_shapes(config), ckpt["net"], path,
+        f" for its config (channels {config.channels}, neuron {config.neuron}): the file was "
+        "edited or damaged; use another checkpoint of the run",
+    )  # fmt: skip
+    return config
 
 
-def _shape(t: torch.Tensor) -> list[int]:
-    return list(t.shape)
+def config_shapes(config: TrainConfig) -> dict[str, torch.Size]:
+    """The state_dict shapes of the GestureNet that `config` describes, from a network built on
+    the meta device: no memory is allocated, whatever the channels."""
+    from dvsgkit.model import GestureNet
+
+    with torch.device("meta"):  # the layer-by-layer torch net: every mode has the same weights
+        net = GestureNet(config.channels, "layer", "torch", neuron=config.neuron)
+    return {key: value.shape for key, value in net.state_dict().items()}
+
+
+def _shape(t: torch.Tensor | torch.Size) -> list[int]:
+    return list(t if isinstance(t, torch.Size) else t.shape)
+
+
+def check_weights(
+    expected: Mapping[str, torch.Size], state: Mapping[str, Any], path: Path, fit: str = ""
+) -> None:
+    """ValueError with one line naming the file and the first tensor of `state` that is not
+    there, not expected, or not of the `expected` shape; `fit` ends the line (what the shapes
+    come from, and the fix)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [
+            f"{label} {', '.join(map(str, keys[:3]))}{', ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ValueError(f"{path}: weights do not fit this network: {'; '.join(parts)}{fit}")
+    for key, want in expected.items():
+        got = state[key]
+        if not isinstance(got, torch.Tensor):
+            raise ValueError(f"{path}: weights do not fit: {key} is a {_kind(got)}{fit}")
+        if got.shape != want:
+            raise ValueError(
+                f"{path}: weights do not fit: {key} has shape {_shape(got)}, expected "
+                f"{_shape(want)}{fit}"
+            )
 
 
 def load_weights(net: nn.Module, state: Mapping[str, Any], path: Path) -> None:
     """`net.load_state_dict(state)`, after checking names and shapes: ValueError with one line
     naming the file and the first tensor that does not fit (torch's message spans many)."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = [
-            f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected))
-            if keys
-        ]
-        raise ValueError(f"{path}: weights do not fit this network: {'; '.join(parts)}")
-    for key, want in expected.items():
-        got = state[key]
-        if not isinstance(got, torch.Tensor):
-            raise ValueError(f"{path}: weights do not fit: {key} is a {_kind(got)}")
-        if got.shape != want.shape:
-            raise ValueError(
-                f"{path}: weights do not fit: {key} has shape {_shape(got)}, expected "
-                f"{_shape(want)}"
-            )
+    check_weights({key: value.shape for key, value in net.state_dict().items()}, state, path)
     net.load_state_dict(state)
 
 

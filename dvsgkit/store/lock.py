@@ -7,6 +7,9 @@ forever without a word. Here the descriptor is closed in every forked child, the
 the holder's pid and host, a waiting build names it and gives up after a bounded time, and a lock
 whose recorded holder is dead (its descriptor kept by orphans) is taken over. A holder on another
 host (or container) sharing the folder is never taken over: its pid cannot be checked from here.
+
+The lock file exists only while the lock is held: the holder removes it before letting go (see
+`_release`), and a process that locked a file no longer at the path tries again.
 """
 
 from __future__ import annotations
@@ -142,9 +145,10 @@ def _takeover_guard(path: Path) -> Iterator[None]:
 
 def _claim(fd: int, path: Path) -> bool:
     """Record this process in the lock file `fd`, just locked, unless a take-over replaced the
-    file meanwhile (False: it is not the lock any more). A file that still names a dead holder
-    may be being taken over at this moment: decide under the take-over guard, so that a take-over
-    finds either this process recorded or its own new file in place, never both holders."""
+    file meanwhile or its last holder removed it (False: it is not the lock any more). A file
+    that still names a dead holder may be being taken over at this moment: decide under the
+    take-over guard, so that a take-over finds either this process recorded or its own new file
+    in place, never both holders."""
     stale = _read_holder(fd)
     with _takeover_guard(path) if stale is not None and stale.dead() else contextlib.nullcontext():
         if not _same_file(fd, path):
@@ -156,12 +160,15 @@ def _claim(fd: int, path: Path) -> bool:
 def _take_over(path: Path) -> int | None:
     """Replace a lock file whose recorded holder is dead (its flock kept by orphans) with a new
     one that this process holds and names. Returns its descriptor, or None when someone else
-    moved first."""
+    moved first or the lock was released meanwhile (try again)."""
     with _takeover_guard(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         with _closed_on_error(fd):
             holder = _read_holder(fd)
             if _try_lock(fd, path):  # released meanwhile: an ordinary acquisition
+                if not _same_file(fd, path):  # and removed: try the path again
+                    os.close(fd)
+                    return None
                 _write_holder(fd, path)
                 return fd
         os.close(fd)
@@ -210,7 +217,7 @@ def build_lock(
             holder = None if locked else _read_holder(fd)
         os.close(fd)
         if locked:
-            continue  # replaced by a take-over while we opened it
+            continue  # replaced by a take-over, or removed by its holder, once we opened it
         if holder is not None and holder.dead():
             fd = _take_over(path)
             if fd is not None:
@@ -236,6 +243,21 @@ def build_lock(
         yield
     finally:
         _held.discard(fd)
+        _release(fd, path)
+
+
+def _release(fd: int, path: Path) -> None:
+    """Let go of the lock `fd` holds on `path` and remove the file, so that a finished build or
+    run leaves no lock file behind. The file is emptied and unlinked while still locked, and only
+    then closed (which releases the flock). A process that opened the file before and waits for
+    its flock then locks a file that no path names: `_claim` sees that `path` no longer names it
+    and that process tries again on a fresh file, where only one can win. Unlinking after the
+    close instead could remove a file that a waiter had just locked and claimed."""
+    try:
         with contextlib.suppress(OSError):  # an unwritable lock file must not hide the error
             os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):  # a folder made read-only meanwhile: the file stays
+            if _same_file(fd, path):  # never a file that a take-over put in its place
+                os.unlink(path)
+    finally:
         os.close(fd)  # releases the flock

@@ -17,10 +17,11 @@ from dvsgkit_cli.main import cli
 RUN = "T_4_b_4_c_4_sgd_lr_0.01_steplr_1_0.5"
 
 
-def _train(root: Path, out: Path, *extra: str) -> object:
+def _train(root: Path | None, out: Path, *extra: str) -> object:
     args = ["train", "-T", "4", "--channels", "4", "-b", "4", "-j", "0", "--device", "cpu"]
     args += ["--opt", "sgd", "--lr", "0.01", "--lr-scheduler", "steplr", "--step-size", "1"]
-    args += ["--gamma", "0.5", "--root", str(root), "--out-dir", str(out), "--no-progress"]
+    args += ["--gamma", "0.5", "--out-dir", str(out), "--no-progress"]
+    args += [] if root is None else ["--root", str(root)]
     return CliRunner().invoke(cli, [*args, *extra])
 
 
@@ -70,6 +71,23 @@ def test_train_then_extend_with_resume(frame_root: Path, tmp_path: Path) -> None
     assert done.exit_code == 1 and "pass --epochs larger than 2" in done.output
     other = _train(frame_root, tmp_path, "--epochs", "3", "--channels", "8", "--resume", latest)
     assert other.exit_code == 1 and "channels=4 (now 8)" in other.output
+
+
+def test_a_resume_without_root_continues_on_the_root_the_run_recorded(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _train(frame_root, tmp_path / "runs", "--epochs", "1").exit_code == 0
+    run_dir = tmp_path / "runs" / RUN
+    monkeypatch.chdir(tmp_path)  # where no data/ is
+    monkeypatch.delenv("DVSGKIT_ROOT", raising=False)
+    result = _train(None, tmp_path / "runs", "--epochs", "2", "--resume", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert f"note: dataset root {frame_root}, as the run recorded (--root to change)" in (
+        result.output
+    )
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+    assert TrainConfig.load_json(run_dir / "config.json").root == str(frame_root)
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,25 @@ def test_load_checkpoint_refuses_missing_truncated_and_unsafe_files(tmp_path: Pa
     assert load_checkpoint(tmp_path)["epoch"] == 7  # a run directory means its latest checkpoint
 
 
+def test_a_refused_file_is_named_with_what_it_holds_and_no_unsafe_advice(tmp_path: Path) -> None:
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"net": {"w": torch.ones(2)}, "x": _NotWeights()}, unsafe)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint " * 20)  # pickle's opcodes to the unpickler
+    messages = {}
+    for path in (unsafe, garbage):
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(path)
+        messages[path.name] = message = str(err.value)
+        assert message.startswith(f"{path} is not a readable checkpoint"), message
+        assert "\n" not in message  # one line
+        for unsafe_advice in ("weights_only=False", "add_safe_globals", "safe_globals", "trust"):
+            assert unsafe_advice not in message, message
+    assert f"a pickled Python object ({__name__}._NotWeights)" in messages["unsafe.pth"]
+    assert "never unpickles objects" in messages["unsafe.pth"]
+    assert "(Unsupported operand 110): not a torch file" in messages["garbage.pth"]
+
+
 def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     torch.rand(5), np.random.rand(7), random.random()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dvsgkit.config import TrainConfig
+from dvsgkit.model import GestureNet
 from dvsgkit.run import CONFIG, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import save_atomic
 from dvsgkit.run.prepare import prepare_run, run_lock
@@ -26,7 +27,8 @@ def _fake_run(run_dir: Path, config: TrainConfig, epoch: int) -> None:
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e}) + "\n" for e in range(epoch + 1))
     )
-    ckpt = {"net": {}, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
+    net = GestureNet(config.channels).state_dict()
+    ckpt = {"net": net, "epoch": epoch, "max_test_acc": 0.5, "config": config.to_dict()}
     ckpt |= {"optimizer": {}, "lr_scheduler": {}, "scaler": {}}
     save_atomic({**ckpt, "format": "dvsgkit.checkpoint"}, run_dir / LATEST)
 
@@ -72,5 +74,7 @@ def test_run_lock_admits_one_process_per_run_directory(tmp_path: Path) -> None:
         busy = rf"process {os.getpid()} is training the run in"
         with pytest.raises(LockTimeout, match=busy), run_lock(run_dir):  # refused, no waiting
             pytest.fail("two holders of one run directory")
+    assert not (run_dir / RUN_LOCK).exists()  # a finished run leaves no lock file
     with run_lock(run_dir):  # released on exit
         pass
+    assert sorted(p.name for p in run_dir.iterdir()) == []

@@ -74,7 +74,7 @@ def cache_files(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(("events", ".events")))
 
 
-LOCK = ".events.h5.lock"  # the build lock, empty when no build holds it
+# The build lock's file (.events.h5.lock) is removed when its holder lets go.
 
 
 def test_a_disk_too_small_is_refused_before_the_build(dataset: Path, mount: object) -> None:
@@ -82,7 +82,7 @@ def test_a_disk_too_small_is_refused_before_the_build(dataset: Path, mount: obje
     done = events_cli(root)
     assert_one_line_error(done, f"not enough free space for {root / 'events.h5'}: it needs about",
                           "free some space, or use another --root")  # fmt: skip
-    assert cache_files(root) == [LOCK]
+    assert cache_files(root) == []
 
 
 def test_a_disk_filling_up_during_the_build_stops_it_cleanly(dataset: Path, mount: object) -> None:
@@ -92,14 +92,14 @@ def test_a_disk_filling_up_during_the_build_stops_it_cleanly(dataset: Path, moun
     root = mount(DATASET_MB + 4, dataset)  # ~4 MB free, the cache needs ~5
     done = events_cli(root, "store.ESTIMATE_BYTES_PER_EVENT = 0.0", "store.WRITE_MARGIN = 1 << 20")
     assert_one_line_error(done, "not enough free space for", "events.h5.partial-")
-    assert cache_files(root) == [LOCK]
+    assert cache_files(root) == []
 
 
 def test_enough_space_builds(dataset: Path, mount: object) -> None:
     root = mount(DATASET_MB + 40, dataset)  # type: ignore[operator]
     done = events_cli(root)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert cache_files(root) == [LOCK, "events.h5"]
+    assert cache_files(root) == ["events.h5"]
 
 
 def test_a_read_only_mount(dataset: Path, mount: object) -> None:
@@ -119,7 +119,7 @@ def test_a_read_only_mount(dataset: Path, mount: object) -> None:
     trials.write_text(trials.read_text() + "\n")  # a changed source: the cache is stale
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
     assert_one_line_error(events_cli(root), "read-only file system")
-    assert cache_files(root) == [LOCK, "events.h5"]  # left as it was: it cannot be removed
+    assert cache_files(root) == ["events.h5"]  # left as it was: it cannot be removed
 
 
 def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +131,7 @@ def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(space, "free_bytes", lambda folder: need - 1)
     with pytest.raises(space.StorageError, match=r"events.h5: it needs about .* MB, .* has"):
         store.build_event_cache(tmp_path, workers=1, progress=False)
-    assert cache_files(tmp_path) == [LOCK]
+    assert cache_files(tmp_path) == []
     monkeypatch.setattr(space, "free_bytes", lambda folder: need + store.WRITE_MARGIN * 4)
     assert store.build_event_cache(tmp_path, workers=1, progress=False).is_file()
 

@@ -4,6 +4,7 @@ no held lock behind; a waiting build names the holder and gives up; a dead holde
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -352,6 +353,47 @@ def test_a_take_over_never_makes_a_second_holder_of_a_lock_just_taken(tmp_path: 
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_a_released_lock_leaves_no_file_and_a_waiter_on_the_removed_file_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder removes the lock file as it lets go. A waiter that opened the file before, and
+    is blocked on its flock, then gets the flock of a file that no path names: it must not take
+    that for the lock, but take the lock on the path, where a third one is refused."""
+    lock = tmp_path / "train.lock"
+    try_lock = lock_module._try_lock
+
+    def blocking_in_the_waiter(fd: int, path: Path) -> bool:
+        if threading.current_thread().name != "waiter":
+            return try_lock(fd, path)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the file it opened is let go
+        return True
+
+    monkeypatch.setattr(lock_module, "_try_lock", blocking_in_the_waiter)
+    entered, leave = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def waiter() -> None:
+        with build_lock(lock, timeout=10):
+            seen.append(lock.read_text() if lock.exists() else "no lock file")
+            entered.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=waiter, name="waiter")
+    with build_lock(lock, timeout=0):
+        thread.start()
+        wait_for(lambda: _waits_for_flock(lock), 10, "the waiter never blocked on the lock file")
+    try:
+        assert entered.wait(10), "the waiter never took the lock"
+        assert seen == [f"{os.getpid()} {socket.gethostname()}\n"]  # the file at the path
+        with pytest.raises(LockTimeout), build_lock(lock, timeout=0):
+            pytest.fail("a second holder beside the waiter")
+    finally:
+        leave.set()
+        thread.join(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock file left behind
 
 
 def test_an_error_while_claiming_a_lock_releases_it(
