@@ -132,7 +132,8 @@ def sliding_windows(
             if first is None:
                 first = stats["first_t"] = int(t[0])
             t_max = int(t[-1])
-            bound = first + MAX_WINDOWS * hop_us + window_us  # the end of window MAX_WINDOWS + 1
+            # An event here makes window MAX_WINDOWS + 1 whole, by the recording's end at last.
+            bound = first + MAX_WINDOWS * hop_us + window_us - 1
             if t_max >= bound:
                 i = int(np.argmax(t >= bound))
                 raise RecordingError(

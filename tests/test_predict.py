@@ -122,6 +122,26 @@ def test_sliding_windows_stream() -> None:
     assert sum(1 for _ in windows) == 8 and len(read) == 20  # the last ends at 90 000
 
 
+def test_a_timestamp_far_ahead_is_refused_before_its_windows_run() -> None:
+    """Quiet windows are classified, so a corrupt timestamp 32 years ahead would make 10**12 of
+    them: refused when it is read, naming the file and the event."""
+    from dvsgkit.predict import MAX_WINDOWS
+
+    ev = _events(np.array([0, 10, 20, 30, 10**15]))
+    windows = sliding_windows([ev[:3], ev[3:]], 1000, 1000, {}, where="rec.npz")
+    with pytest.raises(ValueError) as err:
+        list(windows)
+    assert str(err.value) == (
+        "rec.npz: event 4 (t 1000000000000000 µs) lies 1e+09 s after the first event: more than "
+        f"{MAX_WINDOWS:,} windows every 0.001 s; check that timestamp, or give a longer --hop"
+    )
+    edge = _events(np.array([0, MAX_WINDOWS * 1000 + 998]))  # window 10**6 + 1 is not whole
+    assert sum(1 for _ in sliding_windows([edge], 1000, 1000, {})) == MAX_WINDOWS
+    edge["t"][1] += 1  # it is
+    with pytest.raises(ValueError, match=f"event 1 .* more than {MAX_WINDOWS:,} windows"):
+        next(sliding_windows([edge], 1000, 1000, {}))
+
+
 def _write_events(path: Path, ev: np.ndarray) -> Path:
     """`ev` as an .aedat, .npz or .h5 file (by the suffix of `path`)."""
     import h5py
