@@ -431,7 +431,7 @@ def test_several_recordings_show_progress(trained: tuple[Path, Path], tmp_path: 
             "cpu", "--out-dir", str(tmp_path / "out")]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "2/2" in result.stderr and "rec" in result.stderr, result.stderr
+    assert "0/2 [" in result.stderr and "rec/s" in result.stderr, result.stderr  # tqdm
     quiet = CliRunner().invoke(cli, [*args, "--no-progress"])
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.count("windows") == 2
