@@ -29,7 +29,7 @@ def demo(root: Path, out_dir: Path, epochs: int | None, seed: int, progress: boo
     train a small network on the CPU, then plot its curves and evaluate its best checkpoint."""
     from dvsgkit.demo import run_demo
 
-    with user_errors():
+    with user_errors(ValueError, OSError):  # OSError: a full or read-only disk, named
         result = run_demo(root, out_dir, epochs=epochs, seed=seed, progress=progress)
     click.echo(
         f"\ndemo done in {result.seconds:.0f} s: test accuracy {100 * result.final_test_acc:.1f} % "

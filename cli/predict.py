@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dvsgkit.predict import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
+from dvsgkit.predictions import DEFAULT_OUT_DIR
 from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, user_errors
 
 
@@ -38,8 +39,12 @@ from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, user_errors
     help="Torch device.  [default: cuda:0 if available, else cpu]",
 )  # fmt: skip
 @click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Where the CSV, JSON and PNG go.  [default: beside each recording]",
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR,
+    help="Where the CSV, JSON and PNG go (created if need be).",
+)  # fmt: skip
+@click.option(
+    "--progress/--no-progress", default=True,
+    help="A progress bar over the recordings (on stderr) when there are several.",
 )  # fmt: skip
 def predict(
     checkpoint: Path,
@@ -52,16 +57,19 @@ def predict(
     split_by: str | None,
     batch_size: int | None,
     device: str | None,
-    out_dir: Path | None,
+    out_dir: Path,
+    progress: bool,
 ) -> None:
     """Classify RECORDING(s) (AEDAT 3.1 .aedat, or .npz / .h5 event arrays t, x, y, p) with
     CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
-    <stem>_predictions.json and <stem>_timeline.png for each. Every recording is classified
-    before any file is written."""
+    <stem>_predictions.json and <stem>_timeline.png for each in --out-dir. Every recording
+    and labels file is checked, and every recording classified, before any file is written."""
+    from tqdm import tqdm
+
     from dvsgkit.device import default_device, parse_device
     from dvsgkit.model.inference import for_inference
-    from dvsgkit.predict import load_checkpoint_net, predict_recording
-    from dvsgkit.predictions import output_paths, summary, write_outputs
+    from dvsgkit.predict import check_inputs, load_checkpoint_net, predict_recording
+    from dvsgkit.predictions import plan_outputs, summary, write_outputs
     from dvsgkit.recording import parse_duration
 
     if labels and len(labels) != len(recordings):
@@ -73,32 +81,30 @@ def predict(
     with user_errors():
         window_us = parse_duration(window, "--window")
         hop_us = parse_duration(hop, "--hop")
-        targets = [output_paths(r, out_dir)["csv"] for r in recordings]
-        if len(set(targets)) != len(targets):
-            raise ValueError(
-                "two RECORDINGs share a file name and would write the same outputs in "
-                f"{out_dir}; classify them in separate runs"
-            )
+        check_inputs(recordings, labels)
         dev = parse_device(device or default_device())
         net, meta = load_checkpoint_net(checkpoint)
         net = for_inference(net, dev)
-        results = [
-            predict_recording(
-                net,
-                meta,
-                recording,
-                checkpoint=str(checkpoint),
-                labels=labels[i] if labels else None,
-                mode=mode,
-                window_us=window_us,
-                hop_us=hop_us,
-                T=T,
-                split_by=split_by,
-                device=dev,
-                batch_size=batch_size,
-            )  # fmt: skip
-            for i, recording in enumerate(recordings)
-        ]
+        plan_outputs(recordings, out_dir)
+        with tqdm(recordings, unit="rec", leave=False,
+                  disable=not progress or len(recordings) < 2) as bar:  # fmt: skip
+            results = [
+                predict_recording(
+                    net,
+                    meta,
+                    recording,
+                    checkpoint=str(checkpoint),
+                    labels=labels[i] if labels else None,
+                    mode=mode,
+                    window_us=window_us,
+                    hop_us=hop_us,
+                    T=T,
+                    split_by=split_by,
+                    device=dev,
+                    batch_size=batch_size,
+                )  # fmt: skip
+                for i, recording in enumerate(bar)
+            ]
         for result in results:
             paths = write_outputs(result, out_dir)
             click.echo(summary(result))

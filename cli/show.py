@@ -8,7 +8,7 @@ import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
-from dvsgkit.show import DEFAULT_FPS
+from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
 from dvsgkit_cli.common import root_option, user_errors
 
 
@@ -18,13 +18,14 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
 @click.option("-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
-              help="Sample mode: frames.")  # fmt: skip
+              help=f"Sample mode: frames (at most {MAX_FRAMES}).")  # fmt: skip
 @click.option("--split-by", type=click.Choice(SPLIT_BYS), default=DEFAULTS.split_by,
               help="Sample mode: frame cutting.")  # fmt: skip
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_FPS,
-              help="Recording mode: frames per second of recording time.")  # fmt: skip
+@click.option("--fps", type=float, default=DEFAULT_FPS,
+              help=f"Recording mode: frames per second of recording time ({MIN_FPS:g} to "
+              f"{MAX_FPS:.0f}).")  # fmt: skip
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
     help="Where the GIF (and PNG) go.",
@@ -42,14 +43,16 @@ def show(
     out_dir: Path,
 ) -> None:
     """Write pictures of the data. With --index: sample INDEX of --split from ROOT/events.h5 as
-    T frames (<split>_<index>_T<T>.gif and a .png strip), captioned with frame number and true
-    label. With RECORDING (.aedat, .npz, .h5): its events from --start for --duration as a GIF
-    at --fps, captioned with the time and the gesture of <stem>_labels.csv when one sits beside
-    it. OFF events are orange, ON events blue."""
+    T frames (<split>_<index>_T<T>.gif and a .png grid with a colour key), captioned with frame
+    number and true label. With RECORDING (.aedat, .npz, .h5, in time order): its events from
+    --start for --duration as a GIF at --fps, captioned with the time and the gesture of
+    <stem>_labels.csv when one sits beside it. OFF events are orange, ON events blue."""
     from dvsgkit.recording import parse_duration
     from dvsgkit.show import show_recording, show_sample
 
-    if (recording is None) == (index is None):
+    if recording is None and index is None:
+        raise click.UsageError("give RECORDING, or --index for a sample of --split")
+    if recording is not None and index is not None:
         raise click.UsageError("give either RECORDING or --index (a sample of --split), not both")
     with user_errors():
         if recording is not None:

@@ -77,6 +77,7 @@ def run_demo(
     from dvsgkit.samples import dataset_dir, list_recordings
     from dvsgkit.store.events import build_event_cache
     from dvsgkit.store.frames import build_frame_store
+    from dvsgkit.store.space import storage_errors
     from dvsgkit.synth import write_synthetic_dataset
     from dvsgkit.train import train
 
@@ -99,8 +100,9 @@ def run_demo(
 
     say(f"[1/4] synthetic recordings -> {root / 'extract'}")
     events = DEMO_DATA["events_per_sample"]
-    write_synthetic_dataset(root, seed=seed, train_trials=train_trials, test_trials=test_trials,
-                            events_per_sample=events)  # fmt: skip
+    with storage_errors(root / "extract", "write", "give another --root, or free some space"):
+        write_synthetic_dataset(root, seed=seed, train_trials=train_trials,
+                                test_trials=test_trials, events_per_sample=events)  # fmt: skip
     say(f"[2/4] events -> {root / 'events.h5'}")
     build_event_cache(root, progress=progress)
     say(f"[3/4] frames (T={config.T}) -> {root}")

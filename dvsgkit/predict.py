@@ -14,7 +14,7 @@ from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.io.labels import read_labels
-from dvsgkit.recording import RecordingError, iter_recording
+from dvsgkit.recording import RecordingError, check_recording, iter_recording
 from dvsgkit.run import checkpoint_file
 from dvsgkit.samples import cut_chunks
 
@@ -22,12 +22,15 @@ WINDOW_MODES = ("sliding", "labels")
 DEFAULT_WINDOW_US = 1_500_000
 DEFAULT_HOP_US = 250_000
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}  # windows per forward pass (bench/predict.py)
+# A recording whose timestamps span more windows than this is refused before it runs for days:
+# 69 hours at the default hop (a corrupt timestamp far ahead would otherwise do it).
+MAX_WINDOWS = 1_000_000
 
 
 @dataclass
 class Prediction:
     """The network's answer for every window of one recording. Times are int64 µs on the
-    recording's clock (the labels CSV's); `first_t` is its first event's timestamp."""
+    recording's clock (the labels CSV's); `first_t` is its earliest event's timestamp."""
 
     recording: str
     checkpoint: str
@@ -40,7 +43,6 @@ class Prediction:
     ends: np.ndarray  # int64 [K]
     counts: np.ndarray  # int64 [K] events per window
     rates: np.ndarray  # float32 [K, 11] firing rate of each class, averaged over T
-    late_events: int = 0  # events read after a window they belong to had been classified
     gestures: np.ndarray | None = None  # WINDOW_DTYPE [G], the labels CSV's rows, when given
     labels_path: str | None = None
     score: dict[str, Any] | None = None
@@ -48,6 +50,12 @@ class Prediction:
     @property
     def preds(self) -> np.ndarray:
         return self.rates.argmax(1) if len(self.rates) else np.empty(0, np.int64)
+
+    @property
+    def few_events(self) -> int:
+        """Windows with fewer events than T frames: all in the last frame (none: empty frames),
+        as the frame store integrates such samples."""
+        return int((self.counts < self.meta["T"]).sum())
 
     def window_labels(self) -> np.ndarray:
         """int64 [K]: the label of the first labelled gesture (in file order) that holds each
@@ -76,21 +84,43 @@ def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"{checkpoint}: {exc}") from exc
 
 
+def read_gestures(labels: str | os.PathLike[str]) -> np.ndarray:
+    """A --labels CSV as WINDOW_DTYPE rows (`read_labels`), a missing file named as such."""
+    if not Path(labels).is_file():
+        raise FileNotFoundError(f"--labels {labels} not found (no such file)")
+    return read_labels(labels)
+
+
+def check_inputs(
+    recordings: Iterable[str | os.PathLike[str]], labels: Iterable[str | os.PathLike[str]] = ()
+) -> None:
+    """Refuse, before any recording runs, a recording that is missing or of an unknown type,
+    and a --labels file that is missing or has a bad row."""
+    for recording in recordings:
+        check_recording(Path(recording))
+    for path in labels:
+        read_gestures(path)
+
+
 def sliding_windows(
-    chunks: Iterable[np.ndarray], window_us: int, hop_us: int, stats: dict[str, int]
+    chunks: Iterable[np.ndarray],
+    window_us: int,
+    hop_us: int,
+    stats: dict[str, int],
+    where: str = "",
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Windows [first + k*hop, first + k*hop + window) over a recording given as consecutive
-    EVENT_DTYPE chunks, each with its events (start <= t < end) in recorded order, as
-    (start, end, events). A window is cut once an event at or after its end has been read (or
-    the recording ends: the last window is the last whole one), so only one window's events and
-    one chunk are held. stats["first_t"] is set to the first event's time; stats["late"] counts
-    events read after a window that should hold them had been cut (none in time-ordered
-    recordings, which the DvsGesture ones are)."""
+    EVENT_DTYPE chunks in time order (as `iter_recording(path, time_order=True)` checks), each
+    with its events (start <= t < end), as (start, end, events). A window is cut once an event
+    at or after its end has been read (or the recording ends: the last window is the last
+    whole one), so only one window's events and one chunk are held. Windows in a quiet stretch
+    may hold few events, or none. stats["first_t"] is set to the first event's time and
+    stats["span_us"] to the time read so far. A recording spanning more than MAX_WINDOWS
+    windows raises RecordingError naming `where` (the file) before they run."""
     buf = np.empty(0, EVENT_DTYPE)
     buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: binary search on a strided view copies
-    ordered = True  # buf is in time order: windows are slices (views), found by binary search
     first: int | None = None
-    k, t_max, cut_until = 0, -1, -1
+    k, t_max, seen = 0, -1, 0
     chunks = iter(chunks)
     done = False
     while not done:
@@ -101,10 +131,19 @@ def sliding_windows(
             t = np.ascontiguousarray(chunk["t"])
             if first is None:
                 first = stats["first_t"] = int(t[0])
-            stats["late"] = stats.get("late", 0) + int((t < cut_until).sum())
-            t_max = max(t_max, int(t.max()))
+            t_max = int(t[-1])
+            # An event here makes window MAX_WINDOWS + 1 whole, by the recording's end at last.
+            bound = first + MAX_WINDOWS * hop_us + window_us - 1
+            if t_max >= bound:
+                i = int(np.argmax(t >= bound))
+                raise RecordingError(
+                    f"{where}: event {seen + i} (t {int(t[i])} µs) lies "
+                    f"{(int(t[i]) - first) / 1e6:g} s after the first event: more than "
+                    f"{MAX_WINDOWS:,} windows every {hop_us / 1e6:g} s; check that timestamp, "
+                    "or give a longer --hop"
+                )
+            seen += len(t)
             buf, buf_t = np.concatenate([buf, chunk]), np.concatenate([buf_t, t])
-            ordered = bool(np.all(buf_t[1:] >= buf_t[:-1]))  # once per chunk
             limit = t_max  # an event at t_max has been read: windows ending by it are whole
         if first is None:
             return
@@ -112,21 +151,11 @@ def sliding_windows(
         while first + k * hop_us + window_us <= limit:
             start = first + k * hop_us
             end = start + window_us
-            if ordered:
-                lo, hi = np.searchsorted(buf_t, [start, end], side="left")
-                yield start, end, buf[lo:hi]
-            else:  # recorded order kept, as the samples are cut
-                yield start, end, buf[(buf_t >= start) & (buf_t < end)]
-            cut_until = end
+            lo, hi = np.searchsorted(buf_t, [start, end], side="left")
+            yield start, end, buf[lo:hi]
             k += 1
-            # Drop what no later window needs: a view when ordered, else a copy.
-            keep = first + k * hop_us
-            if ordered:
-                drop = int(np.searchsorted(buf_t, keep, side="left"))
-                buf, buf_t = buf[drop:], buf_t[drop:]
-            else:
-                mask = buf_t >= keep
-                buf, buf_t = buf[mask], buf_t[mask]
+            drop = int(np.searchsorted(buf_t, first + k * hop_us, side="left"))
+            buf, buf_t = buf[drop:], buf_t[drop:]  # views: what no later window needs
 
 
 def classify(
@@ -137,12 +166,11 @@ def classify(
     *,
     device: Any = "cpu",
     batch_size: int = DEFAULT_BATCH["cpu"],
-    where: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Integrate each window's events into T frames exactly as the frame store does
-    (`frames.integrate_many`) and run `net` on batches of them: (starts int64 [K], ends int64
-    [K], event counts int64 [K], firing rates float32 [K, 11]). A window with fewer than T
-    events cannot fill T frames: RecordingError naming `where` (the file)."""
+    (`frames.integrate_many`; a window with fewer than T events has them all in its last
+    frame, one with none T empty frames) and run `net` on batches of them: (starts int64 [K],
+    ends int64 [K], event counts int64 [K], firing rates float32 [K, 11])."""
     import torch
 
     check_frame_params(T, split_by)
@@ -158,11 +186,6 @@ def classify(
         batch.clear()
 
     for start, end, events in windows:
-        if len(events) < T:
-            raise RecordingError(
-                f"{where}: the window {start}..{end} µs holds {len(events)} events, fewer than "
-                f"the T={T} frames it must fill; use a longer --window (or check the recording)"
-            )
         starts.append(start)
         ends.append(end)
         counts.append(len(events))
@@ -212,19 +235,18 @@ def predict_recording(
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
     T = T or meta.get("T") or DEFAULTS.T
     split_by = split_by or meta.get("split_by") or DEFAULTS.split_by
-    gestures = read_labels(labels) if labels is not None else None
+    gestures = read_gestures(labels) if labels is not None else None
     stats: dict[str, int] = {}
-    chunks = iter_recording(path)
-    if mode == "labels":
-        chunks = _noting_first(chunks, stats)
-        samples = cut_chunks(chunks, gestures)
+    if mode == "labels":  # cut as the event cache cuts: whatever the order of the timestamps
+        samples = cut_chunks(_noting_first(iter_recording(path), stats), gestures)
         windows: Iterable[tuple[int, int, np.ndarray]] = (
             (int(g["start"]), int(g["end"]), s) for g, s in zip(gestures, samples, strict=True)
         )
-    else:
-        windows = sliding_windows(chunks, window_us, hop_us, stats)
+    else:  # streamed by time: events out of order would be lost, so they are refused
+        chunks = iter_recording(path, time_order=True)
+        windows = sliding_windows(chunks, window_us, hop_us, stats, where=str(path))
     starts, ends, counts, rates = classify(
-        net, windows, T, split_by, device=device, batch_size=batch_size, where=str(path)
+        net, windows, T, split_by, device=device, batch_size=batch_size
     )
     if len(starts) == 0:
         raise RecordingError(
@@ -243,7 +265,6 @@ def predict_recording(
         ends=ends,
         counts=counts,
         rates=rates,
-        late_events=stats.get("late", 0),
         gestures=gestures,
         labels_path=None if labels is None else str(labels),
     )
@@ -253,8 +274,10 @@ def predict_recording(
 
 
 def _noting_first(chunks: Iterable[np.ndarray], stats: dict[str, int]) -> Iterator[np.ndarray]:
+    """The chunks, with stats["first_t"] the earliest timestamp among them."""
     for chunk in chunks:
-        stats.setdefault("first_t", int(chunk["t"][0]))
+        earliest = int(chunk["t"].min())
+        stats["first_t"] = min(stats.get("first_t", earliest), earliest)
         yield chunk
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
-from dvsgkit.io.atomic import atomic_path, write_text_atomic
+from dvsgkit.io.atomic import atomic_path
 from dvsgkit.predict import Prediction
+from dvsgkit.store.space import make_folder, probe_writable, storage_errors
 
 RATE_COLUMNS = tuple(
     "rate_" + name.replace(" ", "_").replace("-", "_") for name in CLASS_NAMES
@@ -21,16 +24,35 @@ RATE_COLUMNS = tuple(
 CSV_COLUMNS = ("start_us", "end_us", "start_s", "events", "predicted", "name", "true_label",
                *RATE_COLUMNS)  # fmt: skip
 SUFFIXES = {"csv": "_predictions.csv", "json": "_predictions.json", "png": "_timeline.png"}
+DEFAULT_OUT_DIR = Path("predictions")  # in the current directory, never inside a dataset
+WRITE_FIX = "give another --out-dir, or free some space"
 
 
 def output_paths(
-    recording: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
+    recording: str | os.PathLike[str], out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR
 ) -> dict[str, Path]:
-    """`<stem>_predictions.csv`, `<stem>_predictions.json` and `<stem>_timeline.png`, beside
-    the recording or in `out_dir`."""
+    """`<stem>_predictions.csv`, `<stem>_predictions.json` and `<stem>_timeline.png` in
+    `out_dir`."""
     recording = Path(recording)
-    folder = recording.parent if out_dir is None else Path(out_dir)
-    return {kind: folder / f"{recording.stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+    return {kind: Path(out_dir) / f"{recording.stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+
+
+def plan_outputs(
+    recordings: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR
+) -> list[dict[str, Path]]:
+    """`output_paths` of each recording, checked before any recording runs: ValueError when two
+    would write the same files; `out_dir` is created, and StorageError names it (or the first
+    file) when files cannot be made there (read-only, no permission, a file in the way)."""
+    plans = [output_paths(recording, out_dir) for recording in recordings]
+    if len({plan["csv"] for plan in plans}) != len(plans):
+        raise ValueError(
+            f"two RECORDINGs share a file name and would write the same outputs in {out_dir}; "
+            "classify them in separate runs"
+        )
+    make_folder(Path(out_dir), WRITE_FIX)
+    if plans:
+        probe_writable(plans[0]["csv"], WRITE_FIX)
+    return plans
 
 
 def to_csv(pred: Prediction) -> str:
@@ -77,7 +99,6 @@ def to_dict(pred: Prediction) -> dict[str, Any]:
         "window_us": pred.window_us,
         "hop_us": pred.hop_us,
         "first_event_us": pred.first_t,
-        "late_events": pred.late_events,
         "labels": pred.labels_path,
         "class_names": list(CLASS_NAMES),
         "windows": windows,
@@ -86,23 +107,41 @@ def to_dict(pred: Prediction) -> dict[str, Any]:
 
 
 def summary(pred: Prediction) -> str:
-    """One line for the terminal."""
+    """One line for the terminal: windows (and how many hold fewer events than T), and with
+    labels how many windows and gestures are right out of how many were scored."""
     line = f"{pred.recording}: {len(pred.starts)} windows"
+    if pred.few_events:
+        line += f" ({pred.few_events} with fewer than T={pred.meta['T']} events)"
     s = pred.score
     if s is not None:
         if s["window_accuracy"] is not None:
-            line += f", window accuracy {100 * s['window_accuracy']:.1f} % ({s['windows_scored']})"
+            right = round(s["window_accuracy"] * s["windows_scored"])
+            line += (
+                f", window accuracy {100 * s['window_accuracy']:.1f} % "
+                f"({right} of {s['windows_scored']} right)"
+            )
         if s["gesture_accuracy"] is not None:
+            right = sum(bool(g["correct"]) for g in s["gestures"])
             line += (
                 f", gesture accuracy {100 * s['gesture_accuracy']:.1f} % "
-                f"({s['gestures_scored']} of {len(s['gestures'])} gestures)"
+                f"({right} of {s['gestures_scored']} right"
             )
+            unscored = len(s["gestures"]) - s["gestures_scored"]
+            line += f"; {unscored} shorter than a window, not scored)" if unscored else ")"
     return line
 
 
 def plot_timeline(pred: Prediction, path: Path) -> Path:
+    """`timeline_figure` as a PNG, written under a temporary name and renamed."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _save_png(pred, tmp)
+    return path
+
+
+def timeline_figure(pred: Prediction) -> Any:
     """Predicted class over time (one bar per window, centred on it, one hop wide), and the
-    labelled gestures as bands beneath; seconds from the recording's first event."""
+    labelled gestures as bands beneath, named; seconds from the recording's first event."""
     from matplotlib.figure import Figure
 
     colors = [_class_color(c) for c in range(NUM_CLASSES)]
@@ -138,15 +177,13 @@ def plot_timeline(pred: Prediction, path: Path) -> Path:
         for g in pred.gestures:
             a, b, c = (g["start"] - t0) / 1e6, (g["end"] - t0) / 1e6, int(g["label"])
             bottom.axvspan(a, b, color=colors[c], alpha=0.85)
-            bottom.text((a + b) / 2, 0.5, str(c), ha="center", va="center", fontsize=8)
+            bottom.text((a + b) / 2, 0.5, CLASS_NAMES[c].replace(" ", "\n"), ha="center",
+                        va="center", fontsize=6, linespacing=0.9)  # fmt: skip
     else:
         bottom.text(0.5, 0.5, "no labels given", ha="center", va="center",
                     transform=bottom.transAxes, fontsize=8, color="grey")  # fmt: skip
     bottom.set_xlabel("time from the first event (s)")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return fig
 
 
 def _class_color(c: int) -> tuple[float, float, float, float]:
@@ -156,16 +193,34 @@ def _class_color(c: int) -> tuple[float, float, float, float]:
 
 
 def write_outputs(
-    pred: Prediction, out_dir: str | os.PathLike[str] | None = None
+    pred: Prediction, out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR
 ) -> dict[str, Path]:
-    """Write the CSV, the JSON and the timeline PNG (each whole under a temp name, then
-    renamed); returns their paths."""
+    """Write the CSV, the JSON and the timeline PNG, all three under temporary names first and
+    renamed once all are whole (a full disk leaves none of them); returns their paths. A write
+    that fails raises StorageError naming the file and the cause."""
     paths = output_paths(pred.recording, out_dir)
-    paths["csv"].parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(paths["csv"], to_csv(pred))
-    write_text_atomic(paths["json"], json.dumps(to_dict(pred), indent=1) + "\n")
-    plot_timeline(pred, paths["png"])
+    make_folder(paths["csv"].parent, WRITE_FIX)
+    with contextlib.ExitStack() as stack:  # renamed when the block ends without an error
+        for kind, path in paths.items():
+            tmp = stack.enter_context(atomic_path(path))
+            with storage_errors(path, "write", WRITE_FIX):
+                _WRITERS[kind](pred, tmp)
     return paths
+
+
+def _save_csv(pred: Prediction, path: Path) -> None:
+    path.write_text(to_csv(pred), encoding="utf-8")
+
+
+def _save_json(pred: Prediction, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(pred), indent=1) + "\n", encoding="utf-8")
+
+
+def _save_png(pred: Prediction, path: Path) -> None:
+    timeline_figure(pred).savefig(path, format="png", dpi=100)
+
+
+_WRITERS = {"csv": _save_csv, "json": _save_json, "png": _save_png}
 
 
 def read_predictions_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

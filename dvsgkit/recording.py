@@ -38,16 +38,22 @@ def parse_duration(text: str | float, what: str = "duration", *, allow_zero: boo
     return micros
 
 
-def check_suffix(path: Path) -> None:
+def check_recording(path: Path) -> None:
+    """Raise RecordingError for a file type dvsgkit cannot read, FileNotFoundError for no file."""
     if path.suffix.lower() not in SUFFIXES:
         raise RecordingError(
             f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat) or "
             f"an event array file with t, x, y, p ({', '.join(NPZ_SUFFIXES + H5_SUFFIXES)})"
         )
+    if not path.is_file():
+        raise FileNotFoundError(f"recording {path} not found")
 
 
 def iter_recording(
-    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+    path: str | os.PathLike[str],
+    *,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    time_order: bool = False,
 ) -> Iterator[np.ndarray]:
     """The events of a recording in recorded order, as EVENT_DTYPE chunks of at most about
     `chunk_events` events, checked against the 128 x 128 DVS128 sensor and polarity 0/1.
@@ -56,11 +62,11 @@ def iter_recording(
     chunk at a time, so memory stays bounded whatever the file size; `.npz` (arrays t, x, y, p,
     as `np.savez` writes them) is loaded whole. Timestamps are microseconds. Raises
     RecordingError naming the file (and the byte offset or event index) on bad input, and when
-    the file holds no event at all."""
+    the file holds no event at all. With `time_order`, also at the first event whose timestamp
+    is earlier than the one before it (a clock reset, files joined, shuffled events): readers
+    that stream by time would otherwise lose such events without a word."""
     path = Path(path)
-    check_suffix(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recording {path} not found")
+    check_recording(path)
     suffix = path.suffix.lower()
     if suffix in AEDAT_SUFFIXES:
         chunks = iter_events(path, chunk_events=chunk_events)
@@ -70,10 +76,12 @@ def iter_recording(
         from dvsgkit.store.arrays import iter_h5_events
 
         chunks = iter_h5_events(path, chunk_events)
-    seen = 0
+    seen, last_t = 0, -1
     try:
         for chunk in chunks:
             _check_chunk(path, chunk, seen)
+            if time_order:
+                last_t = _check_time_order(path, chunk, seen, last_t)
             seen += len(chunk)
             if len(chunk):
                 yield chunk
@@ -105,6 +113,28 @@ def _check_chunk(path: Path, chunk: np.ndarray, first: int) -> None:
         )
 
 
+def _check_time_order(path: Path, chunk: np.ndarray, first: int, last_t: int) -> int:
+    """Raise RecordingError naming the first event (its index in the file) that is earlier than
+    the event before it (`last_t`: the previous chunk's last time); return this chunk's last."""
+    if not len(chunk):
+        return last_t
+    t = chunk["t"]
+    if t[0] >= last_t:
+        back = t[1:] < t[:-1]  # [n - 1]: event k + 1 is earlier than event k
+        if not back.any():
+            return int(t[-1])
+        k = int(np.argmax(back)) + 1
+    else:
+        k = 0
+    before = last_t if k == 0 else int(t[k - 1])
+    raise RecordingError(
+        f"{path}: event {first + k} (t {int(t[k])} µs) is earlier than the event before it "
+        f"(t {before} µs): its timestamps go back (a clock reset, joined files or shuffled "
+        "events); give the events in time order (sort them by t, or cut the file where its "
+        "clock resets)"
+    )
+
+
 def to_events(path: Path, columns: dict[str, np.ndarray], where: str = "") -> np.ndarray:
     """Columns t, x, y, p of any integer (or bool) dtype -> EVENT_DTYPE, refusing values that
     the conversion would change (negative or too large), naming the file."""
@@ -126,6 +156,12 @@ def to_events(path: Path, columns: dict[str, np.ndarray], where: str = "") -> np
 
 
 def _iter_npz(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
+    # np.load takes anything that is not a zip archive for a .npy array or a pickle: ask first.
+    if not zipfile.is_zipfile(path):
+        raise RecordingError(
+            f"{path}: not an .npz archive (a zip file of arrays); write the events with "
+            "np.savez(path, t=..., x=..., y=..., p=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [name for name in FIELDS if name not in data.files]
@@ -134,7 +170,7 @@ def _iter_npz(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
                     f"{path}: no array(s) {', '.join(missing)}; an event file needs t, x, y, p "
                     f"(found {', '.join(data.files) or 'none'})"
                 )
-            columns = {name: data[name] for name in FIELDS}
+            columns = {name: _npz_array(path, data, name) for name in FIELDS}
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise RecordingError(f"{path}: not a readable .npz file ({exc})") from exc
     lengths = {name: columns[name].shape for name in FIELDS}
@@ -143,3 +179,17 @@ def _iter_npz(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
     events = to_events(path, columns)
     for start in range(0, len(events), chunk_events):
         yield events[start : start + chunk_events]
+
+
+def _npz_array(path: Path, data: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    """Array `name` of an open .npz; an array of Python objects (stored as a pickle, which can
+    run code when loaded) is refused, naming the file and the array."""
+    try:
+        return data[name]
+    except ValueError as exc:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        if "allow_pickle" not in str(exc):
+            raise
+        raise RecordingError(
+            f"{path}: array {name!r} holds Python objects, not numbers; t, x, y, p must be "
+            "integer arrays (t in microseconds)"
+        ) from None

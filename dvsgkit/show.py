@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,15 +17,20 @@ from dvsgkit.frames import integrate
 from dvsgkit.io.atomic import atomic_path
 from dvsgkit.io.labels import labels_path_for, read_labels
 from dvsgkit.recording import RecordingError, iter_recording
+from dvsgkit.store.space import make_folder, storage_errors
 
 # Polarity 0 (OFF) in orange, polarity 1 (ON) in blue, on black; both at once mix to white-ish.
 OFF_COLOR = np.array([255, 120, 0], np.float32)
 ON_COLOR = np.array([0, 140, 255], np.float32)
 SCALE = 2  # pixels per sensor pixel
 CAPTION_HEIGHT = 14  # pixels of caption band above each frame
-STRIP_GAP = 2  # grey pixels between two frames of a strip
+GRID_GAP = 2  # grey pixels between two frames of the PNG grid
+GRID_COLUMNS = 8  # frames per row of the PNG grid at most
+KEY_HEIGHT = 16  # pixels of the colour key beneath the PNG grid
 MAX_FRAMES = 600  # 20 s at 30 fps; the counts of 600 frames take 79 MB
 DEFAULT_FPS = 30.0  # frames per second of recording time
+MIN_FPS, MAX_FPS = 0.01, 1e6  # 100 s a frame (a GIF frame lasts at most 655 s); 1 µs a frame
+WRITE_FIX = "give another --out-dir, or free some space"
 
 
 @dataclass(frozen=True)
@@ -65,26 +71,45 @@ def render(frames: np.ndarray, captions: Sequence[str], scale: int = SCALE) -> l
 
 
 def save_gif(images: list, path: Path, frame_ms: int) -> Path:
-    """An animated GIF that loops, `frame_ms` per frame, written under a temp name first."""
+    """An animated GIF that loops, `frame_ms` per frame, written under a temp name first; a
+    failed write is a StorageError naming `path`."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with storage_errors(path, "write", WRITE_FIX), atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=frame_ms, loop=0, disposal=1)  # fmt: skip
     return path
 
 
-def save_strip(images: list, path: Path) -> Path:
-    """The frames side by side in one PNG, STRIP_GAP grey pixels apart, written under a temp
-    name first."""
-    from PIL import Image
+def grid(images: list) -> Any:
+    """The frames in rows of at most GRID_COLUMNS, GRID_GAP grey pixels apart, above a key
+    band that names the two polarity colours: one Pillow image."""
+    from PIL import Image, ImageDraw
 
     w, h = images[0].size
-    strip = Image.new("RGB", ((w + STRIP_GAP) * len(images) - STRIP_GAP, h), (96, 96, 96))
+    columns = min(len(images), GRID_COLUMNS)
+    rows = math.ceil(len(images) / GRID_COLUMNS)
+    width, height = columns * (w + GRID_GAP) - GRID_GAP, rows * (h + GRID_GAP) - GRID_GAP
+    out = Image.new("RGB", (width, height + KEY_HEIGHT), (96, 96, 96))
     for k, image in enumerate(images):
-        strip.paste(image, (k * (w + STRIP_GAP), 0))
+        out.paste(
+            image, ((k % GRID_COLUMNS) * (w + GRID_GAP), (k // GRID_COLUMNS) * (h + GRID_GAP))
+        )
+    key = ImageDraw.Draw(out)
+    key.rectangle((0, height, width, height + KEY_HEIGHT), fill=(32, 32, 32))
+    x = 3
+    for color, text in ((OFF_COLOR, "OFF (polarity 0)"), (ON_COLOR, "ON (polarity 1)")):
+        key.rectangle((x, height + 3, x + 9, height + 12), fill=tuple(int(c) for c in color))
+        key.text((x + 13, height + 2), text, fill=(255, 255, 255))
+        x += 13 + round(key.textlength(text)) + 12
+    return out
+
+
+def save_grid(images: list, path: Path) -> Path:
+    """`grid` as a PNG, written under a temp name first; a failed write is a StorageError
+    naming `path`."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        strip.save(tmp, format="PNG", optimize=True)
+    with storage_errors(path, "write", WRITE_FIX), atomic_path(path) as tmp:
+        grid(images).save(tmp, format="PNG", optimize=True)
     return path
 
 
@@ -97,11 +122,15 @@ def show_sample(
     out_dir: str | os.PathLike[str] = ".",
     frame_ms: int = 250,
 ) -> Shown:
-    """Sample `index` of `split` in ROOT/events.h5, integrated into T frames exactly as the
-    frame store does, as `<split>_<index>_T<T>.gif` (one frame each `frame_ms`) and `.png` (the
-    T frames in a row), each frame captioned with its number and the true label."""
+    """Sample `index` of `split` in ROOT/events.h5, integrated into T frames (1..MAX_FRAMES)
+    exactly as the frame store does, as `<split>_<index>_T<T>.gif` (one frame each `frame_ms`)
+    and `.png` (the T frames in rows of GRID_COLUMNS, with a colour key), each frame captioned
+    with its number and the true label."""
     from dvsgkit.store.event_cache import EventCache
     from dvsgkit.store.event_layout import event_cache_path
+
+    if not 1 <= T <= MAX_FRAMES:
+        raise ValueError(f"-T {T} is out of range: show draws 1..{MAX_FRAMES} frames")
 
     with EventCache(event_cache_path(root)) as cache:
         n = cache.num_samples(split)
@@ -113,11 +142,10 @@ def show_sample(
     name = CLASS_NAMES[label]
     captions = [f"frame {k + 1}/{T} | {label} {name}" for k in range(T)]
     images = render(frames, captions)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(Path(out_dir), WRITE_FIX)
     stem = f"{split}_{index}_T{T}"
     gif = save_gif(images, out / f"{stem}.gif", frame_ms)
-    png = save_strip(images, out / f"{stem}.png")
+    png = save_grid(images, out / f"{stem}.png")
     return Shown(gif, png, T, images[0].size, tuple(captions))
 
 
@@ -131,11 +159,16 @@ def show_recording(
     """Events of a recording from `start_us` after its first event, for `duration_us`, as an
     animated GIF at `fps` frames per second of recording time (played at that rate), each
     frame captioned with its time and the labelled gesture it lies in when a labels CSV sits
-    beside the recording (`<stem>_labels.csv`). Reads the recording a chunk at a time and
-    stops after the stretch. Written as `<stem>_<start>s_<duration>s.gif`."""
+    beside the recording (`<stem>_labels.csv`). Reads the recording a chunk at a time, to its
+    end: a timestamp that goes back anywhere (whose event could belong in the stretch) raises
+    RecordingError naming the file and the event. Written as `<stem>_<start>s_<duration>s.gif`.
+    `fps` lies in MIN_FPS..MAX_FPS, and the stretch holds at most MAX_FRAMES frames."""
     recording = Path(recording)
-    if fps <= 0:
-        raise ValueError(f"--fps must be > 0, got {fps}")
+    if not MIN_FPS <= fps <= MAX_FPS:  # nan fails too
+        raise ValueError(
+            f"--fps {fps:g} is out of range: give {MIN_FPS:g} to {MAX_FPS:.0f} frames per second "
+            "of recording time"
+        )
     if start_us < 0 or duration_us <= 0:
         raise ValueError(f"need --start >= 0 and --duration > 0, got {start_us}, {duration_us} µs")
     count = math.ceil(duration_us * fps / 1e6)
@@ -148,7 +181,7 @@ def show_recording(
     gestures = read_labels(labels) if labels.is_file() else None
     frames = np.zeros((count, 2, *SENSOR_SIZE), np.int32)  # [F, 2, H, W]
     first = None
-    for chunk in iter_recording(recording):
+    for chunk in iter_recording(recording, time_order=True):
         if first is None:
             first = int(chunk["t"][0])
             a, b = first + start_us, first + start_us + duration_us
@@ -159,8 +192,6 @@ def show_recording(
             index = ((k * 2 + inside["p"]) * SENSOR_SIZE[0] + inside["y"]) * SENSOR_SIZE[1]
             counts = np.bincount(index + inside["x"], minlength=frames.size)  # [F*2*H*W]
             frames += counts.reshape(frames.shape).astype(np.int32)
-        if t.min() >= b:  # everything later is past the stretch
-            break
     if not frames.any():  # (iter_recording has raised already if there is no event at all)
         raise RecordingError(
             f"{recording}: no events between {start_us / 1e6:g} s and "
@@ -176,8 +207,7 @@ def show_recording(
                 name = f"{int(hit[0]['label'])} {CLASS_NAMES[int(hit[0]['label'])]}"
         captions.append(f"{(mid - first) / 1e6:.2f} s | {name}")
     images = render(frames, captions)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(Path(out_dir), WRITE_FIX)
     stem = f"{recording.stem}_{start_us / 1e6:g}s_{duration_us / 1e6:g}s"
     gif = save_gif(images, out / f"{stem}.gif", max(10, round(1000 / fps)))
     return Shown(gif, None, count, images[0].size, tuple(captions))

@@ -17,6 +17,7 @@ from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
 from dvsgkit.model.inference import for_inference
 from dvsgkit.predict import (
+    Prediction,
     load_checkpoint_net,
     predict_recording,
     sliding_windows,
@@ -95,7 +96,7 @@ def test_sliding_windows_match_a_whole_array_cut(chunk: int) -> None:
     chunks = [ev[a : a + chunk] for a in range(0, len(ev), chunk)]
     got = list(sliding_windows(chunks, 3000, 1000, stats))
     first, last = int(ev["t"][0]), int(ev["t"][-1])
-    assert stats["first_t"] == first and stats["late"] == 0
+    assert stats["first_t"] == first and stats["span_us"] == last + 1 - first
     assert len(got) == (last + 1 - first - 3000) // 1000 + 1
     for k, (start, end, events) in enumerate(got):
         assert (start, end) == (first + 1000 * k, first + 1000 * k + 3000)
@@ -121,24 +122,101 @@ def test_sliding_windows_stream() -> None:
     assert sum(1 for _ in windows) == 8 and len(read) == 20  # the last ends at 90 000
 
 
-def test_sliding_windows_keep_recorded_order_and_count_late_events() -> None:
-    t = np.array([0, 5, 3, 9, 12, 20, 2, 25, 31])  # 3 out of order inside a chunk, 2 very late
-    ev = _events(t)
-    stats: dict[str, int] = {}
-    got = list(sliding_windows([ev[:6], ev[6:]], 10, 10, stats))
-    assert [w[:2] for w in got] == [(0, 10), (10, 20), (20, 30)]
-    assert got[0][2]["t"].tolist() == [0, 5, 3, 9]  # recorded order, like the samples
-    assert stats["late"] == 1  # t=2 arrived after window [0, 10) was cut
+def test_a_timestamp_far_ahead_is_refused_before_its_windows_run() -> None:
+    """Quiet windows are classified, so a corrupt timestamp 32 years ahead would make 10**12 of
+    them: refused when it is read, naming the file and the event."""
+    from dvsgkit.predict import MAX_WINDOWS
+
+    ev = _events(np.array([0, 10, 20, 30, 10**15]))
+    windows = sliding_windows([ev[:3], ev[3:]], 1000, 1000, {}, where="rec.npz")
+    with pytest.raises(ValueError) as err:
+        list(windows)
+    assert str(err.value) == (
+        "rec.npz: event 4 (t 1000000000000000 µs) lies 1e+09 s after the first event: more than "
+        f"{MAX_WINDOWS:,} windows every 0.001 s; check that timestamp, or give a longer --hop"
+    )
+    edge = _events(np.array([0, MAX_WINDOWS * 1000 + 998]))  # window 10**6 + 1 is not whole
+    assert sum(1 for _ in sliding_windows([edge], 1000, 1000, {})) == MAX_WINDOWS
+    edge["t"][1] += 1  # it is
+    with pytest.raises(ValueError, match=f"event 1 .* more than {MAX_WINDOWS:,} windows"):
+        next(sliding_windows([edge], 1000, 1000, {}))
 
 
-def test_windows_labels_equal_evaluate(trained: tuple[Path, Path]) -> None:
-    """--windows labels classifies the very samples `dvsgkit evaluate` scores, with the same
-    frames and so the same firing rates and predictions."""
+def _write_events(path: Path, ev: np.ndarray) -> Path:
+    """`ev` as an .aedat, .npz or .h5 file (by the suffix of `path`)."""
+    import h5py
+
+    if path.suffix == ".aedat":
+        return write_aedat(path, ev)
+    if path.suffix == ".npz":
+        np.savez(path, **{k: ev[k] for k in "txyp"})
+    else:
+        with h5py.File(path, "w") as f:
+            for k in "txyp":
+                f[k] = ev[k]
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".aedat", ".npz", ".h5"])
+@pytest.mark.parametrize(
+    ("disorder", "index"),
+    [("clock reset", 2500), ("shuffled", 8), ("back at a chunk's start", 1000)],
+)
+def test_recordings_out_of_time_order_are_refused(
+    tmp_path: Path, suffix: str, disorder: str, index: int
+) -> None:
+    """Read in time order (as sliding windows and show read), a recording whose timestamps go
+    back is refused at its first such event, by index, whatever the format and chunking."""
+    t = np.arange(3000, dtype=np.int64) * 1000
+    if disorder == "clock reset":  # a second recording joined after the first
+        t[2500:] -= t[2500]
+    elif disorder == "shuffled":
+        t[7], t[8] = t[8], t[7] - 1
+    else:  # event 1000 opens the second chunk of 1000
+        t[1000] = t[999] - 1
+    path = _write_events(tmp_path / f"rec{suffix}", _events(t))
+    assert sum(len(c) for c in iter_recording(path)) == 3000  # read as recorded without the check
+    with pytest.raises(ValueError) as err:
+        for _ in iter_recording(path, chunk_events=1000, time_order=True):
+            pass
+    message = str(err.value)
+    assert message.startswith(f"{path}: event {index} (t {t[index]} µs) is earlier than"), message
+    assert f"(t {t[index - 1]} µs)" in message and "sort them by t" in message
+
+
+def test_predict_refuses_a_recording_out_of_time_order_and_labels_mode_cuts_it(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A recording joined from two (its clock goes back): sliding windows would never see the
+    second part, so predict refuses in one line naming the file and the event; --windows
+    labels cuts each gesture from the whole recording in any order, as `dvsgkit events` does."""
+    root, ckpt = trained
+    aedat, csv = _test_recording(root)
+    events = np.concatenate(list(iter_recording(aedat)))
+    joined = np.concatenate([events, events])
+    path = write_aedat(tmp_path / "joined.aedat", joined)
+    out = tmp_path / "out"
+    args = ["predict", str(ckpt), str(path), "--out-dir", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: {path}: event {len(events)} (t {events['t'][0]} µs)")
+    assert not out.exists() or not any(out.iterdir())
+    net, meta = load_checkpoint_net(ckpt)
+    pred = predict_recording(for_inference(net, "cpu"), meta, path, labels=csv, mode="labels")
+    for g, n in zip(read_labels(csv), pred.counts, strict=True):
+        assert n == 2 * ((events["t"] >= g["start"]) & (events["t"] < g["end"])).sum() > 0
+
+
+def _assert_labels_mode_equals_evaluate(root: Path, ckpt: Path) -> Prediction:
+    """predict --windows labels on the test recording of `root` gives the very labels, rates
+    and predictions that `dvsgkit evaluate` gives the test samples of ROOT's frame store."""
     from dvsgkit.data import make_loader
     from dvsgkit.evaluate import evaluate, predict
-    from dvsgkit.store.frames import frame_store_path
+    from dvsgkit.store.frames import build_frame_store, frame_store_path
 
-    root, ckpt = trained
+    build_frame_store(root, T, "number", workers=1, progress=False)  # as it is, when it is
     net, meta = load_checkpoint_net(ckpt)
     loader = make_loader(frame_store_path(root, T, "number"), "test", 16, shuffle=False,
                          drop_last=False)  # fmt: skip
@@ -151,9 +229,54 @@ def test_windows_labels_equal_evaluate(trained: tuple[Path, Path]) -> None:
     assert np.array_equal(ours.window_labels(), labels)
     assert np.array_equal(ours.preds, preds)
     np.testing.assert_array_equal(ours.rates, rates)
-    assert len(set(preds.tolist())) > 1  # a net that answers one class would prove nothing
     result = evaluate(ckpt, root=root, progress=False)
     assert ours.score["window_accuracy"] == pytest.approx(result.accuracy)
+    return ours
+
+
+def test_windows_labels_equal_evaluate(trained: tuple[Path, Path]) -> None:
+    """--windows labels classifies the very samples `dvsgkit evaluate` scores, with the same
+    frames and so the same firing rates and predictions."""
+    ours = _assert_labels_mode_equals_evaluate(*trained)
+    assert len(set(ours.preds.tolist())) > 1  # a net that answers one class would prove nothing
+
+
+def test_quiet_stretches_are_classified_as_the_frame_store_integrates_them(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A recording falls quiet for 12.8 s: windows there hold a few events or none. Each is
+    still classified, from the frames the frame rule gives (all events in the last frame, or
+    none), and --windows labels equals evaluate on gestures of 2 events and of none."""
+    import shutil
+
+    from dvsgkit.constants import EXTRACT_DIR
+    from dvsgkit.predictions import summary
+
+    trained_root, ckpt = trained
+    root = tmp_path / "quiet"
+    shutil.copytree(trained_root / EXTRACT_DIR, root / EXTRACT_DIR)
+    aedat, csv = _test_recording(root)
+    gestures = read_labels(csv)
+    events = np.concatenate(list(iter_recording(aedat)))
+    t = events["t"]
+    gap = (t >= gestures[0]["end"]) & (t < gestures[2]["end"])  # gestures 1 and 2, and between
+    kept = np.flatnonzero(gap & (t >= gestures[1]["start"]))[:2]  # 2 events of gesture 1
+    gap[kept] = False
+    write_aedat(aedat, events[~gap])
+    ours = _assert_labels_mode_equals_evaluate(root, ckpt)
+    assert ours.counts[1] == 2 and ours.counts[2] == 0 and (ours.counts[3:] >= T).all()
+
+    net, meta = load_checkpoint_net(ckpt)
+    pred = predict_recording(for_inference(net, "cpu"), meta, aedat, window_us=1_500_000,
+                             hop_us=250_000)  # fmt: skip
+    first, last = int(t[0]), int(t[~gap][-1])
+    k = (last + 1 - first - 1_500_000) // 250_000 + 1
+    assert pred.starts.tolist() == [first + 250_000 * i for i in range(k)]  # every window
+    inside = (pred.starts >= gestures[0]["end"]) & (pred.ends <= gestures[2]["end"])
+    assert inside.sum() > 40 and (pred.counts[inside] <= 2).all()
+    assert (pred.counts[inside] == 0).any() and (pred.counts[inside] == 2).any()
+    assert np.isfinite(pred.rates).all() and pred.few_events == int((pred.counts < T).sum())
+    assert f"({pred.few_events} with fewer than T={T} events)" in summary(pred)
 
 
 def test_a_spikingjelly_checkpoint_predicts_like_the_original(
@@ -232,6 +355,88 @@ def test_predict_cli_writes_scores_and_learns(trained: tuple[Path, Path], tmp_pa
     assert "window accuracy" in result.output
 
 
+def test_predict_writes_into_predictions_here_and_says_how_many_are_right(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out-dir the outputs go to ./predictions/, never into the dataset folder; the
+    summary says how many windows and gestures are right of how many scored."""
+    root, ckpt = trained
+    aedat, csv = _test_recording(root)
+    before = sorted(p.name for p in aedat.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", str(ckpt), str(aedat), "--labels", str(csv), "--window", "3s", "--hop",
+            "1s", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in aedat.parent.iterdir()) == before
+    out = Path("predictions")
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{aedat.stem}_predictions.csv",
+        f"{aedat.stem}_predictions.json",
+        f"{aedat.stem}_timeline.png",
+    ]
+    assert f"csv: {out / aedat.stem}_predictions.csv" in result.output
+    score = json.loads((out / f"{aedat.stem}_predictions.json").read_text())["score"]
+    windows_right = round(score["window_accuracy"] * score["windows_scored"])
+    gestures_right = sum(g["correct"] for g in score["gestures"])
+    assert score["gestures_scored"] == 12
+    assert (
+        f"window accuracy {100 * score['window_accuracy']:.1f} % "
+        f"({windows_right} of {score['windows_scored']} right), "
+        f"gesture accuracy {100 * score['gesture_accuracy']:.1f} % ({gestures_right} of 12 right)"
+    ) in result.output
+
+
+def test_inputs_are_checked_before_any_recording_runs(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or bad --labels file (named as such, not as a dataset fault), a missing
+    recording, or two recordings of one name: refused before the first recording runs."""
+    import dvsgkit.predict
+
+    root, ckpt = trained
+    aedat, csv = _test_recording(root)
+    ran: list[Path] = []
+    monkeypatch.setattr(dvsgkit.predict, "predict_recording", lambda *a, **k: ran.append(a[2]))
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.aedat"
+    other.write_bytes(aedat.read_bytes())
+    missing = tmp_path / "nope_labels.csv"
+    bad = tmp_path / "bad_labels.csv"
+    bad.write_text(csv.read_text().replace("\n3,", "\n13,", 1))
+    twin = tmp_path / "twin" / aedat.name
+    twin.parent.mkdir()
+    twin.write_bytes(aedat.read_bytes())
+    cases = [
+        ([aedat, other, "--labels", csv, "--labels", missing], f"--labels {missing} not found"),
+        ([aedat, other, "--labels", csv, "--labels", bad], f"{bad}, line"),
+        ([aedat, tmp_path / "gone.aedat"], f"recording {tmp_path / 'gone.aedat'} not found"),
+        ([aedat, twin], "would write the same outputs in predictions;"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["predict", str(ckpt), *map(str, args), "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
+        assert message in result.output, result.output
+        assert "DvsGesture" not in result.output and "None" not in result.output
+    assert ran == []
+    assert not Path("predictions").exists() or not any(Path("predictions").iterdir())
+
+
+def test_several_recordings_show_progress(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, ckpt = trained
+    aedat, _ = _test_recording(root)
+    recordings = [str(_shortened(aedat, tmp_path / f"r{i}.aedat", 3_000_000)) for i in (1, 2)]
+    args = ["predict", str(ckpt), *recordings, "--window", "1s", "--hop", "1s", "--device",
+            "cpu", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "0/2 [" in result.stderr and "rec/s" in result.stderr, result.stderr  # tqdm
+    quiet = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.count("windows") == 2
+
+
 def test_event_array_files_predict_like_the_aedat(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -262,6 +467,36 @@ def test_event_array_files_predict_like_the_aedat(
     assert len(runs[0].starts) == (last + 1 - first - 2_000_000) // 1_000_000 + 1 == 6
 
 
+def test_timeline_names_the_labelled_gestures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The label bands beneath the timeline carry the gestures' names, not class numbers."""
+    from matplotlib.figure import Figure
+
+    from dvsgkit.constants import CLASS_NAMES
+    from dvsgkit.io.labels import WINDOW_DTYPE
+    from dvsgkit.predict import score
+    from dvsgkit.predictions import plot_timeline
+
+    gestures = np.array([(3, 1_000_000, 3_000_000, 0), (10, 4_000_000, 6_000_000, 1)],
+                        dtype=WINDOW_DTYPE)  # fmt: skip
+    pred = Prediction(recording="r.aedat", checkpoint="c.pth", meta={"T": T}, mode="labels",
+                      window_us=None, hop_us=None, first_t=0, starts=gestures["start"],
+                      ends=gestures["end"], counts=np.array([50, 60]),
+                      rates=np.eye(NUM_CLASSES, dtype=np.float32)[[3, 2]],
+                      gestures=gestures)  # fmt: skip
+    pred.score = score(pred)
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k)
+    )
+    plot_timeline(pred, tmp_path / "timeline.png")
+    assert (tmp_path / "timeline.png").read_bytes()[:8] == PNG_MAGIC
+    bands = [text.get_text().replace("\n", " ") for text in drawn[0].axes[1].texts]
+    assert bands == [CLASS_NAMES[3], CLASS_NAMES[10]]
+
+
 # --- bad input: one line naming the file, exit 1, nothing written --------------------------
 
 
@@ -283,10 +518,21 @@ def _bad_recordings(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
     wide = folder / "davis.npz"
     np.savez(wide, t=big["t"], x=big["x"], y=big["y"], p=big["p"])
     cases["sensor"] = (wide, r"event 1234 \(x 200.*off the 128x128 DVS128 sensor")
-    sparse = _events(np.array([0, 10, 20, 2_000_000, 3_000_000, 3_500_000]))
-    quiet = folder / "quiet.npz"
-    np.savez(quiet, t=sparse["t"], x=sparse["x"], y=sparse["y"], p=sparse["p"])
-    cases["window < T events"] = (quiet, r"holds \d events, fewer than the T=4 frames")
+    shuffled = _events(np.arange(0, 4_000_000, 100))
+    shuffled["t"][[500, 501]] = shuffled["t"][[501, 500]]
+    back = folder / "shuffled.npz"
+    np.savez(back, **{k: shuffled[k] for k in "txyp"})
+    cases["out of time order"] = (back, r"event 501 \(t 50000 µs\) is earlier than the event")
+    not_zip = folder / "text.npz"
+    not_zip.write_text("t,x,y,p\n0,1,2,1\n")
+    cases["npz not a zip"] = (not_zip, r"not an \.npz archive \(a zip file of arrays\); write")
+    npy = folder / "array.npz"
+    with open(npy, "wb") as f:
+        np.save(f, big["t"])
+    cases["npz holding one .npy"] = (npy, r"not an \.npz archive")
+    objects = folder / "objects.npz"
+    np.savez(objects, t=np.array([0, "1"], dtype=object), x=[0, 0], y=[0, 0], p=[0, 0])
+    cases["npz of objects"] = (objects, r"array 't' holds Python objects, not numbers")
     short = folder / "short.npz"
     np.savez(short, **{k: big[k][:100] for k in "txyp"})
     cases["shorter than a window"] = (short, "shorter than one 1.5 s window")
@@ -313,13 +559,14 @@ def test_bad_recordings_fail_with_one_line_and_write_nothing(
         out = tmp_path / f"out_{name.replace(' ', '_')}"
         # A good recording first: its outputs must not be written either.
         args = ["predict", str(ckpt), str(good), str(path), "--out-dir", str(out),
-                "--device", "cpu", "--window", "1.5s", "--hop", "5s"]  # fmt: skip
+                "--device", "cpu", "--window", "1.5s", "--hop", "5s", "--no-progress"]  # fmt: skip
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, (name, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: "), (name, result.output)
         assert str(path) in lines[0], (name, lines[0])
         assert re.search(pattern, lines[0]), (name, lines[0])
+        assert "pickle" not in lines[0], (name, lines[0])  # never suggest loading unsafely
         assert not out.exists() or not any(out.iterdir()), (name, list(out.iterdir()))
 
 

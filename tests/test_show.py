@@ -14,7 +14,17 @@ from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
 from dvsgkit.frames import integrate
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
-from dvsgkit.show import CAPTION_HEIGHT, SCALE, STRIP_GAP, show_recording, show_sample
+from dvsgkit.show import (
+    CAPTION_HEIGHT,
+    GRID_COLUMNS,
+    GRID_GAP,
+    KEY_HEIGHT,
+    OFF_COLOR,
+    ON_COLOR,
+    SCALE,
+    show_recording,
+    show_sample,
+)
 from dvsgkit.store.event_cache import EventCache
 from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit_cli.main import cli
@@ -22,32 +32,43 @@ from dvsgkit_cli.main import cli
 T = 4
 
 
-def test_sample_gif_and_strip(frame_root: Path, tmp_path: Path) -> None:
-    shown = show_sample(frame_root, "test", 5, T=T, out_dir=tmp_path)
+WIDTH, HEIGHT = 128 * SCALE, 128 * SCALE + CAPTION_HEIGHT  # one frame, captioned
+
+
+@pytest.mark.parametrize("frames", [T, 2 * GRID_COLUMNS + 1])
+def test_sample_gif_and_grid(frame_root: Path, tmp_path: Path, frames: int) -> None:
+    """The GIF holds the T frames; the PNG lays them out in rows of at most 8, above a key
+    that shows the two polarity colours."""
+    shown = show_sample(frame_root, "test", 5, T=frames, out_dir=tmp_path)
     with EventCache(event_cache_path(frame_root)) as cache:
-        frames = integrate(cache.sample("test", 5), T, "number")  # [T, 2, H, W]
+        counts = integrate(cache.sample("test", 5), frames, "number")  # [T, 2, H, W]
         label = int(cache.labels("test")[5])
-    width, height = 128 * SCALE, 128 * SCALE + CAPTION_HEIGHT
     gif = Image.open(shown.gif)
-    assert gif.format == "GIF" and gif.n_frames == T and gif.size == (width, height)
+    assert gif.format == "GIF" and gif.n_frames == frames and gif.size == (WIDTH, HEIGHT)
     assert gif.info["duration"] == 250 and gif.info["loop"] == 0
-    strip = Image.open(shown.png)
-    assert strip.format == "PNG" and strip.size == (T * (width + STRIP_GAP) - STRIP_GAP, height)
-    pixels = np.asarray(strip.convert("RGB"))[CAPTION_HEIGHT:]
-    for k in range(T):
-        left = k * (width + STRIP_GAP)
-        shown_k = pixels[::SCALE, left : left + width : SCALE].astype(int)  # [H, W, 3]
+    png = Image.open(shown.png)
+    columns, rows = min(frames, GRID_COLUMNS), -(-frames // GRID_COLUMNS)
+    grid_height = rows * (HEIGHT + GRID_GAP) - GRID_GAP
+    assert png.format == "PNG"
+    assert png.size == (columns * (WIDTH + GRID_GAP) - GRID_GAP, grid_height + KEY_HEIGHT)
+    pixels = np.asarray(png.convert("RGB"))
+    for k in range(frames):
+        left = (k % GRID_COLUMNS) * (WIDTH + GRID_GAP)
+        top = (k // GRID_COLUMNS) * (HEIGHT + GRID_GAP) + CAPTION_HEIGHT
+        shown_k = pixels[top : top + 128 * SCALE : SCALE, left : left + WIDTH : SCALE].astype(int)
         lit = shown_k.sum(-1) > 0
-        assert np.array_equal(lit, frames[k].sum(0) > 0), k  # a pixel lights iff it has events
-        on_only = (frames[k, 1] > 0) & (frames[k, 0] == 0)
-        off_only = (frames[k, 0] > 0) & (frames[k, 1] == 0)
+        assert np.array_equal(lit, counts[k].sum(0) > 0), k  # a pixel lights iff it has events
+        on_only = (counts[k, 1] > 0) & (counts[k, 0] == 0)
+        off_only = (counts[k, 0] > 0) & (counts[k, 1] == 0)
         assert (shown_k[on_only][:, 2] > shown_k[on_only][:, 0]).all()  # ON is blue
         assert (shown_k[off_only][:, 0] > shown_k[off_only][:, 2]).all()  # OFF is orange
-    assert shown.captions[0] == f"frame 1/{T} | {label} {CLASS_NAMES[label]}"
-    for k in range(T):  # the GIF holds the same pictures
+    key = {tuple(c) for c in pixels[grid_height:].reshape(-1, 3).tolist()}
+    assert tuple(OFF_COLOR.astype(int)) in key and tuple(ON_COLOR.astype(int)) in key
+    assert shown.captions[0] == f"frame 1/{frames} | {label} {CLASS_NAMES[label]}"
+    for k in range(frames):  # the GIF holds the same pictures
         gif.seek(k)
         frame = np.asarray(gif.convert("RGB"))[CAPTION_HEIGHT::SCALE, ::SCALE]
-        assert np.array_equal(frame.sum(-1) > 0, frames[k].sum(0) > 0)
+        assert np.array_equal(frame.sum(-1) > 0, counts[k].sum(0) > 0)
 
 
 def test_show_cli_sample_and_errors(frame_root: Path, tmp_path: Path) -> None:
@@ -57,8 +78,8 @@ def test_show_cli_sample_and_errors(frame_root: Path, tmp_path: Path) -> None:
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "train_3_T6.gif").n_frames == 6
-    strip_width = 6 * (256 + STRIP_GAP) - STRIP_GAP
-    assert Image.open(tmp_path / "train_3_T6.png").size == (strip_width, 256 + CAPTION_HEIGHT)
+    grid_width = 6 * (WIDTH + GRID_GAP) - GRID_GAP
+    assert Image.open(tmp_path / "train_3_T6.png").size == (grid_width, HEIGHT + KEY_HEIGHT)
     result = runner.invoke(cli, ["show", "--root", str(frame_root), "--index", "12"])
     assert result.exit_code == 1 and "--index 12 is out of range: test has samples 0..11" in (
         result.output
@@ -66,7 +87,20 @@ def test_show_cli_sample_and_errors(frame_root: Path, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["show", "--root", str(tmp_path), "--index", "0"])
     assert result.exit_code == 1 and "events.h5 not found" in result.output
     result = runner.invoke(cli, ["show"])
+    assert result.exit_code == 2 and "give RECORDING, or --index" in result.output
+    assert "not both" not in result.output  # neither was given
+    result = runner.invoke(cli, ["show", "x.aedat", "--index", "0"])
     assert result.exit_code == 2 and "either RECORDING or --index" in result.output
+    assert "not both" in result.output
+
+
+def test_show_refuses_more_frames_than_it_draws(frame_root: Path, tmp_path: Path) -> None:
+    """-T 100000 would need 26 GB of counts: one line naming the option and the range."""
+    args = ["show", "--root", str(frame_root), "--index", "0", "--out-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "-T", "100000"])
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: -T 100000 is out of range: show draws 1..600 frames\n"
+    assert not any(tmp_path.iterdir())
 
 
 def _recording(folder: Path, labels: bool) -> Path:
@@ -109,3 +143,48 @@ def test_recording_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "nope.aedat")])
     assert result.exit_code == 1 and "nope.aedat not found" in result.output
     assert not list(tmp_path.glob("*.gif")) and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("fps", ["0.0001", "inf", "nan", "-1", "2e6"])
+def test_fps_out_of_range_is_one_line(tmp_path: Path, fps: str) -> None:
+    path = _recording(tmp_path, labels=False)
+    args = ["show", str(path), "--fps", fps, "--out-dir", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --fps {float(fps):g} is out of range: give 0.01 to 1000000 frames per second of "
+        "recording time\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_slowest_and_fastest_fps_are_drawn(tmp_path: Path) -> None:
+    path = _recording(tmp_path, labels=False)
+    slow = show_recording(path, 0, 3_000_000, fps=0.01, out_dir=tmp_path)
+    assert slow.frames == 1 and Image.open(slow.gif).info["duration"] == 100_000
+    fast = show_recording(path, 0, 500, fps=1e6, out_dir=tmp_path)
+    assert fast.frames == 500  # one frame a microsecond: an event in the first only
+
+
+def test_a_recording_out_of_time_order_is_refused(tmp_path: Path) -> None:
+    """Two recordings joined: the second's events (its clock starts again) fall in the
+    stretch asked for but come after it in the file. show refuses, naming the event."""
+    path = _recording(tmp_path, labels=False)
+    ev = np.concatenate([_events_of(path), _events_of(path)])
+    joined = write_aedat(tmp_path / "joined.aedat", ev)
+    result = CliRunner().invoke(cli, ["show", str(joined), "--duration", "1s", "--out-dir",
+                                      str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {joined}: event 4000 (t 1000000 µs) is earlier than the event before it "
+        "(t 4999000 µs): its timestamps go back (a clock reset, joined files or shuffled "
+        "events); give the events in time order (sort them by t, or cut the file where its "
+        "clock resets)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def _events_of(path: Path) -> np.ndarray:
+    from dvsgkit.recording import iter_recording
+
+    return np.concatenate(list(iter_recording(path)))

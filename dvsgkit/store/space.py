@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ CAUSES = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "part of the path is a file, not a folder",
 }
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")  # HDF5 reports the OS error inside its message
 
@@ -84,6 +86,17 @@ def probe_writable(path: Path, fix: str) -> None:
     leaves it behind."""
     with storage_errors(path, "create", fix), tempfile.TemporaryFile(dir=path.parent):
         pass
+
+
+def make_folder(folder: Path, fix: str) -> Path:
+    """`folder.mkdir(parents=True, exist_ok=True)`, or a StorageError naming `folder` when it
+    cannot be made: a read-only or full file system, no permission, a file in the way."""
+    folder = Path(folder)
+    with storage_errors(folder, "create the folder", fix):
+        if os.path.lexists(folder) and not folder.is_dir():  # mkdir would say only "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _mb(n: int) -> str:
