@@ -419,3 +419,21 @@ def test_fused_net_runs_the_real_fused_kernels_as_the_unfused_net(
     _assert_grads_close(g_f, g_p, rtol=1e-4, atol=1e-6)
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_one_table_says_which_combinations_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from dvsgkit.model import cupy_runtime, net
+
+    monkeypatch.setattr(cupy_runtime, "require_cupy", lambda: None)  # CuPy's checks pass
+    options = itertools.product(net.MODES, net.BACKENDS, (False, True), (False, True))
+    for (mode, backend, fused, compile_steps), neuron in itertools.product(options, net.NEURONS):
+        kwargs = dict(neuron=neuron, fused=fused, compile_steps=compile_steps)
+        if (mode, backend, fused, compile_steps) in net.EXECUTIONS:
+            built = GestureNet(4, mode, backend, **kwargs)
+            assert (built.mode, built.backend, built.fused, built.compile_steps) == (
+                mode, backend, fused, compile_steps)  # fmt: skip
+            continue
+        with pytest.raises(ValueError, match="use (it with )?mode='(layer|step)'"):
+            GestureNet(4, mode, backend, **kwargs)
