@@ -108,9 +108,9 @@ part() {
 }
 
 # The correctness subset: every gpu test of the kernels, the fused block and the networks,
-# and the no-sync training step, but the slow ones (torch.compile)
-TESTS=(tests/model/test_fused_block.py tests/model/test_lif_cupy.py tests/model/test_plif_cupy.py
-  tests/model/test_net.py tests/model/test_cupy_runtime.py tests/test_train_sync.py)
+# and the no-sync training step, but the slow ones (torch.compile); most important first
+TESTS=(tests/model/test_fused_block.py tests/model/test_net.py tests/test_train_sync.py
+  tests/model/test_lif_cupy.py tests/model/test_plif_cupy.py tests/model/test_cupy_runtime.py)
 # The train-step table's networks (bench/train_step.py's names), most wanted first
 NETS="SpikingJelly PythonNet, seed cuDNN flags|dvsgkit step NHWC"
 if [ "$DRY" = 1 ]; then  # CPU substitutes: the torch twin of the layer network
