@@ -10,7 +10,7 @@ Two kernel families, each for the LIF and the PLIF and for float32, float16 and 
 - fused (`fused_cupy`): `fused_forward` and `fused_backward` of a conv block's tail,
   BatchNorm-apply + neuron over T + 2x2 max-pool, one thread per pooling window.
 
-The neurons differ only in their charge step (`NEURON_CODE`: charge, reset value, dh/dx, and
+The neurons differ only in their charge step (`neuron_code`: charge, reset value, dh/dx, and
 where the decay comes from); the PLIF's learned decay adds the partial sums of its gradient.
 
 Memory stays busy: each thread issues the loads of several time steps (CHUNK steps in the
@@ -72,7 +72,7 @@ def _exact_inverse(value: float) -> float | None:
     `x * (1 / value)` rounds exactly as `x / value`, bit for bit. Else None."""
     f = float(np.float32(value))
     mantissa, exponent = math.frexp(f)
-    if mantissa != 0.5 or not -125 <= 1 - exponent <= 127:
+    if mantissa != 0.5 or not -126 <= 1 - exponent <= 127:
         return None
     return 1.0 / f
 
@@ -183,6 +183,7 @@ PLIF_CODE = NeuronCode(  # h = v + (x - v) * k, op for op as the reference
 
 
 def neuron_code(neuron: str, params: dict[str, float]) -> NeuronCode:
+    """The neuron's code for a parameter set (the LIF's depends on tau)."""
     if neuron not in NEURONS:
         raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
     return _lif_code(params["tau"]) if neuron == "lif" else PLIF_CODE

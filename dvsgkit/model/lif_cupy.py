@@ -6,8 +6,9 @@ recomputes the spike from h, so the whole layer moves 3 tensors each way through
 Math is fp32 in registers for every storage dtype (float32, float16, bfloat16), with the same
 IEEE operations in the same order as `dvsgkit.model.lif.lif_step`, so fp32 results match the
 reference bit for bit, except that CuPy compiles with -ftz=true, so a float32 subnormal (below
-1.2e-38; nothing in the recipe comes near) is zero here. CuPy is optional:
-`cupy_unavailable_reason()` says what is missing.
+1.2e-38; nothing in the recipe comes near) is zero here. The source comes from the template in
+`dvsgkit.model.kernels`; this module launches it. CuPy is optional: `cupy_unavailable_reason()`
+says what is missing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from dvsgkit.model.kernels import (  # noqa: F401  (the kernels' names, as befor
     THREADS,
     VEC,
     index_bits,
-    lif_defines,
     threshold_bracket,
     unfused_source,
 )

@@ -12,7 +12,8 @@ Each thread sums its neurons' terms in fp32 (per neuron group, then a compensate
 groups it covers) and writes one partial; torch sums the partials
 (deterministic, unlike atomics) and autograd carries dL/dk on to w through the sigmoid. The
 backward grid is capped at a few blocks per SM so the partials stay small (about 1 MB).
-Storage dtypes and the 16-bit threshold rule are those of `lif_cupy`.
+Storage dtypes and the 16-bit threshold rule are those of `lif_cupy`; the source comes from the
+template in `dvsgkit.model.kernels`.
 """
 
 from __future__ import annotations
