@@ -21,6 +21,7 @@ run with exit status 3; `--continue` then runs what the JSON does not hold yet.
 
     python bench/train_step.py --json out.json                   # CUDA: b16 T16 C128, AMP
     python bench/train_step.py --device cpu --tiny --json x.json # proves the plumbing
+    python bench/train_step.py --json out.json --names "dvsgkit layer CuPy NHWC|dvsgkit step NHWC"
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="b2 T2 C4, 1+1x1 steps: plumbing")
     parser.add_argument("--only", default="", help="comma-separated substrings of names to run")
+    parser.add_argument("--names", default="", help="'|'-separated names to run, exactly")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument(
         "--continue", dest="resume", action="store_true",
@@ -240,8 +242,11 @@ def main() -> int:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
     wanted = [w for w in args.only.split(",") if w]
+    exact = {w for w in args.names.split("|") if w}
     for name, spec in networks(device.type == "cuda"):
         if name in done or (wanted and not any(w in name for w in wanted)):
+            continue
+        if exact and name not in exact:
             continue
         print(f"--- {name}", flush=True)
         try:

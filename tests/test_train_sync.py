@@ -1,9 +1,11 @@
 """The training step never waits for the host: no tensor read back per step (CPU: any read of a
 tensor's value fails the test; CUDA: torch's sync debug mode turns each synchronisation into an
-error), in every network the trainer builds."""
+error, and steps queued behind a long GPU sleep must return first, which no synchronisation of
+CuPy's or the driver's would), in every network the trainer builds."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -114,3 +116,21 @@ def test_a_cuda_training_step_never_synchronises(name: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert sums.tolist()[2] == 8 and watch.problem(0) is None
+    if config.cupy:  # CuPy's synchronisations are invisible to torch's debug mode
+        sleep = 2.0  # seconds of GPU time queued before the steps
+        torch.cuda._sleep(_cycles_in(sleep))
+        start = time.perf_counter()
+        _run_epoch(net.train(), batches[1:], device, True, optimizer, scaler, _Bar(), watch)
+        queued = time.perf_counter() - start
+        torch.cuda.synchronize()
+        assert queued < sleep / 2, f"the host waited {queued:.2f} s for the GPU: a synchronisation"
+
+
+def _cycles_in(seconds: float) -> int:
+    """GPU clock cycles in `seconds`, measured with a short `torch.cuda._sleep`."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    return int(10_000_000 * seconds * 1000 / start.elapsed_time(end))

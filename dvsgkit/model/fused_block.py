@@ -128,20 +128,17 @@ class BNLIFPool(torch.autograd.Function):
         geo, tasks = geometry(y, grad_out, n)
         partial = torch.empty((PARTS[ctx.spec[2]], tasks), dtype=torch.float32, device=y.device)
         grad_y = torch.empty_like(y)
-        if ctx.batch:  # dL/dy needs the channel sums first: one pass for them, one for dL/dy
-            sums_only = [y, grad_out, bn, None, decay, None, partial]
-            ctx.launch("backward", ctx.spec, sums_only, geo, tasks)
-            sums = channel_sums(partial, geo)
+        # One pass over T: dL/dx * scale into grad_y (all of dL/dy in eval mode) and the sums
+        ctx.launch(
+            "backward", ctx.spec, [y, grad_out, bn, None, decay, grad_y, partial], geo, tasks
+        )
+        sums = channel_sums(partial, geo)
+        if ctx.batch:  # batch statistics add cb + x_hat * cd, from the channel sums, in place
             count = y.numel() // y.shape[1]  # T*N*H*W values per channel
             scale = bn[1].double() * bn[2].double()
             coef = torch.stack([-scale * sums[0] / count, -scale * sums[1] / count]).float()
-            grads_only = [y, grad_out, bn, coef, decay, grad_y, None]
-            ctx.launch("backward", ctx.spec, grads_only, geo, tasks)
-        else:
-            ctx.launch(
-                "backward", ctx.spec, [y, grad_out, bn, None, decay, grad_y, partial], geo, tasks
-            )
-            sums = channel_sums(partial, geo)
+            finish = [y, grad_y, bn, coef, decay, grad_y, None]
+            ctx.launch("backward", ctx.spec, finish, geo, tasks)
         # bias: sum of dL/dx; weight: sum of dL/dx * x_hat; decay: sum of dL/dh * (x - v)
         grad_bias, grad_weight = (s.to(ctx.param_dtype) for s in sums[:2])
         grad_decay = sums[2].sum().float() if decay is not None else None

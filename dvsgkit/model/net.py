@@ -27,6 +27,22 @@ NUM_OUTPUTS = NUM_CLASSES  # the last layer has NUM_OUTPUTS * VOTERS neurons
 CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
 INPUT_SIZE = SENSOR_HEIGHT  # square frames: the sensor is 128 x 128
 INPUT_CHANNELS = 2  # ON and OFF event counts
+# Every way GestureNet runs, as (mode, backend, fused, compile_steps), with either neuron. Any
+# other combination is refused by the first of REFUSALS whose option it sets: (index in the key,
+# value, why and the fix).
+EXECUTIONS = {
+    ("step", "torch", False, False): "one time step at a time through the whole net (PythonNet)",
+    ("step", "torch", False, True): "the same, each step after the first compiled (CUDA graphs)",
+    ("layer", "torch", False, False): "each layer on all T*N inputs at once (CextNet)",
+    ("layer", "cupy", False, False): "the same, each spiking layer as two CuPy kernels",
+    ("layer", "cupy", True, False): "the same, BN + neuron + max-pool of each conv block fused",
+}
+_FUSED_NEEDS = "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with"
+REFUSALS = (
+    (1, "cupy", "backend 'cupy' runs whole sequences: use mode='layer' with it"),
+    (2, True, f"{_FUSED_NEEDS} mode='layer', backend='cupy'"),
+    (3, True, "compile_steps compiles the step-by-step network: use mode='step'"),
+)
 # NHWC convolutions with 2 input channels miss cuDNN's fast kernels (fp16 tensor cores take
 # channels in multiples of 8): the channels_last path zero-pads the input and conv1's weight.
 PADDED_INPUT_CHANNELS = 8
@@ -86,15 +102,9 @@ class GestureNet(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "cupy" and mode != "layer":
-            raise ValueError("backend 'cupy' runs whole sequences: use mode='layer' with it")
-        if fused and backend != "cupy":
-            raise ValueError(
-                "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with "
-                "mode='layer', backend='cupy'"
-            )
-        if compile_steps and mode != "step":
-            raise ValueError("compile_steps compiles the step-by-step network: use mode='step'")
+        execution = (mode, backend, bool(fused), bool(compile_steps))
+        if execution not in EXECUTIONS:
+            raise ValueError(next(why for i, value, why in REFUSALS if execution[i] == value))
         self.channels, self.mode, self.backend = channels, mode, backend
         self.compile_steps = bool(compile_steps)
         self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)

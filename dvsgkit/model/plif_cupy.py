@@ -12,7 +12,8 @@ Each thread sums its neurons' terms in fp32 (per neuron group, then a compensate
 groups it covers) and writes one partial; torch sums the partials
 (deterministic, unlike atomics) and autograd carries dL/dk on to w through the sigmoid. The
 backward grid is capped at a few blocks per SM so the partials stay small (about 1 MB).
-Storage dtypes and the 16-bit threshold rule are those of `lif_cupy`.
+Storage dtypes and the 16-bit threshold rule are those of `lif_cupy`; the source comes from the
+template in `dvsgkit.model.kernels`.
 """
 
 from __future__ import annotations
@@ -25,146 +26,36 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from dvsgkit.model.cupy_runtime import build_kernels, cp, external_stream, require_cupy
+from dvsgkit.model.kernels import KERNEL_DTYPES, THREADS, VEC, index_bits, unfused_source
 from dvsgkit.model.lif import ALPHA, V_THRESHOLD
-from dvsgkit.model.lif_cupy import (
-    KERNEL_DTYPES,
-    THREADS,
-    VEC,
-    _conversions,
-    _f32_literal,
-    _vec_type,
-    storage_is_time_major,
-    threshold_bracket,
-)
+from dvsgkit.model.lif_cupy import storage_is_time_major
 
 BLOCKS_PER_SM = 8  # 8 x 256 threads fill an SM; the backward grid strides beyond that
 
 
 def kernel_source(
-    dtype_name: str, *, v_threshold: float = V_THRESHOLD, alpha: float = ALPHA
+    dtype_name: str,
+    *,
+    v_threshold: float = V_THRESHOLD,
+    alpha: float = ALPHA,
+    index_bits: int = 32,
 ) -> str:
     """CUDA C++ source of `plif_forward_w{1,VEC}` and `plif_backward_w{1,VEC}` for one storage
-    dtype (v_threshold and alpha baked in; the decay is a kernel argument). Pure: no CuPy."""
+    dtype (v_threshold and alpha baked in; the decay is a kernel argument), from the template in
+    `dvsgkit.model.kernels`. Pure: no CuPy."""
     if dtype_name not in KERNEL_DTYPES:
         raise ValueError(f"no PLIF kernel for dtype {dtype_name}; choose one of {KERNEL_DTYPES}")
-    storage, size = KERNEL_DTYPES[dtype_name]
-    consts = {
-        "V_TH": _f32_literal(v_threshold),
-        "HALF_ALPHA": _f32_literal(alpha / 2),
-        "PI_HALF_ALPHA": _f32_literal(math.pi / 2 * alpha),
-    }
-    lines = [f"// dvsgkit PLIF kernels, storage {dtype_name}", f"typedef {storage} elem_t;"]
-    lines += [f"#define {k} {v}" for k, v in consts.items()]
-    lines.append(_conversions(dtype_name))
-    keep_side = ""
-    if size == 2:  # see lif_cupy.kernel_source: backward must see forward's spike decision
-        above, below = threshold_bracket(dtype_name, v_threshold)
-        keep_side = (
-            "if ((to_f32(hs) >= V_TH) != fire) "
-            f"hs = fire ? (elem_t){above:#06x} : (elem_t){below:#06x};"
-        )
-    one = "1.0f" if size == 4 else ("(elem_t)0x3c00" if dtype_name == "float16" else "0x3f80")
-    for w in sorted({1, VEC}):
-        lines += [_vec_type(w, size), _forward(w, one, keep_side), _backward(w)]
-    return "\n".join(lines)
-
-
-def _forward(w: int, one: str, keep_side: str) -> str:
-    return f"""
-extern "C" __global__ void plif_forward_w{w}(
-    const vec{w}_t* __restrict__ x, const float* __restrict__ decay,
-    vec{w}_t* __restrict__ spike, vec{w}_t* __restrict__ h_out,
-    const long long groups, const int steps)
-{{
-  const float k = *decay;  // sigmoid(w), computed on the device by torch
-  const long long stride = (long long)blockDim.x * gridDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < groups; i += stride) {{
-    float v[{w}];
-#pragma unroll
-    for (int j = 0; j < {w}; ++j) v[j] = 0.0f;
-    long long n = i;
-#pragma unroll 4
-    for (int t = 0; t < steps; ++t, n += groups) {{
-      const vec{w}_t xv = x[n];
-      vec{w}_t sv, hv;
-#pragma unroll
-      for (int j = 0; j < {w}; ++j) {{
-        // h = v + (x - v) * k, op for op as the reference (no FMA contraction)
-        const float h = __fadd_rn(v[j], __fmul_rn(__fsub_rn(to_f32(xv.e[j]), v[j]), k));
-        const bool fire = h >= V_TH;
-        elem_t hs = from_f32(h);
-        {keep_side}
-        hv.e[j] = hs;
-        sv.e[j] = fire ? {one} : (elem_t)0;
-        v[j] = fire ? 0.0f : h;  // hard reset to 0
-      }}
-      spike[n] = sv;
-      if (h_out) h_out[n] = hv;  // null when no gradient is needed
-    }}
-  }}
-}}
-"""
-
-
-def _backward(w: int) -> str:
-    return f"""
-extern "C" __global__ void plif_backward_w{w}(
-    const vec{w}_t* __restrict__ grad_spike, const vec{w}_t* __restrict__ h_in,
-    const float* __restrict__ decay, vec{w}_t* __restrict__ grad_x,
-    float* __restrict__ partial, const long long groups, const int steps)
-{{
-  const float k = *decay;
-  // This thread's sum of dL/dh * (h - v_prev): one plain sum per neuron group (T * w terms),
-  // added to a compensated (Kahan) total, so a thread covering many groups loses no precision.
-  float acc = 0.0f, lost = 0.0f;
-  const long long stride = (long long)blockDim.x * gridDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < groups; i += stride) {{
-    float gv[{w}];  // dL/dv[t]: what reaches the membrane after step t from step t + 1
-#pragma unroll
-    for (int j = 0; j < {w}; ++j) gv[j] = 0.0f;
-    float group_sum = 0.0f;
-    long long n = i + (long long)(steps - 1) * groups;
-    vec{w}_t hv = h_in[n];
-#pragma unroll 4
-    for (int t = steps - 1; t >= 0; --t, n -= groups) {{
-      const vec{w}_t gs = grad_spike[n];
-      vec{w}_t hp = hv;  // h[t-1], read once: it is the next iteration's h
-      if (t > 0) hp = h_in[n - groups];
-      vec{w}_t gx;
-#pragma unroll
-      for (int j = 0; j < {w}; ++j) {{
-        const float h = to_f32(hv.e[j]);
-        const float over = __fsub_rn(h, V_TH);
-        const float a = __fmul_rn(PI_HALF_ALPHA, over);
-        const float sg = __fmul_rn(__frcp_rn(__fadd_rn(1.0f, __fmul_rn(a, a))), HALF_ALPHA);
-        // detach_reset: the reset passes gradient to h only where no spike (dv/dh = 1 - s)
-        const float gh = __fadd_rn(__fmul_rn(to_f32(gs.e[j]), sg), over >= 0.0f ? 0.0f : gv[j]);
-        const float gxt = __fmul_rn(gh, k);  // dh/dx = k
-        gx.e[j] = from_f32(gxt);
-        gv[j] = __fsub_rn(gh, gxt);  // dh/dv_prev = 1 - k, summed as torch sums it
-        const float hprev = to_f32(hp.e[j]);
-        const float v_prev = (t == 0 || hprev >= V_TH) ? 0.0f : hprev;
-        group_sum = __fadd_rn(group_sum, __fmul_rn(gh, __fsub_rn(h, v_prev)));  // (x - v) k
-      }}
-      grad_x[n] = gx;
-      hv = hp;
-    }}
-    const float y = __fsub_rn(group_sum, lost);
-    const float total = __fadd_rn(acc, y);
-    lost = __fsub_rn(__fsub_rn(total, acc), y);
-    acc = total;
-  }}
-  partial[(long long)blockIdx.x * blockDim.x + threadIdx.x] = acc;
-}}
-"""
+    params = dict(v_threshold=v_threshold, alpha=alpha)
+    return unfused_source(dtype_name, "plif", params, bits=index_bits)
 
 
 @functools.cache
-def _kernels(dtype_name: str, params: tuple[float, float], device: int) -> dict:
-    """Compile (once per dtype, parameter set and device) and return the four kernels."""
+def _kernels(dtype_name: str, params: tuple[float, float], bits: int, device: int) -> dict:
+    """Compile (once per dtype, parameter set, index width and device) and return the four
+    kernels."""
     require_cupy()
     v_threshold, alpha = params
-    source = kernel_source(dtype_name, v_threshold=v_threshold, alpha=alpha)
+    source = kernel_source(dtype_name, v_threshold=v_threshold, alpha=alpha, index_bits=bits)
     names = [f"plif_{d}_w{w}" for d in ("forward", "backward") for w in sorted({1, VEC})]
     return build_kernels(source, names, dtype_name, device, neuron="PLIF")
 
@@ -191,7 +82,8 @@ def _launch(kind: str, tensors: list, ref: torch.Tensor, params: tuple, blocks: 
     steps = ref.shape[0]
     neurons = ref.numel() // steps
     device = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
-    kernels = _kernels(str(ref.dtype).removeprefix("torch."), params, device)
+    bits = index_bits(ref.numel())
+    kernels = _kernels(str(ref.dtype).removeprefix("torch."), params, bits, device)
     sequences = [t for t in tensors if t is None or t.shape == ref.shape]  # not decay/partials
     w = vector_width(neurons, sequences, ref.element_size())
     groups = neurons // w

@@ -245,6 +245,38 @@ def torch_chain(y: torch.Tensor, bn: nn.Module, neuron: nn.Module, t: int) -> to
     return F.max_pool2d(neuron(bn(y).unflatten(0, (t, n))).flatten(0, 1), 2, 2)
 
 
+NEAR = 1e-4  # a membrane this close to the threshold may fire the other way on a GPU
+
+
+def settled_windows(y: torch.Tensor, bn: nn.Module, cell: nn.Module, t: int) -> torch.Tensor:
+    """1.0 for each pooled output `[T*N, C, H//2, W//2]` whose window holds no membrane within
+    NEAR of the threshold at any step of the reference chain (float32, on the CPU), else 0.0.
+    On a GPU the batch statistics are summed in another order than on the CPU, so such a window
+    may spike differently there and route its gradient elsewhere: the GPU parity tests give it
+    no upstream gradient in either run, count its flips, and compare everything else."""
+    with torch.no_grad():
+        y = y.detach().float().cpu()
+        batch = bn.training or bn.running_mean is None
+        mean, var = (None, None) if batch else (bn.running_mean.cpu(), bn.running_var.cpu())
+        weight, bias = (None if p is None else p.detach().cpu() for p in (bn.weight, bn.bias))
+        x = F.batch_norm(y, mean, var, weight, bias, batch, 0.0, bn.eps)
+        x = x.unflatten(0, (t, y.shape[0] // t))
+        plif = isinstance(cell, MultiStepPLIF)
+        reset = 0.0 if plif else cell.v_reset
+        v = torch.full_like(x[0], reset)
+        near = torch.zeros_like(x[0], dtype=torch.bool)
+        for step in x:
+            if plif:
+                h = v + (step - v) * cell.w.detach().cpu().sigmoid()
+            else:
+                h = v + (step - (v - cell.v_reset)) / cell.tau
+            near |= (h - cell.v_threshold).abs() < NEAR
+            v = torch.where(h >= cell.v_threshold, reset, h)
+        _, _, height, width = y.shape
+        windows = F.max_pool2d(near.float(), 2, 2, ceil_mode=True)[..., : height // 2, : width // 2]
+        return (1.0 - windows).expand(t, *windows.shape).flatten(0, 1)
+
+
 @pytest.mark.parametrize(("fused", "device"), FUSED, indirect=["fused"])
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -262,11 +294,13 @@ def test_fused_block_matches_torch_chain(fused, device, neuron, train, layout, d
 
     y_fused = y.to(device, memory_format=layout).clone().requires_grad_(True)
     spikes = fused(y_fused, bn, cell, t)
-    spikes.backward(grad.to(device))
     # the reference: the float32 module chain on the stored values, on the CPU, same layout
     y_ref = y.float().to(memory_format=layout).clone().requires_grad_(True)
     ref = torch_chain(y_ref, bn_ref.cpu(), cell_ref.cpu(), t)
-    ref.backward(grad.float())
+    # on a GPU, windows near the threshold get no upstream gradient (settled_windows)
+    keep = torch.ones(ref.shape) if device == "cpu" else settled_windows(y_ref, bn_ref, cell_ref, t)
+    spikes.backward((grad.float() * keep).to(device, dtype))
+    ref.backward(grad.float() * keep)
 
     assert spikes.dtype == dtype and spikes.shape == ref.shape
     assert spikes.is_contiguous(memory_format=layout)
@@ -281,12 +315,12 @@ def test_fused_block_matches_torch_chain(fused, device, neuron, train, layout, d
         else:  # CUDA sums in another order than the CPU
             torch.testing.assert_close(ours.cpu(), theirs, rtol=1e-5, atol=1e-6)
     spikes = spikes.float().cpu()
+    flips = spikes != ref
     if device == "cpu":
         assert torch.equal(spikes, ref), "spikes differ"
-    else:  # a value within an ulp of the threshold may fall the other way on a GPU
-        assert (spikes != ref).sum() <= max(1, ref.numel() // 1000), "spikes differ"
-        if not torch.equal(spikes, ref):
-            return  # a flipped spike reroutes its window's gradient: nothing left to compare
+    # a GPU may flip a spike only in a window near the threshold, and rarely
+    assert not (flips & (keep > 0)).any(), "a spike flipped away from the threshold"
+    assert flips.sum() <= max(1, ref.numel() // 1000), f"{int(flips.sum())} spikes flipped"
     assert y_fused.grad.dtype == dtype and y_fused.grad.stride() == y_fused.stride()
     scale = float(y_ref.grad.abs().max())
     tol = TOL_Y[dtype]
@@ -374,13 +408,106 @@ def test_fused_block_without_affine_and_with_an_expanded_gradient(fused, device)
     cell_ref = copy.deepcopy(cell)
     y_fused = y.to(device).clone().requires_grad_(True)
     spikes = fused(y_fused, bn.to(device), cell.to(device), t)
-    spikes.sum().backward()
     y_ref = y.clone().requires_grad_(True)
     ref = torch_chain(y_ref, bn_ref, cell_ref, t)
-    ref.sum().backward()
+    keep = torch.ones(ref.shape) if device == "cpu" else settled_windows(y_ref, bn_ref, cell_ref, t)
+    if keep.all():  # sum(): backward gets a stride-0 gradient
+        spikes.sum().backward()
+        ref.sum().backward()
+    else:  # on a GPU, windows near the threshold get no upstream gradient (settled_windows)
+        (spikes * keep.to(device)).sum().backward()
+        (ref * keep).sum().backward()
     assert ref.sum() > 0 and (ref == 0).any()
+    flips = spikes.cpu() != ref
     if device == "cpu":
         assert torch.equal(spikes, ref) and torch.equal(bn.running_var, bn_ref.running_var)
-    if torch.equal(spikes.cpu(), ref):
-        torch.testing.assert_close(y_fused.grad.cpu(), y_ref.grad, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(cell.w.grad.cpu(), cell_ref.w.grad, **TOL_PARAM)
+    assert not (flips & (keep > 0)).any() and flips.sum() <= 1, int(flips.sum())
+    torch.testing.assert_close(y_fused.grad.cpu(), y_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cell.w.grad.cpu(), cell_ref.w.grad, **TOL_PARAM)
+
+
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_settled_windows_leave_out_the_windows_near_the_threshold(neuron: str) -> None:
+    # the GPU parity tests' mask, checked here: eval BatchNorm with x = y, T = 2, N = 1
+    bn = nn.BatchNorm2d(1, eps=0.0).eval()
+    cell = MultiStepLIF() if neuron == "lif" else MultiStepPLIF()  # decay 1/2 either way
+    y = torch.zeros(2, 1, 5, 4)
+    y[0, 0, 1, 1] = 2.0 + 4e-5  # h = 1 + 2e-5 at step 0: window (0, 0)
+    y[1, 0, 2, 3] = 2.0 + 4e-3  # h = 1.002 at step 1: far enough, window (1, 1)
+    y[1, 0, 4, 0] = 2.0  # h = 1.0 in the cut last row: pools nothing
+    keep = settled_windows(y, bn, cell, 2)
+    assert keep.shape == (2, 1, 2, 2)
+    assert keep[:, 0].tolist() == [[[0.0, 1.0], [1.0, 1.0]]] * 2
+    chain = torch_chain(y, bn, cell, 2)
+    assert chain.shape == keep.shape and chain[0, 0, 0, 0] == 1 and chain[1, 0, 1, 1] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_fused_block_at_the_recipe_size_under_amp_matches_the_torch_chain(neuron: str) -> None:
+    # conv1's output at T = 16, B = 2, C = 128, 128 x 128 as autocast hands it to the block
+    # (float16, channels_last), train mode, against the float32 module chain on the GPU
+    t, n, c, side = 16, 2, 128, 128
+    g = torch.Generator().manual_seed(11)
+    y = (torch.randn(t * n, c, side, side, generator=g) * 1.5).to(torch.float16)
+    grad = torch.randint(-8, 9, (t * n, c, side // 2, side // 2), generator=g) / 8
+    bn, cell = block_modules(neuron, c, "cuda")
+    bn_ref, cell_ref = copy.deepcopy(bn), copy.deepcopy(cell)
+    y_fused = y.cuda().to(memory_format=torch.channels_last).requires_grad_(True)
+    spikes = bn_lif_pool(y_fused, bn, cell, t)
+    y_ref = y.float().cuda().to(memory_format=torch.channels_last).requires_grad_(True)
+    ref = torch_chain(y_ref, bn_ref, cell_ref, t)
+    keep = settled_windows(y_ref, bn_ref, cell_ref, t).cuda()
+    spikes.backward((grad.cuda() * keep).half())
+    ref.backward(grad.cuda() * keep)
+    flips = spikes.float() != ref
+    assert 0 < ref.mean() < 0.9, "some windows fire, some not"
+    assert not (flips & (keep > 0)).any(), "a spike flipped away from the threshold"
+    assert flips.sum() <= ref.numel() // 1000, f"{int(flips.sum())} spikes flipped"
+    assert y_fused.grad.stride() == y_fused.stride()
+    scale = float(y_ref.grad.abs().max())
+    tol = TOL_Y[torch.float16]
+    torch.testing.assert_close(
+        y_fused.grad.float(), y_ref.grad, rtol=tol["rtol"], atol=tol["atol"] * scale
+    )
+    params = [(bn.weight, bn_ref.weight), (bn.bias, bn_ref.bias)]
+    if neuron == "plif":
+        params.append((cell.w, cell_ref.w))
+    for ours, theirs in params:  # sums of 2^19 terms per channel, in another order
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_the_kernels_run_on_the_current_torch_stream() -> None:
+    # A side stream first sleeps, then writes y: kernels launched on any other stream would
+    # read y before it is written
+    from dvsgkit.model.lif_cupy import lif_multistep_cupy
+
+    t, n, c = 4, 2, 16
+    g = torch.Generator().manual_seed(4)
+    base = (torch.randn(t * n, c, 32, 32, generator=g) * 1.5).cuda()
+    base = base.to(memory_format=torch.channels_last)
+    grad = (torch.randint(-8, 9, (t * n, c, 16, 16), generator=g) / 8).cuda()
+    modules = block_modules("plif", c, "cuda")
+
+    def run() -> list[torch.Tensor]:
+        bn, cell = copy.deepcopy(modules)
+        y = base.clone().requires_grad_(True)
+        out = bn_lif_pool(y, bn, cell, t)
+        out.backward(grad)
+        x = base.clone().unflatten(0, (t, n)).requires_grad_(True)
+        spikes = lif_multistep_cupy(x)
+        spikes.backward(torch.ones_like(spikes))
+        return [out, y.grad, bn.weight.grad, cell.w.grad, spikes, x.grad]
+
+    expected = run()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU time before y exists
+        got = run()
+    torch.cuda.current_stream().wait_stream(side)
+    assert expected[0].sum() > 0 and expected[4].sum() > 0
+    for ours, theirs in zip(got, expected, strict=True):
+        assert torch.equal(ours, theirs)

@@ -419,3 +419,53 @@ def test_fused_net_runs_the_real_fused_kernels_as_the_unfused_net(
     _assert_grads_close(g_f, g_p, rtol=1e-4, atol=1e-6)
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_one_table_says_which_combinations_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from dvsgkit.model import cupy_runtime, net
+
+    monkeypatch.setattr(cupy_runtime, "require_cupy", lambda: None)  # CuPy's checks pass
+    options = itertools.product(net.MODES, net.BACKENDS, (False, True), (False, True))
+    for (mode, backend, fused, compile_steps), neuron in itertools.product(options, net.NEURONS):
+        kwargs = dict(neuron=neuron, fused=fused, compile_steps=compile_steps)
+        if (mode, backend, fused, compile_steps) in net.EXECUTIONS:
+            built = GestureNet(4, mode, backend, **kwargs)
+            assert (built.mode, built.backend, built.fused, built.compile_steps) == (
+                mode, backend, fused, compile_steps)  # fmt: skip
+            continue
+        with pytest.raises(ValueError, match="use (it with )?mode='(layer|step)'"):
+            GestureNet(4, mode, backend, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_cupy_net_at_the_recipe_size_under_amp_matches_the_torch_net(fused: bool) -> None:
+    # T = 16, B = 2, C = 128, 128 x 128 frames, train mode, float16 autocast, the CuPy net NHWC
+    # as `dvsgkit train --cupy --amp` runs it. The torch LIF rounds every op to float16 and the
+    # kernels keep float32 in registers, so spikes near the threshold may differ: the rates
+    # must agree closely and every gradient must point the same way.
+    torch_net = active_net(128, "layer").cuda().train()
+    cupy_net = GestureNet(128, "layer", "cupy", fused=fused).cuda().train()
+    cupy_net.load_state_dict(torch_net.state_dict())
+    cupy_net.to(memory_format=torch.channels_last)
+    x = frames(n=2, t=16).cuda()
+    outs, grads = [], []
+    for net in (torch_net, cupy_net):
+        torch.manual_seed(3)
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = net(x)
+        target = torch.zeros_like(out, dtype=torch.float32)
+        target[:, 3] = 1
+        torch.nn.functional.mse_loss(out.float(), target).backward()
+        outs.append(out.detach().float())
+        grads.append({k: p.grad.float() for k, p in net.named_parameters()})
+    assert outs[0].sum() > 0 and outs[1].sum() > 0
+    diff = (outs[0] - outs[1]).abs()
+    assert diff.mean() < 0.02 and diff.max() < 0.2, diff
+    for name, theirs in grads[0].items():
+        ours = grads[1][name]
+        assert torch.isfinite(ours).all(), name
+        similarity = torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), 0)
+        assert similarity > 0.9, (name, float(similarity))

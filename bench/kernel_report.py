@@ -1,0 +1,394 @@
+"""Static report of dvsgkit's CuPy kernels on an H100 (sm_90), without a GPU.
+
+Every kernel source the CuPy back end builds (LIF and PLIF, unfused and fused, float32, float16
+and bfloat16, T = 16 and 20) is compiled with nvcc exactly as CuPy compiles it (the same source,
+`-arch=sm_90 -ftz=true`), and per kernel the report gives:
+
+- registers per thread and spill bytes (`ptxas -v`), and the warps resident per SM that the
+  registers, the launch's threads per block and the SM's limits allow;
+- its global loads (LDG in `cuobjdump -sass`) and, for each, the other global loads issued
+  between it and the first instruction that reads what it loaded, in program order: "loads in
+  flight at first use". A kernel that uses each load before issuing the next waits one memory
+  latency per load;
+- the Little's-law bound on the bytes an SM keeps in flight: resident warps x 32 x bytes per
+  load x (1 + mean loads in flight at first use); an H100 needs about 16 KB per SM (25 GB/s per
+  SM x ~0.6 us) to reach its bandwidth;
+- the bytes it moves through GPU memory per training step of GestureNet at batch 16, C = 128
+  (unfused kernels: the `--cupy` net; fused kernels: the `--cupy --fused` net).
+
+    python bench/kernel_report.py                  # the table
+    python bench/kernel_report.py --json           # one JSON object per kernel
+    python bench/kernel_report.py --emit-cu DIR    # each source as DIR/NAME.cu, nvcc -cubin-able
+    python bench/kernel_report.py --rev REV        # the kernels of git revision REV instead
+
+Needs nvcc (CUDA 12 or 13) and cuobjdump (PATH, $CUOBJDUMP, or
+`pip install nvidia-cuda-cuobjdump`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARCH = "sm_90"
+CUPY_OPTIONS = ("-ftz=true",)  # what CuPy adds to every RawModule compile
+# An H100 SM (compute capability 9.0): registers are allocated per warp in units of 256
+# (8 per thread), 64 warps, 32 blocks and 228 KB of shared memory at most
+SM_REGISTERS, SM_WARPS, SM_BLOCKS, SM_SHARED = 65536, 64, 32, 228 * 1024
+REGISTER_UNIT = 8
+TARGET_BYTES_IN_FLIGHT = 16 * 1024
+STEPS = (16, 20)
+DTYPES = ("float32", "float16", "bfloat16")
+NEURONS = ("lif", "plif")
+
+
+# --- SASS: global loads and their first use ---
+
+_REG = re.compile(r"\bR(\d+)(\.64|\.128)?\b")
+_NO_DEST = ("ST", "RED", "BRA", "EXIT", "BAR", "BSYNC", "BSSY", "RET", "CALL", "NOP", "WARPSYNC")
+
+
+def _width(opcode: str) -> int:
+    """32-bit registers an access of this opcode moves."""
+    return 4 if ".128" in opcode else 2 if ".64" in opcode else 1
+
+
+def load_bytes(opcode: str) -> int:
+    """Bytes one thread's LDG of this opcode reads."""
+    if re.search(r"\.[US]8\b", opcode):
+        return 1
+    if re.search(r"\.[US]16\b", opcode):
+        return 2
+    return 4 * _width(opcode)
+
+
+@dataclass
+class Instruction:
+    opcode: str
+    dest: set[int]  # registers written
+    reads: set[int]  # registers read
+
+
+def parse_instruction(text: str) -> Instruction:
+    """One SASS instruction (`@P0 LDG.E.U16 R2, desc[UR4][R4.64]`) -> opcode and registers: the
+    first operand is the destination (except for stores and branches); an address `R4.64` is
+    the pair R4, R5; a load's destination and a store's data span the access's width."""
+    text = re.sub(r"^@!?U?P\w+\s+", "", text.strip())
+    opcode, _, operands = text.partition(" ")
+    dest: set[int] = set()
+    reads: set[int] = set()
+    for i, part in enumerate(p.strip() for p in operands.split(",") if p.strip()):
+        address = "[" in part
+        regs: set[int] = set()
+        for m in _REG.finditer(part):
+            base = int(m.group(1))
+            width = {".64": 2, ".128": 4}.get(m.group(2) or "", 1)
+            if not address and opcode.startswith(("LDG", "ST")):
+                width = _width(opcode)
+            regs |= set(range(base, base + width))
+        if i == 0 and not address and not opcode.startswith(_NO_DEST):
+            dest |= regs
+        else:
+            reads |= regs
+    return Instruction(opcode, dest, reads)
+
+
+def parse_sass(text: str) -> dict[str, list[Instruction]]:
+    """`cuobjdump -sass` output -> each function's instructions in program order."""
+    functions: dict[str, list[Instruction]] = {}
+    current = None
+    for line in text.splitlines():
+        if m := re.search(r"Function : (\S+)", line):
+            current = functions.setdefault(m.group(1), [])
+        elif current is not None and (m := re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", line)):
+            current.append(parse_instruction(m.group(1)))
+    return functions
+
+
+def loads_in_flight(code: list[Instruction]) -> list[tuple[int, int]]:
+    """(bytes, other loads issued before its first use) for every global load, in order. The
+    first use is the first later instruction that reads a loaded register, or overwrites one."""
+    out = []
+    for i, ins in enumerate(code):
+        if not ins.opcode.startswith("LDG") or not ins.dest:
+            continue
+        others = 0
+        for later in code[i + 1 :]:
+            if later.reads & ins.dest:
+                break
+            if later.opcode.startswith("LDG"):
+                others += 1
+            if later.dest & ins.dest:
+                break
+        out.append((load_bytes(ins.opcode), others))
+    return out
+
+
+# --- compiling ---
+
+
+def _tool(name: str) -> str | None:
+    """A CUDA tool: $NAME (upper case), PATH, or the bin folder of a pip nvidia-* package."""
+    found = os.environ.get(name.upper()) or shutil.which(name)
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in list(spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(root).glob(f"*/bin/{name}")):
+            return str(path)
+    return None
+
+
+def missing_tools() -> list[str]:
+    """The tools this report needs that cannot be found (with the fix), or []."""
+    out = []
+    if shutil.which("nvcc") is None:
+        out.append("nvcc (the CUDA toolkit)")
+    if _tool("cuobjdump") is None:
+        out.append("cuobjdump (pip install nvidia-cuda-cuobjdump, or set $CUOBJDUMP)")
+    return out
+
+
+@dataclass
+class Usage:
+    registers: int = 0
+    spill_bytes: int = 0
+    shared_bytes: int = 0
+
+
+def parse_ptxas(stderr: str) -> dict[str, Usage]:
+    """`ptxas -v` output -> each entry function's registers, spill and shared memory bytes."""
+    usage: dict[str, Usage] = {}
+    current = None
+    for line in stderr.splitlines():
+        if m := re.search(r"(?:Compiling entry function|Function properties for) '?(\w+)'?", line):
+            current = usage.setdefault(m.group(1), Usage())
+        if current is None:
+            continue
+        if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            current.spill_bytes = int(m.group(1)) + int(m.group(2))
+        if m := re.search(r"Used (\d+) registers", line):
+            current.registers = int(m.group(1))
+        if m := re.search(r"(\d+) bytes smem", line):
+            current.shared_bytes = int(m.group(1))
+    return usage
+
+
+def compile_source(source: str, folder: Path, name: str) -> tuple[dict, dict]:
+    """nvcc -cubin as CuPy builds it; -> (ptxas usage, SASS) per kernel."""
+    cu, cubin = folder / f"{name}.cu", folder / f"{name}.cubin"
+    cu.write_text(source)
+    cmd = ["nvcc", "-cubin", f"-arch={ARCH}", *CUPY_OPTIONS, "-Xptxas", "-v", "-o", str(cubin)]
+    done = subprocess.run([*cmd, str(cu)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"nvcc failed on {cu}: {done.stderr.strip()[-2000:]}")
+    sass = subprocess.run(
+        [_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
+    return parse_ptxas(done.stderr), parse_sass(sass)
+
+
+# --- the kernels dvsgkit builds ---
+
+
+@dataclass
+class Unit:
+    """One source CuPy compiles: its name, what it is for, and the threads per block of each of
+    its kernels' launches."""
+
+    name: str
+    family: str  # "unfused" or "fused"
+    neuron: str
+    dtype: str
+    steps: int
+    source: str
+    threads: dict[str, int] = field(default_factory=dict)
+
+
+def units(steps_list=STEPS, dtypes=DTYPES, neurons=NEURONS) -> list[Unit]:
+    """Every kernel source of the imported dvsgkit, through the modules' public kernel_source."""
+    lif_cupy = importlib.import_module("dvsgkit.model.lif_cupy")
+    plif_cupy = importlib.import_module("dvsgkit.model.plif_cupy")
+    fused_cupy = importlib.import_module("dvsgkit.model.fused_cupy")
+    out = []
+    for neuron in neurons:
+        unfused = lif_cupy if neuron == "lif" else plif_cupy
+        for dtype in dtypes:
+            for steps in steps_list:
+                out.append(Unit(f"{neuron}_{dtype}", "unfused", neuron, dtype, steps,
+                                unfused.kernel_source(dtype)))  # fmt: skip
+                out.append(Unit(f"fused_{neuron}_{dtype}_T{steps}", "fused", neuron, dtype,
+                                steps, fused_cupy.kernel_source(dtype, steps, neuron)))  # fmt: skip
+    return out
+
+
+def launch_threads(kernel: str) -> int:
+    """Threads per block of `kernel`'s launches in the imported dvsgkit."""
+    try:
+        kernels = importlib.import_module("dvsgkit.model.kernels")
+    except ModuleNotFoundError:  # a revision before dvsgkit.model.kernels: 256 everywhere
+        return importlib.import_module("dvsgkit.model.lif_cupy").THREADS
+    return kernels.block_threads(kernel)
+
+
+def step_bytes(kernel: str, neuron: str, dtype: str, steps: int) -> int | None:
+    """Bytes `kernel` moves per training step at batch 16, C = 128 (None: not modelled)."""
+    try:
+        kernels = importlib.import_module("dvsgkit.model.kernels")
+    except ModuleNotFoundError:
+        return None
+    return kernels.step_traffic(kernel, neuron, dtype, steps)
+
+
+def resident_warps(registers: int, threads: int, shared: int = 0) -> int:
+    """Warps per SM that registers, block size and shared memory allow (occupancy)."""
+    per_block = -(-threads // 32)
+    regs = -(-max(registers, 1) // REGISTER_UNIT) * REGISTER_UNIT * 32 * per_block
+    blocks = min(SM_REGISTERS // regs, SM_WARPS // per_block, SM_BLOCKS)
+    if shared:
+        blocks = min(blocks, SM_SHARED // shared)
+    return blocks * per_block
+
+
+@dataclass
+class Row:
+    kernel: str
+    unit: str
+    family: str
+    neuron: str
+    dtype: str
+    steps: int
+    registers: int
+    spill_bytes: int
+    threads: int
+    resident_warps: int
+    loads: int
+    bytes_per_load: float
+    loads_in_flight: float
+    share_with_none_in_flight: float
+    bytes_in_flight_per_sm: int
+    step_mb: float | None
+
+    @property
+    def meets_target(self) -> bool:
+        return self.spill_bytes == 0 and self.bytes_in_flight_per_sm >= TARGET_BYTES_IN_FLIGHT
+
+
+def analyse(unit: Unit, folder: Path) -> list[Row]:
+    usage, sass = compile_source(unit.source, folder, unit.name)
+    rows = []
+    for kernel, code in sass.items():
+        use = usage.get(kernel, Usage())
+        loads = loads_in_flight(code)
+        n = len(loads)
+        per_load = sum(b for b, _ in loads) / n if n else 0.0
+        in_flight = sum(o for _, o in loads) / n if n else 0.0
+        threads = launch_threads(kernel)
+        warps = resident_warps(use.registers, threads, use.shared_bytes)
+        moved = step_bytes(kernel, unit.neuron, unit.dtype, unit.steps)
+        rows.append(Row(
+            kernel, unit.name, unit.family, unit.neuron, unit.dtype, unit.steps, use.registers,
+            use.spill_bytes, threads, warps, n, round(per_load, 2), round(in_flight, 2),
+            round(sum(1 for _, o in loads if o == 0) / n, 2) if n else 0.0,
+            int(warps * 32 * per_load * (1 + in_flight)),
+            None if moved is None else round(moved / 1e6, 1),
+        ))  # fmt: skip
+    return rows
+
+
+def report(steps_list=STEPS, dtypes=DTYPES, neurons=NEURONS, emit: Path | None = None):
+    """Rows for every kernel (compiled once per distinct source)."""
+    rows: list[Row] = []
+    seen: dict[str, list[Row]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for unit in units(steps_list, dtypes, neurons):
+            if emit is not None:
+                emit.mkdir(parents=True, exist_ok=True)
+                (emit / f"{unit.name}.cu").write_text(unit.source)
+            if unit.source not in seen:
+                seen[unit.source] = analyse(unit, Path(tmp))
+            for row in seen[unit.source]:  # an unfused source serves every T
+                moved = step_bytes(row.kernel, unit.neuron, unit.dtype, unit.steps)
+                mb = None if moved is None else round(moved / 1e6, 1)
+                rows.append(Row(**{**asdict(row), "unit": unit.name, "steps": unit.steps,
+                                   "step_mb": mb}))  # fmt: skip
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = ("kernel", "neuron", "dtype", "T", "regs", "spill B", "threads", "warps/SM",
+            "loads", "B/load", "in flight", "none", "KB in flight/SM", "MB/step")  # fmt: skip
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        cells = (r.kernel, r.neuron, r.dtype, r.steps, r.registers, r.spill_bytes, r.threads,
+                 r.resident_warps, r.loads, r.bytes_per_load, r.loads_in_flight,
+                 f"{r.share_with_none_in_flight:.0%}", f"{r.bytes_in_flight_per_sm / 1024:.1f}",
+                 "-" if r.step_mb is None else r.step_mb)  # fmt: skip
+        lines.append(" | ".join(map(str, cells)))
+    return "\n".join(f"| {line} |" for line in lines)
+
+
+def checkout(rev: str, folder: Path) -> Path:
+    """The `dvsgkit` package of git revision `rev`, extracted under `folder`."""
+    done = subprocess.run(["git", "-C", str(REPO), "archive", rev, "dvsgkit"],
+                          capture_output=True, check=False)  # fmt: skip
+    if done.returncode:
+        raise SystemExit(f"git archive {rev} failed: {done.stderr.decode().strip()}")
+    archive = folder / "rev.tar"
+    archive.write_bytes(done.stdout)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="one JSON object per kernel")
+    p.add_argument("--emit-cu", type=Path, metavar="DIR", help="write each source as DIR/NAME.cu")
+    p.add_argument("--rev", help="report the kernels of this git revision")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)), help="T values (comma list)")
+    p.add_argument("--dtypes", default=",".join(DTYPES))
+    p.add_argument("--neurons", default=",".join(NEURONS))
+    args = p.parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        print(f"kernel_report: cannot run without {' and '.join(missing)}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.rev:
+            sys.path.insert(0, str(checkout(args.rev, Path(tmp))))
+        import dvsgkit
+
+        print(f"# dvsgkit kernels from {Path(dvsgkit.__file__).parent}", file=sys.stderr)
+        rows = report(
+            tuple(int(s) for s in args.steps.split(",")),
+            tuple(args.dtypes.split(",")),
+            tuple(args.neurons.split(",")),
+            args.emit_cu,
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps({**asdict(row), "meets_target": row.meets_target}))
+    else:
+        print(table(rows))
+        short = [r for r in rows if not r.meets_target and r.steps == 16]
+        print(f"\n{len(rows) - len([r for r in rows if not r.meets_target])} of {len(rows)} "
+              f"kernels: 0 spills and >= {TARGET_BYTES_IN_FLIGHT // 1024} KB in flight per SM; "
+              f"under the target at T=16: {len(short)}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
