@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import SPLITS
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.io.aedat import read_events
 from dvsgkit.io.aedat_writer import AedatWriter, packet_header
 from dvsgkit.io.labels import WINDOW_DTYPE, labels_path_for, read_labels, write_labels
 from dvsgkit.samples import dataset_dir, list_recordings
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.events import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 
 

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.store import verify
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import build_frame_store, frame_store_path
-from dvsgkit.store.info import size_on_disk
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.read import EventCache
+from dvsgkit.framestore import check as verify
+from dvsgkit.framestore.build import build_frame_store, frame_store_path
+from dvsgkit.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.fs import write_text
 
 TABLE_CHARS = 3000  # the table must survive the last 12,000 characters of a run's output
 CEXT = "SpikingJelly CextNet, seed cuDNN flags"
@@ -153,7 +153,7 @@ def table(s: dict[str, Any]) -> str:
 def main() -> int:
     logs, out = Path(sys.argv[1]), Path(sys.argv[2])
     s = summary(logs, out)
-    write_text_atomic(out / "summary.json", json.dumps(s, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(s, indent=2) + "\n")
     if "--print" in sys.argv[3:]:
         print(table(s))
     return 0

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from dvsgkit.demo import DEMO_CONFIG
+from dvsgkit.io.recordings import iter_recording
 from dvsgkit.model import GestureNet
 from dvsgkit.model.inference import for_inference
-from dvsgkit.predict import load_checkpoint_net, predict_recording
-from dvsgkit.recording import iter_recording
+from dvsgkit.predict.windows import load_checkpoint_net, predict_recording
 from dvsgkit.synth import write_recording
 
 

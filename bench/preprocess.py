@@ -73,7 +73,7 @@ def _tree_rss(pid: int) -> int:
 
 # The build as `dvsgkit events` runs it, or without its Fletcher-32 filter and seals.
 NO_FLETCHER32 = (
-    "from dvsgkit.store import event_writer\n"
+    "from dvsgkit.eventcache import write as event_writer\n"
     "event_writer.FLETCHER32 = False\n"
     "event_writer.integrity.seal = lambda f, splits: None\n"
 )
@@ -115,7 +115,7 @@ def run_dvsgkit(root: Path, workers: int, fletcher32: bool = True) -> tuple[floa
 def time_checks(path: Path, total: int) -> None:
     """Seconds of the seal check (part of every up-to-date check and `dvsgkit info`) and of
     EventCache.verify (`dvsgkit info --verify`: reads everything) on the cache just built."""
-    from dvsgkit.store.event_cache import EventCache
+    from dvsgkit.eventcache.read import EventCache
 
     with EventCache(path) as cache:
         start = time.perf_counter()

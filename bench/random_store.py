@@ -23,9 +23,9 @@ import numpy as np
 import zarr
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.store import verify
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import WRITE_ALL, build_frame_store
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.framestore import check as verify
+from dvsgkit.framestore.build import WRITE_ALL, build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
 FULL_TRIALS = {"train": 98, "test": 24}  # x 12 gestures = 1176 + 288 samples

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
-from dvsgkit.store.errors import LockTimeout, StoreWriteError
-from dvsgkit.store.space import StorageError
 
 # OpenMP threads (torch's on the CPU) that wait for the others sleep instead of spinning. Beside
 # other jobs on a few cores a spinning thread holds the core that a descheduled peer needs, and
@@ -76,17 +73,3 @@ class Device(click.ParamType):
 
 
 DEVICE = Device()
-
-
-@contextlib.contextmanager
-def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Turn the library's expected errors into one-line `click.ClickException`s (exit 1, no
-    traceback). Unexpected errors still raise with their traceback: those are bugs."""
-    kinds = kinds or (ValueError, FileNotFoundError, FileExistsError, PermissionError)
-    # A store or event cache that cannot be written (full disk, read-only) or whose lock is held
-    # too long: the message names the path and the cause, whichever command was building it.
-    kinds = (*kinds, StoreWriteError, StorageError, LockTimeout)
-    try:
-        yield
-    except kinds as exc:
-        raise click.ClickException(str(exc)) from exc

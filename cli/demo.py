@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from dvsgkit.demo import DEMO_DATA, DEMO_OUT_DIR, DEMO_ROOT
-from dvsgkit_cli.common import user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -29,8 +28,7 @@ def demo(root: Path, out_dir: Path, epochs: int | None, seed: int, progress: boo
     train a small network on the CPU, then plot its curves and evaluate its best checkpoint."""
     from dvsgkit.demo import run_demo
 
-    with user_errors(ValueError, OSError):  # OSError: a full or read-only disk, named
-        result = run_demo(root, out_dir, epochs=epochs, seed=seed, progress=progress)
+    result = run_demo(root, out_dir, epochs=epochs, seed=seed, progress=progress)
     click.echo(
         f"\ndemo done in {result.seconds:.0f} s: test accuracy {100 * result.final_test_acc:.1f} % "
         f"(best {100 * result.max_test_acc:.1f} %, chance 9.1 %)\n"

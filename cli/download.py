@@ -15,9 +15,9 @@ from dvsgkit.io.download import (
     install_mapping,
     manual_steps,
 )
-from dvsgkit.io.extract import ArchiveError, safe_extract
-from dvsgkit.io.fetch import DownloadError, fetch_missing
-from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit.io.extract import safe_extract
+from dvsgkit.io.fetch import fetch_missing
+from dvsgkit_cli.common import root_option
 
 
 @click.command("download")
@@ -40,34 +40,33 @@ def download(ctx: click.Context, root: Path, source: str | None, rehash: bool) -
     """Get and verify the dataset files in ROOT/download/, then extract them into ROOT/extract/.
 
     Exits 0 only when all four files have their published md5 and the archive is extracted."""
-    with user_errors(DownloadError, ArchiveError, ValueError, OSError):
-        click.echo(f"Checking {download_dir(root)}")
-        statuses = check_resources(root, resources=RESOURCES, rehash=rehash, progress=True)
+    click.echo(f"Checking {download_dir(root)}")
+    statuses = check_resources(root, resources=RESOURCES, rehash=rehash, progress=True)
+    click.echo(format_table(statuses))
+    if not all(s.verified for s in statuses):
+        if source is None:
+            click.echo("", err=True)
+            click.echo(manual_steps(root, statuses), err=True)
+            ctx.exit(1)
+        todo = sum(not s.verified for s in statuses)
+        click.echo(f"\nFetching {todo} file(s) from {source}")
+        statuses = fetch_missing(root, source, statuses, progress=True)
         click.echo(format_table(statuses))
-        if not all(s.verified for s in statuses):
-            if source is None:
-                click.echo("", err=True)
-                click.echo(manual_steps(root, statuses), err=True)
-                ctx.exit(1)
-            todo = sum(not s.verified for s in statuses)
-            click.echo(f"\nFetching {todo} file(s) from {source}")
-            statuses = fetch_missing(root, source, statuses, progress=True)
-            click.echo(format_table(statuses))
 
-        archive = archive_status(statuses)
-        if archive is not None and archive.verified:
-            dest = Path(root) / EXTRACT_DIR
-            if safe_extract(archive.path, dest, archive_md5=archive.resource.md5, progress=True):
-                click.echo(f"Extracted {archive.path.name} into {dest}")
-            else:
-                click.echo(f"{dest} already holds a complete extraction of {archive.path.name}")
-            if not (dest / DATASET_DIR).is_dir():
-                raise click.ClickException(
-                    f"{archive.path} holds no {DATASET_DIR}/ folder: not the DvsGesture archive"
-                )
-            mapping = next((s for s in statuses if s.resource.name == MAPPING_NAME), None)
-            if mapping is not None and mapping.verified:
-                install_mapping(root)
+    archive = archive_status(statuses)
+    if archive is not None and archive.verified:
+        dest = Path(root) / EXTRACT_DIR
+        if safe_extract(archive.path, dest, archive_md5=archive.resource.md5, progress=True):
+            click.echo(f"Extracted {archive.path.name} into {dest}")
+        else:
+            click.echo(f"{dest} already holds a complete extraction of {archive.path.name}")
+        if not (dest / DATASET_DIR).is_dir():
+            raise click.ClickException(
+                f"{archive.path} holds no {DATASET_DIR}/ folder: not the DvsGesture archive"
+            )
+        mapping = next((s for s in statuses if s.resource.name == MAPPING_NAME), None)
+        if mapping is not None and mapping.verified:
+            install_mapping(root)
 
     failed = [s for s in statuses if not s.verified]
     if failed:

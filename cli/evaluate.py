@@ -13,7 +13,6 @@ from dvsgkit_cli.common import (
     checkpoint_frame_options,
     root_given,
     root_option,
-    user_errors,
 )
 
 
@@ -57,20 +56,19 @@ def evaluate(
     from dvsgkit.evaluate import evaluate as run_evaluation
     from dvsgkit.evaluate import write_outputs
 
-    with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
-        result = run_evaluation(
-            checkpoint,
-            root=root if root_given() else None,
-            T=T,
-            split_by=split_by,
-            split=split,
-            batch_size=batch_size,
-            device=device or default_device(),
-            workers=workers,
-            progress=progress,
-        )
-        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        paths = write_outputs(result, out_dir or folder)
+    result = run_evaluation(
+        checkpoint,
+        root=root if root_given() else None,
+        T=T,
+        split_by=split_by,
+        split=split,
+        batch_size=batch_size,
+        device=device or default_device(),
+        workers=workers,
+        progress=progress,
+    )
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    paths = write_outputs(result, out_dir or folder)
     click.echo(result.report())
     if not root_given() and result.source == "dvsgkit":
         click.echo(f"(dataset root {result.root}, as the run recorded; --root to change)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from dvsgkit.constants import BUILD_WORKERS
-from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit_cli.common import root_option
 
 
 @click.command("events")
@@ -23,22 +23,15 @@ from dvsgkit_cli.common import root_option, user_errors
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def events(root: Path, workers: int, progress: bool) -> None:
     """Cut ROOT/extract/DvsGesture/ into labelled samples and write ROOT/events.h5."""
-    from dvsgkit.io.aedat import AedatError
-    from dvsgkit.store.event_cache import EventCache
-    from dvsgkit.store.event_layout import event_cache_path
-    from dvsgkit.store.event_pool import WorkerError
-    from dvsgkit.store.events import build_event_cache
-    from dvsgkit.store.space import StorageError
+    from dvsgkit.eventcache.build import build_event_cache
+    from dvsgkit.eventcache.layout import event_cache_path
+    from dvsgkit.eventcache.read import EventCache
 
     path = event_cache_path(root)
     before = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
-    # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its partial file.
-    # A full disk or read-only mount: StorageError names the path and cause, nothing is left.
-    errors = (AedatError, ValueError, FileNotFoundError, PermissionError, WorkerError, StorageError)
-    with user_errors(*errors):
-        build_event_cache(root, workers=workers, progress=progress)
-    with user_errors(ValueError, FileNotFoundError), EventCache(path) as cache:
+    build_event_cache(root, workers=workers, progress=progress)
+    with EventCache(path) as cache:
         counts = {split: cache.num_samples(split) for split in ("train", "test")}
         total = int(sum(cache.offsets(s)[-1] for s in counts))
     seconds = time.perf_counter() - start

@@ -9,8 +9,8 @@ import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import BUILD_WORKERS
-from dvsgkit.store.frame_layout import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
-from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit.framestore.layout import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
+from dvsgkit_cli.common import root_option
 
 
 @click.command("frames")
@@ -54,19 +54,15 @@ def frames(
     when missing). Rerunning with the same inputs does nothing. An existing store is checked
     first, every sample against its checksum (as 'dvsgkit info --verify' does); a damaged one
     is rebuilt, saying what was wrong."""
-    from dvsgkit.store.event_pool import WorkerError
-    from dvsgkit.store.frames import make_frame_store
-    from dvsgkit.store.info import summarize
+    from dvsgkit.framestore.build import make_frame_store
+    from dvsgkit.info import summarize
 
     start = time.perf_counter()
-    # Ctrl-C and kill (SIGTERM) stop the build cleanly: it removes its temporary folder.
-    # The event pipeline's AedatError is a ValueError; WorkerError: one of its workers died.
-    with user_errors(ValueError, FileNotFoundError, FileExistsError, PermissionError, WorkerError):
-        build = make_frame_store(
-            root, T, split_by, workers=workers, progress=progress, check_samples=True,
-            zarr_format=None if zarr_format is None else int(zarr_format),
-        )  # fmt: skip
-        info = summarize(build.path)
+    build = make_frame_store(
+        root, T, split_by, workers=workers, progress=progress, check_samples=True,
+        zarr_format=None if zarr_format is None else int(zarr_format),
+    )  # fmt: skip
+    info = summarize(build.path)
     seconds = time.perf_counter() - start
     path, splits = build.path, info["splits"]
     counts = " + ".join(f"{s['samples']} {name}" for name, s in splits.items())

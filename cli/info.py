@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from dvsgkit_cli.common import user_errors
-
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
@@ -25,10 +23,9 @@ def info(path: Path, as_json: bool, verify: bool) -> None:
     files against its own record; with --verify, every sample against its checksum). Exits 1
     when the store is incomplete or damaged. For a dataset ROOT, lists what it holds
     (download/, extract/, events.h5, frame stores), each with the command that inspects it."""
-    from dvsgkit.store.info import format_summary, summarize
+    from dvsgkit.info import format_summary, summarize
 
-    with user_errors():
-        summary = summarize(path, verify=verify)
+    summary = summarize(path, verify=verify)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if not summary["complete"]:
         raise SystemExit(1)

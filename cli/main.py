@@ -10,6 +10,7 @@ import importlib
 import click
 
 from dvsgkit import __version__
+from dvsgkit.errors import DvsgkitError
 
 # command name -> (module inside dvsgkit_cli, attribute, one-line help shown by `dvsgkit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -38,6 +39,19 @@ class LazyGroup(click.Group):
             return None
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; a DvsgkitError (or an OSError naming its file: a missing input, a
+        folder it may not read) becomes one line and exit status 1. Anything else is a bug and
+        keeps its traceback."""
+        try:
+            return super().invoke(ctx)
+        except DvsgkitError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise click.ClickException(str(exc)) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

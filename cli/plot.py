@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from dvsgkit_cli.common import user_errors
-
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -19,6 +17,5 @@ def plot(run_dir: Path, out: Path | None) -> None:
     """Plot train/test loss and accuracy per epoch from RUN_DIR/metrics.jsonl."""
     from dvsgkit.plots import plot_run
 
-    with user_errors(ValueError, OSError):  # OSError: missing files, a full or read-only disk
-        path = plot_run(run_dir, out)
+    path = plot_run(run_dir, out)
     click.echo(f"curves: {path}")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.predict import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
-from dvsgkit.predictions import DEFAULT_OUT_DIR
-from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, user_errors
+from dvsgkit.predict.outputs import DEFAULT_OUT_DIR
+from dvsgkit.predict.windows import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
+from dvsgkit_cli.common import DEVICE, checkpoint_frame_options
 
 
 @click.command(context_settings={"show_default": True})
@@ -67,10 +67,10 @@ def predict(
     from tqdm import tqdm
 
     from dvsgkit.device import default_device, parse_device
+    from dvsgkit.io.recordings import parse_duration
     from dvsgkit.model.inference import for_inference
-    from dvsgkit.predict import check_inputs, load_checkpoint_net, predict_recording
-    from dvsgkit.predictions import plan_outputs, summary, write_outputs
-    from dvsgkit.recording import parse_duration
+    from dvsgkit.predict.outputs import plan_outputs, summary, write_outputs
+    from dvsgkit.predict.windows import check_inputs, load_checkpoint_net, predict_recording
 
     if labels and len(labels) != len(recordings):
         raise click.BadParameter(
@@ -78,35 +78,34 @@ def predict(
             "--labels per RECORDING, in order",
             param_hint="--labels",
         )
-    with user_errors():
-        window_us = parse_duration(window, "--window")
-        hop_us = parse_duration(hop, "--hop")
-        check_inputs(recordings, labels)
-        dev = parse_device(device or default_device())
-        net, meta = load_checkpoint_net(checkpoint)
-        net = for_inference(net, dev)
-        plan_outputs(recordings, out_dir)
-        with tqdm(recordings, unit="rec", leave=False,
-                  disable=not progress or len(recordings) < 2) as bar:  # fmt: skip
-            results = [
-                predict_recording(
-                    net,
-                    meta,
-                    recording,
-                    checkpoint=str(checkpoint),
-                    labels=labels[i] if labels else None,
-                    mode=mode,
-                    window_us=window_us,
-                    hop_us=hop_us,
-                    T=T,
-                    split_by=split_by,
-                    device=dev,
-                    batch_size=batch_size,
-                )  # fmt: skip
-                for i, recording in enumerate(bar)
-            ]
-        for result in results:
-            paths = write_outputs(result, out_dir)
-            click.echo(summary(result))
-            for kind, path in paths.items():
-                click.echo(f"  {kind}: {path}")
+    window_us = parse_duration(window, "--window")
+    hop_us = parse_duration(hop, "--hop")
+    check_inputs(recordings, labels)
+    dev = parse_device(device or default_device())
+    net, meta = load_checkpoint_net(checkpoint)
+    net = for_inference(net, dev)
+    plan_outputs(recordings, out_dir)
+    with tqdm(recordings, unit="rec", leave=False,
+              disable=not progress or len(recordings) < 2) as bar:  # fmt: skip
+        results = [
+            predict_recording(
+                net,
+                meta,
+                recording,
+                checkpoint=str(checkpoint),
+                labels=labels[i] if labels else None,
+                mode=mode,
+                window_us=window_us,
+                hop_us=hop_us,
+                T=T,
+                split_by=split_by,
+                device=dev,
+                batch_size=batch_size,
+            )  # fmt: skip
+            for i, recording in enumerate(bar)
+        ]
+    for result in results:
+        paths = write_outputs(result, out_dir)
+        click.echo(summary(result))
+        for kind, path in paths.items():
+            click.echo(f"  {kind}: {path}")

@@ -9,7 +9,7 @@ import click
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
 from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
-from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit_cli.common import root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -47,21 +47,20 @@ def show(
     number and true label. With RECORDING (.aedat, .npz, .h5, in time order): its events from
     --start for --duration as a GIF at --fps, captioned with the time and the gesture of
     <stem>_labels.csv when one sits beside it. OFF events are orange, ON events blue."""
-    from dvsgkit.recording import parse_duration
+    from dvsgkit.io.recordings import parse_duration
     from dvsgkit.show import show_recording, show_sample
 
     if recording is None and index is None:
         raise click.UsageError("give RECORDING, or --index for a sample of --split")
     if recording is not None and index is not None:
         raise click.UsageError("give either RECORDING or --index (a sample of --split), not both")
-    with user_errors():
-        if recording is not None:
-            shown = show_recording(
-                recording, parse_duration(start, "--start", allow_zero=True),
-                parse_duration(duration, "--duration"), fps, out_dir,
-            )  # fmt: skip
-        else:
-            shown = show_sample(root, split, index, T, split_by, out_dir)
+    if recording is not None:
+        shown = show_recording(
+            recording, parse_duration(start, "--start", allow_zero=True),
+            parse_duration(duration, "--duration"), fps, out_dir,
+        )  # fmt: skip
+    else:
+        shown = show_sample(root, split, index, T, split_by, out_dir)
     click.echo(f"gif: {shown.gif} ({shown.frames} frames of {shown.size[0]}x{shown.size[1]})")
     if shown.png is not None:
         click.echo(f"png: {shown.png}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 import dvsgkit.synth as synth_defaults
-from dvsgkit_cli.common import root_option, user_errors
+from dvsgkit_cli.common import root_option
 
 
 @click.command("synth")
@@ -42,14 +42,13 @@ def synth(
     """Write ROOT/extract/DvsGesture/ with 12 labelled gestures per recording, 11 classes."""
     from dvsgkit.synth import write_synthetic_dataset
 
-    with user_errors():
-        folder = write_synthetic_dataset(
-            root,
-            seed=seed,
-            train_trials=train_trials,
-            test_trials=test_trials,
-            events_per_sample=events_per_sample,
-        )
+    folder = write_synthetic_dataset(
+        root,
+        seed=seed,
+        train_trials=train_trials,
+        test_trials=test_trials,
+        events_per_sample=events_per_sample,
+    )
     size = sum(p.stat().st_size for p in folder.glob("*.aedat"))
     click.echo(
         f"wrote {folder}: {train_trials} train + {test_trials} test recordings, "

@@ -17,7 +17,7 @@ from dvsgkit.config import (
     SPLIT_BYS,
     TrainConfig,
 )
-from dvsgkit_cli.common import DEVICE, root_given, root_option, user_errors
+from dvsgkit_cli.common import DEVICE, root_given, root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -175,21 +175,16 @@ def train(
     `torchrun --nproc_per_node K`; --batch-size is per process.
     """
     from dvsgkit.device import default_device
-    from dvsgkit.distributed import JobStopped
-    from dvsgkit.model.lif_cupy import CupyKernelError, CupyUnavailableError
     from dvsgkit.train import train as run_training
 
     if allow_new_store and resume is None:
         raise click.UsageError("--allow-new-store applies to --resume only")
-    # OSError: a missing file, a full or read-only disk (the run directory's: RunWriteError)
-    expected = (ValueError, OSError)
-    with user_errors(*expected, CupyUnavailableError, CupyKernelError, JobStopped):
-        config = TrainConfig(
-            device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
-        )
-        result = run_training(
-            config, resume=resume, allow_new_store=allow_new_store, root_from_run=not root_given()
-        )
+    config = TrainConfig(
+        device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
+    )
+    result = run_training(
+        config, resume=resume, allow_new_store=allow_new_store, root_from_run=not root_given()
+    )
     if result.main and result.last:
         click.echo(
             f"done: max test accuracy {100 * result.max_test_acc:.2f} %; run directory "

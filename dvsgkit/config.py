@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dvsgkit.constants import DEFAULT_ROOT
+from dvsgkit.errors import InputError
 from dvsgkit.frames import SPLIT_BY as SPLIT_BYS  # the two frame-cutting rules, named there
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.fs import write_text
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
@@ -76,49 +77,49 @@ class TrainConfig:
         for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+            raise InputError(f"workers must be an integer >= 0, got {self.workers!r}")
         seed = self.seed
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+            raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
         for name in ("lr", "momentum", "gamma"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.opt not in OPTIMIZERS:
-            raise ValueError(f"opt must be one of {OPTIMIZERS}, got {self.opt!r}")
+            raise InputError(f"opt must be one of {OPTIMIZERS}, got {self.opt!r}")
         if self.lr_scheduler not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+            raise InputError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.split_by not in SPLIT_BYS:
-            raise ValueError(f"split_by must be one of {SPLIT_BYS}, got {self.split_by!r}")
+            raise InputError(f"split_by must be one of {SPLIT_BYS}, got {self.split_by!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise InputError(f"lr must be > 0, got {self.lr!r}")
         if self.neuron not in NEURONS:
-            raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+            raise InputError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
         if not self.init_tau > 1.0:
-            raise ValueError(f"init_tau must be > 1, got {self.init_tau!r}")
+            raise InputError(f"init_tau must be > 1, got {self.init_tau!r}")
         if self.fused and not self.cupy:
-            raise ValueError(
+            raise InputError(
                 "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy"
             )
         if self.fused and self.sync_bn:
-            raise ValueError(
+            raise InputError(
                 "--fused computes each process's own BatchNorm statistics; --sync-bn needs them "
                 "synchronised across GPUs: drop one of them"
             )
         if self.compile_steps and self.sync_bn:
-            raise ValueError(
+            raise InputError(
                 "--compile runs the time steps with plain BatchNorm; --sync-bn replaces it: "
                 "drop one of them"
             )
         if self.compile_steps and self.cupy:
-            raise ValueError(
+            raise InputError(
                 "--compile compiles the step-by-step network; --cupy runs the layer-by-layer "
                 "one: drop one of them"
             )
         if self.neuron == "lif" and self.init_tau != INIT_TAU:
-            raise ValueError(
+            raise InputError(
                 f"--init-tau {self.init_tau} sets the PLIF's initial time constant; add "
                 "--neuron plif (the LIF's tau is fixed at 2)"
             )
@@ -166,15 +167,15 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from `to_dict` output; unknown keys (a newer dvsgkit) are an error."""
         if not isinstance(data, dict):
-            raise ValueError(f"a config is a dict of options, got a {type(data).__name__}")
+            raise InputError(f"a config is a dict of options, got a {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(map(str, set(data) - names))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; written by a newer dvsgkit?")
+            raise InputError(f"unknown config keys {unknown}; written by a newer dvsgkit?")
         try:
             return cls(**data)
         except TypeError as exc:  # a value of the wrong type that a check compared
-            raise ValueError(f"config values of the wrong type ({exc})") from exc
+            raise InputError(f"config values of the wrong type ({exc})") from exc
 
     def recipe_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """{field: (self's value, other's value)} for every recipe field that differs."""
@@ -186,20 +187,20 @@ class TrainConfig:
 
     def save_json(self, path: Path) -> None:
         """Write config.json atomically (a reader never sees half a file)."""
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: Path) -> TrainConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"{path} is not valid JSON ({exc}); delete it or pick another run"
             ) from exc
         try:
             return cls.from_dict(data)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}; delete it or pick another run") from exc
+            raise InputError(f"{path}: {exc}; delete it or pick another run") from exc
 
 
 DEFAULTS = TrainConfig()  # the defaults of every option, for the CLI and the library alike

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.frame_open import open_frame_store
-from dvsgkit.store.verify import damaged, sample_problem
+from dvsgkit.errors import DamagedError, InputError
+from dvsgkit.framestore.check import damaged, sample_problem
+from dvsgkit.framestore.read import open_frame_store
 
 # What a split may take of the device's free memory (or of the host's available memory) before
 # the loader streams it instead: room stays for the model's activations.
@@ -69,7 +69,7 @@ class FrameDataset(torch.utils.data.Dataset):
 
     def read(self, i: int, values: np.ndarray | None = None) -> np.ndarray:
         """Sample i's counts [T, 2, H, W] in the stored dtype, checked against its checksum (a
-        missing or corrupt chunk can never pass as a sample); StoreDamagedError names the store,
+        missing or corrupt chunk can never pass as a sample); DamagedError names the store,
         the split, the sample, its chunk and the fix. `values`: sample i already read."""
         if values is None:
             try:
@@ -78,7 +78,7 @@ class FrameDataset(torch.utils.data.Dataset):
                 values = None
         problem = sample_problem(self.frames, self.split, i, int(self.checksums[i]), values)
         if problem is not None:
-            raise StoreDamagedError(damaged(self.store, [problem]))
+            raise DamagedError(damaged(self.store, [problem]))
         return values
 
     def read_all(self) -> np.ndarray:
@@ -121,8 +121,8 @@ class EventDataset(torch.utils.data.Dataset):
         *,
         target_transform: Callable[[int], Any] | None = None,
     ) -> None:
-        from dvsgkit.store.event_cache import EventCache
-        from dvsgkit.store.event_layout import event_cache_path
+        from dvsgkit.eventcache.layout import event_cache_path
+        from dvsgkit.eventcache.read import EventCache
 
         self.path, self.split = event_cache_path(root), split
         self.transform, self.target_transform = transform, target_transform
@@ -137,7 +137,7 @@ class EventDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
-        from dvsgkit.store.event_cache import EventCache, check_unchanged
+        from dvsgkit.eventcache.read import EventCache, check_unchanged
 
         if self._pid != os.getpid():
             cache = EventCache(self.path)
@@ -169,7 +169,7 @@ def _torch_compatible(frames: np.ndarray, max_count: int) -> np.ndarray:
     for dtype in (np.int16, np.int32, np.int64):
         if max_count <= np.iinfo(dtype).max:
             return frames.astype(dtype)
-    raise ValueError(f"counts up to {max_count} do not fit int64")
+    raise InputError(f"counts up to {max_count} do not fit int64")
 
 
 @dataclass(frozen=True)
@@ -236,11 +236,11 @@ class FrameLoader:
         memory_budget: int | None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
+            raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
         if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
+            raise InputError(f"workers must be >= 0, got {workers}")
         self.dataset, self.device, self.workers = dataset, device, workers
         self.order = EpochOrder(
             len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size
@@ -348,16 +348,16 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _one_line_errors(batches: Any) -> Iterator[Any]:
-    """A DataLoader re-raises a worker's StoreDamagedError with the worker's traceback in its
+    """A DataLoader re-raises a worker's DamagedError with the worker's traceback in its
     message; keep the one line the worker raised."""
     try:
         yield from batches
-    except StoreDamagedError as exc:
+    except DamagedError as exc:
         text = str(exc)
         if "\n" not in text:
             raise
         last = text.strip().splitlines()[-1]
-        raise StoreDamagedError(last.partition("StoreDamagedError: ")[2] or last) from None
+        raise DamagedError(last.partition("DamagedError: ")[2] or last) from None
 
 
 def _default_budget(device: torch.device) -> int:

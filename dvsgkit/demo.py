@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dvsgkit.errors import InTheWay
+
 if TYPE_CHECKING:
     from dvsgkit.config import TrainConfig
 
@@ -72,12 +74,11 @@ def run_demo(
     config.json equals this one's) is replaced; any other run there is left alone."""
     from dvsgkit.config import TrainConfig
     from dvsgkit.evaluate import evaluate, write_outputs
+    from dvsgkit.eventcache.build import build_event_cache
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.plots import plot_run
     from dvsgkit.run import BEST, CONFIG
     from dvsgkit.samples import dataset_dir, list_recordings
-    from dvsgkit.store.events import build_event_cache
-    from dvsgkit.store.frames import build_frame_store
-    from dvsgkit.store.space import storage_errors
     from dvsgkit.synth import write_synthetic_dataset
     from dvsgkit.train import train
 
@@ -93,16 +94,15 @@ def run_demo(
     run_dir = config.run_dir()
     if run_dir.exists():
         if not _is_same_run(run_dir / CONFIG, config):
-            raise FileExistsError(
+            raise InTheWay(
                 f"{run_dir} exists and is not a previous demo run; pass another --out-dir"
             )
         shutil.rmtree(run_dir)  # the demo's own previous output: the demo always trains anew
 
     say(f"[1/4] synthetic recordings -> {root / 'extract'}")
     events = DEMO_DATA["events_per_sample"]
-    with storage_errors(root / "extract", "write", "give another --root, or free some space"):
-        write_synthetic_dataset(root, seed=seed, train_trials=train_trials,
-                                test_trials=test_trials, events_per_sample=events)  # fmt: skip
+    write_synthetic_dataset(root, seed=seed, train_trials=train_trials, test_trials=test_trials,
+                            events_per_sample=events)  # fmt: skip
     say(f"[2/4] events -> {root / 'events.h5'}")
     build_event_cache(root, progress=progress)
     say(f"[3/4] frames (T={config.T}) -> {root}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from dvsgkit.errors import InputError
+
 THREADS_ENV = "OMP_NUM_THREADS"  # set: torch's intra-op threads, as torch itself reads it
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD"
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")  # cpu.cfs_quota_us (-1: none), cpu.cfs_period_us
@@ -24,14 +26,14 @@ def parse_device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError as exc:  # torch's message for a malformed device string
-        raise ValueError(f"--device {text}: {exc}; use e.g. cpu, cuda or cuda:0") from exc
+        raise InputError(f"--device {text}: {exc}; use e.g. cpu, cuda or cuda:0") from exc
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {text}: dvsgkit runs on cpu, cuda or cuda:N")
+        raise InputError(f"--device {text}: dvsgkit runs on cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {text}: no CUDA device here; use --device cpu")
+            raise InputError(f"--device {text}: no CUDA device here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise InputError(
                 f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                 "use cuda:0 .. cuda:N-1"
             )

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dvsgkit.errors import Stopped
 from dvsgkit.run.rng import rng_state
 
 
@@ -52,21 +53,17 @@ def close_distributed(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-class JobStopped(RuntimeError):
-    """Another process of this job failed; this one stops with it."""
-
-
 @contextlib.contextmanager
 def together(d: Dist) -> Iterator[None]:
     """Every rank runs the block and leaves it together: when it raised on any rank (the run
-    directory's checks and writes, which rank 0 alone makes, say), the others raise JobStopped
+    directory's checks and writes, which rank 0 alone makes, say), the others raise Stopped
     instead of failing in their next collective with a traceback (gloo) or waiting there until
     its timeout (NCCL). torchrun would stop them; other launchers (srun, mpirun) do not. The
     block must make no collective itself.
 
     When a peer has died already (killed for its memory, say), gloo's vote fails at once (its
     connection closed): after a failure here that error is dropped, so that this rank's own is
-    the one reported; otherwise it becomes JobStopped. (NCCL's watchdog ends the process at the
+    the one reported; otherwise it becomes Stopped. (NCCL's watchdog ends the process at the
     collective's timeout instead.)"""
     if d.world_size == 1:
         yield
@@ -82,9 +79,9 @@ def together(d: Dist) -> Iterator[None]:
     except Exception as exc:  # gloo: a peer's connection closed
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         message = f"another process of this job has gone ({why}); this one stops too"
-        raise JobStopped(message) from exc
+        raise Stopped(message) from exc
     if failed:
-        raise JobStopped(
+        raise Stopped(
             "another process of this job failed (its error, on rank 0 for the run directory and "
             "the frame store, says why); this one stops too"
         )

@@ -11,7 +11,8 @@ import numpy as np
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.errors import InputError
+from dvsgkit.fs import write_text
 from dvsgkit.run import checkpoint_file, recorded_root
 
 
@@ -19,10 +20,10 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = NUM_CLASSES
     """Counts `[true, predicted]`, int64 [k, k]."""
     labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
     if labels.shape != preds.shape:
-        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} differ in shape")
+        raise InputError(f"labels {labels.shape} and predictions {preds.shape} differ in shape")
     for name, values in (("labels", labels), ("predictions", preds)):
         if values.size and (values.min() < 0 or values.max() >= k):
-            raise ValueError(f"{name} must lie in 0..{k - 1}, got {values.min()}..{values.max()}")
+            raise InputError(f"{name} must lie in 0..{k - 1}, got {values.min()}..{values.max()}")
     return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
 
 
@@ -132,11 +133,11 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         from dvsgkit.model import from_spikingjelly
 
         if not all(isinstance(k, str) for k in ckpt["net"]):
-            raise ValueError(f"{checkpoint_file(checkpoint)}: 'net' has keys that are not names")
+            raise InputError(f"{checkpoint_file(checkpoint)}: 'net' has keys that are not names")
         try:
             net = from_spikingjelly(ckpt)
         except ValueError as exc:  # its message says what is wrong, not in which file
-            raise ValueError(f"{checkpoint_file(checkpoint)}: {exc}") from exc
+            raise InputError(f"{checkpoint_file(checkpoint)}: {exc}") from exc
         meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
         meta |= {"split_by": None, "channels": net.channels, "root": None}
     return net.eval(), meta
@@ -176,8 +177,8 @@ def evaluate(
     none, so they default to training's (data, 16, number)."""
     from dvsgkit.data import make_loader
     from dvsgkit.device import parse_device
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.model.inference import for_inference
-    from dvsgkit.store.frames import build_frame_store
 
     checkpoint = checkpoint_file(checkpoint)  # a run directory: its latest, named so in outputs
     net, meta = load_net(checkpoint)
@@ -222,7 +223,7 @@ def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
         ("json", json.dumps(result.to_dict(), indent=2) + "\n"),
         ("text", result.report() + "\n"),
     ):
-        write_text_atomic(paths[kind], text)
+        write_text(paths[kind], text)
     title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
     plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
     return paths

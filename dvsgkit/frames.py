@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from dvsgkit.constants import SENSOR_SIZE
+from dvsgkit.errors import InputError
 
 SPLIT_BY = ("number", "time")
 
@@ -17,9 +18,9 @@ Events = np.ndarray | Mapping[str, np.ndarray]
 def check_frame_params(T: int, split_by: str) -> None:
     """Raise ValueError naming the bad value when T or split_by cannot be used."""
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
+        raise InputError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
     if split_by not in SPLIT_BY:
-        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}; got {split_by!r}")
+        raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}; got {split_by!r}")
 
 
 def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: str) -> np.ndarray:
@@ -61,7 +62,7 @@ def check_events(events: Events, sensor_size: tuple[int, int] = SENSOR_SIZE) -> 
     H, W = sensor_size
     x_max, y_max, p_max = int(events["x"].max()), int(events["y"].max()), int(events["p"].max())
     if x_max >= W or y_max >= H or p_max > 1:
-        raise ValueError(
+        raise InputError(
             f"events outside the {H}x{W} sensor or with polarity > 1 "
             f"(max x {x_max}, max y {y_max}, max p {p_max}); the event cache is corrupt"
         )
@@ -116,7 +117,7 @@ def integrate_many(
     S = offsets.size - 1
     n = events["x"].size
     if n != offsets[-1] - offsets[0]:
-        raise ValueError(
+        raise InputError(
             f"integrate_many: offsets span {offsets[-1] - offsets[0]} events (offsets[0] = "
             f"{offsets[0]}, offsets[-1] = {offsets[-1]}) but `events` holds {n}; pass the "
             "offsets of exactly these events (offsets[-1] - offsets[0] == len(events))"
@@ -152,6 +153,6 @@ def integrate(
     crashes (an empty time window) the window gives an empty frame.
     """
     if events.dtype.names is None or not set("xyp") <= set(events.dtype.names):
-        raise ValueError(f"events need fields x, y, p (and t); got dtype {events.dtype}")
+        raise InputError(f"events need fields x, y, p (and t); got dtype {events.dtype}")
     offsets = np.array([0, events.size], dtype=np.int64)
     return integrate_many(events, offsets, T, split_by, sensor_size)[0]

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES
-from dvsgkit.io.atomic import atomic_path
+from dvsgkit.errors import InputError
+from dvsgkit.fs import atomic_file
 from dvsgkit.run import CURVES_PNG
 from dvsgkit.run.metrics import read_metrics
 
@@ -26,7 +27,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 def _save(fig: Any, path: Path) -> Path:
     """Write the PNG under a temp name and rename, so a half-written image never looks complete."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return path
 
@@ -39,7 +40,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") 
     from matplotlib.figure import Figure  # Figure without pyplot: no GUI backend is touched
 
     if not records:
-        raise ValueError(f"no epochs to plot for {path}; train at least one epoch first")
+        raise InputError(f"no epochs to plot for {path}; train at least one epoch first")
     epoch = np.array([r["epoch"] for r in records])
     with_tau = any("tau" in r for r in records)
     fig = Figure(figsize=(16 if with_tau else 11, 4.2), layout="constrained")
@@ -93,7 +94,7 @@ def plot_confusion(
     matrix = np.asarray(matrix)
     k = len(class_names)
     if matrix.shape != (k, k):
-        raise ValueError(f"confusion matrix must be [{k}, {k}] for {k} classes, got {matrix.shape}")
+        raise InputError(f"confusion matrix must be [{k}, {k}] for {k} classes, got {matrix.shape}")
     rows = matrix.sum(1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     fig = Figure(figsize=(8.5, 7.5), layout="constrained")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import DATASET_DIR, EVENT_DTYPE, EXTRACT_DIR, SPLITS, TRIALS_FILES
+from dvsgkit.errors import InputError, NotFound
 from dvsgkit.io.aedat import (
     DEFAULT_CHUNK_EVENTS,
     AedatError,
@@ -43,7 +44,7 @@ def dataset_dir(root: str | os.PathLike[str]) -> Path:
 def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recording]:
     """The recordings of `split`, in the order of its trials list; every file must exist."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     folder = Path(folder)
     trials = folder / TRIALS_FILES[split]
     recordings = []
@@ -52,7 +53,7 @@ def list_recordings(folder: str | os.PathLike[str], split: str) -> list[Recordin
         labels = labels_path_for(aedat)
         for needed in (aedat, labels):
             if not needed.is_file():
-                raise FileNotFoundError(
+                raise NotFound(
                     f"{trials} names {name!r}, but {needed} does not exist; restore the file "
                     "or remove the name from the trials list"
                 )
@@ -73,7 +74,7 @@ def list_all_recordings(folder: str | os.PathLike[str]) -> list[Recording]:
             if key in seen:
                 other, other_line, other_name = seen[key]
                 spelled = "" if name == other_name else f" as {other_name!r} (both name {key})"
-                raise ValueError(
+                raise InputError(
                     f"{trials}, line {lineno}: {name!r} is also listed in {other}, line "
                     f"{other_line}{spelled}; a recording belongs to one split only: remove it "
                     "from one list"
@@ -189,7 +190,7 @@ def cut_recording_columns(
     columns = alloc(int(lengths.sum()))
     narrow = min(int(np.iinfo(columns[k].dtype).max) for k in "xy")
     if narrow < 0x7FFF and (sensor is None or max(sensor) - 1 > narrow):  # x, y have 15 bits
-        raise ValueError(
+        raise InputError(
             f"x, y columns holding up to {narrow} need a `sensor` that fits them, got {sensor}"
         )
     a = 0

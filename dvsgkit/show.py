@@ -13,11 +13,11 @@ import numpy as np
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE
+from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.frames import integrate
-from dvsgkit.io.atomic import atomic_path
+from dvsgkit.fs import atomic_file, make_folder
 from dvsgkit.io.labels import labels_path_for, read_labels
-from dvsgkit.recording import RecordingError, iter_recording
-from dvsgkit.store.space import make_folder, storage_errors
+from dvsgkit.io.recordings import RecordingError, iter_recording
 
 # Polarity 0 (OFF) in orange, polarity 1 (ON) in blue, on black; both at once mix to white-ish.
 OFF_COLOR = np.array([255, 120, 0], np.float32)
@@ -52,9 +52,9 @@ def render(frames: np.ndarray, captions: Sequence[str], scale: int = SCALE) -> l
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[1] != 2:
-        raise ValueError(f"frames must be [N, 2, H, W], got shape {frames.shape}")
+        raise InputError(f"frames must be [N, 2, H, W], got shape {frames.shape}")
     if len(captions) != len(frames):
-        raise ValueError(f"{len(frames)} frames but {len(captions)} captions")
+        raise InputError(f"{len(frames)} frames but {len(captions)} captions")
     nonzero = frames[frames > 0]
     top = max(1.0, float(np.percentile(nonzero, 99))) if nonzero.size else 1.0
     level = np.minimum(frames / top, 1.0).astype(np.float32)  # [N, 2, H, W] in 0..1
@@ -74,7 +74,7 @@ def save_gif(images: list, path: Path, frame_ms: int) -> Path:
     """An animated GIF that loops, `frame_ms` per frame, written under a temp name first; a
     failed write is a StorageError naming `path`."""
     path = Path(path)
-    with storage_errors(path, "write", WRITE_FIX), atomic_path(path) as tmp:
+    with storage_errors(path, "write", WRITE_FIX), atomic_file(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=frame_ms, loop=0, disposal=1)  # fmt: skip
     return path
@@ -108,7 +108,7 @@ def save_grid(images: list, path: Path) -> Path:
     """`grid` as a PNG, written under a temp name first; a failed write is a StorageError
     naming `path`."""
     path = Path(path)
-    with storage_errors(path, "write", WRITE_FIX), atomic_path(path) as tmp:
+    with storage_errors(path, "write", WRITE_FIX), atomic_file(path) as tmp:
         grid(images).save(tmp, format="PNG", optimize=True)
     return path
 
@@ -126,16 +126,16 @@ def show_sample(
     exactly as the frame store does, as `<split>_<index>_T<T>.gif` (one frame each `frame_ms`)
     and `.png` (the T frames in rows of GRID_COLUMNS, with a colour key), each frame captioned
     with its number and the true label."""
-    from dvsgkit.store.event_cache import EventCache
-    from dvsgkit.store.event_layout import event_cache_path
+    from dvsgkit.eventcache.layout import event_cache_path
+    from dvsgkit.eventcache.read import EventCache
 
     if not 1 <= T <= MAX_FRAMES:
-        raise ValueError(f"-T {T} is out of range: show draws 1..{MAX_FRAMES} frames")
+        raise InputError(f"-T {T} is out of range: show draws 1..{MAX_FRAMES} frames")
 
     with EventCache(event_cache_path(root)) as cache:
         n = cache.num_samples(split)
         if not 0 <= index < n:
-            raise ValueError(f"--index {index} is out of range: {split} has samples 0..{n - 1}")
+            raise InputError(f"--index {index} is out of range: {split} has samples 0..{n - 1}")
         events = cache.sample(split, index)
         label = int(cache.labels(split)[index])
     frames = integrate(events, T, split_by)  # [T, 2, H, W]
@@ -165,15 +165,15 @@ def show_recording(
     `fps` lies in MIN_FPS..MAX_FPS, and the stretch holds at most MAX_FRAMES frames."""
     recording = Path(recording)
     if not MIN_FPS <= fps <= MAX_FPS:  # nan fails too
-        raise ValueError(
+        raise InputError(
             f"--fps {fps:g} is out of range: give {MIN_FPS:g} to {MAX_FPS:.0f} frames per second "
             "of recording time"
         )
     if start_us < 0 or duration_us <= 0:
-        raise ValueError(f"need --start >= 0 and --duration > 0, got {start_us}, {duration_us} µs")
+        raise InputError(f"need --start >= 0 and --duration > 0, got {start_us}, {duration_us} µs")
     count = math.ceil(duration_us * fps / 1e6)
     if count > MAX_FRAMES:
-        raise ValueError(
+        raise InputError(
             f"{duration_us / 1e6:g} s at {fps:g} fps is {count} frames, more than {MAX_FRAMES}; "
             "show a shorter --duration or a lower --fps"
         )

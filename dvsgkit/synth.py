@@ -19,8 +19,10 @@ from dvsgkit.constants import (
     TEST_TRIALS_FILE,
     TRAIN_TRIALS_FILE,
 )
+from dvsgkit.errors import InputError, InTheWay, storage_errors
+from dvsgkit.fs import atomic_dir, sweep, write_text
+from dvsgkit.fs.lock import build_lock, lock_of, to_stderr
 from dvsgkit.io.aedat_writer import AedatWriter
-from dvsgkit.io.atomic import atomic_dir, remove_dead_temps, write_text_atomic
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 
 # write_synthetic_dataset's defaults (and `dvsgkit synth`'s): a small set that trains in minutes.
@@ -164,35 +166,37 @@ def write_synthetic_dataset(
         ("events_per_sample", events_per_sample, 1),
     ):
         if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+            raise InputError(f"{name} must be >= {low}, got {value}")
     extract = Path(root) / EXTRACT_DIR
     final = extract / DATASET_DIR
     if final.exists() and not (final / MARKER).is_file():
-        raise FileExistsError(
+        raise InTheWay(
             f"{final} exists and was not written by 'dvsgkit synth' (no {MARKER}); "
             "it may be the real dataset: choose another --root"
         )
-    extract.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(extract)  # what killed writes left
     # Built under a temporary name and swapped in whole: never half a dataset under the real
     # name, and on any error (Ctrl-C too) the partial folder is deleted.
-    with atomic_dir(final) as partial:
-        train, test = trial_names(train_trials, test_trials)
-        for split, stems in enumerate((train, test)):
-            for k, stem in enumerate(stems):
-                rng = np.random.default_rng([seed, split, k])
-                write_recording(partial, stem, rng, events_per_sample)
-        for file, stems in ((TRAIN_TRIALS_FILE, train), (TEST_TRIALS_FILE, test)):
-            # Names one a line, then a blank line, as in the real lists.
-            (partial / file).write_text("".join(f"{s}.aedat\n" for s in stems) + "\n")
-        (partial / MARKER).write_text(
-            f"Synthetic DvsGesture-shaped data written by dvsgkit: seed={seed}, "
-            f"train_trials={train_trials}, test_trials={test_trials}, "
-            f"events_per_sample={events_per_sample}\n"
-        )
-        mapping = "".join(
-            f"{name.replace(' ', '_').replace('-', '_')},{i + 1}\r\n"
-            for i, name in enumerate(CLASS_NAMES)
-        )
-        write_text_atomic(extract / MAPPING_NAME, "action,label\r\n" + mapping)
+    with storage_errors(extract, "write", "give another --root, or free some space"):
+        extract.mkdir(parents=True, exist_ok=True)
+        with build_lock(lock_of(extract), what=str(extract), doing="writing", notify=to_stderr):
+            sweep(extract)  # what killed writes left
+            with atomic_dir(final) as partial:
+                train, test = trial_names(train_trials, test_trials)
+                for split, stems in enumerate((train, test)):
+                    for k, stem in enumerate(stems):
+                        rng = np.random.default_rng([seed, split, k])
+                        write_recording(partial, stem, rng, events_per_sample)
+                for file, stems in ((TRAIN_TRIALS_FILE, train), (TEST_TRIALS_FILE, test)):
+                    # Names one a line, then a blank line, as in the real lists.
+                    (partial / file).write_text("".join(f"{s}.aedat\n" for s in stems) + "\n")
+                (partial / MARKER).write_text(
+                    f"Synthetic DvsGesture-shaped data written by dvsgkit: seed={seed}, "
+                    f"train_trials={train_trials}, test_trials={test_trials}, "
+                    f"events_per_sample={events_per_sample}\n"
+                )
+                mapping = "".join(
+                    f"{name.replace(' ', '_').replace('-', '_')},{i + 1}\r\n"
+                    for i, name in enumerate(CLASS_NAMES)
+                )
+                write_text(extract / MAPPING_NAME, "action,label\r\n" + mapping)
     return final

@@ -26,7 +26,10 @@ from dvsgkit.distributed import (
     sync_buffers,
     together,
 )
-from dvsgkit.io.atomic import remove_dead_temps
+from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.framestore.build import build_frame_store, frame_store_path
+from dvsgkit.framestore.read import open_frame_store
+from dvsgkit.fs import sweep
 from dvsgkit.model import GestureNet
 from dvsgkit.objective import new_sums, score_batch
 from dvsgkit.run import BEST, CONFIG, LATEST, TENSORBOARD, checkpoint_file, recorded_root
@@ -36,21 +39,18 @@ from dvsgkit.run.metrics import append_metrics, truncate_metrics
 from dvsgkit.run.prepare import check_unchanged, latest_stamp, prepare_run, run_lock
 from dvsgkit.run.provenance import check_resume_frames, frames_provenance, record_frames
 from dvsgkit.run.rng import RngState, seed_everything
-from dvsgkit.run.writes import run_writes
-from dvsgkit.store.frame_open import open_frame_store
-from dvsgkit.store.frames import build_frame_store, frame_store_path
 
 
 def _check_runtime(config: TrainConfig) -> torch.device:
     """Refuse option combinations this machine cannot run, naming the fix."""
     device = parse_device(config.device)
     if config.amp and device.type != "cuda":
-        raise ValueError(
+        raise InputError(
             f"--amp needs a CUDA device (float16 autocast + GradScaler), got --device "
             f"{config.device}; drop --amp on CPU"
         )
     if config.sync_bn and device.type != "cuda":
-        raise ValueError(
+        raise InputError(
             f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), got "
             f"--device {config.device}; drop --sync-bn"
         )
@@ -59,15 +59,15 @@ def _check_runtime(config: TrainConfig) -> torch.device:
 
         reason = compile_unavailable_reason(device)
         if reason is not None:
-            raise ValueError(f"--compile cannot run: {reason}; or train without --compile")
+            raise InputError(f"--compile cannot run: {reason}; or train without --compile")
     if config.cupy:
         from dvsgkit.model.lif_cupy import cupy_unavailable_reason
 
         reason = cupy_unavailable_reason()
         if reason is not None:
-            raise ValueError(f"--cupy cannot run: {reason}; or train without --cupy")
+            raise InputError(f"--cupy cannot run: {reason}; or train without --cupy")
         if device.type != "cuda":
-            raise ValueError(f"--cupy runs CUDA kernels, got --device {config.device}")
+            raise InputError(f"--cupy runs CUDA kernels, got --device {config.device}")
     return device
 
 
@@ -108,7 +108,7 @@ def _frame_store(config: TrainConfig) -> tuple[Path, dict[str, Any]]:
     store = frame_store_path(Path(config.root), config.T, config.split_by)
     attrs = dict(open_frame_store(store).attrs)
     if attrs.get("T") != config.T or attrs.get("split_by") != config.split_by:
-        raise ValueError(
+        raise InputError(
             f"{store} holds T={attrs.get('T')}, split_by={attrs.get('split_by')!r} frames but "
             f"this run asks for -T {config.T} --split-by {config.split_by}; move the store "
             "away to rebuild it"
@@ -176,7 +176,7 @@ def _restore(ckpt: dict[str, Any], parts: dict[str, Any], d: Dist, source: Path 
     this rank's RNGs where they were when it was written."""
     for key, part in parts.items():
         if key not in ckpt:
-            raise ValueError(f"{source} lacks {key!r}; it cannot resume a run")
+            raise InputError(f"{source} lacks {key!r}; it cannot resume a run")
         if key == "net":
             load_weights(part, ckpt[key], source)
         elif ckpt[key]:  # a run without AMP saved an empty scaler state
@@ -206,6 +206,17 @@ def _check_finite(watch: FiniteWatch, epoch: int, run_dir: Path, config: TrainCo
     raise TrainingDiverged(
         f"{problem}; {kept}; train again with a lower --lr (this run's: {config.lr:g})"
     )
+
+
+def _run_writes(run_dir: Path) -> Any:
+    """A failed write into `run_dir` (a full disk, a read-only mount) as one line naming the file,
+    the cause and the checkpoint to resume from."""
+    latest = run_dir / LATEST
+    if latest.is_file():
+        fix = f"{latest} is intact: {{remedy}}, then rerun with --resume {latest}"
+    else:
+        fix = "no epoch was saved: {remedy}, or choose another --out-dir"
+    return storage_errors(None, "write", fix)
 
 
 def _write_epoch(
@@ -303,18 +314,18 @@ def train(
                 store, "test", config.batch_size, shuffle=False, drop_last=False, **loader_args
             )
             if len(train_loader) == 0:
-                raise ValueError(
+                raise InputError(
                     f"{store} has {train_loader.num_samples} training samples per process, fewer "
                     f"than one batch of {config.batch_size}; lower --batch-size"
                 )
 
         with together(d):  # nothing is written before every rank has passed its checks
             if d.main:
-                with run_writes(run_dir, run_dir / LATEST):
+                with _run_writes(run_dir):
                     run_dir.mkdir(parents=True, exist_ok=True)
                     held.enter_context(run_lock(run_dir))  # one process trains here at a time
                     check_unchanged(config, run_dir, stamp, resumed=ckpt is not None)
-                    remove_dead_temps(run_dir)  # checkpoint writes of a killed run
+                    sweep(run_dir)  # checkpoint writes of a killed run
                     config.save_json(run_dir / CONFIG)
                     notes.append(record_frames(run_dir, provenance, start_epoch))
                     truncate_metrics(run_dir, start_epoch - 1)
@@ -391,7 +402,7 @@ def train(
                         world_size=d.world_size,
                         frames=provenance,
                     )
-                    with run_writes(run_dir, run_dir / LATEST):
+                    with _run_writes(run_dir):
                         _write_epoch(run_dir, checkpoint, record, best, writer)
         return TrainResult(run_dir, config.epochs - start_epoch, max_test_acc, record, d.main)
     finally:

@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset root with 24 train / 12 test synthetic samples framed at T=4, shared by the
     training tests: read it, never write into it."""
-    from dvsgkit.store.frames import build_frame_store
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("dvsg")

@@ -10,8 +10,8 @@ import torch
 import zarr
 
 from dvsgkit.data import FrameDataset, make_loader
-from dvsgkit.store.frames import build_frame_store
-from dvsgkit.store.verify import array_checksum, sample_checksum
+from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.framestore.check import array_checksum, sample_checksum
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4

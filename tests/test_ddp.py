@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.fs.lock import build_lock
 from dvsgkit.run import BEST, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import load_checkpoint
 from dvsgkit.run.metrics import read_metrics
-from dvsgkit.store.frames import build_frame_store
-from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 
 # Runs in each torchrun process: records what the train loader served and the final weights,
@@ -166,7 +166,8 @@ PEER_DIES = (
     "    if os.environ['RANK'] == '1':\n"
     "        os._exit(3)\n"
     "    if mode == 'fail':\n"
-    "        raise ValueError('the error of rank 0')\n"
+    "        from dvsgkit.errors import InputError\n"
+    "        raise InputError('the error of rank 0')\n"
     "    return real(*a)\n"
     "tr.prepare_run = prepare\n" + CLI
 )

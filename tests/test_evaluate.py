@@ -107,7 +107,7 @@ def test_plot_cli(tmp_path: Path) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset root, run directory) of a one-epoch run on 24/12 synthetic samples at T=4."""
     from dvsgkit.config import TrainConfig
-    from dvsgkit.store.frames import build_frame_store
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
     from dvsgkit.train import train
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from dvsgkit.data import TONIC_EVENT_DTYPE, EventDataset, FrameDataset
+from dvsgkit.eventcache.layout import event_cache_path
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import integrate
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.event_layout import event_cache_path
-from dvsgkit.store.frames import frame_store_path
+from dvsgkit.framestore.build import frame_store_path
 
 T = 4  # the frame_root fixture's
 

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from dvsgkit.store.frames import build_frame_store
+from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "load_zarr_frames.ipynb"

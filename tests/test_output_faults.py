@@ -111,10 +111,10 @@ def test_a_demo_run_directory_under_a_file(tmp_path: Path) -> None:
 def test_a_read_only_output_folder(
     checkpoint: Path, frame_root: Path, fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dvsgkit.predict
+    import dvsgkit.predict.windows
 
     ran: list[object] = []
-    monkeypatch.setattr(dvsgkit.predict, "predict_recording", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(dvsgkit.predict.windows, "predict_recording", lambda *a, **k: ran.append(a))
     recording = _recording(frame_root)
     _read_only(fs)
     cause = "read-only file system"

@@ -15,15 +15,15 @@ from click.testing import CliRunner
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
+from dvsgkit.io.recordings import iter_recording, parse_duration
 from dvsgkit.model.inference import for_inference
-from dvsgkit.predict import (
+from dvsgkit.predict.outputs import read_predictions_csv
+from dvsgkit.predict.windows import (
     Prediction,
     load_checkpoint_net,
     predict_recording,
     sliding_windows,
 )
-from dvsgkit.predictions import read_predictions_csv
-from dvsgkit.recording import iter_recording, parse_duration
 from dvsgkit.samples import dataset_dir, list_recordings
 from dvsgkit_cli.main import cli
 
@@ -36,8 +36,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset root, best checkpoint) of a small network trained for 10 epochs on 72 synthetic
     samples at T=4 (~15 s on 2 cores; it learns: ~2/3 of the held-out recording's samples)."""
     from dvsgkit.config import TrainConfig
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.run import BEST
-    from dvsgkit.store.frames import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
     from dvsgkit.train import train
 
@@ -125,7 +125,7 @@ def test_sliding_windows_stream() -> None:
 def test_a_timestamp_far_ahead_is_refused_before_its_windows_run() -> None:
     """Quiet windows are classified, so a corrupt timestamp 32 years ahead would make 10**12 of
     them: refused when it is read, naming the file and the event."""
-    from dvsgkit.predict import MAX_WINDOWS
+    from dvsgkit.predict.windows import MAX_WINDOWS
 
     ev = _events(np.array([0, 10, 20, 30, 10**15]))
     windows = sliding_windows([ev[:3], ev[3:]], 1000, 1000, {}, where="rec.npz")
@@ -214,7 +214,7 @@ def _assert_labels_mode_equals_evaluate(root: Path, ckpt: Path) -> Prediction:
     and predictions that `dvsgkit evaluate` gives the test samples of ROOT's frame store."""
     from dvsgkit.data import make_loader
     from dvsgkit.evaluate import evaluate, predict
-    from dvsgkit.store.frames import build_frame_store, frame_store_path
+    from dvsgkit.framestore.build import build_frame_store, frame_store_path
 
     build_frame_store(root, T, "number", workers=1, progress=False)  # as it is, when it is
     net, meta = load_checkpoint_net(ckpt)
@@ -250,7 +250,7 @@ def test_quiet_stretches_are_classified_as_the_frame_store_integrates_them(
     import shutil
 
     from dvsgkit.constants import EXTRACT_DIR
-    from dvsgkit.predictions import summary
+    from dvsgkit.predict.outputs import summary
 
     trained_root, ckpt = trained
     root = tmp_path / "quiet"
@@ -392,12 +392,14 @@ def test_inputs_are_checked_before_any_recording_runs(
 ) -> None:
     """A missing or bad --labels file (named as such, not as a dataset fault), a missing
     recording, or two recordings of one name: refused before the first recording runs."""
-    import dvsgkit.predict
+    import dvsgkit.predict.windows
 
     root, ckpt = trained
     aedat, csv = _test_recording(root)
     ran: list[Path] = []
-    monkeypatch.setattr(dvsgkit.predict, "predict_recording", lambda *a, **k: ran.append(a[2]))
+    monkeypatch.setattr(
+        dvsgkit.predict.windows, "predict_recording", lambda *a, **k: ran.append(a[2])
+    )
     monkeypatch.chdir(tmp_path)
     other = tmp_path / "other.aedat"
     other.write_bytes(aedat.read_bytes())
@@ -475,8 +477,8 @@ def test_timeline_names_the_labelled_gestures(
 
     from dvsgkit.constants import CLASS_NAMES
     from dvsgkit.io.labels import WINDOW_DTYPE
-    from dvsgkit.predict import score
-    from dvsgkit.predictions import plot_timeline
+    from dvsgkit.predict.outputs import plot_timeline
+    from dvsgkit.predict.windows import score
 
     gestures = np.array([(3, 1_000_000, 3_000_000, 0), (10, 4_000_000, 6_000_000, 1)],
                         dtype=WINDOW_DTYPE)  # fmt: skip

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.config import TrainConfig
+from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.run import CONFIG, FRAMES_RECORD, LATEST
 from dvsgkit.run.checkpoint import load_checkpoint, save_atomic
 from dvsgkit.run.metrics import read_metrics
-from dvsgkit.store.frames import build_frame_store, frame_store_path
 from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 

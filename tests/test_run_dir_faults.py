@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import dvsgkit.train as tr
 from dvsgkit.config import TrainConfig
-from dvsgkit.io.atomic import remove_dead_temps
+from dvsgkit.fs import sweep
 from dvsgkit.run import LATEST
 from dvsgkit.run.checkpoint import load_checkpoint
 from dvsgkit.run.metrics import read_metrics
@@ -28,11 +28,11 @@ TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "
 TRAIN = ["train", "-T", "4", "--channels", "4", "-b", "8", "-j", "0", "--device", "cpu"]
 RUN = "T_4_b_8_c_4_adam_lr_0.001_cosalr_32"
 
-# Writes `target` through atomic_path and stops halfway, as a checkpoint write that is killed.
+# Writes `target` through atomic_file and stops halfway, as a checkpoint write that is killed.
 WRITER = """
 import sys, time
-from dvsgkit.io.atomic import atomic_path
-with atomic_path(sys.argv[1]) as tmp, open(tmp, "wb") as f:
+from dvsgkit.fs import atomic_file
+with atomic_file(sys.argv[1]) as tmp, open(tmp, "wb") as f:
     f.write(b"half a checkpoint")
     f.flush()
     print("writing", flush=True)
@@ -63,21 +63,16 @@ def _partials(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*.partial"))
 
 
-def test_only_the_leftovers_of_killed_writers_are_removed(
+def test_the_sweep_removes_every_temporary_and_nothing_else(
     tmp_path: Path, writers: list[subprocess.Popen]
 ) -> None:
     dead = _start_writer(tmp_path / "checkpoint_latest.pth", writers)
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
-    live = _start_writer(tmp_path / "checkpoint_max.pth", writers)
-    assert _partials(tmp_path) == [
-        f".checkpoint_latest.pth.{dead.pid}.partial",
-        f".checkpoint_max.pth.{live.pid}.partial",
-    ]
-    (tmp_path / ".notes.txt.partial").write_text("not an atomic_path temp file: kept")
-    removed = remove_dead_temps(tmp_path)
-    assert [p.name for p in removed] == [f".checkpoint_latest.pth.{dead.pid}.partial"]
-    assert _partials(tmp_path) == [f".checkpoint_max.pth.{live.pid}.partial", ".notes.txt.partial"]
+    (leftover,) = tmp_path.glob(f".checkpoint_latest.pth.{dead.pid}-*.partial")
+    (tmp_path / ".notes.txt.partial").write_text("not a dvsgkit temporary: kept")
+    assert sweep(tmp_path) == [leftover]
+    assert _partials(tmp_path) == [".notes.txt.partial"]
     assert not (tmp_path / "checkpoint_latest.pth").exists()
 
 
@@ -89,10 +84,9 @@ def test_resume_removes_a_killed_checkpoint_write(
     dead = _start_writer(run_dir / LATEST, writers)
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
-    live = _start_writer(run_dir / "checkpoint_max.pth", writers)
-    assert len(_partials(run_dir)) == 2
+    assert len(_partials(run_dir)) == 1
     tr.train(TrainConfig(**{**config.to_dict(), "epochs": 2}), resume=run_dir)
-    assert _partials(run_dir) == [f".checkpoint_max.pth.{live.pid}.partial"]
+    assert _partials(run_dir) == []
     assert load_checkpoint(run_dir / LATEST)["epoch"] == 1
 
 
@@ -104,7 +98,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from dvsgkit.run import RUN_LOCK
-from dvsgkit.store.lock import build_lock
+from dvsgkit.fs.lock import build_lock
 with build_lock(Path(sys.argv[1]) / RUN_LOCK, timeout=0):
     print("holding", flush=True)
     time.sleep(600)
@@ -176,8 +170,8 @@ def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) ->
     line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "1"))
     run_dir = small_fs / "runs" / RUN
     # the first file a run writes is its lock
-    assert f"cannot write {run_dir / 'train.lock'}: No space left on device" in line, line
-    assert "no epoch was saved: free some space or choose another --out-dir" in line
+    assert f"cannot write {run_dir / 'train.lock'}: no space left on device" in line, line
+    assert "no epoch was saved: free some space, or choose another --out-dir" in line
     assert _partials(small_fs) == [] and not list(small_fs.rglob("*.pth"))
 
 
@@ -195,7 +189,7 @@ def test_a_disk_that_fills_during_training(
     monkeypatch.setattr(tr, "_write_epoch", fill_after_epoch_0)
     line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "3"))
     run_dir = small_fs / "runs" / RUN
-    assert f"cannot write {run_dir}/" in line and ": No space left on device;" in line, line
+    assert f"cannot write {run_dir}/" in line and ": no space left on device;" in line, line
     assert f"{run_dir / LATEST} is intact: free some space, then rerun with --resume" in line
     assert load_checkpoint(run_dir / LATEST)["epoch"] == 0
     assert _partials(small_fs) == []
@@ -215,12 +209,12 @@ def test_a_read_only_run_directory(frame_root: Path, small_fs: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "2",
                               "--resume", str(run_dir)))  # fmt: skip
-    assert f"cannot write {run_dir / 'train.lock'}: Read-only file system" in line, line
+    assert f"cannot write {run_dir / 'train.lock'}: read-only file system" in line, line
     assert "then rerun with --resume" in line and "make it writable" in line
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
     line = _error_line(_train(frame_root, small_fs / "other", "--epochs", "1"))
-    assert f"cannot write {small_fs / 'other'}: Read-only file system" in line, line
+    assert f"cannot write {small_fs / 'other'}: read-only file system" in line, line
 
 
 def test_evaluate_and_plot_into_a_read_only_folder(
@@ -249,7 +243,7 @@ def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Pa
 
 
 def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
-    from dvsgkit.run.writes import append_line
+    from dvsgkit.run.metrics import append_line
 
     metrics = small_fs / "metrics.jsonl"
     metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
+from dvsgkit.eventcache.layout import event_cache_path
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import integrate
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
@@ -25,8 +27,6 @@ from dvsgkit.show import (
     show_recording,
     show_sample,
 )
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.event_layout import event_cache_path
 from dvsgkit_cli.main import cli
 
 T = 4
@@ -185,6 +185,6 @@ def test_a_recording_out_of_time_order_is_refused(tmp_path: Path) -> None:
 
 
 def _events_of(path: Path) -> np.ndarray:
-    from dvsgkit.recording import iter_recording
+    from dvsgkit.io.recordings import iter_recording
 
     return np.concatenate(list(iter_recording(path)))

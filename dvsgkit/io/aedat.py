@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE
+from dvsgkit.errors import InputError
 
 POLARITY_EVENT = 1  # eventType of polarity events
 POLARITY_EVENT_SIZE = 8  # uint32 data, uint32 timestamp
@@ -33,7 +34,7 @@ DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per chunk: ~32 MB of file, 48 MB d
 WINDOW_BYTES = 64 << 20
 
 
-class AedatError(ValueError):
+class AedatError(InputError):
     """A malformed AEDAT file; the message names the file and the byte offset."""
 
 
@@ -284,7 +285,7 @@ def iter_words(
     `timestamp | eventTSOverflow << 31`. Raises AedatError (file + byte offset) on bad input.
     """
     if chunk_events < 1:
-        raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
+        raise InputError(f"chunk_events must be >= 1, got {chunk_events}")
     path = Path(path)
     buffers = ReadBuffers() if buffers is None else buffers
     with open(path, "rb") as f:

@@ -11,6 +11,8 @@ from typing import BinaryIO
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE
+from dvsgkit.errors import InputError
+from dvsgkit.fs import atomic_file
 from dvsgkit.io.aedat import (
     END_HEADER,
     P_SHIFT,
@@ -21,7 +23,6 @@ from dvsgkit.io.aedat import (
     XY_MASK,
     Y_SHIFT,
 )
-from dvsgkit.io.atomic import atomic_path
 
 
 def encode_polarity(events: np.ndarray) -> np.ndarray:
@@ -29,9 +30,9 @@ def encode_polarity(events: np.ndarray) -> np.ndarray:
     x = events["x"].astype(np.uint32)
     y = events["y"].astype(np.uint32)
     if len(events) and (x.max() > XY_MASK or y.max() > XY_MASK):
-        raise ValueError(f"x and y must be <= {XY_MASK}, got max x {x.max()}, max y {y.max()}")
+        raise InputError(f"x and y must be <= {XY_MASK}, got max x {x.max()}, max y {y.max()}")
     if len(events) and events["p"].max() > 1:  # a 2 would land in y's lowest bit
-        raise ValueError(f"polarity must be 0 or 1, got {events['p'].max()}")
+        raise InputError(f"polarity must be 0 or 1, got {events['p'].max()}")
     words = np.empty((len(events), 2), dtype="<u4")
     words[:, 0] = (x << X_SHIFT) | (y << Y_SHIFT) | (events["p"].astype(np.uint32) << P_SHIFT) | 1
     words[:, 1] = events["t"] & TS_MASK
@@ -59,7 +60,7 @@ def packet_header(
 
 class AedatWriter:
     """Write an AEDAT 3.1 file in chunks, atomically: events go to a temporary file beside it
-    (`.<name>.<pid>.partial`, see `dvsgkit.io.atomic`), renamed to `path` only when the `with`
+    (see `dvsgkit.fs`), renamed to `path` only when the `with`
     block ends without an exception.
 
         with AedatWriter(path) as w:
@@ -75,7 +76,7 @@ class AedatWriter:
         packet_events: int = 8192,
     ) -> None:
         if packet_events < 1:
-            raise ValueError(f"packet_events must be >= 1, got {packet_events}")
+            raise InputError(f"packet_events must be >= 1, got {packet_events}")
         self.path = Path(path)
         self.partial: Path | None = None  # the temporary file, while the block runs
         self.packet_events = packet_events
@@ -88,7 +89,7 @@ class AedatWriter:
 
     def __enter__(self) -> AedatWriter:
         with contextlib.ExitStack() as stack:  # a failed open or header write undoes itself
-            self.partial = stack.enter_context(atomic_path(self.path))
+            self.partial = stack.enter_context(atomic_file(self.path))
             self._file = stack.enter_context(open(self.partial, "wb"))
             self._file.write(self._header)
             self._stack = stack.pop_all()
@@ -118,12 +119,12 @@ class AedatWriter:
         if self._file is None:
             raise RuntimeError("AedatWriter.write outside its `with` block")
         if events.dtype != EVENT_DTYPE:
-            raise ValueError(f"events must have dtype EVENT_DTYPE, got {events.dtype}")
+            raise InputError(f"events must have dtype EVENT_DTYPE, got {events.dtype}")
         if len(events) == 0:
             return
         t = events["t"]
         if t.min() < 0:
-            raise ValueError(f"timestamps must be >= 0, got {t.min()}")
+            raise InputError(f"timestamps must be >= 0, got {t.min()}")
         overflow = t >> 31
         cuts = np.flatnonzero(np.diff(overflow)) + 1
         for run in np.split(np.arange(len(events)), cuts):

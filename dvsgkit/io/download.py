@@ -22,7 +22,7 @@ from dvsgkit.constants import (
     RESOURCES,
     Resource,
 )
-from dvsgkit.io.atomic import atomic_path, write_text_atomic
+from dvsgkit.fs import atomic_file, write_text
 
 VERIFY_CACHE = ".dvsgkit-md5.json"  # in ROOT/download/: name -> {size, mtime_ns, md5}
 PARTIAL_SUFFIX = ".partial"
@@ -107,7 +107,7 @@ class VerifyCache:
     def remember(self, file: Path, digest: str) -> None:
         st = file.stat()
         self.entries[file.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": digest}
-        write_text_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
+        write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def check_resources(
@@ -197,7 +197,7 @@ def install_mapping(root: Path) -> Path:
     src = download_dir(root) / MAPPING_NAME
     dest = Path(root) / EXTRACT_DIR / MAPPING_NAME
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
+    with atomic_file(dest) as tmp:
         shutil.copyfile(src, tmp)
     return dest
 

@@ -14,14 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dvsgkit import __version__
-from dvsgkit.io.atomic import (
-    make_temp_dir,
-    remove_dead_temps,
-    remove_tree,
-    swap_in,
-    write_text_atomic,
-)
-from dvsgkit.store.space import require_free, storage_errors
+from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.fs import require_free, scratch_dir, swap_in, sweep, write_text
+from dvsgkit.fs.lock import build_lock, lock_of, to_stderr
 
 MARKER = ".dvsgkit-extracted.json"  # written last: its presence means the extraction completed
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -31,7 +26,7 @@ RECHECK = "check it with 'dvsgkit download --rehash', or delete it and download 
 SPACE_FIX = "free some space, or use another --root"
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError):
     """An archive that cannot be extracted: damaged, or with hostile members. The message names
     the archive and the fix; nothing was extracted."""
 
@@ -275,9 +270,12 @@ def safe_extract(archive: Path, dest: Path, *, archive_md5: str, progress: bool 
         return False
     with storage_errors(dest, f"extract {archive.name} into", SPACE_FIX):
         dest.mkdir(parents=True, exist_ok=True)
-        remove_dead_temps(dest)  # what killed runs left; never part of a result
-        tree = make_temp_dir(dest / archive.name)
-        try:
+    with (
+        storage_errors(dest, f"extract {archive.name} into", SPACE_FIX),
+        build_lock(lock_of(dest), what=str(dest), doing="writing", notify=to_stderr),
+    ):
+        sweep(dest)  # what killed runs left; never part of a result
+        with scratch_dir(dest / archive.name) as tree:
             done = _extract_into(archive, tree, progress, archive_md5)
             # From here dest is in flux: drop the old marker first so a crash reads as incomplete.
             (dest / MARKER).unlink(missing_ok=True)
@@ -291,7 +289,5 @@ def safe_extract(archive: Path, dest: Path, *, archive_md5: str, progress: bool 
                 "dirs": done.dirs,
                 "symlinks": done.symlinks,
             }
-            write_text_atomic(dest / MARKER, json.dumps(marker, indent=1))
-        finally:
-            remove_tree(tree)
+            write_text(dest / MARKER, json.dumps(marker, indent=1))
     return True

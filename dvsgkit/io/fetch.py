@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from dvsgkit import __version__
 from dvsgkit.constants import Resource
+from dvsgkit.errors import DvsgkitError, InputError, NotFound
 from dvsgkit.io.download import (
     CHUNK,
     PARTIAL_SUFFIX,
@@ -32,7 +33,7 @@ TIMEOUT = 60.0  # seconds without a byte before a connection counts as dropped
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class DownloadError(Exception):
+class DownloadError(DvsgkitError):
     """A resource could not be fetched from the given source."""
 
 
@@ -40,7 +41,7 @@ class ChecksumError(DownloadError):
     """A fetched or present file does not have the md5 the resource table declares."""
 
 
-class _TransientError(Exception):
+class _TransientError(DvsgkitError):
     """A failure that a retry may cure (dropped connection, 5xx, timeout)."""
 
 
@@ -52,14 +53,14 @@ def resolve_source(source: str) -> tuple[str, str]:
     if parsed.scheme == "file":
         path = urllib.request.url2pathname(parsed.path)
     elif "://" in source:
-        raise ValueError(
+        raise InputError(
             f"--from {source!r}: unsupported scheme {parsed.scheme!r}; "
             "give an http(s):// or file:// URL or a local directory"
         )
     else:
         path = source
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"--from {source!r}: {path} is not a directory")
+        raise NotFound(f"--from {source!r}: {path} is not a directory")
     return "dir", path
 
 

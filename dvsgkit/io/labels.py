@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES
-from dvsgkit.io.atomic import write_bytes_atomic
+from dvsgkit.errors import InputError, NotFound
+from dvsgkit.fs import write_bytes
 
 # One labelled window per row: dvsgkit label (class - 1), [start, end) in microseconds, and the
 # 0-based data row of the CSV it came from.
@@ -27,14 +28,14 @@ def _text(path: Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise NotFound(
             f"{what} {path} not found; the DvsGesture folder is incomplete (extract the archive "
             "again with 'dvsgkit download', or write a synthetic set with 'dvsgkit synth')"
         ) from None
     try:
         return data.decode("ascii")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: byte {exc.start} is not ASCII; expected a text file") from None
+        raise InputError(f"{path}: byte {exc.start} is not ASCII; expected a text file") from None
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
@@ -48,7 +49,7 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
     lines = _text(path, "labels file").splitlines()  # CRLF and LF alike
     if not lines or lines[0].strip().replace(" ", "") != LABELS_HEADER:
         first = lines[0] if lines else ""
-        raise ValueError(f"{path}, line 1: expected the header {LABELS_HEADER!r}, got {first!r}")
+        raise InputError(f"{path}, line 1: expected the header {LABELS_HEADER!r}, got {first!r}")
     rows = []
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -60,32 +61,32 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
             cls, start, end = (int(f) for f in fields)
         except ValueError:
             msg = f"{where}: expected three integers class,start,end, got {line!r}"
-            raise ValueError(msg) from None
+            raise InputError(msg) from None
         if not 1 <= cls <= NUM_CLASSES:
-            raise ValueError(f"{where}: class {cls} is outside 1..{NUM_CLASSES}")
+            raise InputError(f"{where}: class {cls} is outside 1..{NUM_CLASSES}")
         if start < 0 or start > end:
-            raise ValueError(f"{where}: window start {start} must satisfy 0 <= start <= end {end}")
+            raise InputError(f"{where}: window start {start} must satisfy 0 <= start <= end {end}")
         if end > MAX_TIME_US:
-            raise ValueError(
+            raise InputError(
                 f"{where}: window end {end} does not fit int64 microseconds (at most "
                 f"{MAX_TIME_US}); fix the row"
             )
         rows.append((cls - 1, start, end, row))
     if not rows:
-        raise ValueError(f"{path}: no labelled rows after the header")
+        raise InputError(f"{path}: no labelled rows after the header")
     return np.array(rows, dtype=WINDOW_DTYPE)
 
 
 def write_labels(path: str | os.PathLike[str], windows: np.ndarray, *, crlf: bool = True) -> Path:
     """Write WINDOW_DTYPE windows as a labels CSV (class = label + 1), CRLF like the real files.
-    Written under a temporary name and renamed (`dvsgkit.io.atomic`), so an interrupted write
+    Written under a temporary name and renamed (`dvsgkit.fs`), so an interrupted write
     never leaves a partial file under the real name."""
     path = Path(path)
     eol = "\r\n" if crlf else "\n"
     body = [LABELS_HEADER] + [
         f"{int(w['label']) + 1},{int(w['start'])},{int(w['end'])}" for w in windows
     ]
-    return write_bytes_atomic(path, (eol.join(body) + eol).encode("ascii"))
+    return write_bytes(path, (eol.join(body) + eol).encode("ascii"))
 
 
 def recording_key(folder: str | os.PathLike[str], name: str) -> str:
@@ -102,14 +103,14 @@ def read_trials_numbered(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     lines = [line.strip() for line in _text(path, "trials list").splitlines()]
     numbered = [(lineno, name) for lineno, name in enumerate(lines, start=1) if name]
     if not numbered:
-        raise ValueError(f"{path}: the trials list names no recording")
+        raise InputError(f"{path}: the trials list names no recording")
     first: dict[str, tuple[int, str]] = {}
     for lineno, name in numbered:
         key = recording_key(path.parent, name)
         if key in first:
             line, other = first[key]
             spelled = "" if name == other else f" as {other!r}; both name {key}"
-            raise ValueError(
+            raise InputError(
                 f"{path}, line {lineno}: {name!r} is listed again (first on line {line}"
                 f"{spelled}); a recording may be listed once: remove the repeated line"
             )

@@ -13,6 +13,8 @@ from types import ModuleType
 
 import torch
 
+from dvsgkit.errors import DvsgkitError
+
 
 def _import_cupy() -> tuple[ModuleType | None, str | None]:
     """(cupy, None), or (None, why it did not import). CuPy is optional: only backend="cupy"
@@ -39,11 +41,11 @@ INSTALL_HINT = (
 FALLBACK_HINT = "or build the network with backend='torch'"
 
 
-class CupyUnavailableError(RuntimeError):
+class CupyUnavailableError(DvsgkitError, RuntimeError):
     """The CuPy backend was asked for where it cannot run; the message says what to install."""
 
 
-class CupyKernelError(RuntimeError):
+class CupyKernelError(DvsgkitError, RuntimeError):
     """The fused kernels could not be compiled or loaded (usually a CuPy/CUDA version mismatch)."""
 
 

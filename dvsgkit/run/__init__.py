@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dvsgkit.errors import NotFound
+
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LATEST = "checkpoint_latest.pth"
@@ -44,7 +46,7 @@ def recorded_root(root: str, source: Path) -> Path:
     root recorded in another working directory, say)."""
     path = Path(root)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise NotFound(
             f"{path}, the dataset root recorded in {source}, is not a folder here (in "
             f"{Path.cwd()}); pass --root"
         )

@@ -16,7 +16,8 @@ from torch import nn
 
 from dvsgkit import __version__
 from dvsgkit.config import TrainConfig
-from dvsgkit.io.atomic import atomic_path
+from dvsgkit.errors import InputError, NotFound
+from dvsgkit.fs import atomic_file
 from dvsgkit.run import BEST, checkpoint_file
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
@@ -42,7 +43,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     # RuntimeError, a plain write with an OSError that names the cause.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getbuffer())
         f.flush()
         os.fsync(f.fileno())
@@ -54,22 +55,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     ValueError naming the file and the first tensor."""
     path = checkpoint_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass a .pth file or a run directory")
+        raise NotFound(f"checkpoint {path} not found; pass a .pth file or a run directory")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # what the weights-only unpickler refused
-        raise ValueError(_unpickling_problem(path, exc)) from exc
+        raise InputError(_unpickling_problem(path, exc)) from exc
     except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-        raise ValueError(
+        raise InputError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
             "it may be truncated or not a torch file: use another checkpoint"
         ) from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("net"), dict):
-        raise ValueError(f"{path} holds no 'net' state dict; is it a training checkpoint?")
+        raise InputError(f"{path} holds no 'net' state dict; is it a training checkpoint?")
     for key, value in ckpt["net"].items():
         floating = isinstance(value, torch.Tensor) and value.is_floating_point()
         if floating and not bool(torch.isfinite(value).all()):
-            raise ValueError(
+            raise InputError(
                 f"{path}: weight {key} holds non-finite values (NaN or inf): its run had "
                 "diverged when it was written; use an earlier checkpoint of the run, or train "
                 "again with a lower --lr"
@@ -109,7 +110,7 @@ def is_dvsgkit_checkpoint(ckpt: dict[str, Any]) -> bool:
 
 
 def _bad(path: Path, what: str) -> ValueError:
-    return ValueError(
+    return InputError(
         f"{path} is not a valid dvsgkit checkpoint: {what}; use another checkpoint of the run "
         f"({BEST}, a backup)"
     )
@@ -184,13 +185,13 @@ def check_weights(
             for label, keys in (("missing", missing), ("unexpected", unexpected))
             if keys
         ]
-        raise ValueError(f"{path}: weights do not fit this network: {'; '.join(parts)}{fit}")
+        raise InputError(f"{path}: weights do not fit this network: {'; '.join(parts)}{fit}")
     for key, want in expected.items():
         got = state[key]
         if not isinstance(got, torch.Tensor):
-            raise ValueError(f"{path}: weights do not fit: {key} is a {_kind(got)}{fit}")
+            raise InputError(f"{path}: weights do not fit: {key} is a {_kind(got)}{fit}")
         if got.shape != want:
-            raise ValueError(
+            raise InputError(
                 f"{path}: weights do not fit: {key} has shape {_shape(got)}, expected "
                 f"{_shape(want)}{fit}"
             )
@@ -221,7 +222,7 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
     # What torch's load_state_dict raises on an edited state depends on where it first trips.
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else _kind(exc)
-        raise ValueError(
+        raise InputError(
             f"{path}: its {key!r} state does not fit this run ({_kind(exc)}: {first}); use "
             "another checkpoint of the run"
         ) from exc
@@ -244,7 +245,7 @@ def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict]
                 if not isinstance(value, torch.Tensor):
                     continue
                 if value.dim() > 0 and value.shape != param.shape:
-                    raise ValueError(
+                    raise InputError(
                         f"{bad}: {name} has shape {_shape(value)} for a parameter of shape "
                         f"{_shape(param)}"
                     )

@@ -20,10 +20,12 @@ import itertools
 import torch
 from torch import nn
 
+from dvsgkit.errors import InputError
+
 _CODES = 4  # a record is step * _CODES + code; code: 1 the loss, 2 the weights, 3 both
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(InputError):
     """A training run's loss or weights became non-finite; the message names the epoch, the
     step, what became non-finite and the fix."""
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from dvsgkit.config import RECIPE_FIELDS, TrainConfig
+from dvsgkit.errors import InputError, InTheWay
+from dvsgkit.fs.lock import build_lock
 from dvsgkit.run import CONFIG, LATEST, RUN_LOCK, checkpoint_file
 from dvsgkit.run.checkpoint import check_checkpoint, is_dvsgkit_checkpoint, load_checkpoint
 from dvsgkit.run.metrics import read_metrics
-from dvsgkit.store.lock import build_lock
 
 
 def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[str, Any] | None]:
@@ -22,7 +23,7 @@ def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[st
     if resume is None:
         run_dir = config.run_dir()
         if (run_dir / LATEST).exists():
-            raise FileExistsError(
+            raise InTheWay(
                 f"{run_dir} already holds a run ({_progress(run_dir)}); continue it "
                 f"with --resume {run_dir / LATEST} (and a larger --epochs to extend it), or "
                 "choose another --out-dir"
@@ -31,25 +32,25 @@ def prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[st
             old = TrainConfig.load_json(run_dir / CONFIG)
             diff = old.recipe_differences(config)
             if diff:
-                raise FileExistsError(
+                raise InTheWay(
                     f"{run_dir} holds a different run ({_describe(diff)}); choose another --out-dir"
                 )
         return run_dir, None
     ckpt = load_checkpoint(resume)
     if not is_dvsgkit_checkpoint(ckpt):
-        raise ValueError(
+        raise InputError(
             f"{resume} is not a dvsgkit training checkpoint (a SpikingJelly one?); resuming needs "
             "the optimizer, scheduler and RNG states only dvsgkit checkpoints hold"
         )
     old = check_checkpoint(ckpt, checkpoint_file(resume), resume=True)
     diff = old.recipe_differences(config)
     if diff:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {resume}: it was trained with {_describe(diff)}; pass the same "
             f"options (only {', '.join(resumable_options())} may change)"
         )
     if ckpt["epoch"] + 1 >= config.epochs:
-        raise ValueError(
+        raise InputError(
             f"{resume} has already trained {ckpt['epoch'] + 1} epochs; pass --epochs larger "
             f"than {ckpt['epoch'] + 1} to extend it"
         )
@@ -87,7 +88,7 @@ def check_unchanged(
         return
     if not resumed:
         prepare_run(config, None)  # raises: the directory holds a run now
-    raise ValueError(
+    raise InputError(
         f"another process trained in {run_dir} while this run was starting "
         f"({_progress(run_dir)}); resume from there with --resume {run_dir / LATEST}"
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.io.atomic import write_text_atomic
+from dvsgkit.errors import InputError
+from dvsgkit.fs import write_text
 from dvsgkit.run import FRAMES_RECORD
 
 # Provenance fields that say which samples and frames a run sees (with the per-split sample
@@ -70,7 +71,7 @@ def check_resume_frames(
         fix = f"pass {allow}"
         if moved:
             fix = f"pass --root {old_path.parent} to continue on the run's frames, or {allow}"
-        raise ValueError(
+        raise InputError(
             f"cannot resume {source} on {new['path']}: the run trained on other frames "
             f"{where}: {', '.join(diff)}; {fix}"
         )
@@ -109,5 +110,5 @@ def record_frames(run_dir: Path, provenance: Mapping[str, Any], first_epoch: int
     entries = [e for e in entries if e["first_epoch"] < first_epoch]
     if not entries or {k: v for k, v in entries[-1].items() if k != "first_epoch"} != provenance:
         entries.append({"first_epoch": first_epoch, **provenance})
-    write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
+    write_text(path, json.dumps(entries, indent=2) + "\n")
     return note

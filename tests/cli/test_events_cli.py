@@ -133,7 +133,7 @@ def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: objec
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out
     assert expected in lines[0]
-    assert not any(p.name.startswith("events.h5") for p in tmp_path.iterdir())
+    assert not any("events.h5" in p.name for p in tmp_path.iterdir())
 
 
 def _killed(rec: object, spool: object = None) -> dict:
@@ -144,7 +144,7 @@ def _killed(rec: object, spool: object = None) -> dict:
 def test_killed_worker_is_one_line_error_and_no_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dvsgkit.store import events as store
+    from dvsgkit.eventcache import build as store
 
     assert run("synth", "--root", str(tmp_path), "--train-trials", "2", "--test-trials", "1",
                "--events-per-sample", "300")[0] == 0  # fmt: skip
@@ -171,7 +171,7 @@ def test_synth_validates_its_options(tmp_path: Path) -> None:
 # The real command, held after writing its first recording until the signal has arrived, so
 # that the signal always lands mid-build.
 HELD_EVENTS = (
-    "import sys, threading; from dvsgkit.store import event_writer as w, signals as g; "
+    "import sys, threading; from dvsgkit.eventcache import write as w; from dvsgkit import pool as g; "
     "noted = threading.Event(); note = g.BuildSignals._note; "
     "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
     "add = w.CacheWriter.add\n"
@@ -193,11 +193,11 @@ def test_interrupted_process_leaves_no_cache_and_next_run_works(
     cmd = [sys.executable, "-c", HELD_EVENTS, "events", *args, "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"  # one recording is in the partial file
-    assert (tmp_path / f"events.h5.partial-{proc.pid}").exists()
+    assert list(tmp_path.glob(f".events.h5.{proc.pid}-*.partial"))
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "Traceback" not in err
-    assert not any(p.name.startswith("events.h5") for p in tmp_path.iterdir())
+    assert not any("events.h5" in p.name for p in tmp_path.iterdir())
     code, out = run("events", *args, "--no-progress")
     assert code == 0 and "wrote" in out

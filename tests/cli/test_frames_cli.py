@@ -14,7 +14,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from dvsgkit.store.events import build_event_cache
+from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit_cli.main import cli
 
@@ -164,7 +164,7 @@ def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: i
     # The real command, held after its first block until the signal has arrived, so that the
     # signal always lands mid-build.
     code = (
-        "import sys, threading; from dvsgkit.store import frames as s, signals as g; "
+        "import sys, threading; from dvsgkit.framestore import build as s; from dvsgkit import pool as g; "
         "noted = threading.Event(); note = g.BuildSignals._note; "
         "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
         "real = s._integrate_block; blocks = []\n"
@@ -203,7 +203,7 @@ def test_ctrl_c_reaches_the_workers_too_and_prints_no_traceback(
     # waiting for work (as between splits, or when the writer falls behind). The build notes the
     # signal and stops at its next check, after the pause.
     code = (
-        "import sys, time; from dvsgkit.store import frames as s; real = s._write_split; "
+        "import sys, time; from dvsgkit.framestore import build as s; real = s._write_split; "
         "s._write_split = lambda g, p, split, *a: (split == 'test' and time.sleep(5), "
         "real(g, p, split, *a))[1]; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dvsgkit.store import frames as store
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import make_frame_store
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.framestore import build as store
+from dvsgkit.framestore.build import make_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit_cli.main import cli
 
@@ -74,7 +74,8 @@ def test_too_little_space_is_refused_after_the_first_samples(
     code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
                     "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out
-    assert f"not enough free space in {small_fs} for this frame store: about" in out
+    assert f"not enough free space for {small_fs / 'frames_number_16_split_by_number.zarr'}: " \
+           "it needs about" in out  # fmt: skip
     assert "free some space or use another --root" in out
     assert sorted(p.name for p in small_fs.iterdir()) == ["events.h5", "filler"]
 
@@ -96,7 +97,7 @@ def test_a_disk_that_fills_during_the_build_gives_one_line_and_leaves_nothing(
                     "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert out.startswith(f"Error: cannot write the frame store {small_fs}/frames_number_16")
-    assert "no space left on device" in out and "free some space or use another --root" in out
+    assert "no space left on device" in out and "free some space, or use another --root" in out
     assert not list(small_fs.glob("*.zarr")) and not list(small_fs.glob("*.partial"))
 
 
@@ -117,7 +118,7 @@ def test_a_read_only_root_gives_one_line_and_a_current_store_stays_usable(
                         "--no-progress")  # fmt: skip
         assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
         assert f"cannot write the frame store {root}/frames_number_4_split_by_number.zarr: " \
-               "read-only file system" in out and "use a writable --root" in out  # fmt: skip
+               "read-only file system" in out and "use another --root" in out  # fmt: skip
         code, out = run("frames", "--root", str(root), "-T", "2", "--no-progress")
         assert code == 0 and "is up to date" in out  # nothing to write: reading is enough
     finally:
@@ -143,7 +144,7 @@ def test_a_T_too_large_for_memory_is_refused_before_any_work(
 
 
 def test_check_memory_names_the_largest_T_that_fits() -> None:
-    from dvsgkit.store.resources import build_memory, check_memory
+    from dvsgkit.framestore.budget import build_memory, check_memory
 
     per_T = build_memory(1, 2, 8)
     check_memory(100, 2, 8, available=int(per_T * 100 / 0.8) + 1)
@@ -152,7 +153,7 @@ def test_check_memory_names_the_largest_T_that_fits() -> None:
 
 
 BUILD = (  # the real command, each block slowed down so that the two overlap
-    "import sys, time; from dvsgkit.store import frames as s; real = s._integrate_block; "
+    "import sys, time; from dvsgkit.framestore import build as s; real = s._integrate_block; "
     "s._integrate_block = lambda t: (time.sleep(1.5), real(t))[1]; "
     "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
 )
@@ -202,7 +203,9 @@ def test_the_space_check_measures_chunks_that_workers_are_still_renaming(
     """zarr writes each chunk as `<key>.<uuid>.partial` and renames it: while the parent measures
     the first block, a worker's temp file can vanish between listing and stat. Neither that
     nor a half-written temp may end the build or skew the estimate."""
-    from dvsgkit.store import resources
+    from dvsgkit import fs
+    from dvsgkit.errors import StorageError
+    from dvsgkit.framestore import budget as resources
 
     chunks = tmp_path / "train" / "frames"
     chunks.mkdir(parents=True)
@@ -218,11 +221,11 @@ def test_the_space_check_measures_chunks_that_workers_are_still_renaming(
             yield d, dirs, files
 
     monkeypatch.setattr(resources.os, "walk", walk_then_rename)
-    check = resources.SpaceCheck(tmp_path, total=10)
+    check = resources.SpaceCheck(tmp_path, total=10, target=tmp_path / "s.zarr")
     check.after_block(2)  # no FileNotFoundError
     assert check.checked and check.done == 2
     # Only the complete chunk was measured: 9 samples at its size fit, 9e9 would not.
-    monkeypatch.setattr(resources.os, "statvfs", lambda _: os.statvfs_result((0,) * 10))
-    late = resources.SpaceCheck(tmp_path, total=2_000_000)
-    with pytest.raises(resources.StoreWriteError, match=r"its first 1 samples, extrapolated"):
+    monkeypatch.setattr(fs, "free_bytes", lambda _: 0)
+    late = resources.SpaceCheck(tmp_path, total=2_000_000, target=tmp_path / "s.zarr")
+    with pytest.raises(StorageError, match=r"its first 1 samples, extrapolated"):
         late.after_block(1)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dvsgkit.config import DEFAULTS, TrainConfig
+from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.run.metrics import read_metrics
-from dvsgkit.store.frames import frame_store_path
 from dvsgkit_cli.main import cli
 
 RUN = "T_4_b_4_c_4_sgd_lr_0.01_steplr_1_0.5"

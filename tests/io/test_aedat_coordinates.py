@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dvsgkit.constants import EVENT_DTYPE
+from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.io.aedat import (
     AedatError,
     first_off_sensor,
@@ -23,9 +24,8 @@ from dvsgkit.io.aedat import (
 )
 from dvsgkit.io.aedat_writer import packet_header
 from dvsgkit.io.labels import read_labels
-from dvsgkit.recording import RecordingError, iter_recording
+from dvsgkit.io.recordings import RecordingError, iter_recording
 from dvsgkit.samples import dataset_dir
-from dvsgkit.store.events import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 
 HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"

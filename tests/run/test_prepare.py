@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from dvsgkit.config import TrainConfig
+from dvsgkit.errors import LockTimeout
 from dvsgkit.model import GestureNet
 from dvsgkit.run import CONFIG, LATEST, RUN_LOCK
 from dvsgkit.run.checkpoint import save_atomic
 from dvsgkit.run.prepare import prepare_run, run_lock
-from dvsgkit.store.errors import LockTimeout
 
 TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}
 

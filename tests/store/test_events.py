@@ -18,13 +18,14 @@ import pytest
 
 from dvsgkit import __version__
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
+from dvsgkit.errors import Stopped
+from dvsgkit.eventcache import build as store
+from dvsgkit.eventcache import write as event_writer
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.layout import LAYOUT, LAYOUT_VERSION, event_cache_path
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.io.aedat import AedatError
 from dvsgkit.samples import cut_recording, dataset_dir, list_recordings
-from dvsgkit.store import event_pool, event_writer
-from dvsgkit.store import events as store
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.event_layout import LAYOUT, LAYOUT_VERSION, event_cache_path
-from dvsgkit.store.events import build_event_cache
 from dvsgkit.synth import write_synthetic_dataset
 
 
@@ -35,7 +36,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.name.startswith("events"))
+    return sorted(p.name for p in root.iterdir() if "events.h5" in p.name)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -196,13 +197,11 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
     monkeypatch.setattr(store, "_process", real)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (root / f"events.h5.partial-{dead}").write_bytes(b"left by a killed run")
-    (root / f"events.h5.spool-{dead}").mkdir()
-    (root / f"events.h5.partial-{os.getpid()}9").write_bytes(b"")  # no such process either
-    (root / f"events.h5.partial-{2**64}").write_bytes(b"")  # no such pid: os.kill overflows
+    (root / f".events.h5.{dead}-0a1b2c3d4e5f.partial").write_bytes(b"left by a killed run")
+    (root / f".events.h5.{dead}-0a1b2c3d4e60.partial").mkdir()  # a spool folder
     # Named by a live process that holds no build lock (a build on another machine sharing the
     # folder, killed, whose pid is in use here): a leftover all the same.
-    (root / "events.h5.partial-1").write_bytes(b"")
+    (root / ".events.h5.1-0a1b2c3d4e61.partial").write_bytes(b"")
     build_event_cache(root, progress=False)
     assert leftovers(root) == ["events.h5"]
 
@@ -230,7 +229,7 @@ def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.M
 
 def test_two_builds_at_once_both_succeed(root: Path) -> None:
     """Two processes building one root (e.g. two frame builds) do not trip over each other."""
-    code = "import sys; from dvsgkit.store.events import build_event_cache as b; b(sys.argv[1])"
+    code = "import sys; from dvsgkit.eventcache.build import build_event_cache as b; b(sys.argv[1])"
     cmd = [sys.executable, "-c", code, str(root)]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
@@ -245,7 +244,7 @@ def test_two_builds_at_once_both_succeed(root: Path) -> None:
 HELD_BUILD = """
 import sys, time
 from pathlib import Path
-from dvsgkit.store import events as s
+from dvsgkit.eventcache import build as s
 real = s._process
 def held(recording, spool=None):
     while not Path(sys.argv[2]).exists():
@@ -267,7 +266,7 @@ def test_a_second_build_of_a_root_waits_for_the_first_and_finds_the_cache_up_to_
         while not lock.exists() or not lock.read_text().startswith(f"{first.pid} "):
             assert first.poll() is None and time.monotonic() < deadline, "the build never locked"
             time.sleep(0.02)
-        code = "import sys; from dvsgkit.store.events import build_event_cache as b; b(sys.argv[1])"
+        code = "import sys; from dvsgkit.eventcache.build import build_event_cache as b; b(sys.argv[1])"
         second = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE,
                                   text=True)  # fmt: skip
         procs.append(second)
@@ -355,7 +354,7 @@ def test_a_killed_worker_fails_the_build_instead_of_hanging(
     thread.start()
     thread.join(60)
     assert outcome, "the build hung after a worker was killed"
-    assert isinstance(outcome[0], event_pool.WorkerError)
+    assert isinstance(outcome[0], Stopped)
     assert "died (signal SIGKILL" in str(outcome[0])
     assert leftovers(root) == []
 
@@ -403,7 +402,7 @@ def test_a_worker_forked_during_a_build_dies_on_sigterm_before_its_initializer()
     import multiprocessing
     import signal as sig
 
-    from dvsgkit.store.signals import BuildSignals
+    from dvsgkit.pool import BuildSignals
 
     ready = multiprocessing.get_context("fork").Event()
 

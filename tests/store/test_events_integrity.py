@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import zarr
 
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frames import build_frame_store
-from dvsgkit.store.info import _summarize_events
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.read import EventCache
+from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.info import _summarize_events
 from dvsgkit.synth import write_synthetic_dataset
 
 
@@ -205,7 +205,7 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
     root: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
     when: str,
 ) -> None:  # fmt: skip
-    from dvsgkit.store import frames as store
+    from dvsgkit.framestore import build as store
 
     other_root = tmp_path_factory.mktemp("other")
     # More events than the first: reads past its samples succeed, so nothing else would stop it.
@@ -272,7 +272,7 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
 
 
 def _summarize_frames_verified(path: Path) -> bool:
-    from dvsgkit.store.info import summarize
+    from dvsgkit.info import summarize
 
     return summarize(path, verify=True)["complete"]
 

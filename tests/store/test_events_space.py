@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dvsgkit.store import events as store
-from dvsgkit.store import space
+from dvsgkit import fs
+from dvsgkit.errors import StorageError
+from dvsgkit.eventcache import build as store
 from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit_cli.main import cli
 
@@ -55,7 +56,7 @@ def mount(tmp_path: Path) -> Iterator[object]:
 
 def events_cli(root: Path, *patch: str) -> subprocess.CompletedProcess:
     """`dvsgkit events --root ROOT` in a fresh process, after `patch` statements run there."""
-    code = "\n".join(["from dvsgkit.store import events as store", *patch,
+    code = "\n".join(["from dvsgkit.eventcache import build as store", *patch,
                       "from dvsgkit_cli.main import cli",
                       f"cli(['events', '--root', {str(root)!r}, '--no-progress'])"])  # fmt: skip
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -91,7 +92,7 @@ def test_a_disk_filling_up_during_the_build_stops_it_cleanly(dataset: Path, moun
     # that check this run ends in a segmentation fault inside HDF5, exit 139).
     root = mount(DATASET_MB + 4, dataset)  # ~4 MB free, the cache needs ~5
     done = events_cli(root, "store.ESTIMATE_BYTES_PER_EVENT = 0.0", "store.WRITE_MARGIN = 1 << 20")
-    assert_one_line_error(done, "not enough free space for", "events.h5.partial-")
+    assert_one_line_error(done, "not enough free space for", f"{root}/events.h5: it needs")
     assert cache_files(root) == []
 
 
@@ -106,8 +107,7 @@ def test_a_read_only_mount(dataset: Path, mount: object) -> None:
     root = mount(DATASET_MB + 40, dataset)  # type: ignore[operator]
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
     done = events_cli(root)
-    assert_one_line_error(done, f"cannot create {root}/events.h5.partial-",
-                          "read-only file system")  # fmt: skip
+    assert_one_line_error(done, f"cannot create {root}/events.h5: read-only file system")
     # A complete cache on a read-only mount is used as it is; a stale one is refused cleanly.
     subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
     assert events_cli(root).returncode == 0
@@ -128,11 +128,11 @@ def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.Mon
     write_synthetic_dataset(tmp_path, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
     aedat = sum(p.stat().st_size for p in (tmp_path / "extract").rglob("*.aedat"))
     need = int(aedat / 8 * store.ESTIMATE_BYTES_PER_EVENT) + store.WRITE_MARGIN
-    monkeypatch.setattr(space, "free_bytes", lambda folder: need - 1)
-    with pytest.raises(space.StorageError, match=r"events.h5: it needs about .* MB, .* has"):
+    monkeypatch.setattr(fs, "free_bytes", lambda folder: need - 1)
+    with pytest.raises(StorageError, match=r"events.h5: it needs about .* MB, .* has"):
         store.build_event_cache(tmp_path, workers=1, progress=False)
     assert cache_files(tmp_path) == []
-    monkeypatch.setattr(space, "free_bytes", lambda folder: need + store.WRITE_MARGIN * 4)
+    monkeypatch.setattr(fs, "free_bytes", lambda folder: need + store.WRITE_MARGIN * 4)
     assert store.build_event_cache(tmp_path, workers=1, progress=False).is_file()
 
 
@@ -141,7 +141,7 @@ def test_frames_reports_an_event_cache_it_cannot_write_in_one_line(
 ) -> None:
     # `dvsgkit frames` (and train, demo) build the event cache first when recordings are there.
     write_synthetic_dataset(tmp_path, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
-    monkeypatch.setattr(space, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(fs, "free_bytes", lambda folder: 0)
     result = CliRunner().invoke(cli, ["frames", "--root", str(tmp_path), "-T", "2",
                                       "--workers", "1", "--no-progress"])  # fmt: skip
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output

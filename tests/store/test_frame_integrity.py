@@ -12,13 +12,13 @@ import pytest
 import zarr
 
 from dvsgkit.data import FrameDataset, make_loader
+from dvsgkit.errors import DamagedError
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import integrate
-from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frame_open import open_frame_store, store_status
-from dvsgkit.store.frames import make_frame_store
-from dvsgkit.store.info import summarize
+from dvsgkit.framestore.build import make_frame_store
+from dvsgkit.framestore.read import open_frame_store, store_status
+from dvsgkit.info import summarize
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
@@ -56,9 +56,9 @@ def test_a_deleted_chunk_is_damage_not_zeros_and_the_build_replaces_it(
     gone.unlink()
     assert zarr.open_group(path, mode="r")["test"]["frames"][3].sum() == 0  # what zarr reads
     key = gone.relative_to(path).as_posix()
-    with pytest.raises(StoreDamagedError, match=rf"test sample 3: chunk file {key} missing"):
+    with pytest.raises(DamagedError, match=rf"test sample 3: chunk file {key} missing"):
         open_frame_store(path, "test")
-    with pytest.raises(StoreDamagedError, match=f"{path} is damaged"):
+    with pytest.raises(DamagedError, match=f"{path} is damaged"):
         FrameDataset(path, "test")
     open_frame_store(path, "train")  # the intact split still opens
     assert status(path, events_h5) == ("damaged", f"test sample 3: chunk file {key} missing")
@@ -88,7 +88,7 @@ def test_an_edited_shape_is_damage_not_fewer_samples(
 ) -> None:
     path = built(tmp_path, events_h5, zarr_format)
     edit_shape(path, "test", 5)
-    with pytest.raises(StoreDamagedError, match=r"test/frames is uint8 \[5, 4, 2, 128, 128\], the"
+    with pytest.raises(DamagedError, match=r"test/frames is uint8 \[5, 4, 2, 128, 128\], the"
                        r" store records uint8 \[12, 4, 2, 128, 128\]"):  # fmt: skip
         make_loader(path, "test", 4, shuffle=False, drop_last=False)
     assert status(path, events_h5)[0] == "damaged"
@@ -101,7 +101,7 @@ def test_a_deleted_array_metadata_file_is_rebuilt_not_up_to_date(
 ) -> None:
     path = built(tmp_path, events_h5)
     (path / "test" / "frames" / ".zarray").unlink()
-    with pytest.raises(StoreDamagedError, match=r"test/frames missing; rebuild it with 'dvsgkit"):
+    with pytest.raises(DamagedError, match=r"test/frames missing; rebuild it with 'dvsgkit"):
         open_frame_store(path, "test")
     assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
     assert open_frame_store(path, "test")["frames"].shape[0] == 12
@@ -113,9 +113,9 @@ def test_a_deleted_array_metadata_file_is_rebuilt_not_up_to_date(
 def test_metadata_that_is_not_json_is_named(tmp_path: Path, events_h5: Path, meta: str) -> None:
     path = built(tmp_path, events_h5)
     (path / meta).write_bytes(b'{"zarr_format": 2, "shape": [12, ')
-    with pytest.raises(StoreDamagedError, match=rf"{path / meta} is not valid JSON .*rebuild it"):
+    with pytest.raises(DamagedError, match=rf"{path / meta} is not valid JSON .*rebuild it"):
         FrameDataset(path, "test")
-    with pytest.raises(StoreDamagedError, match=rf"{path / meta} is not valid JSON"):
+    with pytest.raises(DamagedError, match=rf"{path / meta} is not valid JSON"):
         summarize(path)
     if meta == ".zattrs":  # the root's record itself: whose store this is cannot be known
         with pytest.raises(FileExistsError, match=rf"{path / meta} is not valid JSON .*delete it"):
@@ -129,7 +129,7 @@ def test_metadata_that_is_not_json_is_named_in_format_3(tmp_path: Path, events_h
     path = built(tmp_path, events_h5, zarr_format=3)
     meta = path / "test" / "frames" / "zarr.json"
     meta.write_bytes(meta.read_bytes()[:40])
-    with pytest.raises(StoreDamagedError, match=rf"{meta} is not valid JSON"):
+    with pytest.raises(DamagedError, match=rf"{meta} is not valid JSON"):
         open_frame_store(path)
     assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
 
@@ -142,9 +142,9 @@ def test_a_chunk_with_other_content_fails_its_checksum_on_read(
     ds = FrameDataset(path, "test")  # structure intact: opens
     ds[1]
     key = chunk(path, "test", 2).relative_to(path).as_posix()
-    with pytest.raises(StoreDamagedError, match=rf"test sample 2 \(chunk {key}\) does not match"):
+    with pytest.raises(DamagedError, match=rf"test sample 2 \(chunk {key}\) does not match"):
         ds[2]
-    with pytest.raises(StoreDamagedError, match="test sample 2"):
+    with pytest.raises(DamagedError, match="test sample 2"):
         make_loader(path, "test", 4, shuffle=False, drop_last=False)  # memory mode reads all
     info = summarize(path, verify=True)
     assert info["verified"] == 24 and len(info["damage"]) == 1 and key in info["damage"][0]
@@ -168,7 +168,7 @@ def test_a_corrupt_chunk_is_named_in_a_streaming_loader_with_workers(
         path, "train", 4, shuffle=False, drop_last=False, memory_budget=0, workers=1
     )
     key = bad.relative_to(path).as_posix()
-    with pytest.raises(StoreDamagedError) as err:
+    with pytest.raises(DamagedError) as err:
         list(loader)
     line = str(err.value)
     assert "\n" not in line and "Traceback" not in line
@@ -187,10 +187,10 @@ def test_a_corrupt_labels_or_checksums_chunk_is_named_on_open(
     data = bytearray(part.read_bytes())
     data[3] ^= 0x01
     part.write_bytes(bytes(data))
-    with pytest.raises(StoreDamagedError, match=rf"train/{array} differ from the store's record"):
+    with pytest.raises(DamagedError, match=rf"train/{array} differ from the store's record"):
         FrameDataset(path, "train")
     part.write_bytes(bytes(data[:5]))  # truncated: no longer decodes
-    with pytest.raises(StoreDamagedError, match=rf"train/{array}: chunk train/{array}/0 cannot"):
+    with pytest.raises(DamagedError, match=rf"train/{array}: chunk train/{array}/0 cannot"):
         FrameDataset(path, "train")
 
 
@@ -215,7 +215,7 @@ def test_an_edited_T_is_damage_and_its_fix_is_the_command_that_rebuilds_it(
     path = built(tmp_path, events_h5)
     zarr.open_group(path, mode="r+").attrs["T"] = 8  # the frames still hold T=4
     fix = f"rebuild it with 'dvsgkit frames --root {tmp_path} -T {T} --split-by number'"
-    with pytest.raises(StoreDamagedError) as err:
+    with pytest.raises(DamagedError) as err:
         open_frame_store(path)
     assert fix in str(err.value) and "uint8 [12, 4, 2, 128, 128]" in str(err.value)
     info = summarize(path)
@@ -229,7 +229,7 @@ def test_a_rebuild_says_what_was_wrong_before_it_starts(
     tmp_path: Path, events_h5: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    from dvsgkit.store import frames as store
+    from dvsgkit.framestore import build as store
 
     path = built(tmp_path, events_h5)
     gone = chunk(path, "test", 3)

@@ -18,14 +18,14 @@ import pytest
 import zarr
 
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
+from dvsgkit.errors import StorageError
+from dvsgkit.eventcache import seal as integrity
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import integrate
-from dvsgkit.store import frames as store
-from dvsgkit.store import integrity
-from dvsgkit.store.errors import StoreWriteError
-from dvsgkit.store.event_cache import EventCache
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frame_open import open_frame_store
-from dvsgkit.store.frames import build_frame_store, frame_store_path
+from dvsgkit.framestore import build as store
+from dvsgkit.framestore.build import build_frame_store, frame_store_path
+from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
@@ -219,7 +219,7 @@ def test_a_failed_write_removes_the_store_after_zarrs_other_writes_have_ended(
         in_flight.remove(key)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", slow_disk)
-    with pytest.raises(StoreWriteError, match="no space left on device"):
+    with pytest.raises(StorageError, match="no space left on device"):
         build_frame_store(root, T, workers=1, progress=False)
     assert failed and in_flight == []  # nothing was still writing when the build gave up
     time.sleep(0.5)
@@ -250,21 +250,22 @@ def test_leftovers_of_a_killed_build_never_look_complete_and_are_cleared(tmp_pat
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid names no process now
     killed = root / f".frames_number_4_split_by_number.zarr.{gone.pid}-0a1b2c.partial"
-    live = root / f".frames_number_4_split_by_number.zarr.{os.getpid()}-3d4e5f.partial"
-    for leftover in (killed, live):
+    # A build elsewhere (another machine sharing the folder) killed while its pid lives here:
+    # a leftover all the same, since no build can be at work while this one holds the lock.
+    elsewhere = root / f".frames_number_4_split_by_number.zarr.{os.getpid()}-3d4e5f.partial"
+    for leftover in (killed, elsewhere):
         zarr.open_group(leftover, mode="w").attrs["layout"] = "dvsgkit.frames"
     with pytest.raises(FileNotFoundError, match="not found"):
         open_frame_store(frame_store_path(root, T, "number"))
     build_frame_store(root, T, workers=1, progress=False)
-    assert not killed.exists()
-    assert live.exists()  # a live process's build is never deleted
+    assert not killed.exists() and not elsewhere.exists()
 
 
 def test_concurrent_builds_of_one_store_both_succeed_once(tmp_path: Path) -> None:
     root = hand_made_root(tmp_path)
     code = (
         "import sys, zarr; from pathlib import Path; "
-        "from dvsgkit.store.frames import build_frame_store as b; "
+        "from dvsgkit.framestore.build import build_frame_store as b; "
         f"p = b(Path(sys.argv[1]), {T}, workers=1, progress=False); "
         "print(zarr.open_group(p, mode='r').attrs['build_id'])"
     )

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.framestore.build import frame_store_path
+from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.store import lock as lock_module
 from dvsgkit.store.errors import LockTimeout
-from dvsgkit.store.events import build_event_cache
-from dvsgkit.store.frame_open import open_frame_store
-from dvsgkit.store.frames import frame_store_path
 from dvsgkit.store.lock import build_lock
 from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit_cli.main import cli
@@ -89,7 +89,7 @@ def kill_9_mid_build(
 SLOW_BUILD = textwrap.dedent(
     """
     import sys, time
-    from dvsgkit.store import frames as s
+    from dvsgkit.framestore import build as s
     real = s._integrate_block
     def slow(task):
         time.sleep(1.0)
@@ -112,7 +112,7 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     start = time.monotonic()
     later = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from dvsgkit.store.frames import make_frame_store;"
+         "import sys; from pathlib import Path; from dvsgkit.framestore.build import make_frame_store;"
          " print(make_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False,"
          " lock_timeout=20).outcome)", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
@@ -127,7 +127,7 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
 SLOW_EVENTS = textwrap.dedent(
     """
     import sys, time
-    from dvsgkit.store import events as s
+    from dvsgkit.eventcache import build as s
     real = s._process
     def slow(recording, spool=None):
         time.sleep(1.0)

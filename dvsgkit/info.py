@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SPLITS
+from dvsgkit.errors import InputError, NotFound
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -31,17 +32,17 @@ def summarize(path: Path, verify: bool = False) -> dict[str, Any]:
     name the path."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; give an events.h5 or a frames_*.zarr path")
+        raise NotFound(f"{path} not found; give an events.h5 or a frames_*.zarr path")
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(8) != HDF5_SIGNATURE:
-                raise ValueError(f"{path} is neither an HDF5 event cache nor a Zarr frame store")
+                raise InputError(f"{path} is neither an HDF5 event cache nor a Zarr frame store")
         return _summarize_events(path, verify)
     if (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
         return _summarize_frames(path, verify)
     holds = _root_parts(path)
     if not holds:
-        raise ValueError(
+        raise InputError(
             f"{path} is a folder but neither a frame store (no .zgroup or zarr.json) nor a "
             "dataset root (no download/, extract/, events.h5 or frames_*.zarr); give "
             "ROOT/events.h5, a ROOT/frames_*.zarr store or a dataset ROOT"
@@ -122,7 +123,7 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
     """An event cache's summary. Its seals are checked (4 bytes read per chunk: a dataset
     changed after the build makes it incomplete); `verify` also reads every byte
     (EventCache.verify: Fletcher-32 of every chunk, value ranges) and lists what is damaged."""
-    from dvsgkit.store.event_cache import EventCache, read_events_index
+    from dvsgkit.eventcache.read import EventCache, read_events_index
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
@@ -134,7 +135,7 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
                 if damaged:
                     out["damage"] = damaged
                     out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
-                    raise ValueError(
+                    raise InputError(
                         f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; {out['fix']}"
                     )
             attrs = cache.attrs
@@ -165,14 +166,14 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
 def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
     import zarr
 
-    from dvsgkit.store import verify as checks
-    from dvsgkit.store.frame_layout import LAYOUT, LAYOUT_VERSION
+    from dvsgkit.framestore import check as checks
+    from dvsgkit.framestore.layout import LAYOUT, LAYOUT_VERSION
 
-    checks.check_metadata(path)  # StoreDamagedError names a metadata file that does not parse
+    checks.check_metadata(path)  # DamagedError names a metadata file that does not parse
     group = zarr.open_group(path, mode="r")
     attrs = dict(group.attrs)
     if attrs.get("layout") != LAYOUT:
-        raise ValueError(f"{path} is a Zarr group but not a dvsgkit frame store")
+        raise InputError(f"{path} is a Zarr group but not a dvsgkit frame store")
     out: dict[str, Any] = {
         "path": str(path),
         "kind": "frames",

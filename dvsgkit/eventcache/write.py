@@ -11,10 +11,10 @@ import numpy as np
 
 from dvsgkit import __version__
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE, SPLITS
+from dvsgkit.eventcache import seal as integrity
+from dvsgkit.eventcache.layout import FIELDS, LAYOUT, LAYOUT_VERSION, STORED_DTYPES
+from dvsgkit.eventcache.spool import Slot
 from dvsgkit.samples import Recording
-from dvsgkit.store import integrity
-from dvsgkit.store.event_layout import FIELDS, LAYOUT, LAYOUT_VERSION, STORED_DTYPES
-from dvsgkit.store.spool import Slot
 
 # 64 Ki events per chunk: a 360 k-event sample spans ~6 chunks; scale-offset packs a small chunk
 # tighter (its timestamps span less) at the same speed (layout 1, all columns filtered: 4.6

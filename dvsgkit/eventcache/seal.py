@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES
-from dvsgkit.store.event_layout import FIELDS
+from dvsgkit.errors import InputError
+from dvsgkit.eventcache.layout import FIELDS
 
 SEAL_ATTR = "fletcher32_seal"
 VERIFY_BLOCK_EVENTS = 1 << 22  # events read at a time by `verify`: bounded memory
@@ -89,12 +90,12 @@ def check_sealed(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int,
             if bad is not None:
                 event, value = bad
                 sample = _sample_of(f[split]["offsets"][:], event)
-                raise ValueError(
+                raise InputError(
                     f"{path}: {split} sample {sample} has {column} = {value} (event {event}), "
                     f"off the {sensor[1]}x{sensor[0]} sensor; {split}/{column} was changed after "
                     f"the build; {fix_for(path)}"
                 )
-    raise ValueError(
+    raise InputError(
         f"{path}: {', '.join(changed)} changed after the build (their Fletcher-32 checksums "
         f"differ from those sealed at build time); {fix_for(path)}"
     )
@@ -137,12 +138,12 @@ def read_columns(
         try:
             out[name] = group[name][a:b]
         except OSError as exc:
-            raise ValueError(
+            raise InputError(
                 f"{path}: {split}/{name} events [{a}, {b}) cannot be read ({exc}: a chunk fails "
                 f"its Fletcher-32 checksum, the file is damaged); {fix_for(path)}"
             ) from exc
         if len(out[name]) != b - a:  # h5py returns what there is of a slice past the end
-            raise ValueError(
+            raise InputError(
                 f"{path}: {split}/{name} holds {group[name].shape[0]} events, fewer than the {b} "
                 f"that events [{a}, {b}) need (the file was changed after its build); "
                 f"{fix_for(path)}"
@@ -155,7 +156,7 @@ def read_columns(
                 where = f"sample {first_sample + _sample_of(offsets, a + k)}, {where}"
             off = "a polarity other than 0 or 1" if name == "p" else (
                 f"off the {sensor[1]}x{sensor[0]} sensor")  # fmt: skip
-            raise ValueError(
+            raise InputError(
                 f"{path}: {split} {where} has {name} = {int(out[name][k])}, {off} (the file "
                 f"was changed after its build); {fix_for(path)}"
             )

@@ -1,29 +1,20 @@
-"""What a frame build needs from the machine, checked before it starts (memory) and after its
-first samples (disk), and write failures turned into one line naming the path and the cause."""
+"""What a frame build needs from the machine: memory, checked before it starts, and disk space,
+checked after its first samples."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from dvsgkit.constants import SENSOR_SIZE
-from dvsgkit.store.errors import StoreWriteError
+from dvsgkit.errors import InputError
+from dvsgkit.fs import require_free
 
 MEMORY_FRACTION = 0.8  # of the available memory a build may plan to take
 # Free space wanted for the rest of a build, as a multiple of what its first samples extrapolate
 # to: samples differ in event count, and so in compressed size.
 SPACE_MARGIN = 1.5
 BYTES_PER_COUNT = 8 + 1  # int64 counts from the integration, plus their stored (uint8) copy
-WRITE_ERRORS = {
-    errno.ENOSPC: ("no space left on device", "free some space or use another --root"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space or use another --root"),
-    errno.EROFS: ("read-only file system", "use a writable --root"),
-    errno.EACCES: ("permission denied", "use a --root you can write to"),
-    errno.EPERM: ("operation not permitted", "use a --root you can write to"),
-}
 
 
 def available_memory() -> int | None:
@@ -66,7 +57,7 @@ def check_memory(T: int, workers: int, block: int, available: int | None = None)
     if workers > 1:
         hint += "; fewer --workers allow a larger T"
     H, W = SENSOR_SIZE
-    raise ValueError(
+    raise InputError(
         f"-T {T} needs about {need / 2**30:.1f} GiB of memory to build ({workers} workers x "
         f"{block} samples x {T} frames x 2 x {H} x {W} counts x {BYTES_PER_COUNT} bytes), "
         f"{available / 2**30:.1f} GiB is available: {hint}"
@@ -75,11 +66,12 @@ def check_memory(T: int, workers: int, block: int, available: int | None = None)
 
 class SpaceCheck:
     """After the first block of samples is on disk, extrapolate the build's size from it and
-    stop with StoreWriteError if the file system cannot hold SPACE_MARGIN times the rest.
+    stop with a StorageError if the file system cannot hold SPACE_MARGIN times the rest.
     (Counts compress 10-100x, so the uncompressed size says nothing useful in advance.)"""
 
-    def __init__(self, folder: Path, total: int) -> None:
-        self.folder, self.total, self.done, self.checked = Path(folder), total, 0, False
+    def __init__(self, folder: Path, total: int, target: Path) -> None:
+        self.folder, self.total, self.target = Path(folder), total, Path(target)
+        self.done, self.checked = 0, False
 
     def after_block(self, samples: int) -> None:
         self.done += samples
@@ -100,15 +92,11 @@ class SpaceCheck:
         # Blocks in use, not file sizes: a file system allocates whole blocks (4 KiB on most).
         per_sample = sum(sizes) / len(sizes)
         need = per_sample * max(self.total - len(sizes), 0) * SPACE_MARGIN
-        st = os.statvfs(self.folder)
-        free = st.f_bavail * st.f_frsize
-        if free < need:
-            raise StoreWriteError(
-                f"not enough free space in {self.folder.parent} for this frame store: about "
-                f"{need / 1e6:,.1f} MB more are needed ({SPACE_MARGIN}x the size of its first "
-                f"{len(sizes)} samples, extrapolated to {self.total}), {free / 1e6:,.1f} MB are "
-                "free; free some space or use another --root"
-            )
+        fix = (
+            f"free some space or use another --root ({SPACE_MARGIN}x the size of its first "
+            f"{len(sizes)} samples, extrapolated to {self.total})"
+        )
+        require_free(self.target.parent, int(need), self.target, fix)
 
 
 def _allocated(path: Path) -> int | None:
@@ -119,22 +107,3 @@ def _allocated(path: Path) -> int | None:
         return None
     blocks = getattr(st, "st_blocks", None)  # POSIX
     return max(st.st_size, blocks * 512) if blocks is not None else st.st_size
-
-
-@contextlib.contextmanager
-def writing(target: Path) -> Iterator[None]:
-    """Turn an OSError of the kinds a user can fix (no space, read-only, permission) raised while
-    writing `target` into one StoreWriteError line naming the file and the cause."""
-    try:
-        yield
-    except StoreWriteError:
-        raise
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRORS:
-            raise
-        cause, fix = WRITE_ERRORS[exc.errno]
-        where = exc.filename or target
-        raise StoreWriteError(
-            f"cannot write the frame store {target}: {cause} ({where}); {fix}. "
-            "Nothing of it was left behind"
-        ) from exc

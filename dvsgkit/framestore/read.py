@@ -9,9 +9,9 @@ from pathlib import Path
 import zarr
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.store import verify
-from dvsgkit.store.errors import StoreDamagedError
-from dvsgkit.store.frame_layout import LAYOUT, LAYOUT_VERSION
+from dvsgkit.errors import DamagedError, InputError, InTheWay, NotFound
+from dvsgkit.framestore import check as verify
+from dvsgkit.framestore.layout import LAYOUT, LAYOUT_VERSION
 
 
 def store_zarr_format(path: Path) -> int | None:
@@ -46,7 +46,7 @@ def store_status(
             try:
                 json.loads(meta.read_bytes())
             except (ValueError, UnicodeDecodeError) as exc:
-                raise FileExistsError(
+                raise InTheWay(
                     f"{meta} is not valid JSON ({exc}); if {path} is a dvsgkit frame store, "
                     "it is damaged: delete it and rerun"
                 ) from exc
@@ -54,12 +54,12 @@ def store_status(
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)
     except Exception as exc:  # zarr raises several types for "not a group"; all mean: not ours
-        raise FileExistsError(
+        raise InTheWay(
             f"{path} exists but is not a Zarr group ({type(exc).__name__}); "
             "move it away or delete it, then rerun"
         ) from exc
     if attrs.get("layout") != LAYOUT:
-        raise FileExistsError(
+        raise InTheWay(
             f"{path} holds a Zarr group that is not a dvsgkit frame store; move it away or "
             "delete it, then rerun"
         )
@@ -68,7 +68,7 @@ def store_status(
         problems = _problems(path, group, SPLITS)
         if problems:  # its record was edited: the frames themselves are not of that recipe
             return "damaged", f"it records {recorded}, but {_first(problems)}"
-        raise FileExistsError(
+        raise InTheWay(
             f"{path} holds a frame store of another configuration ({recorded}), not "
             f"T={T}, split_by={split_by!r}; move it away or delete it, then rerun"
         )
@@ -100,7 +100,7 @@ def _problems(path: Path, group: zarr.Group, splits: tuple[str, ...]) -> list[st
     """Structure problems of `splits`, metadata that does not parse included."""
     try:
         verify.check_metadata(path)
-    except StoreDamagedError as exc:
+    except DamagedError as exc:
         return [str(exc).split("; ")[0]]
     problems: list[str] = []
     for split in splits:
@@ -115,30 +115,30 @@ def open_frame_store(path: Path, split: str | None = None) -> zarr.Group:
     """Open a complete frame store read-only (the root group, or one split's group), after
     checking its structure against its own record (arrays, shapes, dtypes, labels, every chunk
     file present; no frame is decoded). Errors name the path, the part and what to do:
-    StoreDamagedError for a store that does not match its record."""
+    DamagedError for a store that does not match its record."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
+        raise NotFound(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     verify.check_metadata(path)
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # several zarr error types mean "not a group here"
-        raise ValueError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path} is not a Zarr group ({type(exc).__name__}: {exc})") from exc
     attrs = dict(group.attrs)
     if attrs.get("layout") != LAYOUT:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a dvsgkit frame store (layout attr {attrs.get('layout')!r})"
         )
     if attrs.get("complete") is not True:
-        raise ValueError(f"{path} is incomplete (an interrupted build?); rerun 'dvsgkit frames'")
+        raise InputError(f"{path} is incomplete (an interrupted build?); rerun 'dvsgkit frames'")
     if attrs.get("layout_version") != LAYOUT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path} has frame layout_version {attrs.get('layout_version')}, this dvsgkit reads "
             f"{LAYOUT_VERSION}; {verify.rebuild_hint(path, attrs)}"
         )
     problems = _problems(path, group, SPLITS if split is None else (split,))
     if problems:
-        raise StoreDamagedError(verify.damaged(path, problems, attrs))
+        raise DamagedError(verify.damaged(path, problems, attrs))
     return group if split is None else group[split]

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES, SENSOR_SIZE, SPLITS
-from dvsgkit.store import integrity
-from dvsgkit.store.event_layout import FIELDS, LAYOUT, LAYOUT_VERSION, SAMPLE_DATASETS
+from dvsgkit.errors import InputError, NotFound
+from dvsgkit.eventcache import seal as integrity
+from dvsgkit.eventcache.layout import FIELDS, LAYOUT, LAYOUT_VERSION, SAMPLE_DATASETS
 
 READ_CACHE_BYTES = 64 << 20  # chunk cache per dataset when reading samples
 
@@ -54,7 +55,7 @@ def check_unchanged(
     """ValueError naming the file and `fix` when `now` (the identity of the file read now) is
     not `identity` (that of the file read before): it was replaced `during` something."""
     if now != identity:
-        raise ValueError(
+        raise InputError(
             f"{path} was replaced while {during} (by another 'dvsgkit events' of this root, or "
             f"a copy onto it?); {fix}"
         )
@@ -72,7 +73,7 @@ class EventCache:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} not found; run 'dvsgkit events' first")
+            raise NotFound(f"{self.path} not found; run 'dvsgkit events' first")
         self._file = h5py.File(self.path, "r", rdcc_nbytes=READ_CACHE_BYTES)
         try:
             # The file this object reads, whatever the name points to later.
@@ -90,7 +91,7 @@ class EventCache:
         layout = self._file.attrs.get("layout")
         version = self._file.attrs.get("layout_version")
         if layout != LAYOUT or version != LAYOUT_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{self.path} is not a dvsgkit event cache of layout version {LAYOUT_VERSION} "
                 f"(layout {layout!r}, version {version!r}); delete it and run 'dvsgkit events'"
             )
@@ -99,7 +100,7 @@ class EventCache:
         needed = [f"{s}/{k}" for s in SPLITS for k in (*FIELDS, *SAMPLE_DATASETS)]
         missing = [name for name in needed if name not in present]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{self.path} lacks {missing[0]!r} (a damaged event cache); delete it and run "
                 "'dvsgkit events'"
             )
@@ -115,7 +116,7 @@ class EventCache:
 
     def _split(self, split: str) -> str:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {SPLITS}, got {split!r}")
         return split
 
     def num_samples(self, split: str) -> int:
@@ -187,7 +188,7 @@ class EventCache:
                 or (n and int(labels.max()) >= NUM_CLASSES)
                 or len(trials) != n
             ):
-                raise ValueError(
+                raise InputError(
                     f"{self.path}:{split} has inconsistent offsets or labels; "
                     f"{integrity.fix_for(self.path)}"
                 )
@@ -243,11 +244,11 @@ def read_events_index(events_path: Path) -> EventsIndex:
     except FileNotFoundError:
         raise
     except OSError as exc:  # h5py's "unable to open / truncated file"
-        raise ValueError(
+        raise InputError(
             f"{events_path} is not a readable HDF5 event cache ({exc}); {fix}"
         ) from exc
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{events_path} does not follow the event layout ({exc}); {fix}") from exc
+        raise InputError(f"{events_path} does not follow the event layout ({exc}); {fix}") from exc
 
 
 def recorded_sources(path: Path) -> list[dict[str, Any]] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE, SENSOR_HEIGHT, SENSOR_WIDTH
+from dvsgkit.errors import InputError, NotFound
 from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, first_off_sensor, iter_events
 
 AEDAT_SUFFIXES = (".aedat",)
@@ -22,7 +23,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|ms|us|µs)?\s*$")
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "µs": 1, None: 1_000_000}
 
 
-class RecordingError(ValueError):
+class RecordingError(InputError):
     """A recording that cannot be read or classified; the message names the file."""
 
 
@@ -31,10 +32,10 @@ def parse_duration(text: str | float, what: str = "duration", *, allow_zero: boo
     >= 0 with allow_zero)."""
     match = _DURATION.match(str(text))
     if match is None:
-        raise ValueError(f"{what} {text!r} is not a duration; write e.g. 1.5s, 250ms or 250000us")
+        raise InputError(f"{what} {text!r} is not a duration; write e.g. 1.5s, 250ms or 250000us")
     micros = round(float(match.group(1)) * _UNIT_US[match.group(2)])
     if micros < 0 or (micros == 0 and not allow_zero):
-        raise ValueError(f"{what} {text!r} must be longer than 0 µs")
+        raise InputError(f"{what} {text!r} must be longer than 0 µs")
     return micros
 
 
@@ -46,7 +47,7 @@ def check_recording(path: Path) -> None:
             f"an event array file with t, x, y, p ({', '.join(NPZ_SUFFIXES + H5_SUFFIXES)})"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"recording {path} not found")
+        raise NotFound(f"recording {path} not found")
 
 
 def iter_recording(
@@ -73,8 +74,6 @@ def iter_recording(
     elif suffix in NPZ_SUFFIXES:
         chunks = _iter_npz(path, chunk_events)
     else:
-        from dvsgkit.store.arrays import iter_h5_events
-
         chunks = iter_h5_events(path, chunk_events)
     seen, last_t = 0, -1
     try:
@@ -193,3 +192,36 @@ def _npz_array(path: Path, data: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
             f"{path}: array {name!r} holds Python objects, not numbers; t, x, y, p must be "
             "integer arrays (t in microseconds)"
         ) from None
+
+
+def iter_h5_events(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
+    """EVENT_DTYPE chunks of the root datasets t, x, y, p of an HDF5 file, in stored order."""
+    import h5py  # only for .h5 recordings: `dvsgkit download` needs no h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # h5py's "unable to open / truncated file"
+        raise RecordingError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with f:
+        missing = [name for name in FIELDS if not isinstance(f.get(name), h5py.Dataset)]
+        if missing:
+            raise RecordingError(
+                f"{path}: no dataset(s) {', '.join(missing)} at the file's root; an event file "
+                f"needs 1-D datasets t, x, y, p (found {', '.join(sorted(f)) or 'none'})"
+            )
+        shapes = {name: f[name].shape for name in FIELDS}
+        if len({*shapes.values()}) != 1 or len(shapes["t"]) != 1:
+            raise RecordingError(
+                f"{path}: t, x, y, p must be 1-D datasets of one length, got {shapes}"
+            )
+        n = shapes["t"][0]
+        for start in range(0, n, chunk_events):
+            stop = min(n, start + chunk_events)
+            try:
+                columns = {name: f[name][start:stop] for name in FIELDS}
+            except OSError as exc:  # a damaged chunk
+                raise RecordingError(
+                    f"{path}: events {start}..{stop - 1} cannot be read ({exc})"
+                ) from exc
+            yield to_events(path, columns, f", events {start}..{stop - 1}")

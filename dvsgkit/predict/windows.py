@@ -12,9 +12,10 @@ import numpy as np
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
+from dvsgkit.errors import InputError, NotFound
 from dvsgkit.frames import check_frame_params, integrate_many
 from dvsgkit.io.labels import read_labels
-from dvsgkit.recording import RecordingError, check_recording, iter_recording
+from dvsgkit.io.recordings import RecordingError, check_recording, iter_recording
 from dvsgkit.run import checkpoint_file
 from dvsgkit.samples import cut_chunks
 
@@ -81,13 +82,13 @@ def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     except ValueError as exc:
         if str(checkpoint) in str(exc):
             raise
-        raise ValueError(f"{checkpoint}: {exc}") from exc
+        raise InputError(f"{checkpoint}: {exc}") from exc
 
 
 def read_gestures(labels: str | os.PathLike[str]) -> np.ndarray:
     """A --labels CSV as WINDOW_DTYPE rows (`read_labels`), a missing file named as such."""
     if not Path(labels).is_file():
-        raise FileNotFoundError(f"--labels {labels} not found (no such file)")
+        raise NotFound(f"--labels {labels} not found (no such file)")
     return read_labels(labels)
 
 
@@ -225,11 +226,11 @@ def predict_recording(
     `dvsgkit.model.inference.for_inference` first.
     `batch_size` defaults to DEFAULT_BATCH of the device type."""
     if mode not in WINDOW_MODES:
-        raise ValueError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
+        raise InputError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
     if mode == "labels" and labels is None:
-        raise ValueError(f"{recording}: --windows labels needs a labels CSV (--labels)")
+        raise InputError(f"{recording}: --windows labels needs a labels CSV (--labels)")
     if window_us <= 0 or hop_us <= 0:
-        raise ValueError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
+        raise InputError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
     path = Path(recording)
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
@@ -286,7 +287,7 @@ def score(pred: Prediction) -> dict[str, Any]:
     the majority vote of its windows (ties go to the lower class index; a gesture shorter than
     the window gets no vote and is not scored)."""
     if pred.gestures is None:
-        raise ValueError("no labels to score against")
+        raise InputError("no labels to score against")
     truth, preds = pred.window_labels(), pred.preds
     scored = truth >= 0
     gestures = []

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import NUM_CLASSES, SENSOR_SIZE, SPLITS
+from dvsgkit.errors import DamagedError
 from dvsgkit.frames import SPLIT_BY
-from dvsgkit.store.errors import StoreDamagedError
 
 CHECKSUM = "crc32"  # zlib.crc32 of a sample's bytes as stored: C order, little-endian
 METADATA_FILES = (".zgroup", ".zattrs", ".zarray", "zarr.json")
@@ -40,13 +40,13 @@ def array_checksum(values: np.ndarray) -> int:
 
 
 def check_metadata(path: Path) -> None:
-    """Parse every Zarr metadata file of the store as JSON; StoreDamagedError names the first one
+    """Parse every Zarr metadata file of the store as JSON; DamagedError names the first one
     that does not parse (zarr's own error names no file)."""
     for file in _metadata_files(path):
         try:
             json.loads(file.read_bytes())
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreDamagedError(
+            raise DamagedError(
                 f"{file} is not valid JSON ({exc}): the store's metadata is damaged; "
                 f"{rebuild_hint(path)}"
             ) from exc

@@ -3,11 +3,9 @@ written in order by this one; a current cache is left as it is."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,15 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import BUILD_WORKERS, SENSOR_SIZE, SPLITS, TRIALS_FILES
+from dvsgkit.errors import InputError, NotFound, StorageError, storage_errors
+from dvsgkit.eventcache import write as event_writer
+from dvsgkit.eventcache.layout import FIELDS, STORED_DTYPES, event_cache_path
+from dvsgkit.eventcache.read import recorded_sources
+from dvsgkit.eventcache.spool import Slot, Spools, make_slots, memfds
+from dvsgkit.eventcache.write import CacheWriter, RecordingSamples
+from dvsgkit.fs import probe_writable, remove, require_free, sweep, temp_path
+from dvsgkit.fs.lock import DEFAULT_LOCK_TIMEOUT, build_lock, lock_of, to_stderr
+from dvsgkit.pool import BuildSignals, WorkerPool
 from dvsgkit.samples import (
     CutBuffers,
     Recording,
@@ -23,15 +30,11 @@ from dvsgkit.samples import (
     dataset_dir,
     list_all_recordings,
 )
-from dvsgkit.store import event_writer, space
-from dvsgkit.store.event_cache import recorded_sources
-from dvsgkit.store.event_layout import FIELDS, STORED_DTYPES, event_cache_path
-from dvsgkit.store.event_pool import WorkerPool
-from dvsgkit.store.event_writer import CacheWriter, RecordingSamples
-from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock, to_stderr
-from dvsgkit.store.signals import BuildSignals
-from dvsgkit.store.spool import Slot, Spools, make_slots, memfds
 
+# HDF5 does not survive a full disk: once a write fails with ENOSPC, its chunk cache and metadata
+# flushes fail again while objects are released, and closing the file can crash the process. So
+# a build checks free space before it starts, from an estimate of what it will write, and before
+# each write, from the exact worst case of that write.
 # Free space: the cache takes ~5.4 (the real density) to ~6.4 (sparse samples) bytes per event
 # (bench/preprocess.py), an .aedat file 8. Each write is checked against its worst case (11
 # bytes per event, uncompressed) plus what HDF5 may hold unwritten (metadata: the writer keeps
@@ -138,19 +141,6 @@ def _results(
     spools.close()
 
 
-def _remove_leftovers(out: Path) -> None:
-    """Remove the partial files and spool folders that killed builds left. Called under the
-    build lock: every other build waits for it, so whatever is there is a leftover (of this
-    machine or of another sharing the folder)."""
-    for path in out.parent.glob(f"{out.name}.*"):
-        if not path.name[len(out.name) :].startswith((".partial", ".spool")):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def _space_needed(recordings: list[Recording], spool_files: bool, ahead: int) -> int:
     """Bytes a build writes, estimated from the .aedat sizes (8 bytes per event): the cache, and
     the spool files when the hand-over cannot use memory files (each of ahead + 1 slots grows
@@ -166,7 +156,7 @@ def _discard(path: Path) -> None:
     """Remove the file `path` if there is one. (Checked first: on a read-only mount, unlinking
     a missing file fails with EROFS rather than FileNotFoundError.)"""
     if path.exists():
-        with space.storage_errors(path, "remove the stale", SPACE_FIX):
+        with storage_errors(path, "remove the stale", SPACE_FIX):
             path.unlink()
 
 
@@ -175,7 +165,7 @@ def _discard_stale(out: Path, reason: BaseException) -> None:
     it on `reason`, the error the caller raises, rather than replace it."""
     try:
         _discard(out)
-    except space.StorageError as exc:
+    except StorageError as exc:
         reason.add_note(str(exc))
 
 
@@ -189,8 +179,8 @@ def build_event_cache(
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
     ROOT/events.h5 (layout in the README); return its path.
 
-    Worker processes parse recordings while this process writes. The file is written as
-    `events.h5.partial-<pid>` and renamed only when complete, so an error (named file and byte
+    Worker processes parse recordings while this process writes. The file is written under a
+    temporary name (`dvsgkit.fs`) and renamed only when complete, so an error (named file and byte
     offset or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A
     complete cache whose sources are unchanged (names, sizes, modification times) is returned
     as it is. Two builds of one root are serialised by ROOT/.events.h5.lock: the second waits
@@ -198,11 +188,11 @@ def build_event_cache(
     cache up to date.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InputError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     folder = dataset_dir(root)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise NotFound(
             f"{folder} not found; run 'dvsgkit download' (the real dataset) or 'dvsgkit synth' "
             "(a synthetic one) first"
         )
@@ -214,29 +204,18 @@ def build_event_cache(
         raise
     if out.exists() and _up_to_date(out, folder, recordings):
         return out
-    # Names unique to this process, so that two builds of one root cannot trip over each other.
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    space.probe_writable(partial, SPACE_FIX)  # a read-only mount: one line, nothing to undo
-    with _event_lock(out, lock_timeout):
+    probe_writable(out, SPACE_FIX)  # a read-only mount: one line, nothing to undo
+    with (
+        storage_errors(lock_of(out), "write", SPACE_FIX),
+        build_lock(lock_of(out), timeout=lock_timeout, what=str(out), notify=to_stderr),
+    ):
         # Another build may have finished while this one waited for the lock.
         if out.exists() and _up_to_date(out, folder, recordings):
             return out
         _discard(out)  # stale: never leave a cache disagreeing with its sources
-        _remove_leftovers(out)
-        _build(out, partial, recordings, folder, root, workers, progress)
+        sweep(out.parent, out.name)  # what killed builds left: partial files, spool folders
+        _build(out, temp_path(out), recordings, folder, root, workers, progress)
     return out
-
-
-@contextlib.contextmanager
-def _event_lock(out: Path, timeout: float) -> Iterator[None]:
-    """Hold the build lock of `out` (`.events.h5.lock`): a second build of the same root waits
-    for the first, saying so, and then finds the cache up to date. A full disk that fails the
-    lock file's write gives one StorageError line."""
-    lock = out.with_name(f".{out.name}.lock")
-    with contextlib.ExitStack() as held:
-        with space.storage_errors(lock, "write", SPACE_FIX):
-            held.enter_context(build_lock(lock, timeout=timeout, what=str(out), notify=to_stderr))
-        yield
 
 
 def _build(
@@ -250,11 +229,10 @@ def _build(
 ) -> None:
     """Write `partial` from `recordings` and rename it to `out`; on any error or signal, remove
     it and any spool folder."""
-    spool = out.with_name(f"{out.name}.spool-{os.getpid()}")  # hand-over files, if not memfds
+    spool = temp_path(out)  # a folder for the hand-over files, where there are no memfds
     ahead = workers + 1  # jobs submitted and not yet written
     pooled = min(workers, len(recordings)) > 1
-    space.require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out,
-                       SPACE_FIX)  # fmt: skip
+    require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out, SPACE_FIX)
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["sha256"] = _sha256(folder / name)
@@ -263,11 +241,11 @@ def _build(
         slots = make_slots(ahead + 1, spool) if pooled else []
         pool = None
         try:
-            with space.storage_errors(partial, "write", SPACE_FIX):
+            with storage_errors(out, "write", SPACE_FIX):
                 if pooled:  # started before any other thread of ours (the progress bar's monitor)
-                    pool = WorkerPool(_process, min(workers, len(recordings)), _release_reused)
+                    pool = WorkerPool(_process, min(workers, len(recordings)))
                 results = _results(recordings, pool, ahead, slots, signals)
-                _write(partial, results, len(recordings), sources, root, progress)
+                _write(partial, out, results, len(recordings), sources, root, progress)
                 signals.check()
                 os.replace(partial, out)
         except BaseException:
@@ -280,11 +258,12 @@ def _build(
             for slot in slots:
                 if isinstance(slot, int):
                     os.close(slot)
-            shutil.rmtree(spool, ignore_errors=True)
+            remove(spool)
 
 
 def _write(
     partial: Path,
+    out: Path,
     results: Iterator[RecordingSamples],
     total: int,
     sources: dict[str, dict[str, Any]],
@@ -292,7 +271,7 @@ def _write(
     progress: bool,
 ) -> None:
     """Write every recording's samples, as `results` yields them, to a complete cache at
-    `partial`, recording the sha256 of each source in `sources`."""
+    `partial` (the temporary name of `out`), recording the sha256 of each source in `sources`."""
     from tqdm import tqdm
 
     with (
@@ -302,9 +281,9 @@ def _write(
         events = 0
         for result in results:
             rec = result.recording
-            # HDF5 does not survive a failed write (see space.py): refuse it first.
+            # HDF5 does not survive a failed write (see above): refuse it first.
             worst = (result.events + event_writer.CHUNK_EVENTS) * WORST_BYTES_PER_EVENT
-            space.require_free(root, worst + WRITE_MARGIN, partial, SPACE_FIX)
+            require_free(root, worst + WRITE_MARGIN, out, SPACE_FIX)
             writer.add(result)
             for name, sha in result.sha256.items():
                 sources[name]["sha256"] = sha

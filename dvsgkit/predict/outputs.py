@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
-from dvsgkit.io.atomic import atomic_path
-from dvsgkit.predict import Prediction
-from dvsgkit.store.space import make_folder, probe_writable, storage_errors
+from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.fs import atomic_file, make_folder, probe_writable
+from dvsgkit.predict.windows import Prediction
 
 RATE_COLUMNS = tuple(
     "rate_" + name.replace(" ", "_").replace("-", "_") for name in CLASS_NAMES
@@ -45,7 +45,7 @@ def plan_outputs(
     file) when files cannot be made there (read-only, no permission, a file in the way)."""
     plans = [output_paths(recording, out_dir) for recording in recordings]
     if len({plan["csv"] for plan in plans}) != len(plans):
-        raise ValueError(
+        raise InputError(
             f"two RECORDINGs share a file name and would write the same outputs in {out_dir}; "
             "classify them in separate runs"
         )
@@ -134,7 +134,7 @@ def summary(pred: Prediction) -> str:
 def plot_timeline(pred: Prediction, path: Path) -> Path:
     """`timeline_figure` as a PNG, written under a temporary name and renamed."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         _save_png(pred, tmp)
     return path
 
@@ -202,7 +202,7 @@ def write_outputs(
     make_folder(paths["csv"].parent, WRITE_FIX)
     with contextlib.ExitStack() as stack:  # renamed when the block ends without an error
         for kind, path in paths.items():
-            tmp = stack.enter_context(atomic_path(path))
+            tmp = stack.enter_context(atomic_file(path))
             with storage_errors(path, "write", WRITE_FIX):
                 _WRITERS[kind](pred, tmp)
     return paths

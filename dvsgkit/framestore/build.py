@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,9 @@ import zarr
 
 import dvsgkit
 from dvsgkit.constants import BUILD_WORKERS, CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
-from dvsgkit.frames import check_frame_params, integrate_many
-from dvsgkit.io.atomic import make_temp_dir, remove_dead_temps, remove_tree, swap_in
-from dvsgkit.samples import dataset_dir
-from dvsgkit.store import verify
-from dvsgkit.store.event_cache import (
+from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.eventcache.layout import event_cache_path
+from dvsgkit.eventcache.read import (
     EventCache,
     EventsIndex,
     SplitIndex,
@@ -30,19 +26,21 @@ from dvsgkit.store.event_cache import (
     file_identity,
     read_events_index,
 )
-from dvsgkit.store.event_layout import event_cache_path
-from dvsgkit.store.frame_layout import (
+from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.framestore import check as verify
+from dvsgkit.framestore.budget import SpaceCheck, check_memory
+from dvsgkit.framestore.layout import (
     DEFAULT_ZARR_FORMAT,
     LAYOUT,
     LAYOUT_VERSION,
     ZARR_FORMATS,
     frame_store_path,
 )
-from dvsgkit.store.frame_open import store_status, store_zarr_format
-from dvsgkit.store.lock import DEFAULT_LOCK_TIMEOUT, build_lock, to_stderr
-from dvsgkit.store.resources import SpaceCheck, check_memory, writing
-from dvsgkit.store.signals import BuildSignals
-from dvsgkit.store.workers import die_with_parent, pool_context
+from dvsgkit.framestore.read import store_status, store_zarr_format
+from dvsgkit.fs import scratch_dir, swap_in, sweep
+from dvsgkit.fs.lock import DEFAULT_LOCK_TIMEOUT, build_lock, lock_of, to_stderr
+from dvsgkit.pool import BuildSignals, WorkerPool
+from dvsgkit.samples import dataset_dir
 
 # Counts are small and mostly zero: bit-shuffled zstd level 1 packs uint8 frames ~9x (synthetic
 # data at the real density) at ~1 ms per 512 KiB sample; levels 5-9 gain 5-15 % for 4-80x the
@@ -54,6 +52,7 @@ BLOCK_SAMPLES = 8  # samples integrated per task: ~8 * 4 MiB of int64 counts in 
 # zarr skips chunks equal to the fill value unless told otherwise; a dvsgkit store writes every
 # chunk, so that a missing chunk file always means damage.
 WRITE_ALL = {"array.write_empty_chunks": True}  # zarr.config.set(WRITE_ALL) while writing
+WRITE_FIX = "free some space, or use another --root"
 
 
 def _compressor(zarr_format: int) -> Any:
@@ -130,8 +129,9 @@ def _write_split(
     T: int,
     split_by: str,
     zarr_format: int,
-    pool: ProcessPoolExecutor | None,
+    pool: WorkerPool | None,
     after_block: Callable[[int], None],
+    check: Callable[[], None],
 ) -> None:
     offsets, labels = index.offsets, index.labels
     n = labels.shape[0]
@@ -157,7 +157,8 @@ def _write_split(
                       offsets[s0 : s0 + BLOCK_SAMPLES + 1], T, split_by, frames_path, dtype)
             for s0 in range(0, n, BLOCK_SAMPLES)
         ]  # fmt: skip
-        results = pool.map(_integrate_block, tasks) if pool else map(_integrate_block, tasks)
+        jobs = [(task,) for task in tasks]
+        results = pool.map(jobs, 2 * pool.size, check) if pool else map(_integrate_block, tasks)
         largest = 0
         for block in results:
             largest = max(largest, block.largest)
@@ -235,9 +236,9 @@ def make_frame_store(
     partial left."""
     check_frame_params(T, split_by)
     if zarr_format is not None and zarr_format not in ZARR_FORMATS:
-        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+        raise InputError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InputError(f"workers must be >= 1, got {workers}")
     check_memory(T, workers, BLOCK_SAMPLES)
     root = Path(root)
     target = frame_store_path(root, T, split_by)
@@ -245,7 +246,7 @@ def make_frame_store(
     if not events_path.exists() or dataset_dir(root).is_dir():
         # Missing: build it. Recordings present: let the event pipeline refresh a stale cache
         # (a no-op that compares file stats when current), so changed inputs reach the frames.
-        from dvsgkit.store.events import build_event_cache
+        from dvsgkit.eventcache.build import build_event_cache
 
         build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
     # Layout, seals, offsets, labels, checksum and the file's identity, from one open file.
@@ -284,10 +285,10 @@ def _make(
     found, why = status()
     if found == "current":
         return FrameBuild(target, "up to date")
-    with writing(target), build_lock(
-        root / f".{target.name}.lock", timeout=lock_timeout, what=str(target),
-        notify=to_stderr,
-    ):  # fmt: skip
+    with (
+        storage_errors(target, "write the frame store", WRITE_FIX),
+        build_lock(lock_of(target), timeout=lock_timeout, what=str(target), notify=to_stderr),
+    ):
         # Another build may have finished while this one waited for the lock.
         found, why = status()
         if found == "current":
@@ -297,24 +298,22 @@ def _make(
         elif found == "format":
             notify(f"{target} is {why}; rebuilding it")
         fmt = zarr_format or store_zarr_format(target) or DEFAULT_ZARR_FORMAT
-        remove_dead_temps(root, target.name)  # what killed builds of this store left
-        tmp = make_temp_dir(target)
-        try:
-            with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
-                _write_store(tmp, index, events_path, T, split_by, workers, progress, fmt,
-                             signals.check)  # fmt: skip
-                signals.check()
-            # The workers checked that they read the file of the index; a write in place, or a
-            # replacement after the last of them, shows here.
-            check_unchanged(events_path, index.identity, file_identity(os.stat(events_path)),
-                            "the frames were being built")  # fmt: skip
-            swap_in(tmp, target)  # an old store is moved aside, then deleted
-        except BaseException:
-            with contextlib.suppress(Exception):  # this build's error is the one to report
-                _wait_for_zarr_writes()  # those would recreate folders in `tmp` once removed
-            raise
-        finally:
-            remove_tree(tmp)  # gone already after a successful swap
+        sweep(root, target.name)  # what killed builds of this store left
+        with scratch_dir(target) as tmp:
+            try:
+                with BuildSignals() as signals:  # Ctrl-C / kill: stop at the next block, clean up
+                    _write_store(tmp, target, index, events_path, T, split_by, workers,
+                                 progress, fmt, signals.check)  # fmt: skip
+                    signals.check()
+                # The workers checked that they read the file of the index; a write in place, or
+                # a replacement after the last of them, shows here.
+                check_unchanged(events_path, index.identity, file_identity(os.stat(events_path)),
+                                "the frames were being built")  # fmt: skip
+                swap_in(tmp, target)  # an old store is moved aside, then deleted
+            except BaseException:
+                with contextlib.suppress(Exception):  # this build's error is the one to report
+                    _wait_for_zarr_writes()  # those would recreate folders in `tmp` once removed
+                raise
     return FrameBuild(target, "rebuilt" if found in ("damaged", "format") else "built", why)
 
 
@@ -333,6 +332,7 @@ def _wait_for_zarr_writes() -> None:
 
 def _write_store(
     tmp: Path,
+    target: Path,
     index: EventsIndex,
     events_path: Path,
     T: int,
@@ -367,36 +367,20 @@ def _write_store(
         }
     )
     total = sum(s.labels.shape[0] for s in index.splits.values())
-    space = SpaceCheck(tmp, total)
-    pool = (
-        ProcessPoolExecutor(
-            workers, mp_context=pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
-        )
-        if workers > 1
-        else None
-    )
-    try:
-        with tqdm(total=total, unit="sample", desc=tmp.name[1:].split(".zarr")[0],
-                  disable=not progress) as bar:  # fmt: skip
+    space = SpaceCheck(tmp, total, target)
+    pool = WorkerPool(_integrate_block, workers) if workers > 1 else None  # before any thread
+    desc = tmp.name[1:].split(".zarr")[0]
+    with pool or contextlib.nullcontext(), tqdm(total=total, unit="sample", desc=desc,
+                                                 disable=not progress) as bar:  # fmt: skip
 
-            def after_block(samples: int) -> None:
-                check()
-                bar.update(samples)
-                space.after_block(samples)
+        def after_block(samples: int) -> None:
+            check()
+            bar.update(samples)
+            space.after_block(samples)
 
-            for split in SPLITS:
-                with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
-                    _write_split(group, tmp, split, index.splits[split], events_path,
-                                 index.identity, T, split_by, zarr_format, pool,
-                                 after_block)  # fmt: skip
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        for split in SPLITS:
+            with zarr.config.set(WRITE_ALL):  # an all-zero labels chunk is written too
+                _write_split(group, tmp, split, index.splits[split], events_path,
+                             index.identity, T, split_by, zarr_format, pool,
+                             after_block, check)  # fmt: skip
     group.attrs["complete"] = True
-
-
-def _init_worker(parent: int) -> None:
-    # Ctrl-C in a terminal reaches the whole process group. The parent alone acts on it (it
-    # cancels the rest and removes the partial store); a worker would die printing a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent)  # a killed build leaves no worker behind (and so no held lock)
