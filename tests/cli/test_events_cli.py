@@ -171,7 +171,8 @@ def test_synth_validates_its_options(tmp_path: Path) -> None:
 # The real command, held after writing its first recording until the signal has arrived, so
 # that the signal always lands mid-build.
 HELD_EVENTS = (
-    "import sys, threading; from dvsgkit.eventcache import write as w; from dvsgkit import pool as g; "
+    "import sys, threading; from dvsgkit.eventcache import write as w; "
+    "from dvsgkit import pool as g; "
     "noted = threading.Event(); note = g.BuildSignals._note; "
     "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
     "add = w.CacheWriter.add\n"

@@ -164,7 +164,8 @@ def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: i
     # The real command, held after its first block until the signal has arrived, so that the
     # signal always lands mid-build.
     code = (
-        "import sys, threading; from dvsgkit.framestore import build as s; from dvsgkit import pool as g; "
+        "import sys, threading; from dvsgkit.framestore import build as s; "
+        "from dvsgkit import pool as g; "
         "noted = threading.Event(); note = g.BuildSignals._note; "
         "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
         "real = s._integrate_block; blocks = []\n"

@@ -266,7 +266,8 @@ def test_a_second_build_of_a_root_waits_for_the_first_and_finds_the_cache_up_to_
         while not lock.exists() or not lock.read_text().startswith(f"{first.pid} "):
             assert first.poll() is None and time.monotonic() < deadline, "the build never locked"
             time.sleep(0.02)
-        code = "import sys; from dvsgkit.eventcache.build import build_event_cache as b; b(sys.argv[1])"
+        code = "import sys; from dvsgkit.eventcache.build import build_event_cache; " \
+               "build_event_cache(sys.argv[1])"  # fmt: skip
         second = subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE,
                                   text=True)  # fmt: skip
         procs.append(second)

@@ -112,7 +112,8 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
     start = time.monotonic()
     later = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from dvsgkit.framestore.build import make_frame_store;"
+         "import sys; from pathlib import Path; "
+         "from dvsgkit.framestore.build import make_frame_store;"
          " print(make_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False,"
          " lock_timeout=20).outcome)", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
