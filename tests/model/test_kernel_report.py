@@ -1,21 +1,33 @@
-"""bench/kernel_report.py: its SASS reading and occupancy arithmetic on hand-written input, and,
-where nvcc (and cuobjdump) exist, every CuPy kernel at T = 16 compiled as CuPy compiles it: no
-spills, and at least 16 KB in flight per SM by the Little's-law bound."""
+"""bench/kernel_report.py and its kernel_sass.py: the SASS reading and occupancy arithmetic on
+hand-written input, where the CUDA tools are found, and, where nvcc (and cuobjdump) exist, every
+CuPy kernel at T = 16 compiled as CuPy compiles it: no spills, and at least 16 KB in flight per
+SM by the Little's-law bound."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("kernel_report", REPO / "bench/kernel_report.py")
-report = sys.modules["kernel_report"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report)
+
+
+def _bench_module(name: str):
+    """bench/NAME.py as the module NAME (as `python bench/kernel_report.py` imports it)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sass = _bench_module("kernel_sass")  # first: the report imports it
+report = _bench_module("kernel_report")
 
 SASS = """
 \t\tFunction : k
@@ -32,21 +44,21 @@ SASS = """
 
 
 def test_loads_in_flight_count_the_loads_issued_before_each_first_use() -> None:
-    (name, code), *_ = report.parse_sass(SASS).items()
+    (name, code), *_ = sass.parse_sass(SASS).items()
     assert name == "k" and len(code) == 9
     assert code[1].opcode == "LDG.E.64.CONSTANT" and code[1].dest == {4, 5}
     assert code[5].dest == set() and code[5].reads == {16, 17, 4, 5, 6, 7}  # a 16-byte store
     # R2: 2 loads before its first read; R4:R5: 1 (R5 read); R6: none; R20..23: overwritten
-    assert report.loads_in_flight(code) == [(2, 2), (8, 1), (4, 0), (16, 0)]
+    assert sass.loads_in_flight(code) == [(2, 2), (8, 1), (4, 0), (16, 0)]
 
 
 def test_resident_warps_follow_registers_block_size_and_the_sm_limits() -> None:
-    assert report.resident_warps(255, 256) == 8  # 256 registers x 256 threads: one block
-    assert report.resident_warps(120, 128) == 16  # 4 blocks of 4 warps
-    assert report.resident_warps(40, 256) == 48  # 6 blocks of 8 warps
-    assert report.resident_warps(16, 256) == 64  # the SM's 64 warps
-    assert report.resident_warps(16, 32) == 32  # its 32 blocks
-    assert report.resident_warps(32, 256, shared=100 * 1024) == 16  # 2 blocks of shared memory
+    assert sass.resident_warps(255, 256) == 8  # 256 registers x 256 threads: one block
+    assert sass.resident_warps(120, 128) == 16  # 4 blocks of 4 warps
+    assert sass.resident_warps(40, 256) == 48  # 6 blocks of 8 warps
+    assert sass.resident_warps(16, 256) == 64  # the SM's 64 warps
+    assert sass.resident_warps(16, 32) == 32  # its 32 blocks
+    assert sass.resident_warps(32, 256, shared=100 * 1024) == 16  # 2 blocks of shared memory
 
 
 def test_ptxas_output_gives_registers_and_spills_per_kernel() -> None:
@@ -59,9 +71,9 @@ ptxas info    : Function properties for b
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 40 registers, used 0 barriers
 """
-    usage = report.parse_ptxas(stderr)
-    assert usage["a"] == report.Usage(registers=255, spill_bytes=20, shared_bytes=1024)
-    assert usage["b"] == report.Usage(registers=40, spill_bytes=0, shared_bytes=0)
+    usage = sass.parse_ptxas(stderr)
+    assert usage["a"] == sass.Usage(registers=255, spill_bytes=20, shared_bytes=1024)
+    assert usage["b"] == sass.Usage(registers=40, spill_bytes=0, shared_bytes=0)
 
 
 def test_the_traffic_model_counts_each_kernel_s_reads_and_writes() -> None:
@@ -89,7 +101,7 @@ def rows_t16(emitted: Path) -> list | None:
     """The report's rows at T = 16 (every source compiled once), or None with nvcc alone."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc (the CUDA toolkit) is not installed")
-    if report.missing_tools():
+    if sass.missing_tools():
         return None
     return report.report(steps_list=(16,), emit=emitted / "cu")
 
@@ -100,11 +112,11 @@ def test_no_kernel_spills_at_t16(rows_t16: list | None, tmp_path: Path) -> None:
     for unit in report.units(steps_list=(16,)) if rows_t16 is None else []:
         src = tmp_path / f"{unit.name}.cu"
         src.write_text(unit.source)
-        cmd = ["nvcc", "-cubin", f"-arch={report.ARCH}", *report.CUPY_OPTIONS, "-Xptxas", "-v"]
+        cmd = ["nvcc", "-cubin", f"-arch={sass.ARCH}", *sass.CUPY_OPTIONS, "-Xptxas", "-v"]
         done = subprocess.run([*cmd, "-o", str(tmp_path / "k.cubin"), str(src)],
                               capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr
-        usage = report.parse_ptxas(done.stderr)
+        usage = sass.parse_ptxas(done.stderr)
         assert len(usage) == (4 if unit.family == "unfused" else 2), done.stderr
         spilled.update(
             {f"{unit.name}:{k}": u.spill_bytes for k, u in usage.items() if u.spill_bytes}
@@ -116,7 +128,7 @@ def test_every_training_kernel_keeps_16_kb_in_flight_per_sm(
     rows_t16: list | None, emitted: Path, tmp_path: Path
 ) -> None:
     if rows_t16 is None:
-        pytest.skip(f"kernel_report needs {report.missing_tools()}")
+        pytest.skip(f"kernel_report needs {sass.missing_tools()}")
     assert len(rows_t16) == 2 * 3 * 6  # LIF and PLIF x 3 dtypes x (4 unfused + 2 fused)
     short = {f"{r.kernel} {r.neuron} {r.dtype}": r.bytes_in_flight_per_sm for r in rows_t16
              if not r.meets_target}  # fmt: skip
@@ -125,7 +137,56 @@ def test_every_training_kernel_keeps_16_kb_in_flight_per_sm(
     # --emit-cu: each source alone compiles to a cubin
     sources = sorted((emitted / "cu").glob("*.cu"))
     assert len(sources) == 2 * 3 * 2  # unfused and fused sources
-    done = subprocess.run(["nvcc", "-cubin", f"-arch={report.ARCH}", "-o",
+    done = subprocess.run(["nvcc", "-cubin", f"-arch={sass.ARCH}", "-o",
                            str(tmp_path / "one.cubin"), str(sources[0])],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("folder", ["cu13", "cuda_cuobjdump"])  # CUDA 13's and 12's wheels
+def test_the_tools_are_found_in_the_pip_packages(
+    folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = tmp_path / "site" / "nvidia" / folder / "bin" / "cuobjdump"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("")
+    monkeypatch.delenv("CUOBJDUMP", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cuobjdump there
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert sass.cuda_tool("cuobjdump") == str(tool)
+    monkeypatch.setenv("CUOBJDUMP", "/opt/cuda/bin/cuobjdump")  # the variable comes first
+    assert sass.cuda_tool("cuobjdump") == "/opt/cuda/bin/cuobjdump"
+
+
+def test_cuobjdump_runs_the_nvdisasm_found_here_wherever_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a toolkit's cuobjdump (here: a copy alone in a folder, as $CUOBJDUMP) with no nvdisasm
+    # beside it or on PATH still disassembles with the one the report found (the pip package's)
+    if sass.missing_tools():
+        pytest.skip(f"needs nvcc, cuobjdump and nvdisasm: {sass.missing_tools()}")
+    alone = tmp_path / "toolkit" / "cuobjdump"
+    alone.parent.mkdir()
+    shutil.copy2(sass.cuda_tool("cuobjdump"), alone)
+    nvdisasm = Path(sass.cuda_tool("nvdisasm"))
+    monkeypatch.setenv("CUOBJDUMP", str(alone))
+    monkeypatch.setenv("NVDISASM", str(nvdisasm))
+    monkeypatch.delenv("NVDISASM_PATH", raising=False)
+    path = tmp_path / "bin"  # PATH: nvcc and its host compiler alone
+    path.mkdir()
+    for name in ("nvcc", "gcc", "g++"):
+        if shutil.which(name):
+            (path / name).symlink_to(shutil.which(name))
+    monkeypatch.setenv("PATH", str(path))
+    source = 'extern "C" __global__ void k(const float* x, float* y) { y[0] = x[0] * 2.0f; }'
+    usage, code = sass.compile_source(source, tmp_path, "k")
+    assert set(usage) == set(code) == {"k"}
+    assert [b for b, _ in sass.loads_in_flight(code["k"])] == [4]
+
+
+def test_the_dev_extra_installs_the_tools_the_report_runs() -> None:
+    # CI installs `.[dev]`: with these the report's compiled checks run there instead of skipping
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=!~;\s\[]", spec, maxsplit=1)[0] for spec in dev}
+    assert {"nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm"} <= names
