@@ -1,8 +1,12 @@
-"""Events -> [T, 2, H, W] count frames, by SpikingJelly's rule (docs/reference.md §4)."""
+"""Events -> [T, 2, H, W] count frames, by SpikingJelly's rule (docs/reference.md §4), and
+FrameSpec, the one value that says which frames: what a frame store records and a checkpoint
+keeps."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -15,12 +19,38 @@ SPLIT_BY = ("number", "time")
 Events = np.ndarray | Mapping[str, np.ndarray]
 
 
-def check_frame_params(T: int, split_by: str) -> None:
-    """Raise ValueError naming the bad value when T or split_by cannot be used."""
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise InputError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
-    if split_by not in SPLIT_BY:
-        raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}; got {split_by!r}")
+@dataclass(frozen=True)
+class FrameSpec:
+    """Which frames a sample's events become: `T` frames, cut by event "number" or by "time".
+    Checked once, here (InputError naming the bad value)."""
+
+    T: int = 16
+    split_by: str = "number"
+
+    def __post_init__(self) -> None:
+        T = self.T
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+            raise InputError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
+        if self.split_by not in SPLIT_BY:
+            raise InputError(
+                f"split_by must be one of {', '.join(SPLIT_BY)}; got {self.split_by!r}"
+            )
+        object.__setattr__(self, "T", int(T))
+
+    @property
+    def name(self) -> str:
+        """The frame store's name without .zarr (SpikingJelly's folder name)."""
+        return f"frames_number_{self.T}_split_by_{self.split_by}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as a store's attributes and a checkpoint hold them."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FrameSpec:
+        """The spec recorded in `data` (a store's attributes, a checkpoint's config); keys that
+        are not the spec's are ignored, missing ones take the defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: str) -> np.ndarray:
@@ -32,7 +62,6 @@ def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: st
     last frame also everything later; so empty windows stay empty, and dt == 0 puts every event in
     the last frame. For time-ordered events both rules equal SpikingJelly's index ranges.
     """
-    check_frame_params(T, split_by)
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)  # [S] events per sample
     sample = np.repeat(np.arange(lengths.size), lengths)  # [E] sample of each event
@@ -100,8 +129,7 @@ def frame_lengths(events: Events, offsets: np.ndarray, T: int, split_by: str) ->
 def integrate_many(
     events: Events,
     offsets: np.ndarray,
-    T: int,
-    split_by: str = "number",
+    spec: FrameSpec,
     sensor_size: tuple[int, int] = SENSOR_SIZE,
 ) -> np.ndarray:
     """Frames of S concatenated samples: int64 counts [S, T, 2, H, W], one bincount for all.
@@ -110,7 +138,7 @@ def integrate_many(
     1-D arrays (what the store reads, without building a structured copy); `offsets` is int
     [S + 1] into it. Pixel index is [p, y, x]: channel 0 counts polarity 0, channel 1 polarity 1.
     """
-    check_frame_params(T, split_by)
+    T, split_by = spec.T, spec.split_by
     check_events(events, sensor_size)
     H, W = sensor_size
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -142,10 +170,7 @@ def integrate_many(
 
 
 def integrate(
-    events: np.ndarray,
-    T: int,
-    split_by: str = "number",
-    sensor_size: tuple[int, int] = SENSOR_SIZE,
+    events: np.ndarray, spec: FrameSpec, sensor_size: tuple[int, int] = SENSOR_SIZE
 ) -> np.ndarray:
     """One sample's events (EVENT_DTYPE, time order) -> int64 counts [T, 2, H, W].
 
@@ -155,4 +180,4 @@ def integrate(
     if events.dtype.names is None or not set("xyp") <= set(events.dtype.names):
         raise InputError(f"events need fields x, y, p (and t); got dtype {events.dtype}")
     offsets = np.array([0, events.size], dtype=np.int64)
-    return integrate_many(events, offsets, T, split_by, sensor_size)[0]
+    return integrate_many(events, offsets, spec, sensor_size)[0]

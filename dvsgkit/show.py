@@ -14,7 +14,7 @@ import numpy as np
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE
 from dvsgkit.errors import InputError, storage_errors
-from dvsgkit.frames import integrate
+from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.fs import atomic_file, make_folder
 from dvsgkit.io.labels import labels_path_for, read_labels
 from dvsgkit.io.recordings import RecordingError, iter_recording
@@ -138,7 +138,7 @@ def show_sample(
             raise InputError(f"--index {index} is out of range: {split} has samples 0..{n - 1}")
         events = cache.sample(split, index)
         label = int(cache.labels(split)[index])
-    frames = integrate(events, T, split_by)  # [T, 2, H, W]
+    frames = integrate(events, FrameSpec(T, split_by))  # [T, 2, H, W]
     name = CLASS_NAMES[label]
     captions = [f"frame {k + 1}/{T} | {label} {name}" for k in range(T)]
     images = render(frames, captions)

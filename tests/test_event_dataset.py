@@ -14,7 +14,7 @@ import torch
 from dvsgkit.data import TONIC_EVENT_DTYPE, EventDataset, FrameDataset
 from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
-from dvsgkit.frames import integrate
+from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore.build import frame_store_path
 
 T = 4  # the frame_root fixture's
@@ -76,7 +76,7 @@ def test_frame_dataset_transform(frame_root: Path) -> None:
     assert got_label == label and torch.equal(got, torch.flip(frames, dims=[-1]))
     # and the frames are those of the sample's events, integrated
     with EventCache(event_cache_path(frame_root)) as cache:
-        expected = integrate(cache.sample("train", 2), T, "number")
+        expected = integrate(cache.sample("train", 2), FrameSpec(T, "number"))
     assert np.array_equal(frames.numpy(), expected)
 
 

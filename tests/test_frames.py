@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dvsgkit.constants import EVENT_DTYPE
-from dvsgkit.frames import integrate, integrate_many
+from dvsgkit.frames import FrameSpec, integrate, integrate_many
 
 H = W = 128
 
@@ -61,7 +61,7 @@ def random_events(rng: np.random.Generator, n: int, span: int = 1_000_000) -> np
 @pytest.mark.parametrize("T", [1, 4, 16])
 def test_equals_reference_on_random_samples(n: int, T: int, split_by: str) -> None:
     ev = random_events(np.random.default_rng(n * 100 + T), n)
-    got = integrate(ev, T, split_by)
+    got = integrate(ev, FrameSpec(T, split_by))
     try:
         np.testing.assert_array_equal(got, reference_frames(ev, T, split_by))
     except IndexError:  # sparse random times left a window empty: an empty frame, not a crash
@@ -72,7 +72,7 @@ def test_equals_reference_on_random_samples(n: int, T: int, split_by: str) -> No
 @pytest.mark.parametrize("n", [1, 5, 15])
 def test_fewer_events_than_frames_all_land_in_last_frame(n: int) -> None:
     ev = random_events(np.random.default_rng(n), n)
-    got = integrate(ev, 16, "number")
+    got = integrate(ev, FrameSpec(16, "number"))
     np.testing.assert_array_equal(got, reference_frames(ev, 16, "number"))
     assert got[:-1].sum() == 0 and got[-1].sum() == n
 
@@ -84,10 +84,10 @@ def test_sensor_corners_and_repeated_pixels() -> None:
     p = [0, 1] * 16
     ev = make_events(np.arange(32) * 10, x, y, p)
     for split_by in ("number", "time"):
-        got = integrate(ev, 4, split_by)
+        got = integrate(ev, FrameSpec(4, split_by))
         np.testing.assert_array_equal(got, reference_frames(ev, 4, split_by))
         assert got.sum() == 32
-    got = integrate(ev, 1, "number")[0]
+    got = integrate(ev, FrameSpec(1, "number"))[0]
     # Corners cycle with period 4 and polarity with period 2: each corner has 8 events of one
     # polarity; pixel index is [p, y, x].
     assert got[0, 0, 0] == 8 and got[1, 0, 127] == 8 and got[0, 127, 0] == 8
@@ -101,7 +101,7 @@ def test_time_split_empty_windows_give_empty_frames() -> None:
     ev = make_events(t, [1, 2, 3, 4, 5, 6], [0] * 6, [0, 1, 0, 1, 0, 1])
     with pytest.raises(IndexError):
         reference_frames(ev, 4, "time")
-    got = integrate(ev, 4, "time")
+    got = integrate(ev, FrameSpec(4, "time"))
     np.testing.assert_array_equal(
         got, reference_frames(ev, 4, "time", crash=False)
     )  # dt = 250: windows [0,250) [250,500) [500,750) [750,...)
@@ -113,7 +113,7 @@ def test_time_split_last_window_takes_everything_later() -> None:
     # dt = (1003 - 0) // 4 = 250, so the last window [750, 1000) also takes t = 1001..1003.
     t = np.array([0, 260, 510, 760, 1001, 1002, 1003])
     ev = make_events(t, np.arange(7), [9] * 7, [1] * 7)
-    got = integrate(ev, 4, "time")
+    got = integrate(ev, FrameSpec(4, "time"))
     np.testing.assert_array_equal(got, reference_frames(ev, 4, "time"))
     assert [int(f.sum()) for f in got] == [1, 1, 1, 4]
 
@@ -121,17 +121,17 @@ def test_time_split_last_window_takes_everything_later() -> None:
 def test_all_events_in_one_time_window() -> None:
     # Same timestamp for every event: dt == 0, everything belongs to the last frame.
     ev = make_events([5] * 10, np.arange(10), [3] * 10, [0] * 10)
-    got = integrate(ev, 16, "time")
+    got = integrate(ev, FrameSpec(16, "time"))
     assert got[:-1].sum() == 0 and got[-1, 0, 3, :10].tolist() == [1] * 10
     # A burst at the start and one late event: frames 1..T-2 empty, burst in frame 0.
     ev = make_events([0] * 9 + [1600], np.arange(10), [3] * 10, [1] * 10)
-    got = integrate(ev, 16, "time")
+    got = integrate(ev, FrameSpec(16, "time"))
     assert got[0].sum() == 9 and got[1:-1].sum() == 0 and got[-1].sum() == 1
 
 
 @pytest.mark.parametrize("split_by", ["number", "time"])
 def test_empty_sample_gives_empty_frames(split_by: str) -> None:
-    got = integrate(make_events([], [], [], []), 8, split_by)
+    got = integrate(make_events([], [], [], []), FrameSpec(8, split_by))
     assert got.shape == (8, 2, H, W) and got.sum() == 0
 
 
@@ -141,11 +141,11 @@ def test_integrate_many_equals_one_by_one(split_by: str) -> None:
     samples = [random_events(rng, n) for n in (0, 3, 40, 1000, 16)]
     events = np.concatenate(samples)
     offsets = np.cumsum([0] + [s.size for s in samples])
-    many = integrate_many(events, offsets, 8, split_by)
+    many = integrate_many(events, offsets, FrameSpec(8, split_by))
     for i, s in enumerate(samples):
-        np.testing.assert_array_equal(many[i], integrate(s, 8, split_by))
+        np.testing.assert_array_equal(many[i], integrate(s, FrameSpec(8, split_by)))
     # A block that starts in the middle of a bigger array (offsets not starting at 0).
-    sub = integrate_many(events[offsets[2] :], offsets[2:], 8, split_by)
+    sub = integrate_many(events[offsets[2] :], offsets[2:], FrameSpec(8, split_by))
     np.testing.assert_array_equal(sub, many[2:])
 
 
@@ -155,13 +155,13 @@ def test_integrate_many_equals_one_by_one(split_by: str) -> None:
 )
 def test_bad_parameters(T: int, split_by: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        integrate(make_events([0], [0], [0], [0]), T, split_by)
+        integrate(make_events([0], [0], [0], [0]), FrameSpec(T, split_by))
 
 
 @pytest.mark.parametrize(("x", "y", "p"), [(128, 0, 0), (0, 200, 0), (0, 0, 2)])
 def test_events_off_the_sensor_are_rejected(x: int, y: int, p: int) -> None:
     with pytest.raises(ValueError, match="outside the 128x128 sensor"):
-        integrate(make_events([0, 1], [0, x], [0, y], [0, p]), 2)
+        integrate(make_events([0, 1], [0, x], [0, y], [0, p]), FrameSpec(2))
 
 
 def test_offsets_that_do_not_span_the_events_say_which_and_the_fix() -> None:
@@ -169,7 +169,7 @@ def test_offsets_that_do_not_span_the_events_say_which_and_the_fix() -> None:
     with pytest.raises(ValueError, match=r"integrate_many: offsets span 7 events \(offsets\[0\] "
                        r"= 0, offsets\[-1\] = 7\) but `events` holds 5; pass the offsets of "
                        r"exactly these events"):  # fmt: skip
-        integrate_many(events, np.array([0, 3, 7]), 2)
+        integrate_many(events, np.array([0, 3, 7]), FrameSpec(2))
 
 
 def test_time_split_out_of_order_timestamps_follow_each_event_time() -> None:
@@ -177,7 +177,7 @@ def test_time_split_out_of_order_timestamps_follow_each_event_time() -> None:
     # earlier than the first event goes to frame 0, one after the last window to the last frame.
     t = np.array([100, 900, 150, 50, 700, 1100, 400, 500])
     ev = make_events(t, np.arange(8), [0] * 8, [1] * 8)
-    got = integrate(ev, 4, "time")  # t0 = 100, dt = (500 - 100) // 4 = 100
+    got = integrate(ev, FrameSpec(4, "time"))  # t0 = 100, dt = (500 - 100) // 4 = 100
     frame_of = {int(x): int(np.flatnonzero(got[:, 1, 0, x])[0]) for x in range(8)}
     assert frame_of == {0: 0, 1: 3, 2: 0, 3: 0, 4: 3, 5: 3, 6: 3, 7: 3}
     assert got.sum() == 8
@@ -189,7 +189,7 @@ def test_blocks_with_empty_samples_and_a_drop_in_time_between_samples() -> None:
     early["t"] -= 10**8  # the next sample starts earlier in time: still each sample in order
     samples = [make_events([], [], [], []), late, make_events([], [], [], []), early]
     many = integrate_many(
-        np.concatenate(samples), np.cumsum([0] + [s.size for s in samples]), 4, "time"
+        np.concatenate(samples), np.cumsum([0] + [s.size for s in samples]), FrameSpec(4, "time")
     )
     for i, s in enumerate(samples):
         np.testing.assert_array_equal(

@@ -13,7 +13,7 @@ from PIL import Image
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE
 from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
-from dvsgkit.frames import integrate
+from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.show import (
@@ -41,7 +41,7 @@ def test_sample_gif_and_grid(frame_root: Path, tmp_path: Path, frames: int) -> N
     that shows the two polarity colours."""
     shown = show_sample(frame_root, "test", 5, T=frames, out_dir=tmp_path)
     with EventCache(event_cache_path(frame_root)) as cache:
-        counts = integrate(cache.sample("test", 5), frames, "number")  # [T, 2, H, W]
+        counts = integrate(cache.sample("test", 5), FrameSpec(frames, "number"))  # [T, 2, H, W]
         label = int(cache.labels("test")[5])
     gif = Image.open(shown.gif)
     assert gif.format == "GIF" and gif.n_frames == frames and gif.size == (WIDTH, HEIGHT)

@@ -26,7 +26,7 @@ from dvsgkit.eventcache.read import (
     file_identity,
     read_events_index,
 )
-from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.frames import FrameSpec, integrate_many
 from dvsgkit.framestore import check as verify
 from dvsgkit.framestore.budget import SpaceCheck, check_memory
 from dvsgkit.framestore.layout import (
@@ -104,7 +104,7 @@ def _integrate_block(task: BlockTask) -> BlockResult:
         check_unchanged(task.events_path, task.identity, cache.identity,
                         "the frames were being built")  # fmt: skip
         events = cache.columns(task.split, fields, e0, e1, offsets=offsets, first_sample=task.s0)
-    counts = integrate_many(events, offsets, task.T, task.split_by)  # [S, T, 2, H, W] int64
+    counts = integrate_many(events, offsets, FrameSpec(task.T, task.split_by))  # [S,T,2,H,W]
     largest = int(counts.max()) if counts.size else 0
     if largest > np.iinfo(task.dtype).max:
         return BlockResult(task.s0, task.s1, largest, [])
@@ -234,7 +234,7 @@ def make_frame_store(
     second build of the same store waits for the first (at most `lock_timeout` seconds, naming
     its pid); StoreWriteError: full disk, read-only file system or no permission, with nothing
     partial left."""
-    check_frame_params(T, split_by)
+    FrameSpec(T, split_by)  # checks them
     if zarr_format is not None and zarr_format not in ZARR_FORMATS:
         raise InputError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:

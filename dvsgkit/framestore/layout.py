@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dvsgkit.frames import check_frame_params
+from dvsgkit.frames import FrameSpec
 
 LAYOUT = "dvsgkit.frames"
 # 2: per-sample crc32 checksums (`checksums` array), and every chunk written (empty samples too).
@@ -17,5 +17,5 @@ DEFAULT_ZARR_FORMAT = 2
 
 def frame_store_path(root: Path, T: int, split_by: str) -> Path:
     """ROOT/frames_number_{T}_split_by_{split_by}.zarr (SpikingJelly's folder name plus .zarr)."""
-    check_frame_params(T, split_by)
+    FrameSpec(T, split_by)  # checks them
     return Path(root) / f"frames_number_{T}_split_by_{split_by}.zarr"

@@ -13,7 +13,7 @@ import numpy as np
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.errors import InputError, NotFound
-from dvsgkit.frames import check_frame_params, integrate_many
+from dvsgkit.frames import FrameSpec, integrate_many
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import RecordingError, check_recording, iter_recording
 from dvsgkit.run import checkpoint_file
@@ -174,13 +174,13 @@ def classify(
     ends int64 [K], event counts int64 [K], firing rates float32 [K, 11])."""
     import torch
 
-    check_frame_params(T, split_by)
+    spec = FrameSpec(T, split_by)
     starts, ends, counts, rates = [], [], [], []
     batch: list[np.ndarray] = []
 
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
-        frames = integrate_many(np.concatenate(batch), offsets, T, split_by)  # [B, T, 2, H, W]
+        frames = integrate_many(np.concatenate(batch), offsets, spec)  # [B, T, 2, H, W]
         x = torch.from_numpy(frames.astype(np.float32)).to(device)
         with torch.inference_mode():
             rates.append(net(x).float().cpu().numpy())  # [B, 11]

@@ -15,7 +15,7 @@ from dvsgkit.data import FrameDataset, make_loader
 from dvsgkit.errors import DamagedError
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
-from dvsgkit.frames import integrate
+from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore.build import make_frame_store
 from dvsgkit.framestore.read import open_frame_store, store_status
 from dvsgkit.info import summarize
@@ -68,7 +68,8 @@ def test_a_deleted_chunk_is_damage_not_zeros_and_the_build_replaces_it(
     assert build.outcome == "rebuilt" and key in build.why
     with EventCache(events_h5) as cache:
         np.testing.assert_array_equal(
-            open_frame_store(path, "test")["frames"][3], integrate(cache.sample("test", 3), T)
+            open_frame_store(path, "test")["frames"][3],
+            integrate(cache.sample("test", 3), FrameSpec(T)),
         )
     assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "up to date"
 

@@ -22,7 +22,7 @@ from dvsgkit.errors import StorageError
 from dvsgkit.eventcache import seal as integrity
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
-from dvsgkit.frames import integrate
+from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore import build as store
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.framestore.read import open_frame_store
@@ -105,7 +105,9 @@ def test_store_holds_every_sample_and_opens_with_plain_zarr(
             ids = group[split].attrs["sample_ids"]
             assert ids[0] == f"{cache.trials(split)[0]}:{cache.rows(split)[0]}" and len(ids) == n
             for i in range(n):
-                np.testing.assert_array_equal(frames[i], integrate(cache.sample(split, i), T))
+                np.testing.assert_array_equal(
+                    frames[i], integrate(cache.sample(split, i), FrameSpec(T))
+                )
     assert sum(group["train"].attrs["class_counts"]) == group["train"]["labels"].shape[0]
 
 
@@ -118,7 +120,7 @@ def test_time_split_and_two_workers_side_by_side(synth_root: Path, tmp_path: Pat
     with EventCache(tmp_path / "events.h5") as cache:
         for i in range(cache.num_samples("test")):
             np.testing.assert_array_equal(
-                test["frames"][i], integrate(cache.sample("test", i), T, "time")
+                test["frames"][i], integrate(cache.sample("test", i), FrameSpec(T, "time"))
             )
     assert open_frame_store(number).attrs["T"] == T  # the first store is still complete
 
