@@ -30,6 +30,7 @@ import numpy as np
 from dvsgkit.constants import SPLITS
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore import check as verify
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.info import size_on_disk
@@ -126,15 +127,17 @@ def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) ->
     the replacement), everything else is the same build."""
     real = verify.sample_checksum
     times: dict[str, list[float]] = {"with checksums": [], "without": []}
-    build_frame_store(root, T, split_by, workers=workers, progress=False)  # warm-up, not timed
+    build_frame_store(
+        root, FrameSpec(T, split_by), workers=workers, progress=False
+    )  # warm-up, not timed
     for rep in range(reps):
         for mode in list(times)[:: 1 if rep % 2 == 0 else -1]:  # alternate the order: drift cancels
-            shutil.rmtree(frame_store_path(root, T, split_by), ignore_errors=True)
+            shutil.rmtree(frame_store_path(root, FrameSpec(T, split_by)), ignore_errors=True)
             if mode == "without":
                 verify.sample_checksum = lambda frames: 0
             try:
                 start = time.perf_counter()
-                build_frame_store(root, T, split_by, workers=workers, progress=False)
+                build_frame_store(root, FrameSpec(T, split_by), workers=workers, progress=False)
                 times[mode].append(time.perf_counter() - start)
             finally:
                 verify.sample_checksum = real
@@ -205,7 +208,9 @@ def main() -> None:
             store = root / f"frames_number_{args.T}_split_by_{args.split_by}.zarr"
             shutil.rmtree(store, ignore_errors=True)
             start = time.perf_counter()
-            build_frame_store(root, args.T, args.split_by, workers=args.workers, progress=False)
+            build_frame_store(
+                root, FrameSpec(args.T, args.split_by), workers=args.workers, progress=False
+            )
             build_s = time.perf_counter() - start
 
             sj_root = tmp / "sj"

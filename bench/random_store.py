@@ -24,6 +24,7 @@ import zarr
 
 from dvsgkit.constants import SPLITS
 from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore import check as verify
 from dvsgkit.framestore.build import WRITE_ALL, build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
@@ -55,7 +56,7 @@ def build_random_store(
     write_synthetic_dataset(root, seed=seed, train_trials=train_trials,
                             test_trials=test_trials, events_per_sample=64)  # fmt: skip
     build_event_cache(root, workers=workers, progress=False)
-    store = build_frame_store(root, T, "number", workers=workers, progress=False)
+    store = build_frame_store(root, FrameSpec(T, "number"), workers=workers, progress=False)
     times["records_s"] = time.perf_counter() - start
     start = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import click
 
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import BUILD_WORKERS
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.layout import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
 from dvsgkit_cli.common import root_option
 
@@ -59,7 +60,7 @@ def frames(
 
     start = time.perf_counter()
     build = make_frame_store(
-        root, T, split_by, workers=workers, progress=progress, check_samples=True,
+        root, FrameSpec(T, split_by), workers=workers, progress=progress, check_samples=True,
         zarr_format=None if zarr_format is None else int(zarr_format),
     )  # fmt: skip
     info = summarize(build.path)

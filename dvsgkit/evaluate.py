@@ -12,6 +12,7 @@ import numpy as np
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
 from dvsgkit.errors import InputError
+from dvsgkit.frames import FrameSpec
 from dvsgkit.fs import write_text
 from dvsgkit.run import checkpoint_file, recorded_root
 
@@ -187,7 +188,9 @@ def evaluate(
     if root is None:
         root = recorded_root(meta["root"], checkpoint) if meta["root"] else DEFAULTS.root
     dev = parse_device(device)
-    store = build_frame_store(Path(root), T, split_by, workers=max(workers, 1), progress=progress)
+    store = build_frame_store(
+        Path(root), FrameSpec(T, split_by), workers=max(workers, 1), progress=progress
+    )
     loader = make_loader(
         store, split, batch_size, shuffle=False, drop_last=False, device=dev, workers=workers
     )

@@ -27,6 +27,7 @@ from dvsgkit.distributed import (
     together,
 )
 from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.fs import sweep
@@ -105,7 +106,7 @@ def build_optim(
 def _frame_store(config: TrainConfig) -> tuple[Path, dict[str, Any]]:
     """The frame store (built by rank 0 before) and its provenance. A store at that path made
     with another T is refused by build_frame_store."""
-    store = frame_store_path(Path(config.root), config.T, config.split_by)
+    store = frame_store_path(Path(config.root), FrameSpec(config.T, config.split_by))
     attrs = dict(open_frame_store(store).attrs)
     if attrs.get("T") != config.T or attrs.get("split_by") != config.split_by:
         raise InputError(
@@ -282,7 +283,7 @@ def train(
             if d.main:  # build the frame store if missing; the others wait
                 workers = max(config.workers, 1)
                 build_frame_store(
-                    config.root, config.T, config.split_by, workers=workers,
+                    config.root, FrameSpec(config.T, config.split_by), workers=workers,
                     progress=config.progress,
                 )  # fmt: skip
         with together(d):

@@ -38,12 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset root with 24 train / 12 test synthetic samples framed at T=4, shared by the
     training tests: read it, never write into it."""
+    from dvsgkit.frames import FrameSpec
     from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("dvsg")
     write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
+    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     return root
 
 

@@ -10,6 +10,7 @@ import torch
 import zarr
 
 from dvsgkit.data import FrameDataset, make_loader
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.framestore.check import array_checksum, sample_checksum
 from dvsgkit.synth import write_synthetic_dataset
@@ -23,7 +24,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 train + 12 test samples at T=4."""
     root = tmp_path_factory.mktemp("data")
     write_synthetic_dataset(root, seed=2, train_trials=2, test_trials=1, events_per_sample=400)
-    return build_frame_store(root, T, workers=1, progress=False)
+    return build_frame_store(root, FrameSpec(T), workers=1, progress=False)
 
 
 def test_dataset_items_are_float_frames_and_int_labels(store: Path) -> None:
@@ -133,7 +134,7 @@ def test_ranks_get_disjoint_equal_shares(store: Path, drop_last: bool, per_rank:
 def test_wide_counts_load_exactly(tmp_path: Path) -> None:
     root = tmp_path
     write_synthetic_dataset(root, seed=0, train_trials=1, test_trials=1, events_per_sample=300)
-    path = build_frame_store(root, T, workers=1, progress=False)
+    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     # Turn the store's train frames into uint16 values above 255, as a dense sample would give.
     group = zarr.open_group(path, mode="r+")["train"]
     frames = group["frames"][:].astype(np.uint16) * 300

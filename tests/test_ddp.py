@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.fs.lock import build_lock
 from dvsgkit.run import BEST, LATEST, RUN_LOCK
@@ -66,7 +67,7 @@ WORKER = textwrap.dedent(
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_synthetic_dataset(root, seed=1, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
+    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     (tmp_path / "worker.py").write_text(WORKER)
     out_dir = tmp_path / "runs"
     args = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "2", "-j", "0"]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from dvsgkit.constants import CLASS_NAMES, SPIKINGJELLY_LABEL_ORDER
 from dvsgkit.evaluate import Evaluation, confusion_matrix, per_class_accuracy, write_outputs
+from dvsgkit.frames import FrameSpec
 from dvsgkit.plots import plot_confusion, plot_curves, plot_run
 from dvsgkit.run.metrics import read_metrics
 from dvsgkit_cli.main import cli
@@ -113,7 +114,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("dvsg")
     write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
+    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     config = TrainConfig(T=4, channels=4, batch_size=4, epochs=1, workers=0, device="cpu",
                          root=str(root), out_dir=str(root / "runs"), progress=False)  # fmt: skip
     return root, train(config).run_dir

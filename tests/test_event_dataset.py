@@ -49,7 +49,7 @@ def test_tonic_to_frame_gives_the_frame_store_frames(frame_root: Path) -> None:
     to_frame = ToFrame(sensor_size=(128, 128, 2), n_event_bins=T)
     dataset = EventDataset(frame_root, "test", transform=to_frame)
     raw = EventDataset(frame_root, "test")
-    store = FrameDataset(frame_store_path(frame_root, T, "number"), "test", raw=True)
+    store = FrameDataset(frame_store_path(frame_root, FrameSpec(T, "number")), "test", raw=True)
     assert np.array_equal(store.labels, raw.labels)
     for i in range(len(dataset)):
         tonic_frames, label = dataset[i]  # [T, 2, 128, 128] int16
@@ -68,7 +68,7 @@ def test_tonic_to_frame_gives_the_frame_store_frames(frame_root: Path) -> None:
 
 
 def test_frame_dataset_transform(frame_root: Path) -> None:
-    path = frame_store_path(frame_root, T, "number")
+    path = frame_store_path(frame_root, FrameSpec(T, "number"))
     plain = FrameDataset(path, "train")
     flipped = FrameDataset(path, "train", transform=lambda x: torch.flip(x, dims=[-1]))
     frames, label = plain[2]

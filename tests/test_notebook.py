@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
@@ -27,7 +28,7 @@ def test_notebook_uses_only_zarr_numpy_matplotlib() -> None:
 
 def test_notebook_executes_against_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=400)
-    store = build_frame_store(tmp_path, 4, "time", workers=1, progress=False)
+    store = build_frame_store(tmp_path, FrameSpec(4, "time"), workers=1, progress=False)
     monkeypatch.setenv("DVSGKIT_FRAMES_STORE", str(store))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:

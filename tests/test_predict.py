@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES
+from dvsgkit.frames import FrameSpec
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels, write_labels
 from dvsgkit.io.recordings import iter_recording, parse_duration
@@ -43,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("dvsg")
     write_synthetic_dataset(root, seed=0, train_trials=6, test_trials=1, events_per_sample=3000)
-    build_frame_store(root, T, "number", workers=1, progress=False)
+    build_frame_store(root, FrameSpec(T, "number"), workers=1, progress=False)
     config = TrainConfig(T=T, channels=8, batch_size=8, epochs=10, workers=0, device="cpu",
                          opt="adam", lr=1e-2, lr_scheduler="cosalr", T_max=10, root=str(root),
                          out_dir=str(root / "runs"), progress=False)  # fmt: skip
@@ -216,9 +217,11 @@ def _assert_labels_mode_equals_evaluate(root: Path, ckpt: Path) -> Prediction:
     from dvsgkit.evaluate import evaluate, predict
     from dvsgkit.framestore.build import build_frame_store, frame_store_path
 
-    build_frame_store(root, T, "number", workers=1, progress=False)  # as it is, when it is
+    build_frame_store(
+        root, FrameSpec(T, "number"), workers=1, progress=False
+    )  # as it is, when it is
     net, meta = load_checkpoint_net(ckpt)
-    loader = make_loader(frame_store_path(root, T, "number"), "test", 16, shuffle=False,
+    loader = make_loader(frame_store_path(root, FrameSpec(T, "number")), "test", 16, shuffle=False,
                          drop_last=False)  # fmt: skip
     labels, preds, _ = predict(net, loader, "cpu")
     with torch.inference_mode():

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.config import TrainConfig
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.run import CONFIG, FRAMES_RECORD, LATEST
 from dvsgkit.run.checkpoint import load_checkpoint, save_atomic
@@ -30,7 +31,7 @@ def bigger_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("bigger")
     write_synthetic_dataset(root, seed=1, train_trials=4, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, 4, "number", workers=1, progress=False)
+    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     return root
 
 
@@ -46,7 +47,7 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 
 def test_a_checkpoint_and_the_run_record_the_frame_store(one_epoch: TrainConfig) -> None:
-    store = frame_store_path(Path(one_epoch.root), 4, "number")
+    store = frame_store_path(Path(one_epoch.root), FrameSpec(4, "number"))
     frames = load_checkpoint(one_epoch.run_dir() / LATEST)["frames"]
     assert frames["path"] == str(store) and len(frames["build_id"]) == 32
     assert len(frames["events_checksum"]) == 64
@@ -66,7 +67,7 @@ def test_resume_on_other_data_is_refused_and_changes_nothing(
         train(other, resume=run_dir / LATEST)
     message = str(err.value)
     assert "\n" not in message
-    store = frame_store_path(bigger_root, 4, "number")
+    store = frame_store_path(bigger_root, FrameSpec(4, "number"))
     assert message.startswith(f"cannot resume {run_dir / LATEST} on {store}: "), message
     assert "train samples 24 (now 48)" in message and "events checksum" in message
     assert f"pass --root {one_epoch.root} to continue" in message
@@ -97,7 +98,7 @@ def test_a_rebuilt_store_of_the_same_events_is_the_same_data(
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy2(Path(one_epoch.root) / "events.h5", copy / "events.h5")
-    build_frame_store(copy, 4, "number", workers=1, progress=False)
+    build_frame_store(copy, FrameSpec(4, "number"), workers=1, progress=False)
     old = load_checkpoint(one_epoch.run_dir() / LATEST)["frames"]
     train(replace(one_epoch, epochs=2, root=str(copy)), resume=one_epoch.run_dir())
     assert "is a rebuild or copy of the run's frame store" in capsys.readouterr().out

@@ -196,8 +196,7 @@ class FrameBuild:
 
 def build_frame_store(
     root: Path,
-    T: int,
-    split_by: str = "number",
+    spec: FrameSpec,
     *,
     workers: int = BUILD_WORKERS,
     progress: bool = True,
@@ -208,15 +207,14 @@ def build_frame_store(
     when missing). A complete, intact store made from the same event cache is left as is; a
     damaged one is rebuilt, saying what was wrong on stderr first."""
     return make_frame_store(
-        root, T, split_by, workers=workers, progress=progress, zarr_format=zarr_format,
+        root, spec, workers=workers, progress=progress, zarr_format=zarr_format,
         lock_timeout=lock_timeout,
     ).path  # fmt: skip
 
 
 def make_frame_store(
     root: Path,
-    T: int,
-    split_by: str = "number",
+    spec: FrameSpec,
     *,
     workers: int = BUILD_WORKERS,
     progress: bool = True,
@@ -234,14 +232,14 @@ def make_frame_store(
     second build of the same store waits for the first (at most `lock_timeout` seconds, naming
     its pid); StoreWriteError: full disk, read-only file system or no permission, with nothing
     partial left."""
-    FrameSpec(T, split_by)  # checks them
+    T, split_by = spec.T, spec.split_by
     if zarr_format is not None and zarr_format not in ZARR_FORMATS:
         raise InputError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     check_memory(T, workers, BLOCK_SAMPLES)
     root = Path(root)
-    target = frame_store_path(root, T, split_by)
+    target = frame_store_path(root, spec)
     events_path = event_cache_path(root)
     if not events_path.exists() or dataset_dir(root).is_dir():
         # Missing: build it. Recordings present: let the event pipeline refresh a stale cache

@@ -15,7 +15,6 @@ ZARR_FORMATS = (2, 3)
 DEFAULT_ZARR_FORMAT = 2
 
 
-def frame_store_path(root: Path, T: int, split_by: str) -> Path:
-    """ROOT/frames_number_{T}_split_by_{split_by}.zarr (SpikingJelly's folder name plus .zarr)."""
-    FrameSpec(T, split_by)  # checks them
-    return Path(root) / f"frames_number_{T}_split_by_{split_by}.zarr"
+def frame_store_path(root: Path, spec: FrameSpec) -> Path:
+    """ROOT/{spec.name}.zarr: SpikingJelly's folder name plus .zarr."""
+    return Path(root) / f"{spec.name}.zarr"

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore import build as store
 from dvsgkit.framestore.build import make_frame_store
 from dvsgkit.synth import write_synthetic_dataset
@@ -194,7 +195,9 @@ def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path)
            f"which is building {path}" in waited[1]  # fmt: skip
     code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
     assert code == 0 and "is up to date (" in out
-    assert make_frame_store(tmp_path, 2, workers=1, progress=False).outcome == "up to date"
+    assert (
+        make_frame_store(tmp_path, FrameSpec(2), workers=1, progress=False).outcome == "up to date"
+    )
 
 
 def test_the_space_check_measures_chunks_that_workers_are_still_renaming(

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dvsgkit.config import DEFAULTS, TrainConfig
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.run.metrics import read_metrics
 from dvsgkit_cli.main import cli
@@ -127,7 +128,10 @@ def test_a_frame_store_with_another_T_is_refused(frame_root: Path, tmp_path: Pat
     other.mkdir()
     shutil.copy2(frame_root / "events.h5", other / "events.h5")
     # A T=4 store where the T=6 one belongs (renamed by hand, say).
-    shutil.copytree(frame_store_path(frame_root, 4, "number"), frame_store_path(other, 6, "number"))
+    shutil.copytree(
+        frame_store_path(frame_root, FrameSpec(4, "number")),
+        frame_store_path(other, FrameSpec(6, "number")),
+    )
     result = _train(other, tmp_path / "runs", "--epochs", "1", "-T", "6")
     assert result.exit_code == 1
     assert "another configuration (T=4" in result.output, result.output

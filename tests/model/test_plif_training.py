@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from dvsgkit.config import INIT_TAU, TrainConfig
 from dvsgkit.data import make_loader
 from dvsgkit.evaluate import load_net
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.model import GestureNet
 from dvsgkit.model.net import SPIKING_LAYERS
@@ -120,7 +121,7 @@ def test_plif_run_records_taus_plots_them_and_refuses_a_lif_resume(
 
 @pytest.mark.slow
 def test_a_plif_net_learns_the_synthetic_set(frame_root: Path) -> None:
-    store = frame_store_path(frame_root, 4, "number")
+    store = frame_store_path(frame_root, FrameSpec(4, "number"))
     loader = make_loader(store, "train", 12, shuffle=False, drop_last=False)
     frames, labels = next(iter(loader))  # 12 samples [12, 4, 2, 128, 128], 11 classes
     torch.manual_seed(0)
@@ -215,7 +216,7 @@ def test_evaluate_cli_scores_a_plif_dvsgesturenet_checkpoint(
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "sj_plif_test_eval.json").read_text())
     assert data["source"] == "spikingjelly" and data["samples"] == 12 and data["epoch"] == 5
-    store = frame_store_path(frame_root, 4, "number")
+    store = frame_store_path(frame_root, FrameSpec(4, "number"))
     loader = make_loader(store, "test", 16, shuffle=False, drop_last=False)
     labels, preds, _ = predict(net, loader, "cpu")
     assert np.array_equal(np.array(data["confusion_matrix"]), confusion_matrix(labels, preds))

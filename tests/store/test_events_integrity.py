@@ -13,6 +13,7 @@ import zarr
 
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.info import _summarize_events
 from dvsgkit.synth import write_synthetic_dataset
@@ -85,7 +86,7 @@ def test_two_flipped_bytes_in_a_timestamp_chunk_are_caught_everywhere(root: Path
     shutil.rmtree(root / "extract")  # no sources: the cache is used as it is
     with pytest.raises(ValueError, match=r"events\.h5: train/t events .*cannot be read.*"
                        r"Fletcher-32.*run 'dvsgkit events'"):  # fmt: skip
-        build_frame_store(root, 4, "time", workers=1, progress=False)
+        build_frame_store(root, FrameSpec(4, "time"), workers=1, progress=False)
 
 
 def write_pixel(path: Path, split: str, column: str, event: int, value: int) -> None:
@@ -112,7 +113,7 @@ def test_a_pixel_off_the_sensor_written_by_hand_is_noticed(root: Path) -> None:
     shutil.move(extract, root / "moved")
     with pytest.raises(ValueError, match=rf"events\.h5: train sample {sample} has x = 200 "
                        rf"\(event {event}\), off the 128x128 sensor; train/x was"):  # fmt: skip
-        build_frame_store(root, 4, "number", workers=1, progress=False)
+        build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     # events: not up to date; with the sources present it is rebuilt, sound again.
     shutil.move(root / "moved", extract)
     build_event_cache(root, workers=1, progress=False)
@@ -187,7 +188,7 @@ def test_a_changed_cache_is_refused_by_every_build_when_the_recordings_are_gone(
     line = rf"{path}: {changed} changed after the build .*delete {path} and run 'dvsgkit events'"
     for split_by in ("number", "time"):
         with pytest.raises(ValueError, match=line):
-            build_frame_store(root, 4, split_by, workers=1, progress=False)
+            build_frame_store(root, FrameSpec(4, split_by), workers=1, progress=False)
     assert not list(root.glob("*.zarr"))
     with pytest.raises(ValueError, match=line):
         EventDataset(root, "test")  # the readers that feed training check it too
@@ -258,11 +259,11 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
         monkeypatch.setattr(store, "_integrate_block", block)
     with pytest.raises(ValueError, match=rf"{path} was replaced while .*; nothing was built from "
                        r"it: rerun"):  # fmt: skip
-        build_frame_store(root, 4, "number", workers=1, progress=False)
+        build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     assert replaced and not list(root.glob("*.zarr"))
     monkeypatch.undo()
     # The rerun builds from the cache now in place: its samples, and its checksum recorded.
-    store_path = build_frame_store(root, 4, "number", workers=1, progress=False)
+    store_path = build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
     group = zarr.open_group(store_path, mode="r")
     with EventCache(path) as cache:
         assert group.attrs["events"]["checksum"] == cache.checksum()

@@ -34,7 +34,9 @@ def events_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def built(tmp_path: Path, events_h5: Path, zarr_format: int = 2) -> Path:
     (tmp_path / "events.h5").symlink_to(events_h5)
-    return make_frame_store(tmp_path, T, workers=1, progress=False, zarr_format=zarr_format).path
+    return make_frame_store(
+        tmp_path, FrameSpec(T), workers=1, progress=False, zarr_format=zarr_format
+    ).path
 
 
 def chunk(path: Path, split: str, i: int) -> Path:
@@ -64,14 +66,18 @@ def test_a_deleted_chunk_is_damage_not_zeros_and_the_build_replaces_it(
     assert status(path, events_h5) == ("damaged", f"test sample 3: chunk file {key} missing")
     info = summarize(path)
     assert not info["complete"] and key in info["problem"]
-    build = make_frame_store(tmp_path, T, workers=1, progress=False, zarr_format=zarr_format)
+    build = make_frame_store(
+        tmp_path, FrameSpec(T), workers=1, progress=False, zarr_format=zarr_format
+    )
     assert build.outcome == "rebuilt" and key in build.why
     with EventCache(events_h5) as cache:
         np.testing.assert_array_equal(
             open_frame_store(path, "test")["frames"][3],
             integrate(cache.sample("test", 3), FrameSpec(T)),
         )
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "up to date"
+    assert (
+        make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "up to date"
+    )
 
 
 def edit_shape(path: Path, split: str, n: int) -> None:
@@ -93,7 +99,7 @@ def test_an_edited_shape_is_damage_not_fewer_samples(
                        r" store records uint8 \[12, 4, 2, 128, 128\]"):  # fmt: skip
         make_loader(path, "test", 4, shuffle=False, drop_last=False)
     assert status(path, events_h5)[0] == "damaged"
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
+    assert make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "rebuilt"
     assert len(FrameDataset(path, "test")) == 12
 
 
@@ -104,7 +110,7 @@ def test_a_deleted_array_metadata_file_is_rebuilt_not_up_to_date(
     (path / "test" / "frames" / ".zarray").unlink()
     with pytest.raises(DamagedError, match=r"test/frames missing; rebuild it with 'dvsgkit"):
         open_frame_store(path, "test")
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
+    assert make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "rebuilt"
     assert open_frame_store(path, "test")["frames"].shape[0] == 12
 
 
@@ -120,9 +126,11 @@ def test_metadata_that_is_not_json_is_named(tmp_path: Path, events_h5: Path, met
         summarize(path)
     if meta == ".zattrs":  # the root's record itself: whose store this is cannot be known
         with pytest.raises(FileExistsError, match=rf"{path / meta} is not valid JSON .*delete it"):
-            make_frame_store(tmp_path, T, workers=1, progress=False)
+            make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False)
     else:
-        assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
+        assert (
+            make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "rebuilt"
+        )
         FrameDataset(path, "test")
 
 
@@ -132,7 +140,7 @@ def test_metadata_that_is_not_json_is_named_in_format_3(tmp_path: Path, events_h
     meta.write_bytes(meta.read_bytes()[:40])
     with pytest.raises(DamagedError, match=rf"{meta} is not valid JSON"):
         open_frame_store(path)
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "rebuilt"
+    assert make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "rebuilt"
 
 
 def test_a_chunk_with_other_content_fails_its_checksum_on_read(
@@ -206,7 +214,7 @@ def test_a_store_of_layout_version_1_is_rebuilt(tmp_path: Path, events_h5: Path)
     zarr.open_group(path, mode="r+").attrs["layout_version"] = 1
     with pytest.raises(ValueError, match="layout_version 1, this dvsgkit reads 2"):
         open_frame_store(path)
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "built"
+    assert make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "built"
     open_frame_store(path)
 
 
@@ -221,7 +229,7 @@ def test_an_edited_T_is_damage_and_its_fix_is_the_command_that_rebuilds_it(
     assert fix in str(err.value) and "uint8 [12, 4, 2, 128, 128]" in str(err.value)
     info = summarize(path)
     assert not info["complete"] and info["fix"].startswith(fix)
-    build = make_frame_store(tmp_path, T, workers=1, progress=False)  # what the fix runs
+    build = make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False)  # what the fix runs
     assert build.outcome == "rebuilt" and "T=8" in build.why, build
     assert open_frame_store(path).attrs["T"] == T
 
@@ -245,7 +253,7 @@ def test_a_rebuild_says_what_was_wrong_before_it_starts(
 
     monkeypatch.setattr(store, "_write_store", write)
     # What train and evaluate call: it prints the line itself.
-    assert store.build_frame_store(tmp_path, T, workers=1, progress=False) == path
+    assert store.build_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False) == path
     key = gone.relative_to(path).as_posix()
     assert said == [f"{path} is damaged: test sample 3: chunk file {key} missing; rebuilding it\n"]
     assert capsys.readouterr().err == ""
@@ -257,14 +265,16 @@ def test_an_explicit_zarr_format_rebuilds_a_store_of_the_other_format(
 ) -> None:
     path = built(tmp_path, events_h5, zarr_format=2)
     capsys.readouterr()
-    build = make_frame_store(tmp_path, T, workers=1, progress=False, zarr_format=3)
+    build = make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False, zarr_format=3)
     assert build.outcome == "rebuilt" and (path / "zarr.json").is_file()
     assert not (path / ".zgroup").exists()
     assert capsys.readouterr().err == (
         f"{path} is in Zarr format 2, not the format 3 asked for; rebuilding it\n"
     )
     # No format given: the store is kept in whichever format it has.
-    assert make_frame_store(tmp_path, T, workers=1, progress=False).outcome == "up to date"
-    assert make_frame_store(tmp_path, T, workers=1, progress=False,
+    assert (
+        make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False).outcome == "up to date"
+    )
+    assert make_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False,
                             zarr_format=3).outcome == "up to date"  # fmt: skip
     assert summarize(path, verify=True)["complete"]

@@ -85,9 +85,13 @@ def test_store_holds_every_sample_and_opens_with_plain_zarr(
     root = tmp_path / "root"
     root.mkdir()
     (root / "events.h5").symlink_to(synth_root / "events.h5")
-    path = build_frame_store(root, T, "number", workers=1, progress=False, zarr_format=zarr_format)
+    path = build_frame_store(
+        root, FrameSpec(T, "number"), workers=1, progress=False, zarr_format=zarr_format
+    )
     assert (
-        path == root / "frames_number_4_split_by_number.zarr" == frame_store_path(root, T, "number")
+        path
+        == root / "frames_number_4_split_by_number.zarr"
+        == frame_store_path(root, FrameSpec(T, "number"))
     )
     group = zarr.open_group(path, mode="r")  # no dvsgkit involved
     attrs = dict(group.attrs)
@@ -113,8 +117,8 @@ def test_store_holds_every_sample_and_opens_with_plain_zarr(
 
 def test_time_split_and_two_workers_side_by_side(synth_root: Path, tmp_path: Path) -> None:
     (tmp_path / "events.h5").symlink_to(synth_root / "events.h5")
-    number = build_frame_store(tmp_path, T, "number", workers=1, progress=False)
-    time = build_frame_store(tmp_path, T, "time", workers=2, progress=False)
+    number = build_frame_store(tmp_path, FrameSpec(T, "number"), workers=1, progress=False)
+    time = build_frame_store(tmp_path, FrameSpec(T, "time"), workers=2, progress=False)
     assert number != time and number.is_dir() and time.is_dir()
     test = open_frame_store(time, "test")
     with EventCache(tmp_path / "events.h5") as cache:
@@ -128,14 +132,14 @@ def test_time_split_and_two_workers_side_by_side(synth_root: Path, tmp_path: Pat
 def test_rerun_is_a_noop_and_changed_inputs_rebuild(tmp_path: Path) -> None:
     root = tmp_path / "root"
     write_synthetic_dataset(root, seed=0, train_trials=1, test_trials=1, events_per_sample=300)
-    path = build_frame_store(root, T, workers=1, progress=False)
+    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     first = zarr.open_group(path, mode="r").attrs["build_id"]
-    assert build_frame_store(root, T, workers=1, progress=False) == path
+    assert build_frame_store(root, FrameSpec(T), workers=1, progress=False) == path
     assert zarr.open_group(path, mode="r").attrs["build_id"] == first
     before = zarr.open_group(path, mode="r")["train"]["frames"][:]
     # New recordings: the event cache is refreshed, its checksum changes, the store is rebuilt.
     write_synthetic_dataset(root, seed=5, train_trials=1, test_trials=1, events_per_sample=300)
-    build_frame_store(root, T, workers=1, progress=False)
+    build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     group = zarr.open_group(path, mode="r")
     assert group.attrs["build_id"] != first and group.attrs["complete"] is True
     assert not np.array_equal(group["train"]["frames"][:], before)
@@ -144,7 +148,7 @@ def test_rerun_is_a_noop_and_changed_inputs_rebuild(tmp_path: Path) -> None:
 
 def test_counts_above_255_widen_the_dtype_never_clip(tmp_path: Path) -> None:
     root = hand_made_root(tmp_path, pixel_events=300 * T)  # 300 events per frame on one pixel
-    path = build_frame_store(root, T, workers=1, progress=False)
+    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     frames = zarr.open_group(path, mode="r")["train"]["frames"]
     assert frames.dtype == np.uint16
     assert frames[0, :, 1, 7, 5].tolist() == [300] * T and frames[0].sum() == 300 * T
@@ -157,7 +161,7 @@ def test_an_empty_samples_chunk_is_written_so_that_a_missing_one_means_damage(
     tmp_path: Path,
 ) -> None:
     root = hand_made_root(tmp_path)  # train sample 2 has no events
-    path = build_frame_store(root, T, workers=1, progress=False, zarr_format=2)
+    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False, zarr_format=2)
     assert (path / "train" / "frames" / "2.0.0.0.0").is_file()
     assert open_frame_store(path, "train")["frames"][2].sum() == 0
 
@@ -177,12 +181,12 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
     real = store._integrate_block
     monkeypatch.setattr(store, "_integrate_block", fail_on_second_block)
     with pytest.raises(RuntimeError, match="simulated"):
-        build_frame_store(root, T, workers=1, progress=False)
-    path = frame_store_path(root, T, "number")
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
+    path = frame_store_path(root, FrameSpec(T, "number"))
     assert not path.exists() and not list(root.glob("*.partial"))
     # A complete old store survives a failed rebuild untouched.
     monkeypatch.setattr(store, "_integrate_block", real)
-    build_frame_store(root, T, workers=1, progress=False)
+    build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     built = zarr.open_group(path, mode="r").attrs["build_id"]
     read_index = store.read_events_index  # other inputs: the store is stale
     monkeypatch.setattr(store, "read_events_index",
@@ -190,7 +194,7 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
     calls.clear()
     monkeypatch.setattr(store, "_integrate_block", fail_on_second_block)
     with pytest.raises(RuntimeError, match="simulated"):
-        build_frame_store(root, T, workers=1, progress=False)
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert zarr.open_group(path, mode="r").attrs["build_id"] == built
     assert open_frame_store(path, "train")["frames"].shape[0] == 3
 
@@ -222,7 +226,7 @@ def test_a_failed_write_removes_the_store_after_zarrs_other_writes_have_ended(
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", slow_disk)
     with pytest.raises(StorageError, match="no space left on device"):
-        build_frame_store(root, T, workers=1, progress=False)
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert failed and in_flight == []  # nothing was still writing when the build gave up
     time.sleep(0.5)
     assert [p.name for p in root.iterdir() if "frames" in p.name] == []  # nor its lock file
@@ -242,8 +246,8 @@ def test_event_cache_replaced_during_the_build_leaves_no_store(
 
     monkeypatch.setattr(store, "_write_store", concurrent_events_rebuild)
     with pytest.raises(ValueError, match=r"events\.h5 was replaced while the frames were being"):
-        build_frame_store(root, T, workers=1, progress=False)
-    assert not frame_store_path(root, T, "number").exists()
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
+    assert not frame_store_path(root, FrameSpec(T, "number")).exists()
     assert not list(root.glob("*.partial"))
 
 
@@ -258,8 +262,8 @@ def test_leftovers_of_a_killed_build_never_look_complete_and_are_cleared(tmp_pat
     for leftover in (killed, elsewhere):
         zarr.open_group(leftover, mode="w").attrs["layout"] = "dvsgkit.frames"
     with pytest.raises(FileNotFoundError, match="not found"):
-        open_frame_store(frame_store_path(root, T, "number"))
-    build_frame_store(root, T, workers=1, progress=False)
+        open_frame_store(frame_store_path(root, FrameSpec(T, "number")))
+    build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert not killed.exists() and not elsewhere.exists()
 
 
@@ -268,7 +272,8 @@ def test_concurrent_builds_of_one_store_both_succeed_once(tmp_path: Path) -> Non
     code = (
         "import sys, zarr; from pathlib import Path; "
         "from dvsgkit.framestore.build import build_frame_store as b; "
-        f"p = b(Path(sys.argv[1]), {T}, workers=1, progress=False); "
+        "from dvsgkit.frames import FrameSpec; "
+        f"p = b(Path(sys.argv[1]), FrameSpec({T}), workers=1, progress=False); "
         "print(zarr.open_group(p, mode='r').attrs['build_id'])"
     )
     procs = [
@@ -278,7 +283,9 @@ def test_concurrent_builds_of_one_store_both_succeed_once(tmp_path: Path) -> Non
     ids = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert ids[0] == ids[1]  # the second waited for the lock, then found the store current
-    assert open_frame_store(frame_store_path(root, T, "number"), "test")["labels"][0] == 2
+    assert (
+        open_frame_store(frame_store_path(root, FrameSpec(T, "number")), "test")["labels"][0] == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -287,13 +294,15 @@ def test_concurrent_builds_of_one_store_both_succeed_once(tmp_path: Path) -> Non
 )
 def test_bad_parameters(tmp_path: Path, T_: int, split_by: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        build_frame_store(hand_made_root(tmp_path), T_, split_by, workers=1, progress=False)
+        build_frame_store(
+            hand_made_root(tmp_path), FrameSpec(T_, split_by), workers=1, progress=False
+        )
     assert not list(tmp_path.glob("*.zarr"))
 
 
 def test_missing_event_cache_and_no_recordings(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"extract.*not found.*dvsgkit download"):
-        build_frame_store(tmp_path, T, workers=1, progress=False)
+        build_frame_store(tmp_path, FrameSpec(T), workers=1, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no_layout", "bad_offsets"])
@@ -312,29 +321,29 @@ def test_corrupted_event_cache_is_reported_and_left_alone(tmp_path: Path, damage
                 f["train"]["offsets"][-1] = 10**6
     before = h5.read_bytes()
     with pytest.raises(ValueError, match=str(h5)):
-        build_frame_store(root, T, workers=1, progress=False)
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert h5.read_bytes() == before and not list(root.glob("*.zarr"))
 
 
 def test_a_path_holding_another_store_or_foreign_data_is_not_overwritten(tmp_path: Path) -> None:
     root = hand_made_root(tmp_path)
-    other = build_frame_store(root, 2, workers=1, progress=False)
-    target = frame_store_path(root, T, "number")
+    other = build_frame_store(root, FrameSpec(2), workers=1, progress=False)
+    target = frame_store_path(root, FrameSpec(T, "number"))
     other.rename(target)  # a T=2 store under the T=4 name
     with pytest.raises(FileExistsError, match=r"another configuration \(T=2.*move it away"):
-        build_frame_store(root, T, workers=1, progress=False)
+        build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert zarr.open_group(target, mode="r").attrs["T"] == 2
-    foreign = frame_store_path(root, 8, "time")
+    foreign = frame_store_path(root, FrameSpec(8, "time"))
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a"):
-        build_frame_store(root, 8, "time", workers=1, progress=False)
+        build_frame_store(root, FrameSpec(8, "time"), workers=1, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_open_reports_a_missing_split_and_an_incomplete_store(tmp_path: Path) -> None:
     root = hand_made_root(tmp_path)
-    path = build_frame_store(root, T, workers=1, progress=False)
+    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     group = zarr.open_group(path, mode="r+")
     del group["test"]
     with pytest.raises(ValueError, match=rf"{path} is damaged: split 'test' missing; rebuild"):
@@ -343,7 +352,7 @@ def test_open_reports_a_missing_split_and_an_incomplete_store(tmp_path: Path) ->
     group.attrs["complete"] = False
     with pytest.raises(ValueError, match="incomplete"):
         open_frame_store(path)
-    build_frame_store(root, T, workers=1, progress=False)  # incomplete but ours: rebuilt
+    build_frame_store(root, FrameSpec(T), workers=1, progress=False)  # incomplete but ours: rebuilt
     assert open_frame_store(path, "test")["labels"].shape == (1,)
     with pytest.raises(ValueError, match="split must be one of"):
         open_frame_store(path, "validation")

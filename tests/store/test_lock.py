@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from dvsgkit.eventcache.build import build_event_cache
+from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.store import lock as lock_module
@@ -114,14 +115,14 @@ def test_kill_9_of_a_build_leaves_no_worker_and_the_next_build_proceeds(tmp_path
         [sys.executable, "-c",
          "import sys; from pathlib import Path; "
          "from dvsgkit.framestore.build import make_frame_store;"
-         " print(make_frame_store(Path(sys.argv[1]), 2, workers=2, progress=False,"
-         " lock_timeout=20).outcome)", str(tmp_path)],
+         " print(make_frame_store(Path(sys.argv[1]), FrameSpec(2, "
+         " lock_timeout=20)).outcome)", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert later.returncode == 0, later.stderr
     assert later.stdout.strip() == "built" and time.monotonic() - start < 60
     assert "waiting for" not in later.stderr
-    assert open_frame_store(frame_store_path(tmp_path, 2, "number"), "test")
+    assert open_frame_store(frame_store_path(tmp_path, FrameSpec(2, "number")), "test")
     assert not list(tmp_path.glob("*.partial"))
 
 
