@@ -1,14 +1,50 @@
-"""Shared pytest fixtures and the `gpu` marker's skip rule."""
+"""Shared pytest fixtures, and the `gpu` marker's skip rule.
+
+Synthetic datasets: one family, built once per test run (plain session fixtures: with or
+without pytest-xdist, each process builds its own in a second or so).
+
+    tiny_root    seed 0, 1 train + 1 test recording, 400 events a sample: 12 train / 12 test
+                 samples. For tests of the readers, stores, loaders and commands.
+    small_root   seed 0, 2 train + 1 test recordings, 2000 events a sample: 24 train / 12 test
+                 samples, enough for a network to learn. For training and accuracy tests.
+                 (`frame_root` is its former name.)
+
+Each holds what a user's root holds after `dvsgkit synth`, `dvsgkit events` and
+`dvsgkit frames -T 4`: ROOT/extract/DvsGesture/ (the recordings), ROOT/events.h5 and
+ROOT/frames_number_4_split_by_number.zarr (SHARED_SPEC). They are shared by every test that
+asks for them, so they are read-only: their files and folders lose their write permission, and
+after each test that used one, the tree is compared with what was built (names, sizes,
+modification times, modes), which catches a test that wrote into it even where permissions do
+not stop it (as root). A test that writes into a root (damage, another T, a rebuild, a lock) or
+next to its recordings takes a private copy first:
+
+    def test_x(tiny_root, copy_root, tmp_path):
+        root = copy_root(tiny_root, tmp_path / "root", with_=("recordings", "events"))
+
+`copy_root` copies (never hard-links: a link would share the very file a test writes into)
+the parts asked for: "recordings", "events", "frames". Sizes and modification times are kept,
+so a copied event cache and frame store are up to date with the copied recordings.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+SIZES = {
+    "tiny": {"seed": 0, "train_trials": 1, "test_trials": 1, "events_per_sample": 400},
+    "small": {"seed": 0, "train_trials": 2, "test_trials": 1, "events_per_sample": 2000},
+}
+SHARED_T, SHARED_SPLIT_BY = 4, "number"  # the frame store of each shared root
+PARTS = {"recordings": "extract", "events": "events.h5", "frames": "frames_*.zarr"}
+_built: dict[str, tuple[Path, dict[str, tuple[int, ...]]]] = {}  # fixture -> (root, snapshot)
 
 
 def _gpu_reason() -> str | None:
@@ -34,18 +70,90 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def frame_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dataset root with 24 train / 12 test synthetic samples framed at T=4, shared by the
-    training tests: read it, never write into it."""
+def _snapshot(root: Path) -> dict[str, tuple[int, ...]]:
+    """Every file and folder under `root` (itself included): size, mtime, mode."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        found[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return found
+
+
+def _chmod_tree(root: Path, writable: bool) -> None:
+    write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode | stat.S_IWUSR if writable else mode & ~write)
+
+
+def _shared_root(name: str, factory: pytest.TempPathFactory) -> Iterator[Path]:
     from dvsgkit.frames import FrameSpec
     from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.synth import write_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("dvsg")
-    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
-    return root
+    root = factory.mktemp(f"{name}_root")
+    write_synthetic_dataset(root, **SIZES[name])
+    build_frame_store(root, FrameSpec(SHARED_T, SHARED_SPLIT_BY), workers=1, progress=False)
+    _chmod_tree(root, writable=False)
+    _built[f"{name}_root"] = (root, _snapshot(root))
+    yield root
+    _chmod_tree(root, writable=True)  # for pytest's clean-up of old temporary folders
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A read-only synthetic root: 12 train / 12 test samples, events.h5, frames at T=4 (see
+    the module docstring)."""
+    yield from _shared_root("tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A read-only synthetic root: 24 train / 12 test samples, events.h5, frames at T=4 (see
+    the module docstring)."""
+    yield from _shared_root("small", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def frame_root(small_root: Path) -> Path:
+    """`small_root`, by its former name."""
+    return small_root
+
+
+@pytest.fixture(autouse=True)
+def _shared_roots_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test that changed a shared root (see the module docstring)."""
+    yield
+    used = {"tiny_root", "small_root", "frame_root"} & set(request.fixturenames)
+    for name in sorted("small_root" if u == "frame_root" else u for u in used):
+        if name in _built:
+            root, before = _built[name]
+            now = _snapshot(root)
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            assert not changed, f"the test changed the shared {name} {root}: {changed[:5]}"
+
+
+def _copy_root(root: Path, dest: Path, with_: Sequence[str] = tuple(PARTS)) -> Path:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in with_:
+        if part not in PARTS:
+            raise ValueError(f"copy_root: unknown part {part!r}; choose from {sorted(PARTS)}")
+        for source in sorted(Path(root).glob(PARTS[part])):
+            if source.is_dir():
+                shutil.copytree(source, dest / source.name, symlinks=True)
+            else:
+                shutil.copy2(source, dest / source.name)
+    _chmod_tree(dest, writable=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def copy_root() -> Callable[..., Path]:
+    """`copy_root(shared_root, dest, with_=("recordings", "events", "frames"))`: a writable
+    copy of the parts asked for at `dest` (created if missing); returns `dest`."""
+    return _copy_root
 
 
 class Writers:
