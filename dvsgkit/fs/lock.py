@@ -111,9 +111,10 @@ def _guard(path: Path) -> Iterator[None]:
 
 def _claim(fd: int, path: Path) -> bool:
     """Record this process in the lock file `fd`, just locked, unless the file left the path
-    meanwhile (its holder removed it, or a take-over did): False, try again."""
-    stale = _holder(fd)
-    with _guard(path) if stale is not None and stale.dead() else contextlib.nullcontext():
+    meanwhile (its holder removed it, or a take-over did): False, try again. A file that still
+    names a holder (a killed one) may be taken over at this moment, by a process that found
+    that holder dead when this one did not (it died since): decide under the guard."""
+    with _guard(path) if _holder(fd) is not None else contextlib.nullcontext():
         if not _names(fd, path):
             return False
         os.ftruncate(fd, 0)
@@ -139,27 +140,27 @@ def _take_over(path: Path) -> None:
 
 def _acquire(path: Path) -> tuple[int | None, Holder | None]:
     """One attempt: (descriptor, None) when this process now holds the lock, else (None, the
-    holder its file names, if any)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    locked = False
-    try:
-        locked = _try_lock(fd, path)
-        if locked:
-            if _claim(fd, path):
+    holder its file names, if any). A file that left the path once locked is no answer: the
+    attempt goes on with the file now at the path."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        locked = False
+        try:
+            locked = _try_lock(fd, path)
+            if locked and _claim(fd, path):
                 return fd, None
-            os.close(fd)
-            return None, None
-        holder = _holder(fd)
-    except BaseException as exc:
-        if isinstance(exc, OSError):
-            exc.filename = exc.filename or str(path)
-        if locked:  # a claim that failed (a full disk): leave no lock file naming nobody
-            _release(fd, path)
-        else:
-            os.close(fd)  # never leave a lock held by a descriptor nobody will close
-        raise
-    os.close(fd)
-    return None, holder
+            holder = None if locked else _holder(fd)
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                exc.filename = exc.filename or str(path)
+            if locked:  # a claim that failed (a full disk): leave no lock file naming nobody
+                _release(fd, path)
+            else:
+                os.close(fd)  # never leave a lock held by a descriptor nobody will close
+            raise
+        os.close(fd)
+        if not locked:
+            return None, holder
 
 
 @contextlib.contextmanager
