@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from dvsgkit.errors import DvsgkitError, Stopped
+from dvsgkit.errors import DvsgkitError, InputError, Stopped
 
 POLL_SECONDS = 0.1  # how often a waiting parent acts on a signal
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -72,10 +72,12 @@ class BuildSignals:
             signal.signal(sig, handler)
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(parent: int, from_main: bool) -> None:
     """End this worker when its parent dies: on Linux PR_SET_PDEATHSIG with SIGKILL (a worker
-    blocked in C code goes at once), elsewhere a thread that polls the parent once a second."""
-    if sys.platform.startswith("linux"):
+    blocked in C code goes at once), elsewhere a thread that polls the parent once a second.
+    The kernel's signal follows the thread that forked, not the process: a pool started by
+    another thread, which may end before the pool does, polls too."""
+    if sys.platform.startswith("linux") and from_main:
         # The running program's own symbols (libc's among them): ctypes.util.find_library would
         # run ldconfig in a subprocess, which a fork of a threaded parent must not do.
         libc = ctypes.CDLL(None, use_errno=True)
@@ -93,14 +95,16 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _serve(fn: Callable[..., Any], jobs: Any, results: Connection, parent: int) -> None:
+def _serve(
+    fn: Callable[..., Any], jobs: Any, results: Connection, parent: int, from_main: bool
+) -> None:
     """A worker: run `fn` on each (index, args) job until the queue gives None; send back
     (index, result, None) or (index, exception, traceback text)."""
     # Ctrl-C reaches the whole process group; the parent alone acts on it and stops the workers
     # with SIGTERM, which must kill them even where the parent had installed a handler for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent)
+    _die_with_parent(parent, from_main)
     while (job := jobs.get()) is not None:
         index, args = job
         try:
@@ -130,15 +134,19 @@ class WorkerPool:
     end of a `with` block)."""
 
     def __init__(self, fn: Callable[..., Any], workers: int) -> None:
+        if workers < 1:
+            raise InputError(f"workers must be >= 1, got {workers}")
         self.size = workers
+        self._issued = 0  # jobs sent by every map so far: a map's indices follow the last one's
         context = _context()
         self._jobs = context.SimpleQueue()
         self._processes: list[Any] = []
         self._results: list[Connection] = []
+        from_main = threading.current_thread() is threading.main_thread()
         try:
             for _ in range(workers):
                 receive, send = context.Pipe(duplex=False)
-                args = (fn, self._jobs, send, os.getpid())
+                args = (fn, self._jobs, send, os.getpid(), from_main)
                 proc = context.Process(target=_serve, args=args, daemon=True)
                 proc.start()
                 send.close()  # the worker's end: EOF here once the worker is gone
@@ -161,10 +169,11 @@ class WorkerPool:
         out once the result of job k - ahead has been taken, which bounds memory (and lets job k
         reuse what job k - ahead - 1 used). `check` runs whenever the parent waits (to act on a
         signal). A worker's exception is raised here, its traceback as the cause; a worker that
-        dies raises Stopped naming its pid and how it died."""
-        pending = iter(enumerate(jobs))
+        dies raises Stopped naming its pid and how it died. Results of jobs of an earlier map
+        left unfinished (an error, a `break`) are dropped as they come."""
+        first = taken = sent = self._issued
+        pending = enumerate(jobs, first)
         done: dict[int, tuple[Any, str | None]] = {}
-        taken = sent = 0
         exhausted = False
         while True:
             while not exhausted and sent < taken + ahead:
@@ -173,12 +182,12 @@ class WorkerPool:
                     exhausted = True
                     break
                 self._jobs.put(job)
-                sent += 1
+                sent = self._issued = sent + 1
             if taken == sent and exhausted:
                 return
             while taken not in done:
                 check()
-                self._receive(done)
+                self._receive(done, first)
             value, remote = done.pop(taken)
             if remote is not None:  # raised in job order, as if the jobs ran here
                 value.__cause__ = RemoteTraceback(remote)
@@ -186,8 +195,9 @@ class WorkerPool:
             yield value
             taken += 1
 
-    def _receive(self, done: dict[int, tuple[Any, str | None]]) -> None:
-        """Wait up to POLL_SECONDS for results and file them in `done` by job index."""
+    def _receive(self, done: dict[int, tuple[Any, str | None]], first: int) -> None:
+        """Wait up to POLL_SECONDS for results and file those of jobs from `first` on in `done`
+        by job index."""
         sentinels = {proc.sentinel for proc in self._processes}
         for ready in wait([*self._results, *sentinels], timeout=POLL_SECONDS):
             if ready in sentinels:
@@ -196,7 +206,8 @@ class WorkerPool:
                 index, value, remote = ready.recv()  # type: ignore[union-attr]
             except EOFError:
                 continue  # its process has ended: reported below
-            done[index] = (value, remote)
+            if index >= first:
+                done[index] = (value, remote)
         for proc in self._processes:
             code = proc.exitcode
             if code is not None:

@@ -1,17 +1,25 @@
-"""The event build's worker pool with real processes: order, look-ahead, failures, shutdown."""
+"""The one worker pool (`dvsgkit.pool.WorkerPool`, used by the event cache's and the frame
+store's builds) with real processes: order, look-ahead, failures, shutdown, workers that die
+with their parent; and BuildSignals (a signal is noted, raised only at the next check).
+
+The pool is `WorkerPool(fn, workers)`, a context manager, with `.map(jobs, ahead, check)`; a
+worker that dies raises `dvsgkit.errors.Stopped` (a DvsgkitError: one line in the CLI)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from dvsgkit.store.event_pool import RemoteTraceback, WorkerError, WorkerPool
+from dvsgkit.errors import InputError, Stopped
+from dvsgkit.pool import BuildSignals, RemoteTraceback, WorkerPool
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the workers are forked (Linux)")
 
@@ -28,17 +36,35 @@ def slower_first(k: int, folder: str) -> int:
 
 
 def test_results_come_in_job_order_with_at_most_ahead_in_flight(tmp_path: Path) -> None:
-    pool = WorkerPool(slower_first, 3)
-    try:
-        got = []
+    got = []
+    with WorkerPool(slower_first, 3) as pool:
         for k, result in enumerate(pool.map(((k, str(tmp_path)) for k in range(12)), 2, no_check)):
             started = len(list(tmp_path.glob("started-*")))
             assert started <= k + 2, f"{started} jobs started while result {k} was taken"
             got.append(result)
             time.sleep(0.05)  # a slow consumer: the look-ahead must not run away
-    finally:
-        pool.close()
     assert got == [k * k for k in range(12)]
+
+
+def test_a_pool_needs_a_worker() -> None:
+    with pytest.raises(InputError, match="workers must be >= 1, got 0"):
+        WorkerPool(os.getpid, 0)  # a pool without workers would wait for results forever
+
+
+def tagged(tag: str, k: int) -> tuple[str, int]:
+    return tag, k
+
+
+def test_a_map_left_unfinished_gives_nothing_to_the_next() -> None:
+    with WorkerPool(tagged, 1) as pool:
+        for _ in pool.map((("first", k) for k in range(6)), 3, no_check):
+            break  # jobs 1 and 2 are still on their way
+        second = list(pool.map((("second", k) for k in range(4)), 3, no_check))
+        assert second == [("second", k) for k in range(4)]
+    with WorkerPool(fails_on_odd, 1) as pool:  # left after an error: jobs 2 and 3 still run
+        with pytest.raises(ValueError, match="recording 1"):
+            list(pool.map(((k,) for k in range(6)), 4, no_check))
+        assert list(pool.map(((2 * k,) for k in range(3)), 2, no_check)) == [0, 2, 4]
 
 
 def fails_on_odd(k: int) -> int:
@@ -49,14 +75,13 @@ def fails_on_odd(k: int) -> int:
 
 
 def test_a_worker_exception_is_raised_in_job_order_with_its_traceback() -> None:
-    pool = WorkerPool(fails_on_odd, 2)
     got = []
-    try:
-        with pytest.raises(ValueError, match=r"recording 1\.aedat: packet at byte 1") as info:
-            for result in pool.map(((k,) for k in range(6)), 3, no_check):
-                got.append(result)
-    finally:
-        pool.close()
+    with (
+        WorkerPool(fails_on_odd, 2) as pool,
+        pytest.raises(ValueError, match=r"recording 1\.aedat: packet at byte 1") as info,
+    ):
+        for result in pool.map(((k,) for k in range(6)), 3, no_check):
+            got.append(result)
     assert got == [0]
     cause = info.value.__cause__
     assert isinstance(cause, RemoteTraceback) and "in fails_on_odd" in str(cause)
@@ -73,12 +98,11 @@ def raises_unpicklable(k: int) -> int:
 
 
 def test_an_exception_that_cannot_be_sent_is_reported_not_lost() -> None:
-    pool = WorkerPool(raises_unpicklable, 1)
-    try:
-        with pytest.raises(RuntimeError, match=r"sending the result of job 0"):
-            next(pool.map([(0,)], 1, no_check))
-    finally:
-        pool.close()
+    with (
+        WorkerPool(raises_unpicklable, 1) as pool,
+        pytest.raises(RuntimeError, match=r"sending the result of job 0"),
+    ):
+        next(pool.map([(0,)], 1, no_check))
 
 
 def killed(k: int) -> int:
@@ -87,41 +111,127 @@ def killed(k: int) -> int:
 
 
 def test_a_dead_worker_is_named_instead_of_waited_for() -> None:
-    pool = WorkerPool(killed, 2)
-    try:
-        start = time.monotonic()
-        with pytest.raises(
-            WorkerError, match=r"a worker process \(pid \d+\) died \(signal SIGKILL"
-        ):
-            list(pool.map([(0,), (1,)], 2, no_check))
-        assert time.monotonic() - start < 10
-    finally:
-        pool.close()
+    start = time.monotonic()
+    with (
+        WorkerPool(killed, 2) as pool,
+        pytest.raises(Stopped, match=r"^a worker process \(pid \d+\) died \(signal SIGKILL"),
+    ):
+        list(pool.map([(0,), (1,)], 2, no_check))
+    assert time.monotonic() - start < 10
+
+
+def _workers(before: set[int]) -> list[int]:
+    return sorted({p.pid for p in multiprocessing.active_children()} - before)
 
 
 def test_close_stops_busy_workers_at_once() -> None:
-    pool = WorkerPool(time.sleep, 2)
-    pids = [proc.pid for proc in pool._processes]
-    assert len(pids) == 2 and set(pids) <= {p.pid for p in multiprocessing.active_children()}
-    deadline = time.monotonic() + 0.5
+    before = {p.pid for p in multiprocessing.active_children()}
+    # A build notes SIGTERM in its own process; a worker forked from it must still die of it.
+    with BuildSignals():
+        pool = WorkerPool(time.sleep, 2)
+        pids = _workers(before)
+        assert len(pids) == 2
+        deadline = time.monotonic() + 0.5
 
-    def interrupt_soon() -> None:  # what BuildSignals.check does after Ctrl-C
-        if time.monotonic() > deadline:
-            raise KeyboardInterrupt
+        def interrupt_soon() -> None:  # what BuildSignals.check does after Ctrl-C
+            if time.monotonic() > deadline:
+                raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        list(pool.map([(60,), (60,)], 2, interrupt_soon))
-    start = time.monotonic()
-    pool.close()
-    assert time.monotonic() - start < 5
+        with pytest.raises(KeyboardInterrupt):
+            list(pool.map([(60,), (60,)], 2, interrupt_soon))
+        start = time.monotonic()
+        pool.close()
+        assert time.monotonic() - start < 5
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]  # gone, and reaped
 
 
 def test_workers_ignore_ctrl_c_which_the_parent_handles() -> None:
-    pool = WorkerPool(os.getpid, 1)
-    try:
+    with WorkerPool(os.getpid, 1) as pool:
         (pid,) = pool.map([()], 1, no_check)
         os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         assert next(pool.map([()], 1, no_check)) == pid  # the same worker, still serving
+
+
+def test_a_pool_started_by_a_thread_outlives_the_thread() -> None:
+    """The kernel's parent-death signal follows the thread that forked: a pool made by a thread
+    that has ended since must still work."""
+    made: list[WorkerPool] = []
+
+    def make() -> None:
+        pool = WorkerPool(os.getpid, 1)
+        made.append(pool)
+        list(pool.map([()], 1, no_check))  # the worker is serving before the thread ends
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    with made[0] as pool:
+        assert next(pool.map([()], 1, no_check)) != os.getpid()
+
+
+# A parent that starts a pool (from its main thread, or from another one) whose two workers
+# report their pids and get busy; the test kills the parent with SIGKILL.
+PARENT = """
+import os, sys, threading, time
+from dvsgkit.pool import WorkerPool
+
+def busy(k):
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+
+def run():
+    with WorkerPool(busy, 2) as pool:
+        list(pool.map([(0,), (1,)], 2, lambda: None))
+
+if sys.argv[1] == "thread":
+    threading.Thread(target=run).start()
+else:
+    run()
+"""
+
+
+@pytest.mark.parametrize("started_by", ["main", "thread"])
+def test_workers_die_with_their_parent(started_by: str) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, started_by],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    workers = [int(parent.stdout.readline()) for _ in range(2)]  # both busy
+    try:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10  # at once, or within the watching thread's second
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
+            time.sleep(0.05)
     finally:
-        pool.close()
+        for pid in workers:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_is_raised_at_the_next_check_only(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
+    with BuildSignals() as signals:
+        signals.check()  # nothing yet
+        os.kill(os.getpid(), sig)  # delivered to this (main) thread before kill returns
+        assert signals.received == sig  # noted, and nothing raised inside the handler
+        with pytest.raises(KeyboardInterrupt, match=f"interrupted by {sig.name}"):
+            signals.check()
+    assert signal.getsignal(sig) is before  # the caller's handler is back
+
+
+def test_signals_outside_the_main_thread_are_left_alone() -> None:
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            with BuildSignals() as signals:
+                signals.check()
+        except BaseException as exc:  # examined below
+            errors.append(exc)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    thread.join()
+    assert errors == [] and {s: signal.getsignal(s) for s in handlers} == handlers
