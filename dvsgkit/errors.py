@@ -40,8 +40,8 @@ class StorageError(DvsgkitError, OSError):
     """A write failed or would fail for a reason the user can fix: no space, a read-only mount,
     no permission. Nothing partial is left behind."""
 
-    def __str__(self) -> str:
-        return str(self.strerror)  # the line alone, without OSError's "[Errno 28] "
+    def __str__(self) -> str:  # the line alone, without OSError's "[Errno 28] "
+        return str(self.strerror) if self.strerror is not None else super().__str__()
 
 
 class LockTimeout(DvsgkitError, TimeoutError):

@@ -122,6 +122,12 @@ def test_storage_errors_turn_an_os_error_into_one_line(
     assert str(err.value) == f"cannot read {target}: permission denied; make it writable"
 
 
+def test_a_storage_error_is_its_line_alone() -> None:
+    line = "cannot write x: no space left on device; free some space"
+    assert str(StorageError(errno.ENOSPC, line)) == line  # without OSError's "[Errno 28] "
+    assert str(StorageError(line)) == line  # made without an errno, it still says its line
+
+
 def test_storage_errors_read_the_errno_inside_an_hdf5_message(tmp_path: Path) -> None:
     hdf5 = OSError(
         "Unable to synchronously write data (file write failed: time = Mon, filename = 'x.h5', "
