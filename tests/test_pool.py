@@ -169,6 +169,21 @@ def test_a_pool_started_by_a_thread_outlives_the_thread() -> None:
         assert next(pool.map([()], 1, no_check)) != os.getpid()
 
 
+def test_workers_are_spawned_where_they_cannot_be_forked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has initialised CUDA (or a platform without fork) spawns its workers:
+    fresh interpreters, the same answers."""
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with WorkerPool(os.getpid, 2) as pool:
+        pids = list(pool.map([()] * 4, 2, no_check))
+        assert os.getpid() not in pids and len(pids) == 4
+    with (
+        WorkerPool(int, 1) as pool,
+        pytest.raises(ValueError, match="invalid literal") as info,
+    ):
+        list(pool.map([("7",), ("x",)], 2, no_check))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+
+
 # A parent that starts a pool (from its main thread, or from another one) whose two workers
 # report their pids and get busy; the test kills the parent with SIGKILL.
 PARENT = """
