@@ -120,43 +120,37 @@ def _class_counts(labels: np.ndarray) -> dict[str, int]:
 
 
 def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
-    """An event cache's summary. Its seals are checked (4 bytes read per chunk: a dataset
-    changed after the build makes it incomplete); `verify` also reads every byte
-    (EventCache.verify: Fletcher-32 of every chunk, value ranges) and lists what is damaged."""
+    """An event cache's summary, with the checks a frame build relies on (its seals: 4 bytes
+    read per chunk); `verify` also reads every byte (EventCache.verify: Fletcher-32 of every
+    chunk, value ranges) and lists what is damaged."""
     from dvsgkit.eventcache.read import EventCache, read_events_index
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
-        read_events_index(path)  # the layout and seal checks a frame build relies on
-        with EventCache(path) as cache:
-            if verify:
+        index = read_events_index(path)
+        if verify:
+            with EventCache(path) as cache:
                 damaged = cache.verify()
-                out["verified"] = sum(cache.num_samples(split) for split in SPLITS)
-                if damaged:
-                    out["damage"] = damaged
-                    out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
-                    raise InputError(
-                        f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; {out['fix']}"
-                    )
-            attrs = cache.attrs
-            out["splits"] = {
-                split: {
-                    "samples": cache.num_samples(split),
-                    "events": int(cache.offsets(split)[-1]),
-                    "classes": _class_counts(cache.labels(split)),
-                }
-                for split in SPLITS
-            }
-            sources = json.loads(attrs.get("sources", "[]"))
-            out["provenance"] = {
-                "layout_version": attrs.get("layout_version"),
-                "dvsgkit_version": attrs.get("dvsgkit_version"),
-                "checksum": cache.checksum(),
-                "sources": len(sources),
-                "source_bytes": sum(int(s.get("bytes", 0)) for s in sources),
-            }
-        # build_event_cache renames the file into place only once it is whole.
-        out["complete"] = True
+            out["verified"] = sum(len(s.labels) for s in index.splits.values())
+            if damaged:
+                out["damage"] = damaged
+                out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
+                raise InputError(f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; "
+                                 f"{out['fix']}")  # fmt: skip
+        out["splits"] = {
+            split: {"samples": len(s.labels), "events": int(s.offsets[-1]),
+                    "classes": _class_counts(s.labels)}
+            for split, s in index.splits.items()
+        }  # fmt: skip
+        sources = json.loads(index.attrs.get("sources", "[]"))
+        out["provenance"] = {
+            "layout_version": index.attrs.get("layout_version"),
+            "dvsgkit_version": index.attrs.get("dvsgkit_version"),
+            "checksum": index.checksum,
+            "sources": len(sources),
+            "source_bytes": sum(int(s.get("bytes", 0)) for s in sources),
+        }
+        out["complete"] = True  # build_event_cache renames the file into place once it is whole
     except (ValueError, KeyError, OSError) as exc:
         out["complete"] = False
         out["problem"] = str(exc)

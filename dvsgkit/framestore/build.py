@@ -18,27 +18,14 @@ import zarr
 import dvsgkit
 from dvsgkit.constants import BUILD_WORKERS, CLASS_NAMES, NUM_CLASSES, SENSOR_SIZE, SPLITS
 from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.eventcache import read as cache_read
 from dvsgkit.eventcache.layout import event_cache_path
-from dvsgkit.eventcache.read import (
-    EventCache,
-    EventsIndex,
-    SplitIndex,
-    check_unchanged,
-    file_identity,
-    read_events_index,
-)
+from dvsgkit.eventcache.read import EventCache, EventsIndex, SplitIndex
 from dvsgkit.frames import FrameSpec, integrate_many
+from dvsgkit.framestore import layout
 from dvsgkit.framestore.budget import SpaceCheck, check_memory
 from dvsgkit.framestore.check import array_checksum, sample_checksum, status
-from dvsgkit.framestore.layout import (
-    CHECKSUM,
-    DEFAULT_ZARR_FORMAT,
-    LAYOUT,
-    LAYOUT_VERSION,
-    ZARR_FORMATS,
-    frame_store_path,
-    zarr_format_of,
-)
+from dvsgkit.framestore.layout import frame_store_path, zarr_format_of
 from dvsgkit.fs import scratch_dir, swap_in, sweep
 from dvsgkit.fs.lock import DEFAULT_LOCK_TIMEOUT, build_lock, lock_of, to_stderr
 from dvsgkit.pool import BuildSignals, WorkerPool
@@ -54,6 +41,7 @@ BLOCK_SAMPLES = 8  # samples integrated per task: ~8 * 4 MiB of int64 counts in 
 # chunk, so that a missing chunk file always means damage.
 WRITE_ALL = {"array.write_empty_chunks": True}  # zarr.config.set(WRITE_ALL) while writing
 WRITE_FIX = "free some space, or use another --root"
+BUILDING = "the frames were being built"  # when the event cache was replaced
 
 
 class FrameBuild(type(Path())):  # type: ignore[misc]
@@ -106,11 +94,10 @@ def _integrate_block(task: BlockTask) -> BlockResult:
     fields = ("x", "y", "p", "t") if build.spec.split_by == "time" else ("x", "y", "p")
     with EventCache(build.events) as cache:  # damage, pixels off the sensor: one clear line
         # The same file as the index: a cache replaced since (mv, rsync) is never read.
-        check_unchanged(build.events, build.identity, cache.identity,
-                        "the frames were being built")  # fmt: skip
-        events = cache.columns(task.split, fields, int(offsets[0]), int(offsets[-1]),
-                               offsets=offsets, first_sample=task.s0)  # fmt: skip
-    counts = integrate_many(events, offsets, build.spec)  # [S, T, 2, H, W] int64
+        cache_read.check_unchanged(build.events, build.identity, cache.identity, BUILDING)
+        columns = cache.columns(task.split, fields, int(offsets[0]), int(offsets[-1]),
+                                offsets=offsets, first_sample=task.s0)  # fmt: skip
+    counts = integrate_many(columns, offsets, build.spec)  # [S, T, 2, H, W] int64
     largest = int(counts.max()) if counts.size else 0
     if largest > np.iinfo(task.dtype).max:
         return BlockResult(task.s0, s1, largest, [])
@@ -165,7 +152,7 @@ def _write_split(
         class_counts=np.bincount(labels, minlength=NUM_CLASSES).tolist(),
         max_count=largest,
         sample_ids=index.sample_ids,  # "{recording stem}:{row in its labels CSV}"
-        checksum=CHECKSUM,  # of each sample, in the checksums array
+        checksum=layout.CHECKSUM,  # of each sample, in the checksums array
         labels_crc32=array_checksum(labels),
         checksums_crc32=array_checksum(sums),
     )
@@ -179,8 +166,8 @@ def _write_store(build: Build, target: Path, index: EventsIndex, workers: int,
     group = zarr.open_group(build.store, mode="w", zarr_format=zarr_format)
     group.attrs.update(
         {
-            "layout": LAYOUT,
-            "layout_version": LAYOUT_VERSION,
+            "layout": layout.LAYOUT,
+            "layout_version": layout.LAYOUT_VERSION,
             "dvsgkit_version": dvsgkit.__version__,
             **build.spec.to_dict(),  # T, split_by, ...: what the frames are
             "class_names": list(CLASS_NAMES),
@@ -263,7 +250,7 @@ def build_frame_store(
     leaves no half store. A second build of the same store waits for the first (at most
     `lock_timeout` seconds, naming it through `notify`); StorageError: a full disk, a read-only
     file system or no permission, with nothing partial left."""
-    if zarr_format is not None and zarr_format not in ZARR_FORMATS:
+    if zarr_format is not None and zarr_format not in layout.ZARR_FORMATS:
         raise InputError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
@@ -277,11 +264,13 @@ def build_frame_store(
 
         build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
     # Layout, seals, offsets, labels, checksum and the file's identity, from one open file.
-    index = read_events_index(events)
+    index = cache_read.read_events_index(events)
     # Held open until the build ends, so that the file keeps its inode number (on FUSE too).
     pin = os.open(events, os.O_RDONLY)
     try:
-        check_unchanged(events, index.identity, file_identity(os.fstat(pin)), "its index was read")
+        cache_read.check_unchanged(
+            events, index.identity, cache_read.file_identity(os.fstat(pin)), "its index was read"
+        )
         found, why = status(target, spec, index.checksum, zarr_format, check_samples)
         if found == "current":
             target.outcome = "up to date"
@@ -297,15 +286,15 @@ def build_frame_store(
                 return target
             if found in ("damaged", "format"):
                 notify(f"{target} is {why}; rebuilding it")
-            fmt = zarr_format or zarr_format_of(target) or DEFAULT_ZARR_FORMAT
+            fmt = zarr_format or zarr_format_of(target) or layout.DEFAULT_ZARR_FORMAT
             sweep(root, target.name)  # what killed builds of this store left
             with scratch_dir(target) as tmp:
                 _write_store(Build(spec, events, index.identity, tmp), target, index, workers,
                              progress, fmt)  # fmt: skip
                 # The workers checked that they read the file of the index; a write in place,
                 # or a replacement after the last of them, shows here.
-                check_unchanged(events, index.identity, file_identity(os.stat(events)),
-                                "the frames were being built")  # fmt: skip
+                now = cache_read.file_identity(os.stat(events))
+                cache_read.check_unchanged(events, index.identity, now, BUILDING)
                 swap_in(tmp, target)  # an old store is moved aside, then deleted
     finally:
         os.close(pin)
