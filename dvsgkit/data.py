@@ -28,12 +28,10 @@ TONIC_EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8
 
 
 class FrameDataset(Dataset):
-    """Samples of one split of a frame store: (float32 tensor [T, 2, H, W], int label), checked
-    on open (`open_frame_store`) and each against its checksum when read.
-
-    With raw=True the frames stay in the store's integer dtype (the loader converts on the
-    device, moving 4x fewer bytes). The Zarr array is opened lazily in each process, so the
-    dataset can go to DataLoader worker processes."""
+    """Samples of one split of a frame store: (float32 tensor [T, 2, H, W], int label), the store
+    checked on open and each sample against its checksum when read. raw=True keeps the stored
+    integers (the loader converts on the device: 4x fewer bytes moved). The Zarr array is opened
+    in each process that reads, so the dataset can go to DataLoader workers."""
 
     def __init__(
         self,
@@ -78,9 +76,8 @@ class FrameDataset(Dataset):
         return frames, label if self.target_transform is None else self.target_transform(label)
 
     def read(self, i: int, values: np.ndarray | None = None) -> np.ndarray:
-        """Sample i's counts [T, 2, H, W] in the stored dtype, checked against its checksum (a
-        missing or corrupt chunk never passes as a sample): DamagedError naming the store, the
-        sample, its chunk and the fix. `values`: sample i already read."""
+        """Sample i's counts [T, 2, H, W] as stored, checked against its checksum: DamagedError
+        naming the store, the sample, its chunk and the fix. `values`: sample i already read."""
         if values is None:
             try:
                 values = self.frames[i]
@@ -106,14 +103,11 @@ class FrameDataset(Dataset):
 
 
 class EventDataset(Dataset):
-    """Samples of one split of ROOT/events.h5 as plain events: (structured array [E] of Tonic's
-    dtype, TONIC_EVENT_DTYPE: x, y int16, p bool, t int64 µs, absolute and in recorded order;
-    int label 0..10), so Tonic's transforms apply as they are, e.g. `EventDataset(root, "train",
-    transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2), n_event_bins=16))`.
-
-    The cache is checked as a frame build checks it: its seals on creation (4 bytes read per
-    chunk), each read's Fletcher-32 checksums and pixel range, and that every process reads the
-    file the labels came from. The file is opened lazily in each process (DataLoader workers)."""
+    """Samples of one split of ROOT/events.h5: (events [E] of TONIC_EVENT_DTYPE, t in absolute µs,
+    recorded order; int label 0..10), so Tonic's transforms apply as they are, e.g.
+    `transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2), n_event_bins=16)`. The cache
+    is checked as a frame build checks it (seals on creation, each read's checksums and pixels,
+    the file the labels came from in every process, where it is opened on first read)."""
 
     def __init__(
         self,
@@ -188,11 +182,11 @@ class _Batches(Dataset):
 
 
 class FrameLoader:
-    """Batches (float32 [B, T, 2, H, W], int64 [B]) on `device`. The order is torch's
-    DistributedSampler's (equal shares per rank; shuffled as a pure function of seed and epoch,
-    so a resumed run sees the same batches) cut by a BatchSampler. Mode "memory" holds the whole
-    split on the device as integers and gathers each batch there; mode "stream" reads batches
-    through a DataLoader with `workers` persistent processes, each reading whole batches."""
+    """Batches (float32 [B, T, 2, H, W], int64 [B]) on `device`, in the order of torch's
+    DistributedSampler (equal shares per rank, shuffled as a pure function of seed and epoch: a
+    resumed run sees the same batches) cut by a BatchSampler. Mode "memory" holds the split on
+    the device as integers; mode "stream" reads through a DataLoader whose `workers` persistent
+    processes each read whole batches."""
 
     def __init__(
         self,
@@ -285,8 +279,7 @@ class FrameLoader:
 
 
 def _one_line_errors(batches: Any) -> Iterator[Any]:
-    """A DataLoader re-raises a worker's DamagedError with the worker's traceback in its
-    message; keep the one line the worker raised."""
+    """Keep the one line of a worker's DamagedError (DataLoader adds the worker's traceback)."""
     try:
         yield from batches
     except DamagedError as exc:

@@ -54,7 +54,7 @@ class FrameBuild(type(Path())):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
-class Build:
+class BuildContext:
     """What every block of one build shares: the frames wanted, the event cache (and the
     identity of the file its index was read from), and the store being written."""
 
@@ -68,7 +68,7 @@ class Build:
 class BlockTask:
     """Samples [s0, s0 + len(offsets) - 1) of a split, to integrate and write: one worker's job."""
 
-    build: Build
+    build: BuildContext
     split: str
     s0: int
     offsets: np.ndarray  # int64 [samples + 1]: their events, absolute in the split
@@ -122,7 +122,7 @@ Run = Callable[[list[BlockTask]], Iterable[BlockResult]]  # block results, in ta
 
 
 def _write_split(
-    group: zarr.Group, build: Build, split: str, index: SplitIndex, run: Run,
+    group: zarr.Group, build: BuildContext, split: str, index: SplitIndex, run: Run,
     after_block: Callable[[int], None],
 ) -> None:  # fmt: skip
     labels, n = index.labels, index.labels.shape[0]
@@ -158,7 +158,7 @@ def _write_split(
     )
 
 
-def _write_store(build: Build, target: Path, index: EventsIndex, workers: int,
+def _write_store(build: BuildContext, target: Path, index: EventsIndex, workers: int,
                  progress: bool, zarr_format: int) -> None:  # fmt: skip
     """Write the whole store into `build.store`; Ctrl-C or a kill stops it at the next block."""
     from tqdm.auto import tqdm
@@ -238,18 +238,15 @@ def build_frame_store(
     check_samples: bool = False,
     notify: Callable[[str], None] = to_stderr,
 ) -> FrameBuild:
-    """Write ROOT/{spec.name}.zarr from ROOT/events.h5 (built or refreshed first while the
-    recordings are there) and return its path, saying what was done (FrameBuild).
-
-    A complete, intact store made from the same event cache is left as it is: its structure is
-    checked (milliseconds) or, with `check_samples`, every sample against its checksum (what
-    `dvsgkit info --verify` does: seconds for the full dataset). A damaged store, or one in
-    another Zarr format than `zarr_format` asks for (None keeps an existing store's format; new
-    stores get DEFAULT_ZARR_FORMAT), is rebuilt after one line saying why goes to `notify`. The
-    store is written under a temporary name and swapped in whole, so an error, Ctrl-C or a kill
-    leaves no half store. A second build of the same store waits for the first (at most
-    `lock_timeout` seconds, naming it through `notify`); StorageError: a full disk, a read-only
-    file system or no permission, with nothing partial left."""
+    """Write ROOT/{spec.name}.zarr from ROOT/events.h5 (built, or refreshed while the recordings
+    are there, first) and return its path, saying what was done (FrameBuild). A complete store
+    built from the same cache is left as it is once `status` finds it sound (its structure:
+    milliseconds; with `check_samples`, every sample: seconds). A damaged one, or one in another
+    Zarr format than `zarr_format` asks for (None: an existing store's, else
+    DEFAULT_ZARR_FORMAT), is rebuilt after one line saying why goes to `notify`. Written under a
+    temporary name and swapped in whole: an error, Ctrl-C or a kill leaves no half store. A
+    second build of the store waits for the first (at most `lock_timeout` s, saying so through
+    `notify`). StorageError: a full disk, a read-only file system, no permission."""
     if zarr_format is not None and zarr_format not in layout.ZARR_FORMATS:
         raise InputError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if workers < 1:
@@ -289,8 +286,8 @@ def build_frame_store(
             fmt = zarr_format or zarr_format_of(target) or layout.DEFAULT_ZARR_FORMAT
             sweep(root, target.name)  # what killed builds of this store left
             with scratch_dir(target) as tmp:
-                _write_store(Build(spec, events, index.identity, tmp), target, index, workers,
-                             progress, fmt)  # fmt: skip
+                context = BuildContext(spec, events, index.identity, tmp)
+                _write_store(context, target, index, workers, progress, fmt)
                 # The workers checked that they read the file of the index; a write in place,
                 # or a replacement after the last of them, shows here.
                 now = cache_read.file_identity(os.stat(events))
