@@ -31,7 +31,7 @@ from dvsgkit.constants import SPLITS
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore import check as verify
+from dvsgkit.framestore import build as frame_build
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset
@@ -125,7 +125,7 @@ def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) ->
     """Build time of the store with and without its per-sample checksums, alternating runs on
     the same event cache; "without" replaces the checksum by a constant (the workers fork with
     the replacement), everything else is the same build."""
-    real = verify.sample_checksum
+    real = frame_build.sample_checksum
     times: dict[str, list[float]] = {"with checksums": [], "without": []}
     build_frame_store(
         root, FrameSpec(T, split_by), workers=workers, progress=False
@@ -134,13 +134,13 @@ def checksum_cost(root: Path, T: int, split_by: str, workers: int, reps: int) ->
         for mode in list(times)[:: 1 if rep % 2 == 0 else -1]:  # alternate the order: drift cancels
             shutil.rmtree(frame_store_path(root, FrameSpec(T, split_by)), ignore_errors=True)
             if mode == "without":
-                verify.sample_checksum = lambda frames: 0
+                frame_build.sample_checksum = lambda frames: 0
             try:
                 start = time.perf_counter()
                 build_frame_store(root, FrameSpec(T, split_by), workers=workers, progress=False)
                 times[mode].append(time.perf_counter() - start)
             finally:
-                verify.sample_checksum = real
+                frame_build.sample_checksum = real
     for mode, t in times.items():
         print(f"build {mode}: median {np.median(t):.2f} s, min {min(t):.2f} s of "
               f"{', '.join(f'{x:.2f}' for x in t)}")  # fmt: skip

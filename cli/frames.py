@@ -55,21 +55,21 @@ def frames(
     when missing). Rerunning with the same inputs does nothing. An existing store is checked
     first, every sample against its checksum (as 'dvsgkit info --verify' does); a damaged one
     is rebuilt, saying what was wrong."""
-    from dvsgkit.framestore.build import make_frame_store
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.info import summarize
 
     start = time.perf_counter()
-    build = make_frame_store(
+    path = build_frame_store(
         root, FrameSpec(T, split_by), workers=workers, progress=progress, check_samples=True,
         zarr_format=None if zarr_format is None else int(zarr_format),
     )  # fmt: skip
-    info = summarize(build.path)
+    info = summarize(path)
     seconds = time.perf_counter() - start
-    path, splits = build.path, info["splits"]
+    splits = info["splits"]
     counts = " + ".join(f"{s['samples']} {name}" for name, s in splits.items())
     dtype = splits["train"]["dtype"]
-    if build.outcome in ("up to date", "built by another process"):
-        by = ", built by another process while this one waited" * (build.outcome != "up to date")
+    if path.outcome in ("up to date", "built by another process"):
+        by = ", built by another process while this one waited" * (path.outcome != "up to date")
         click.echo(f"{path} is up to date{by} ({counts} samples, T={T}, {dtype})")
         return
     raw = sum(s["raw_bytes"] for s in splits.values())

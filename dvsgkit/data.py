@@ -1,33 +1,37 @@
-"""Torch access to a frame store: a Dataset, and a loader that keeps a split on the device."""
+"""Torch access to the stores: datasets of frames (the frame store) and of events (events.h5), and
+a loader that keeps a whole split on the device when it fits."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from dvsgkit.errors import DamagedError, InputError
-from dvsgkit.framestore.check import damaged, sample_problem
+from dvsgkit.framestore.budget import available_memory
+from dvsgkit.framestore.check import one_line, sample_problem
 from dvsgkit.framestore.read import open_frame_store
 
 # What a split may take of the device's free memory (or of the host's available memory) before
 # the loader streams it instead: room stays for the model's activations.
 MEMORY_FRACTION = 0.4
+# Tonic's event dtype for this dataset (tonic.datasets.DVSGesture.dtype): its transforms
+# (ToFrame, Denoise, ...) take structured arrays with these fields.
+TONIC_EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
 
 
-class FrameDataset(torch.utils.data.Dataset):
-    """Samples of one split of a frame store: (float32 tensor [T, 2, H, W], int label).
-
-    With raw=True the frames stay in the store's integer dtype (the loader converts on the
-    device, moving 4x fewer bytes). The Zarr array is opened lazily in each process, so the
-    dataset can go to DataLoader worker processes.
-    """
+class FrameDataset(Dataset):
+    """Samples of one split of a frame store: (float32 tensor [T, 2, H, W], int label), the store
+    checked on open and each sample against its checksum when read. raw=True keeps the stored
+    integers (the loader converts on the device: 4x fewer bytes moved). The Zarr array is opened
+    in each process that reads, so the dataset can go to DataLoader workers."""
 
     def __init__(
         self,
@@ -36,10 +40,11 @@ class FrameDataset(torch.utils.data.Dataset):
         *,
         raw: bool = False,
         transform: Callable[[torch.Tensor], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
     ) -> None:
         self.store, self.split, self.raw = Path(store), split, raw
-        self.transform = transform  # applied to each sample's frames by __getitem__
-        group = open_frame_store(self.store, split)  # validates: errors name the path
+        self.transform, self.target_transform = transform, target_transform
+        group = open_frame_store(self.store, split)  # errors name the path and the fix
         self.labels = np.asarray(group["labels"][:], dtype=np.int64)  # [N]
         self.checksums = group["checksums"][:]  # [N] crc32 of each sample as built
         self.shape = tuple(group["frames"].shape)  # (N, T, 2, H, W)
@@ -59,18 +64,20 @@ class FrameDataset(torch.utils.data.Dataset):
             self._pid = os.getpid()
         return self._frames
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"sample {i} out of range: {self.store} {self.split} has {n}")
         frames = torch.from_numpy(_torch_compatible(self.read(i % n), self.max_count))
         frames = frames if self.raw else frames.float()
-        return (frames if self.transform is None else self.transform(frames)), int(self.labels[i])
+        label = int(self.labels[i])
+        if self.transform is not None:
+            frames = self.transform(frames)
+        return frames, label if self.target_transform is None else self.target_transform(label)
 
     def read(self, i: int, values: np.ndarray | None = None) -> np.ndarray:
-        """Sample i's counts [T, 2, H, W] in the stored dtype, checked against its checksum (a
-        missing or corrupt chunk can never pass as a sample); DamagedError names the store,
-        the split, the sample, its chunk and the fix. `values`: sample i already read."""
+        """Sample i's counts [T, 2, H, W] as stored, checked against its checksum: DamagedError
+        naming the store, the sample, its chunk and the fix. `values`: sample i already read."""
         if values is None:
             try:
                 values = self.frames[i]
@@ -78,7 +85,7 @@ class FrameDataset(torch.utils.data.Dataset):
                 values = None
         problem = sample_problem(self.frames, self.split, i, int(self.checksums[i]), values)
         if problem is not None:
-            raise DamagedError(damaged(self.store, [problem]))
+            raise DamagedError(one_line(self.store, [problem]))
         return values
 
     def read_all(self) -> np.ndarray:
@@ -95,23 +102,12 @@ class FrameDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_frames": None, "_pid": None}  # reopen in the worker
 
 
-# Tonic's event dtype for this dataset (tonic.datasets.DVSGesture.dtype): its transforms
-# (ToFrame, Denoise, ...) take structured arrays with these fields.
-TONIC_EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
-
-
-class EventDataset(torch.utils.data.Dataset):
-    """Samples of one split of ROOT/events.h5 as plain events: (structured array [E] with
-    Tonic's fields and dtypes x int16, y int16, p bool, t int64 µs (absolute, recorded order),
-    int label 0..10), so Tonic transforms apply as they are, e.g.
-    `EventDataset(root, "train", transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2),
-    n_event_bins=16))`. `transform` gets the events, `target_transform` the label. The HDF5
-    file is opened lazily in each process, so the dataset can go to DataLoader workers.
-
-    The cache is checked as a frame build checks it: its seals on creation (a dataset changed
-    after the build: ValueError naming it and the fix; 4 bytes read per chunk), each read's
-    Fletcher-32 checksums and pixel range, and that every process reads the file the labels
-    came from (a cache replaced since: ValueError)."""
+class EventDataset(Dataset):
+    """Samples of one split of ROOT/events.h5: (events [E] of TONIC_EVENT_DTYPE, t in absolute µs,
+    recorded order; int label 0..10), so Tonic's transforms apply as they are, e.g.
+    `transform=tonic.transforms.ToFrame(sensor_size=(128, 128, 2), n_event_bins=16)`. The cache
+    is checked as a frame build checks it (seals on creation, each read's checksums and pixels,
+    the file the labels came from in every process, where it is opened on first read)."""
 
     def __init__(
         self,
@@ -126,7 +122,7 @@ class EventDataset(torch.utils.data.Dataset):
 
         self.path, self.split = event_cache_path(root), split
         self.transform, self.target_transform = transform, target_transform
-        with EventCache(self.path) as cache:  # validates: errors name the path and the fix
+        with EventCache(self.path) as cache:  # errors name the path and the fix
             cache.check_sealed()  # never a dataset changed after the build
             self.labels = cache.labels(split).astype(np.int64)  # [N]
             self.identity = cache.identity  # of the file the labels come from
@@ -144,7 +140,7 @@ class EventDataset(torch.utils.data.Dataset):
             try:
                 check_unchanged(self.path, self.identity, cache.identity, "this EventDataset "
                                 "was in use", "create the EventDataset again")  # fmt: skip
-            except ValueError:
+            except InputError:
                 cache.close()
                 raise
             self._cache, self._pid = cache, os.getpid()
@@ -172,54 +168,25 @@ def _torch_compatible(frames: np.ndarray, max_count: int) -> np.ndarray:
     raise InputError(f"counts up to {max_count} do not fit int64")
 
 
-@dataclass(frozen=True)
-class EpochOrder:
-    """Which samples a rank serves in which epoch: a pure function of (seed, epoch), so that a
-    resumed run, and each DataLoader worker, compute the same order."""
+class _Batches(Dataset):
+    """Item [i, j, ...] = those samples as one integer batch, read in a worker process sample by
+    sample (zarr's per-chunk reads beat its fancy indexing ~8x)."""
 
-    n: int  # samples in the split
-    batch_size: int
-    shuffle: bool
-    drop_last: bool
-    seed: int
-    rank: int
-    world_size: int
+    def __init__(self, dataset: FrameDataset) -> None:
+        self.dataset = dataset
 
-    @property
-    def num_samples(self) -> int:
-        """Samples per rank and epoch. Like DistributedSampler: equal shares, dropping the tail
-        when drop_last, else padding with the order's first indices (seen twice that epoch)."""
-        if self.drop_last:
-            return self.n // self.world_size
-        return math.ceil(self.n / self.world_size)
-
-    @property
-    def num_batches(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def indices(self, epoch: int) -> np.ndarray:
-        """This rank's sample indices for `epoch`, in the order they are served."""
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n)
-        total = self.num_samples * self.world_size
-        if total > self.n:  # pad to an equal share per rank
-            order = np.concatenate([order, np.resize(order, total - self.n)])
-        order = order[:total][self.rank :: self.world_size]
-        return order[: self.num_batches * self.batch_size]  # drop_last: whole batches only
-
-    def batch(self, epoch: int, k: int) -> np.ndarray:
-        return self.indices(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = np.stack([self.dataset.read(i) for i in idx])  # [B, T, 2, H, W]
+        frames = _torch_compatible(frames, self.dataset.max_count)
+        return torch.from_numpy(frames), torch.from_numpy(self.dataset.labels[idx])
 
 
 class FrameLoader:
-    """Batches (float32 [B, T, 2, H, W], int64 [B]) on `device`, shuffled as a pure function of
-    (seed, epoch). Mode "memory" holds the whole split on the device as integers and gathers each
-    batch there; mode "stream" reads batches through a DataLoader with `workers` persistent
-    processes, each reading whole batches."""
+    """Batches (float32 [B, T, 2, H, W], int64 [B]) on `device`, in the order of torch's
+    DistributedSampler (equal shares per rank, shuffled as a pure function of seed and epoch: a
+    resumed run sees the same batches) cut by a BatchSampler. Mode "memory" holds the split on
+    the device as integers; mode "stream" reads through a DataLoader whose `workers` persistent
+    processes each read whole batches."""
 
     def __init__(
         self,
@@ -241,21 +208,20 @@ class FrameLoader:
             raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
         if workers < 0:
             raise InputError(f"workers must be >= 0, got {workers}")
-        self.dataset, self.device, self.workers = dataset, device, workers
-        self.order = EpochOrder(
-            len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size
+        self.dataset, self.device, self.workers, self.seed = dataset, device, workers, seed
+        self.sampler = DistributedSampler(
+            dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
-        self.batch_size = batch_size
-        self.num_samples = self.order.num_samples  # samples this rank sees per epoch
+        self.batches = BatchSampler(self.sampler, batch_size, drop_last)
+        self.num_samples = self.sampler.num_samples  # samples this rank sees per epoch
         self.epoch = 0  # the epoch the next pass serves
-        self._serving = [0]  # the epoch being served, boxed for the stream sampler
         budget = _default_budget(device) if memory_budget is None else memory_budget
         itemsize = _torch_compatible(np.zeros(1, dataset.dtype), dataset.max_count).itemsize
         self.mode = "memory" if math.prod(dataset.shape) * itemsize <= budget else "stream"
         self._labels = torch.from_numpy(dataset.labels).to(device)
         self._host: np.ndarray | None = None  # memory mode on the CPU
         self._frames: torch.Tensor | None = None  # memory mode on an accelerator
-        self._stream: torch.utils.data.DataLoader | None = None
+        self._stream: DataLoader | None = None
         if self.mode == "memory":
             split = _torch_compatible(dataset.read_all(), dataset.max_count)  # [N, T, 2, H, W]
             if device.type == "cpu":
@@ -264,32 +230,27 @@ class FrameLoader:
                 self._frames = torch.from_numpy(split).to(device)  # uploaded once
 
     def __len__(self) -> int:
-        return self.order.num_batches
+        return len(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the next pass's order to that of `epoch` (a resumed run sees the same order)."""
         self.epoch = epoch
 
-    def indices(self, epoch: int) -> np.ndarray:
-        """This rank's sample indices for `epoch`, in the order they are served."""
-        return self.order.indices(epoch)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._serving[0] = self.epoch
+        self.sampler.set_epoch(self.epoch)
         self.epoch += 1  # without set_epoch, each pass still gets a new order
-        if self.mode == "memory":
-            return self._iter_memory(self.order.indices(self._serving[0]))
-        return self._iter_stream()
+        return self._iter_memory() if self.mode == "memory" else self._iter_stream()
 
-    def _iter_memory(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iter_memory(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = np.fromiter(itertools.chain.from_iterable(self.batches), np.int64)
         idx = torch.from_numpy(order).to(self.device)
-        for start in range(0, idx.numel(), self.batch_size):
-            batch = idx[start : start + self.batch_size]
+        for start in range(0, len(order), self.batches.batch_size):
+            batch = idx[start : start + self.batches.batch_size]
             if self._host is not None:
                 # numpy gathers and converts ~5x faster than torch on our CPUs (measured): it
                 # asks for huge pages for big arrays; fresh torch CPU tensors fault in 4 KiB pages.
-                host = self._host[order[start : start + self.batch_size]].astype(np.float32)
-                frames = torch.from_numpy(host)
+                rows = order[start : start + self.batches.batch_size]
+                frames = torch.from_numpy(self._host[rows].astype(np.float32))
             else:
                 frames = self._frames.index_select(0, batch).float()
             yield frames, self._labels[batch]  # [B, T, 2, H, W] float32, [B] int64
@@ -297,9 +258,9 @@ class FrameLoader:
     def _iter_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"
         if self._stream is None:  # built once: its worker processes persist across epochs
-            self._stream = torch.utils.data.DataLoader(
-                _Batches(self.dataset, self.order),
-                sampler=_EpochKeys(self.order, self._serving),
+            self._stream = DataLoader(
+                _Batches(self.dataset),
+                sampler=self.batches,  # iterated here, in this process, at each pass
                 batch_size=None,  # each item already is a batch, read by one worker
                 num_workers=self.workers,
                 persistent_workers=self.workers > 0,
@@ -307,7 +268,7 @@ class FrameLoader:
                 prefetch_factor=4 if self.workers else None,
                 # Its own generator for the workers' base seed: drawing it from torch's global
                 # RNG would shift the training RNG (dropout masks) and break exact resume.
-                generator=torch.Generator().manual_seed(self.order.seed),
+                generator=torch.Generator().manual_seed(self.seed),
             )
         for frames, labels in _one_line_errors(self._stream):  # integers: 4x fewer bytes
             if self.device.type == "cpu":
@@ -317,39 +278,8 @@ class FrameLoader:
             yield frames, labels.to(self.device, non_blocking=pin)  # [B, T, 2, H, W], [B]
 
 
-class _EpochKeys(torch.utils.data.Sampler):
-    """Keys (epoch, batch) of the pass being served; iterated in the main process. It holds the
-    order and a one-slot epoch box, not the loader: no reference cycle, so dropping the loader
-    shuts its workers down at once (a cycle left that to the gc, and a 5 s join timeout)."""
-
-    def __init__(self, order: EpochOrder, serving: list[int]) -> None:
-        self.order, self.serving = order, serving
-
-    def __len__(self) -> int:
-        return self.order.num_batches
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.serving[0]
-        return iter([(epoch, k) for k in range(self.order.num_batches)])
-
-
-class _Batches(torch.utils.data.Dataset):
-    """Item (epoch, k) = batch k of that epoch, read sample by sample (zarr's per-chunk reads
-    beat its fancy indexing ~8x) into one integer array, in a worker process."""
-
-    def __init__(self, dataset: FrameDataset, order: EpochOrder) -> None:
-        self.dataset, self.order = dataset, order
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.order.batch(*key)
-        frames = np.stack([self.dataset.read(int(i)) for i in idx])  # [B, T, 2, H, W]
-        frames = _torch_compatible(frames, self.dataset.max_count)
-        return torch.from_numpy(frames), torch.from_numpy(self.dataset.labels[idx])
-
-
 def _one_line_errors(batches: Any) -> Iterator[Any]:
-    """A DataLoader re-raises a worker's DamagedError with the worker's traceback in its
-    message; keep the one line the worker raised."""
+    """Keep the one line of a worker's DamagedError (DataLoader adds the worker's traceback)."""
     try:
         yield from batches
     except DamagedError as exc:
@@ -365,11 +295,7 @@ def _default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * MEMORY_FRACTION)
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: stream, which always works
-        return 0
-    return int(available * MEMORY_FRACTION)
+    return int((available_memory() or 0) * MEMORY_FRACTION)  # unknown: stream, which always works
 
 
 def make_loader(
@@ -389,9 +315,8 @@ def make_loader(
     """A loader over `split` of a frame store yielding (float32 [B, T, 2, H, W], int64 [B]) on
     `device`: the whole split held on the device when it fits `memory_budget` bytes (default: 40 %
     of free device / available host memory), else streamed from the store."""
-    dataset = FrameDataset(store, split, raw=True)
     return FrameLoader(
-        dataset,
+        FrameDataset(store, split, raw=True),
         batch_size,
         shuffle=shuffle,
         drop_last=drop_last,

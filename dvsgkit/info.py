@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SPLITS
-from dvsgkit.errors import InputError, NotFound
+from dvsgkit.errors import DamagedError, InputError, NotFound
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -120,43 +120,37 @@ def _class_counts(labels: np.ndarray) -> dict[str, int]:
 
 
 def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
-    """An event cache's summary. Its seals are checked (4 bytes read per chunk: a dataset
-    changed after the build makes it incomplete); `verify` also reads every byte
-    (EventCache.verify: Fletcher-32 of every chunk, value ranges) and lists what is damaged."""
+    """An event cache's summary, with the checks a frame build relies on (its seals: 4 bytes
+    read per chunk); `verify` also reads every byte (EventCache.verify: Fletcher-32 of every
+    chunk, value ranges) and lists what is damaged."""
     from dvsgkit.eventcache.read import EventCache, read_events_index
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
-        read_events_index(path)  # the layout and seal checks a frame build relies on
-        with EventCache(path) as cache:
-            if verify:
+        index = read_events_index(path)
+        if verify:
+            with EventCache(path) as cache:
                 damaged = cache.verify()
-                out["verified"] = sum(cache.num_samples(split) for split in SPLITS)
-                if damaged:
-                    out["damage"] = damaged
-                    out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
-                    raise InputError(
-                        f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; {out['fix']}"
-                    )
-            attrs = cache.attrs
-            out["splits"] = {
-                split: {
-                    "samples": cache.num_samples(split),
-                    "events": int(cache.offsets(split)[-1]),
-                    "classes": _class_counts(cache.labels(split)),
-                }
-                for split in SPLITS
-            }
-            sources = json.loads(attrs.get("sources", "[]"))
-            out["provenance"] = {
-                "layout_version": attrs.get("layout_version"),
-                "dvsgkit_version": attrs.get("dvsgkit_version"),
-                "checksum": cache.checksum(),
-                "sources": len(sources),
-                "source_bytes": sum(int(s.get("bytes", 0)) for s in sources),
-            }
-        # build_event_cache renames the file into place only once it is whole.
-        out["complete"] = True
+            out["verified"] = sum(len(s.labels) for s in index.splits.values())
+            if damaged:
+                out["damage"] = damaged
+                out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
+                raise InputError(f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; "
+                                 f"{out['fix']}")  # fmt: skip
+        out["splits"] = {
+            split: {"samples": len(s.labels), "events": int(s.offsets[-1]),
+                    "classes": _class_counts(s.labels)}
+            for split, s in index.splits.items()
+        }  # fmt: skip
+        sources = json.loads(index.attrs.get("sources", "[]"))
+        out["provenance"] = {
+            "layout_version": index.attrs.get("layout_version"),
+            "dvsgkit_version": index.attrs.get("dvsgkit_version"),
+            "checksum": index.checksum,
+            "sources": len(sources),
+            "source_bytes": sum(int(s.get("bytes", 0)) for s in sources),
+        }
+        out["complete"] = True  # build_event_cache renames the file into place once it is whole
     except (ValueError, KeyError, OSError) as exc:
         out["complete"] = False
         out["problem"] = str(exc)
@@ -164,16 +158,18 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
 
 
 def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
+    """A frame store's summary, its problems as `check` finds them (with `verify`, every sample
+    decoded and compared with its checksum)."""
     import zarr
 
     from dvsgkit.framestore import check as checks
-    from dvsgkit.framestore.layout import LAYOUT, LAYOUT_VERSION
 
-    checks.check_metadata(path)  # DamagedError names a metadata file that does not parse
-    group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("layout") != LAYOUT:
-        raise InputError(f"{path} is a Zarr group but not a dvsgkit frame store")
+    problems = checks.check(path)  # NotFound; InTheWay: not a dvsgkit frame store
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:  # its root metadata does not parse: nothing to summarise
+        raise DamagedError(checks.one_line(path, problems or [repr(exc)])) from exc
     out: dict[str, Any] = {
         "path": str(path),
         "kind": "frames",
@@ -189,45 +185,30 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
             "build_id": attrs.get("build_id"),
         },
     }
-    problems, damage, checked = [], [], 0
-    if attrs.get("layout_version") != LAYOUT_VERSION:
-        problems.append(
-            f"layout_version {attrs.get('layout_version')}, this dvsgkit reads {LAYOUT_VERSION}"
-        )
     for split in SPLITS:
         try:
-            found = checks.structure_problems(path, group, split) if not problems else []
-        except Exception as exc:  # zarr's errors for metadata it cannot use: all damage here
-            found = [f"{split} cannot be opened ({type(exc).__name__}: {exc})"]
-        damage += found
-        if split not in group or not {"frames", "labels"} <= set(group[split].keys()):
+            frames, labels = group[split]["frames"], group[split]["labels"]
+            out["splits"][split] = {
+                "samples": int(frames.shape[0]),
+                "shape": list(frames.shape),
+                "dtype": str(frames.dtype),
+                "max_count": group[split].attrs.get("max_count"),
+                "bytes": size_on_disk(path / split),
+                "raw_bytes": int(frames.nbytes),
+                "classes": {} if problems else _class_counts(labels[:]),
+            }
+        except Exception:  # a split missing or unreadable: named among the problems
             continue
-        frames, labels = group[split]["frames"], group[split]["labels"]
-        out["splits"][split] = {
-            "samples": int(frames.shape[0]),
-            "shape": list(frames.shape),
-            "dtype": str(frames.dtype),
-            "max_count": group[split].attrs.get("max_count"),
-            "bytes": size_on_disk(path / split),
-            "raw_bytes": int(frames.nbytes),
-            "classes": _class_counts(labels[:]) if not found else {},
-        }
-        if verify and not found and not problems:
-            n, bad = checks.verify_samples(path, group, split)
-            checked += n
-            damage += bad
-    if attrs.get("complete") is not True:
-        problems.append("not marked complete (an interrupted or foreign build)")
-    if damage:
-        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
-        problems.append(f"damaged: {damage[0]}{more}")
-        out["damage"] = damage
-        out["fix"] = checks.rebuild_hint(path, attrs)
     if verify:
-        out["verified"] = checked
+        out["verified"] = 0
+        if not problems:
+            problems = checks.check(path, samples=True)
+            out["verified"] = sum(s["samples"] for s in out["splits"].values())
     out["complete"] = not problems
     if problems:
-        out["problem"] = "; ".join(problems)
+        out["problem"] = checks.summary(problems)
+        out["damage"] = problems
+        out["fix"] = checks.rebuild_hint(path)
     return out
 
 

@@ -1,7 +1,11 @@
-"""FrameDataset and make_loader over a real (tiny, synthetic) frame store."""
+"""FrameDataset and make_loader over a real (tiny, synthetic) frame store; EventDataset hands
+Tonic the samples of events.h5, and Tonic's ToFrame then gives the frames of dvsgkit's own frame
+store (up to Tonic's documented difference: it drops the N mod T events that the last frame
+takes)."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +13,23 @@ import pytest
 import torch
 import zarr
 
-from dvsgkit.data import FrameDataset, make_loader
-from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.data import TONIC_EVENT_DTYPE, EventDataset, FrameDataset, make_loader
+from dvsgkit.eventcache.layout import event_cache_path
+from dvsgkit.eventcache.read import EventCache
+from dvsgkit.frames import FrameSpec, integrate
+from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.framestore.check import array_checksum, sample_checksum
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
+
+
+def served(loader, epoch: int) -> list[int]:
+    """The sample indices `loader` serves in `epoch`, in order."""
+    loader.sampler.set_epoch(epoch)
+    return [i for batch in loader.batches for i in batch]
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
@@ -57,7 +71,7 @@ def test_memory_and_stream_modes_serve_the_same_batches(store: Path, device: str
     assert (memory.mode, stream.mode) == ("memory", "stream")
     assert len(memory) == len(stream) == 24 // 5 and memory.num_samples == 24
     ds = FrameDataset(store, "train")
-    order = memory.indices(0).tolist()
+    order = served(memory, 0)
     seen = []
     for (xm, ym), (xs, ys) in zip(memory, stream, strict=True):
         assert xm.dtype == torch.float32 and ym.dtype == torch.int64
@@ -86,7 +100,7 @@ def test_persistent_stream_workers_follow_each_epoch(store: Path) -> None:
 
 def test_order_is_a_function_of_seed_and_epoch(store: Path) -> None:
     def order(loader) -> list[int]:
-        return [int(i) for i in loader.indices(loader.epoch)]
+        return served(loader, loader.epoch)
 
     a = make_loader(store, "train", 4, shuffle=True, drop_last=False, seed=1)
     first = order(a)
@@ -104,16 +118,19 @@ def test_order_is_a_function_of_seed_and_epoch(store: Path) -> None:
     assert order(c) != first
     test = make_loader(store, "test", 5, shuffle=False, drop_last=False)
     assert len(test) == 3 and [len(y) for _, y in test] == [5, 5, 2]
-    assert test.indices(0).tolist() == test.indices(9).tolist() == list(range(12))
+    assert served(test, 0) == served(test, 9) == list(range(12))
 
 
 @pytest.mark.parametrize(("drop_last", "per_rank"), [(True, 2), (False, 3)])
 def test_ranks_get_disjoint_equal_shares(store: Path, drop_last: bool, per_rank: int) -> None:
     # 12 test samples over 5 ranks: drop the tail (2 each) or pad with repeats (3 each).
     shares = [
-        make_loader(
-            store, "test", 2, shuffle=True, drop_last=drop_last, seed=3, rank=r, world_size=5
-        ).indices(4)  # fmt: skip
+        served(
+            make_loader(
+                store, "test", 2, shuffle=True, drop_last=drop_last, seed=3, rank=r, world_size=5
+            ),
+            4,
+        )  # fmt: skip
         for r in range(5)
     ]
     assert all(len(s) == per_rank for s in shares)
@@ -126,7 +143,7 @@ def test_ranks_get_disjoint_equal_shares(store: Path, drop_last: bool, per_rank:
         make_loader(store, "test", 2, shuffle=True, drop_last=True, rank=r, world_size=3)
         for r in range(3)
     ]
-    parts = [set(loader.indices(0).tolist()) for loader in three]
+    parts = [set(served(loader, 0)) for loader in three]
     assert set.union(*parts) == set(range(12)) and sum(map(len, parts)) == 12
     assert three[0].num_samples == 4 and len(three[0]) == 2
 
@@ -159,3 +176,94 @@ def test_bad_input_names_the_path(store: Path, tmp_path: Path) -> None:
         make_loader(store, "train", 0, shuffle=True, drop_last=True)
     with pytest.raises(ValueError, match="rank 2, world 2"):
         make_loader(store, "train", 4, shuffle=True, drop_last=True, rank=2, world_size=2)
+
+
+FRAME_ROOT_T = 4  # the frame_root fixture's
+
+
+def test_the_dtype_is_tonics() -> None:
+    from tonic.datasets import DVSGesture  # tonic is in the [dev] extra
+
+    assert DVSGesture.dtype == TONIC_EVENT_DTYPE
+
+
+def test_samples_are_the_event_cache_samples(frame_root: Path) -> None:
+    dataset = EventDataset(frame_root, "test")
+    with EventCache(event_cache_path(frame_root)) as cache:
+        assert len(dataset) == cache.num_samples("test") == 12
+        for i in (0, 5, 11):
+            events, label = dataset[i]
+            sample = cache.sample("test", i)
+            assert events.dtype == TONIC_EVENT_DTYPE and label == cache.labels("test")[i]
+            for name in "xytp":
+                assert np.array_equal(events[name], sample[name].astype(events[name].dtype))
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[12]
+    # A pickled copy (what a DataLoader worker gets) reopens the file and reads the same.
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert np.array_equal(copy[3][0], dataset[3][0])
+
+
+def test_tonic_to_frame_gives_the_frame_store_frames(frame_root: Path) -> None:
+    from tonic.transforms import ToFrame
+
+    to_frame = ToFrame(sensor_size=(128, 128, 2), n_event_bins=FRAME_ROOT_T)
+    dataset = EventDataset(frame_root, "test", transform=to_frame)
+    raw = EventDataset(frame_root, "test")
+    store = FrameDataset(
+        frame_store_path(frame_root, FrameSpec(FRAME_ROOT_T, "number")), "test", raw=True
+    )
+    assert np.array_equal(store.labels, raw.labels)
+    for i in range(len(dataset)):
+        tonic_frames, label = dataset[i]  # [T, 2, 128, 128] int16
+        ours, our_label = store[i]
+        ours = ours.numpy().astype(np.int64)
+        assert label == our_label and tonic_frames.shape == ours.shape == (
+            FRAME_ROOT_T,
+            2,
+            128,
+            128,
+        )
+        # Frames 0..T-2 are identical; the last frame also holds the N mod T remainder.
+        events = raw[i][0]
+        n = len(events)
+        assert np.array_equal(tonic_frames[:-1], ours[:-1])
+        remainder = np.zeros((2, 128, 128), np.int64)
+        tail = events[n - n % FRAME_ROOT_T :]
+        np.add.at(remainder, (tail["p"].astype(int), tail["y"], tail["x"]), 1)
+        assert np.array_equal(tonic_frames[-1] + remainder, ours[-1])
+    assert (
+        sum(len(raw[i][0]) % FRAME_ROOT_T for i in range(len(raw))) > 0
+    )  # the remainder case was seen
+
+
+def test_frame_dataset_transform(frame_root: Path) -> None:
+    path = frame_store_path(frame_root, FrameSpec(FRAME_ROOT_T, "number"))
+    plain = FrameDataset(path, "train")
+    flipped = FrameDataset(path, "train", transform=lambda x: torch.flip(x, dims=[-1]),
+                           target_transform=lambda y: y + 100)  # fmt: skip
+    frames, label = plain[2]
+    got, got_label = flipped[2]
+    assert got_label == label + 100 and torch.equal(got, torch.flip(frames, dims=[-1]))
+    # and the frames are those of the sample's events, integrated
+    with EventCache(event_cache_path(frame_root)) as cache:
+        expected = integrate(cache.sample("train", 2), FrameSpec(FRAME_ROOT_T, "number"))
+    assert np.array_equal(frames.numpy(), expected)
+
+
+def test_a_cache_replaced_under_a_dataset_is_never_read(frame_root: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(event_cache_path(frame_root), root / "events.h5")
+    dataset = EventDataset(root, "test")  # labels read from this file
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(root / "events.h5", copy)
+    os.replace(copy, root / "events.h5")  # `mv` of another file (here: equal bytes) onto it
+    fresh = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker gets it
+    with pytest.raises(ValueError, match=rf"{root / 'events.h5'} was replaced while this "
+                       r"EventDataset was in use .*create the EventDataset again"):  # fmt: skip
+        fresh[0]
+    EventDataset(root, "test")[0]  # a new one reads the file now in place

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 import dvsgkit
@@ -20,6 +21,26 @@ def test_import_dvsgkit_pulls_no_heavy_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_front_door_names_are_lazy_attributes() -> None:
+    code = (
+        "import sys, dvsgkit; heavy = {'torch', 'cupy', 'zarr', 'h5py'}; "
+        "names = [n for n in dvsgkit.__all__ if n in dir(dvsgkit)]; "
+        "spec = dvsgkit.FrameSpec(8); err = dvsgkit.DvsgkitError; "
+        "print(len(names), spec.name, sorted(heavy & set(sys.modules))); "
+        "cls = dvsgkit.DVSGesture; print(cls.__module__, 'torch' in sys.modules); "
+        "print(dvsgkit.build_frames.__name__, dvsgkit.build_events.__name__, "
+        "dvsgkit.open_frames.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        f"{len(dvsgkit.__all__)} frames_number_8_split_by_number []",  # FrameSpec: numpy only
+        "dvsgkit.dataset True",  # imported when first used
+        "build_frame_store build_event_cache open_frame_store",
+    ]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        dvsgkit.nothing  # noqa: B018
 
 
 def test_version_and_help_list_every_command() -> None:

@@ -3,9 +3,9 @@ written in order by this one; a current cache is left as it is."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,7 @@ from dvsgkit.eventcache.layout import FIELDS, STORED_DTYPES, event_cache_path
 from dvsgkit.eventcache.read import recorded_sources
 from dvsgkit.eventcache.spool import Slot, Spools, make_slots, memfds
 from dvsgkit.eventcache.write import CacheWriter, RecordingSamples
-from dvsgkit.fs import probe_writable, remove, require_free, sweep, temp_path
+from dvsgkit.fs import atomic_file, probe_writable, remove, require_free, scratch_dir, sweep
 from dvsgkit.fs.lock import DEFAULT_LOCK_TIMEOUT, build_lock, lock_of, to_stderr
 from dvsgkit.pool import BuildSignals, WorkerPool
 from dvsgkit.samples import (
@@ -152,20 +152,15 @@ def _space_needed(recordings: list[Recording], spool_files: bool, ahead: int) ->
     return need
 
 
-def _discard(path: Path) -> None:
-    """Remove the file `path` if there is one. (Checked first: on a read-only mount, unlinking
-    a missing file fails with EROFS rather than FileNotFoundError.)"""
-    if path.exists():
-        with storage_errors(path, "remove the stale", SPACE_FIX):
-            path.unlink()
-
-
-def _discard_stale(out: Path, reason: BaseException) -> None:
-    """Remove a cache whose sources are broken; when that fails too (a read-only mount), note
-    it on `reason`, the error the caller raises, rather than replace it."""
+def _discard(path: Path, reason: BaseException | None = None) -> None:
+    """Remove the stale cache `path` if there is one. When that fails (a read-only mount) and
+    `reason` is the error the caller will raise, the failure is noted on it instead."""
     try:
-        _discard(out)
+        with storage_errors(path, "remove the stale", SPACE_FIX):
+            remove(path)
     except StorageError as exc:
+        if reason is None:
+            raise
         reason.add_note(str(exc))
 
 
@@ -177,15 +172,14 @@ def build_event_cache(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Path:
     """Cut every recording of ROOT/extract/DvsGesture/ into labelled samples and write
-    ROOT/events.h5 (layout in the README); return its path.
+    ROOT/events.h5 (docs/formats.md); return its path.
 
     Worker processes parse recordings while this process writes. The file is written under a
-    temporary name (`dvsgkit.fs`) and renamed only when complete, so an error (named file and byte
-    offset or CSV row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A
-    complete cache whose sources are unchanged (names, sizes, modification times) is returned
-    as it is. Two builds of one root are serialised by ROOT/.events.h5.lock: the second waits
-    (saying for whom, on stderr; LockTimeout after `lock_timeout` seconds) and then finds the
-    cache up to date.
+    temporary name (`dvsgkit.fs.atomic_file`), so an error (named file and byte offset or CSV
+    row), Ctrl-C or a kill never leaves an events.h5 that looks complete. A complete cache whose
+    sources are unchanged (names, sizes, modification times) is returned as it is. Two builds of
+    one root are serialised by ROOT/.events.h5.lock: the second waits (saying for whom, on
+    stderr; LockTimeout after `lock_timeout` seconds) and then finds the cache up to date.
     """
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
@@ -200,7 +194,7 @@ def build_event_cache(
     try:
         recordings = list_all_recordings(folder)  # trials lists checked before any work
     except (OSError, ValueError) as exc:
-        _discard_stale(out, exc)  # its sources are broken: it cannot be up to date
+        _discard(out, exc)  # its sources are broken: it cannot be up to date
         raise
     if out.exists() and _up_to_date(out, folder, recordings):
         return out
@@ -214,51 +208,37 @@ def build_event_cache(
             return out
         _discard(out)  # stale: never leave a cache disagreeing with its sources
         sweep(out.parent, out.name)  # what killed builds left: partial files, spool folders
-        _build(out, temp_path(out), recordings, folder, root, workers, progress)
+        _build(out, recordings, folder, workers, progress)
     return out
 
 
 def _build(
-    out: Path,
-    partial: Path,
-    recordings: list[Recording],
-    folder: Path,
-    root: Path,
-    workers: int,
-    progress: bool,
+    out: Path, recordings: list[Recording], folder: Path, workers: int, progress: bool
 ) -> None:
-    """Write `partial` from `recordings` and rename it to `out`; on any error or signal, remove
-    it and any spool folder."""
-    spool = temp_path(out)  # a folder for the hand-over files, where there are no memfds
+    """Write `out` from `recordings`, under a temporary name until it is complete."""
     ahead = workers + 1  # jobs submitted and not yet written
-    pooled = min(workers, len(recordings)) > 1
-    require_free(root, _space_needed(recordings, pooled and not memfds(), ahead), out, SPACE_FIX)
+    pool_size = min(workers, len(recordings))
+    pooled = pool_size > 1
+    need = _space_needed(recordings, pooled and not memfds(), ahead)
+    require_free(out.parent, need, out, SPACE_FIX)
     sources = {name: _stat(folder, name) for name in _source_names(recordings)}
     for name in (TRIALS_FILES[s] for s in SPLITS):
         sources[name]["sha256"] = _sha256(folder / name)
-    with BuildSignals() as signals:
-        # The slots exist before the pool forks its workers, which inherit them.
-        slots = make_slots(ahead + 1, spool) if pooled else []
-        pool = None
+    with (
+        BuildSignals() as signals,
+        scratch_dir(out) as spool,  # the hand-over files, where there are no memfds
+        make_slots(ahead + 1 if pooled else 0, spool) as slots,  # before the workers fork
+        storage_errors(out, "write", SPACE_FIX),
+        atomic_file(out) as partial,
+        # Started before any other thread of ours (the progress bar's monitor).
+        WorkerPool(_process, pool_size) if pooled else contextlib.nullcontext() as pool,
+    ):
         try:
-            with storage_errors(out, "write", SPACE_FIX):
-                if pooled:  # started before any other thread of ours (the progress bar's monitor)
-                    pool = WorkerPool(_process, min(workers, len(recordings)))
-                results = _results(recordings, pool, ahead, slots, signals)
-                _write(partial, out, results, len(recordings), sources, root, progress)
-                signals.check()
-                os.replace(partial, out)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+            results = _results(recordings, pool, ahead, slots, signals)
+            _write(partial, out, results, len(recordings), sources, progress)
+            signals.check()
         finally:
             _release_reused()
-            if pool is not None:
-                pool.close()  # stops the workers on an error or Ctrl-C; idle ones otherwise
-            for slot in slots:
-                if isinstance(slot, int):
-                    os.close(slot)
-            remove(spool)
 
 
 def _write(
@@ -267,7 +247,6 @@ def _write(
     results: Iterator[RecordingSamples],
     total: int,
     sources: dict[str, dict[str, Any]],
-    root: Path,
     progress: bool,
 ) -> None:
     """Write every recording's samples, as `results` yields them, to a complete cache at
@@ -280,14 +259,13 @@ def _write(
     ):
         events = 0
         for result in results:
-            rec = result.recording
             # HDF5 does not survive a failed write (see above): refuse it first.
             worst = (result.events + event_writer.CHUNK_EVENTS) * WORST_BYTES_PER_EVENT
-            require_free(root, worst + WRITE_MARGIN, out, SPACE_FIX)
+            require_free(out.parent, worst + WRITE_MARGIN, out, SPACE_FIX)
             writer.add(result)
             for name, sha in result.sha256.items():
                 sources[name]["sha256"] = sha
             events += result.events
-            bar.set_postfix_str(f"{rec.trial}, {events:,} events", refresh=False)
+            bar.set_postfix_str(f"{result.recording.trial}, {events:,} events", refresh=False)
             bar.update()
         writer.finish(list(sources.values()))

@@ -1,4 +1,5 @@
-"""EventCache, the one reader of the event cache ROOT/events.h5 (layout in event_layout.py)."""
+"""EventCache, the one reader of the event cache ROOT/events.h5 (its names: layout.py; its
+checks: seal.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES, SENSOR_SIZE, SPLITS
-from dvsgkit.errors import InputError, NotFound
+from dvsgkit.constants import EVENT_DTYPE, NUM_CLASSES, SPLITS
+from dvsgkit.errors import DvsgkitError, InputError, NotFound
 from dvsgkit.eventcache import seal as integrity
 from dvsgkit.eventcache.layout import FIELDS, LAYOUT, LAYOUT_VERSION, SAMPLE_DATASETS
 
@@ -152,10 +153,8 @@ class EventCache:
         """Events [a, b) of `split`, one array per field (as stored). A chunk failing its
         checksum or a pixel off the sensor: one ValueError naming the file, split, dataset (and
         the sample, given the block's `offsets`, sample `first_sample` first) and the fix."""
-        return integrity.read_columns(
-            self._file[self._split(split)], self.path, fields, a, b, sensor=SENSOR_SIZE,
-            offsets=offsets, first_sample=first_sample,
-        )  # fmt: skip
+        return integrity.read_columns(self._file[self._split(split)], self.path, fields, a, b,
+                                      offsets=offsets, first_sample=first_sample)  # fmt: skip
 
     def sample(self, split: str, i: int) -> np.ndarray:
         """Sample i of `split` as EVENT_DTYPE [E] (absolute µs timestamps, recorded order)."""
@@ -203,12 +202,12 @@ class EventCache:
         split/dataset and the elements (and samples): chunks failing their Fletcher-32
         checksum, datasets changed after the build, offsets that do not partition the events,
         values out of range. An empty list: every byte is as built. Reads the whole file."""
-        return integrity.verify(self._file, self.path, SPLITS, SENSOR_SIZE)
+        return integrity.verify(self._file, self.path, SPLITS)
 
     def check_sealed(self) -> None:
         """ValueError naming the file, the dataset changed after the build (for a pixel off
         the sensor: the split and sample) and the fix; reads 4 bytes per chunk."""
-        integrity.check_sealed(self._file, self.path, SPLITS, SENSOR_SIZE)
+        integrity.check_sealed(self._file, self.path, SPLITS)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -255,15 +254,10 @@ def recorded_sources(path: Path) -> list[dict[str, Any]] | None:
     """The sources (name, bytes, mtime_ns, sha256 each) recorded in a complete cache of this
     layout whose seals still match (4 bytes read per chunk); None for anything else: no file, a
     foreign or older layout, a split missing, a dataset changed after the build."""
-    import h5py
-
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("layout") != LAYOUT or f.attrs.get("layout_version") != LAYOUT_VERSION:
+        with EventCache(path) as cache:
+            if integrity.changed_datasets(cache._file, SPLITS):
                 return None
-            recorded = json.loads(f.attrs["sources"])
-            if not all(s in f for s in SPLITS) or integrity.changed_datasets(f, SPLITS):
-                return None
-    except (OSError, KeyError, ValueError):
+            return json.loads(cache.attrs["sources"])
+    except (DvsgkitError, OSError, KeyError, ValueError):
         return None
-    return recorded

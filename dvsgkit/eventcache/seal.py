@@ -14,17 +14,20 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dvsgkit.constants import NUM_CLASSES
+from dvsgkit.constants import NUM_CLASSES, SENSOR_SIZE
 from dvsgkit.errors import InputError
 from dvsgkit.eventcache.layout import FIELDS
 
 SEAL_ATTR = "fletcher32_seal"
-VERIFY_BLOCK_EVENTS = 1 << 22  # events read at a time by `verify`: bounded memory
+BLOCK_EVENTS = 1 << 22  # events read at a time by a full scan: bounded memory
+# The values a column may hold: pixels on the sensor (H, W), polarity 0/1, classes 0..10.
+LIMITS = {"x": SENSOR_SIZE[1], "y": SENSOR_SIZE[0], "p": 2, "labels": NUM_CLASSES}
 
 
 def fix_for(path: Path) -> str:
@@ -68,105 +71,92 @@ def seal(f: Any, splits: tuple[str, ...]) -> None:
 def changed_datasets(f: Any, splits: tuple[str, ...]) -> list[str]:
     """The datasets of the open file `f` whose seal is missing or no longer matches their
     chunks ("train/x"); a dataset stored without chunks (not written by dvsgkit) has none."""
-    fd = f.id.get_vfd_handle()  # the open file itself, not whatever its name points to now
-    changed = []
-    for name, dset in _datasets(f, splits):
-        recorded = dset.attrs.get(SEAL_ATTR)
-        if recorded is None or dset.chunks is None or recorded != dataset_seal(dset, fd):
-            changed.append(name)
-    return changed
+    fd = f.id.get_vfd_handle()
+    return [
+        name
+        for name, dset in _datasets(f, splits)
+        if dset.chunks is None or dset.attrs.get(SEAL_ATTR) != dataset_seal(dset, fd)
+    ]
 
 
-def check_sealed(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int, int]) -> None:
-    """ValueError naming the file, the changed dataset and the fix when a seal does not match;
-    an event off the sensor (what breaks frame building) is named with its split and sample."""
-    changed = changed_datasets(f, splits)
-    if not changed:
-        return
-    for name in changed:
-        split, column = name.split("/")
-        if column in ("x", "y"):
-            bad = _off_sensor(f[split], column, sensor)
-            if bad is not None:
-                event, value = bad
-                sample = _sample_of(f[split]["offsets"][:], event)
-                raise InputError(
-                    f"{path}: {split} sample {sample} has {column} = {value} (event {event}), "
-                    f"off the {sensor[1]}x{sensor[0]} sensor; {split}/{column} was changed after "
-                    f"the build; {fix_for(path)}"
-                )
-    raise InputError(
-        f"{path}: {', '.join(changed)} changed after the build (their Fletcher-32 checksums "
-        f"differ from those sealed at build time); {fix_for(path)}"
-    )
+def _over(name: str, block: np.ndarray) -> int | None:
+    """Index of the first value of column `name` beyond its LIMITS, None if all are within."""
+    over = np.flatnonzero(block >= LIMITS[name]) if name in LIMITS and len(block) else []
+    return int(over[0]) if len(over) else None
 
 
-def _off_sensor(group: Any, column: str, sensor: tuple[int, int]) -> tuple[int, int] | None:
-    """(event index, value) of the first x (or y) at or past the sensor's width (height)."""
-    limit = sensor[1] if column == "x" else sensor[0]
-    dset = group[column]
-    for a in range(0, dset.shape[0], VERIFY_BLOCK_EVENTS):
-        block = dset[a : a + VERIFY_BLOCK_EVENTS]
-        over = np.flatnonzero(block >= limit)
-        if len(over):
-            return a + int(over[0]), int(block[over[0]])
-    return None
+def _blocks(dset: Any) -> Iterator[tuple[int, int]]:
+    for a in range(0, dset.shape[0], BLOCK_EVENTS):
+        yield a, min(a + BLOCK_EVENTS, dset.shape[0])
 
 
 def _sample_of(offsets: np.ndarray, event: int) -> int:
     return int(np.searchsorted(offsets, event, side="right")) - 1
 
 
+def check_sealed(f: Any, path: Path, splits: tuple[str, ...]) -> None:
+    """InputError naming the file, the changed dataset and the fix when a seal does not match;
+    an event off the sensor (what breaks frame building) is named with its split and sample."""
+    changed = changed_datasets(f, splits)
+    for name in changed:
+        split, column = name.split("/")
+        dset = f[name]
+        for a, b in _blocks(dset) if column in ("x", "y") else ():
+            if (k := _over(column, block := dset[a:b])) is not None:
+                sample = _sample_of(f[split]["offsets"][:], a + k)
+                raise InputError(
+                    f"{path}: {split} sample {sample} has {column} = {int(block[k])} (event "
+                    f"{a + k}), off the {SENSOR_SIZE[1]}x{SENSOR_SIZE[0]} sensor; {name} was "
+                    f"changed after the build; {fix_for(path)}"
+                )
+    if changed:
+        raise InputError(
+            f"{path}: {', '.join(changed)} changed after the build (their Fletcher-32 checksums "
+            f"differ from those sealed at build time); {fix_for(path)}"
+        )
+
+
 def read_columns(
-    group: Any,
-    path: Path,
-    fields: tuple[str, ...],
-    a: int,
-    b: int,
-    *,
-    sensor: tuple[int, int] | None = None,
-    offsets: np.ndarray | None = None,
-    first_sample: int = 0,
-) -> dict[str, np.ndarray]:
+    group: Any, path: Path, fields: tuple[str, ...], a: int, b: int, *,
+    offsets: np.ndarray | None = None, first_sample: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
     """Events [a, b) of a split group's `fields`. Fewer events than that, a chunk failing its
-    checksum, or (given the `sensor` (H, W)) an x or y off the sensor or a polarity other than
-    0/1, becomes one ValueError naming the file, split, dataset and fix; the sample too when
-    the samples' `offsets` (absolute event indices, sample `first_sample` first) are given."""
+    checksum, a value beyond LIMITS (a pixel off the sensor, a polarity other than 0/1): one
+    InputError naming the file, split, dataset and fix, and the sample too when the samples'
+    `offsets` (absolute event indices, sample `first_sample` first) are given."""
     split = group.name.strip("/")
     out = {}
     for name in fields:
         try:
-            out[name] = group[name][a:b]
+            out[name] = column = group[name][a:b]
         except OSError as exc:
             raise InputError(
                 f"{path}: {split}/{name} events [{a}, {b}) cannot be read ({exc}: a chunk fails "
                 f"its Fletcher-32 checksum, the file is damaged); {fix_for(path)}"
             ) from exc
-        if len(out[name]) != b - a:  # h5py returns what there is of a slice past the end
+        if len(column) != b - a:  # h5py returns what there is of a slice past the end
             raise InputError(
                 f"{path}: {split}/{name} holds {group[name].shape[0]} events, fewer than the {b} "
                 f"that events [{a}, {b}) need (the file was changed after its build); "
                 f"{fix_for(path)}"
             )
-        limit = None if sensor is None else {"x": sensor[1], "y": sensor[0], "p": 2}.get(name)
-        if limit is not None and len(out[name]) and int(out[name].max()) >= limit:
-            k = int(np.argmax(out[name] >= limit))
+        if (k := _over(name, column)) is not None:
             where = f"event {a + k}"
             if offsets is not None:
                 where = f"sample {first_sample + _sample_of(offsets, a + k)}, {where}"
             off = "a polarity other than 0 or 1" if name == "p" else (
-                f"off the {sensor[1]}x{sensor[0]} sensor")  # fmt: skip
+                f"off the {SENSOR_SIZE[1]}x{SENSOR_SIZE[0]} sensor")  # fmt: skip
             raise InputError(
-                f"{path}: {split} {where} has {name} = {int(out[name][k])}, {off} (the file "
+                f"{path}: {split} {where} has {name} = {int(column[k])}, {off} (the file "
                 f"was changed after its build); {fix_for(path)}"
             )
     return out
 
 
-def verify(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int, int]) -> list[str]:
+def verify(f: Any, path: Path, splits: tuple[str, ...]) -> list[str]:
     """Read every dataset of `splits` in full; return what is damaged, one line each (empty:
-    sound). Checks each chunk's Fletcher-32 (by reading it), the seals, offsets against the
-    event columns, labels 0..10, pixels on the sensor and polarities 0/1."""
+    sound): chunks failing their Fletcher-32, offsets that do not partition the events, values
+    beyond LIMITS, datasets whose seal does not match."""
     problems = []
     for split in splits:
         group = f[split]
@@ -178,43 +168,22 @@ def verify(f: Any, path: Path, splits: tuple[str, ...], sensor: tuple[int, int])
         except OSError:
             offsets = None  # reported below, with the other unreadable chunks
         for name, dset in sorted(group.items()):
-            step = VERIFY_BLOCK_EVENTS
-            for a in range(0, dset.shape[0], step):
-                b = min(a + step, dset.shape[0])
+            events = offsets is not None and name in FIELDS  # samples can be named
+            for a, b in _blocks(dset):
                 try:
                     block = dset[a:b]
                 except OSError:
                     where = f"{split}/{name}[{a}:{b}]"
-                    if offsets is not None and name in FIELDS:
-                        first, last = _sample_of(offsets, a), _sample_of(offsets, b - 1)
-                        where += f" (samples {first}..{last})"
+                    if events:
+                        where += (
+                            f" (samples {_sample_of(offsets, a)}..{_sample_of(offsets, b - 1)})"
+                        )
                     problems.append(f"{where} fails its Fletcher-32 checksum (damaged)")
                     continue
-                problems += _values(split, name, block, a, sensor, offsets)
-    problems += [
-        f"{name} changed after the build (its seal does not match)"
-        for name in changed_datasets(f, splits)
-    ]
+                if (k := _over(name, block)) is not None:
+                    sample = f" (sample {_sample_of(offsets, a + k)})" if events else ""
+                    problems.append(f"{split}/{name}[{a + k}] = {int(block[k])}{sample}, "
+                                    f"expected < {LIMITS[name]}")  # fmt: skip
+    problems += [f"{name} changed after the build (its seal does not match)"
+                 for name in changed_datasets(f, splits)]  # fmt: skip
     return [f"{path}: {p}" for p in problems]
-
-
-def _values(
-    split: str,
-    name: str,
-    block: np.ndarray,
-    a: int,
-    sensor: tuple[int, int],
-    offsets: np.ndarray | None,
-) -> list[str]:
-    """The first out-of-range value of one block of a column, as a problem line."""
-    limit = {"x": sensor[1], "y": sensor[0], "p": 2, "labels": NUM_CLASSES}.get(name)
-    if limit is None or not len(block):
-        return []
-    over = np.flatnonzero(block >= limit)
-    if not len(over):
-        return []
-    k = a + int(over[0])
-    sample = ""
-    if offsets is not None and name != "labels":
-        sample = f" (sample {_sample_of(offsets, k)})"
-    return [f"{split}/{name}[{k}] = {int(block[k - a])}{sample}, expected < {limit}"]

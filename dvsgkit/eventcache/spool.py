@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +74,17 @@ def memfds() -> bool:
     return sys.platform == "linux" and hasattr(os, "memfd_create")
 
 
-def make_slots(count: int, folder: Path) -> list[Slot]:
-    """Spools for a pool's hand-over: anonymous memory files (Linux, where the workers are
-    forked and inherit them; nothing to clean up, no disk writes) or files in `folder`."""
-    if memfds():
-        return [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
-    folder.mkdir()
-    return [folder / f"{k}.bin" for k in range(count)]
+@contextlib.contextmanager
+def make_slots(count: int, folder: Path) -> Iterator[list[Slot]]:
+    """`count` spools for a pool's hand-over, made before the pool forks its workers: anonymous
+    memory files (Linux, where the forked workers inherit them; no disk writes), closed when the
+    block ends, or files in the empty `folder`, which the caller removes."""
+    if not memfds():
+        yield [folder / f"{k}.bin" for k in range(count)]
+        return
+    fds = [os.memfd_create(f"dvsgkit-spool-{k}", os.MFD_CLOEXEC) for k in range(count)]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)

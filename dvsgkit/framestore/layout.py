@@ -13,8 +13,18 @@ LAYOUT_VERSION = 2
 # it; format 3 (zarr-python >= 3, tensorstore) is one flag away.
 ZARR_FORMATS = (2, 3)
 DEFAULT_ZARR_FORMAT = 2
+ARRAYS = ("frames", "labels", "checksums")  # each split's arrays
+METADATA_FILES = (".zgroup", ".zattrs", ".zarray", "zarr.json")
+CHECKSUM = "crc32"  # zlib.crc32 of a sample's bytes as stored: C order, little-endian
 
 
 def frame_store_path(root: Path, spec: FrameSpec) -> Path:
     """ROOT/{spec.name}.zarr: SpikingJelly's folder name plus .zarr."""
     return Path(root) / f"{spec.name}.zarr"
+
+
+def zarr_format_of(path: Path) -> int | None:
+    """The Zarr format of the group at `path` (3: zarr.json, 2: .zgroup), None for neither."""
+    if (path / "zarr.json").is_file():
+        return 3
+    return 2 if (path / ".zgroup").is_file() else None

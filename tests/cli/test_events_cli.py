@@ -136,19 +136,25 @@ def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: objec
     assert not any("events.h5" in p.name for p in tmp_path.iterdir())
 
 
-def _killed(rec: object, spool: object = None) -> dict:
-    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does to a worker
-    raise AssertionError("unreachable")
-
-
 def test_killed_worker_is_one_line_error_and_no_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dvsgkit.eventcache import build as store
+    import multiprocessing
 
-    assert run("synth", "--root", str(tmp_path), "--train-trials", "2", "--test-trials", "1",
+    from dvsgkit import fs
+
+    assert run("synth", "--root", str(tmp_path), "--train-trials", "4", "--test-trials", "2",
                "--events-per-sample", "300")[0] == 0  # fmt: skip
-    monkeypatch.setattr(store, "_process", _killed)
+    calls, others = [], {child.pid for child in multiprocessing.active_children()}
+
+    def kill_the_workers(folder: Path) -> int:  # before the first recording is written
+        calls.append(folder)
+        for worker in multiprocessing.active_children() if len(calls) == 2 else []:
+            if worker.pid not in others:  # the build's pool
+                os.kill(worker.pid, signal.SIGKILL)  # what the out-of-memory killer does
+        return 1 << 40
+
+    monkeypatch.setattr(fs, "free_bytes", kill_the_workers)
     code, out = run("events", "--root", str(tmp_path), "--no-progress", "--workers", "2")
     assert code == 1
     assert "Error: a worker process (pid" in out and "--workers 1" in out
@@ -168,19 +174,17 @@ def test_synth_validates_its_options(tmp_path: Path) -> None:
     assert code == 1 and "not written by 'dvsgkit synth'" in out and "Traceback" not in out
 
 
-# The real command, held after writing its first recording until the signal has arrived, so
-# that the signal always lands mid-build.
+# The real command, held at its free-space check after writing its first recording until a line
+# comes on stdin (sent after the signal), so that the signal always lands mid-build.
 HELD_EVENTS = (
-    "import sys, threading; from dvsgkit.eventcache import write as w; "
-    "from dvsgkit import pool as g; "
-    "noted = threading.Event(); note = g.BuildSignals._note; "
-    "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
-    "add = w.CacheWriter.add\n"
-    "def held(self, samples):\n"
-    "    add(self, samples)\n"
-    "    print('writing', flush=True)\n"
-    "    noted.wait(60)\n"
-    "w.CacheWriter.add = held; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+    "import sys; from dvsgkit import fs; calls = []\n"
+    "def held(folder):\n"
+    "    calls.append(folder)\n"
+    "    if len(calls) == 3:\n"
+    "        print('writing', flush=True)\n"
+    "        sys.stdin.readline()\n"
+    "    return 1 << 40\n"
+    "fs.free_bytes = held; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
 )
 
 
@@ -192,11 +196,12 @@ def test_interrupted_process_leaves_no_cache_and_next_run_works(
     assert run("synth", *args, "--train-trials", "2", "--test-trials", "1",
                "--events-per-sample", "4000")[0] == 0  # fmt: skip
     cmd = [sys.executable, "-c", HELD_EVENTS, "events", *args, "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout.readline().strip() == "writing"  # one recording is in the partial file
     assert list(tmp_path.glob(f".events.h5.{proc.pid}-*.partial"))
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate("go\n", timeout=30)
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert not any("events.h5" in p.name for p in tmp_path.iterdir())

@@ -161,28 +161,22 @@ def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: int) -> None:
     (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
-    # The real command, held after its first block until the signal has arrived, so that the
-    # signal always lands mid-build.
+    # The real command, held at its free-space check after its first block until a line comes
+    # on stdin (sent after the signal), so that the signal always lands mid-build.
     code = (
-        "import sys, threading; from dvsgkit.framestore import build as s; "
-        "from dvsgkit import pool as g; "
-        "noted = threading.Event(); note = g.BuildSignals._note; "
-        "g.BuildSignals._note = lambda self, *a: (note(self, *a), noted.set())[0]; "
-        "real = s._integrate_block; blocks = []\n"
-        "def held(task):\n"
-        "    blocks.append(task)\n"
-        "    if len(blocks) == 2:\n"
-        "        print('written', flush=True)\n"
-        "        noted.wait(60)\n"
-        "    return real(task)\n"
-        "s._integrate_block = held; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+        "import sys; from dvsgkit import fs\n"
+        "def held(folder):\n"
+        "    print('written', flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "    return 1 << 40\n"
+        "fs.free_bytes = held; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
     )
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout.readline().strip() == "written"  # the first block is in the store
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    proc.communicate("go\n", timeout=60)
     assert proc.returncode != 0
     store = tmp_path / "frames_number_2_split_by_number.zarr"
     assert not store.exists()
@@ -200,13 +194,14 @@ def test_ctrl_c_reaches_the_workers_too_and_prints_no_traceback(
 ) -> None:
     # A terminal's Ctrl-C goes to the whole process group: the workers as well as the command.
     (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
-    # The parent pauses before the test split, so that the signal finds the workers idle,
-    # waiting for work (as between splits, or when the writer falls behind). The build notes the
-    # signal and stops at its next check, after the pause.
+    # The parent pauses at its free-space check after the first block, so that the signal finds
+    # the workers idle once the train split's other block is done, waiting for work (as between
+    # splits, or when the writer falls behind). The build notes the signal and stops at its next
+    # check, after the pause.
     code = (
-        "import sys, time; from dvsgkit.framestore import build as s; real = s._write_split; "
-        "s._write_split = lambda g, p, split, *a: (split == 'test' and time.sleep(5), "
-        "real(g, p, split, *a))[1]; from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
+        "import sys, time; from dvsgkit import fs; "
+        "fs.free_bytes = lambda folder: time.sleep(5) or 1 << 40; "
+        "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
     )
     args = ["frames", "--root", str(tmp_path), "-T", "2", "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dvsgkit import fs as storage
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore import build as store
-from dvsgkit.framestore.build import make_frame_store
+from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 from dvsgkit_cli.main import cli
 
@@ -85,15 +85,12 @@ def test_a_disk_that_fills_during_the_build_gives_one_line_and_leaves_nothing(
     small_fs: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (small_fs / "events.h5").symlink_to(events_h5)
-    real, calls = store._integrate_block, []
 
-    def fill_after_the_space_check(task: tuple) -> tuple:
-        calls.append(task)
-        if len(calls) == 2:  # another writer takes the rest of the disk
-            fill(small_fs, 0)
-        return real(task)
+    def fill_after_the_space_check(folder: Path) -> int:  # after the first block
+        fill(small_fs, 0)  # another writer takes the rest of the disk
+        return 1 << 40  # what the check saw just before
 
-    monkeypatch.setattr(store, "_integrate_block", fill_after_the_space_check)
+    monkeypatch.setattr(storage, "free_bytes", fill_after_the_space_check)
     code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
                     "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
@@ -127,21 +124,16 @@ def test_a_read_only_root_gives_one_line_and_a_current_store_stays_usable(
 
 
 def test_a_T_too_large_for_memory_is_refused_before_any_work(
-    tmp_path: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, events_h5: Path
 ) -> None:
     (tmp_path / "events.h5").symlink_to(events_h5)
-
-    def no_work(task: tuple) -> tuple:
-        raise AssertionError("a block was integrated")
-
-    monkeypatch.setattr(store, "_integrate_block", no_work)
     code, out = run("frames", "--root", str(tmp_path), "-T", "100000", "--workers", "2",
                     "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert "Error: -T 100000 needs about 439.5 GiB of memory to build (2 workers x 8 samples x " \
            "100000 frames x 2 x 128 x 128 counts x 9 bytes)" in out  # fmt: skip
     assert "GiB is available: at most -T " in out and "fewer --workers allow a larger T" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.h5"]  # no lock, no temporary
 
 
 def test_check_memory_names_the_largest_T_that_fits() -> None:
@@ -153,9 +145,9 @@ def test_check_memory_names_the_largest_T_that_fits() -> None:
         check_memory(101, 2, 8, available=int(per_T * 100 / 0.8) + 1)
 
 
-BUILD = (  # the real command, each block slowed down so that the two overlap
-    "import sys, time; from dvsgkit.framestore import build as s; real = s._integrate_block; "
-    "s._integrate_block = lambda t: (time.sleep(1.5), real(t))[1]; "
+BUILD = (  # the real command, slowed down at its free-space check so that the two overlap
+    "import sys, time; from dvsgkit import fs; "
+    "fs.free_bytes = lambda folder: time.sleep(3) or 1 << 40; "
     "from dvsgkit_cli.main import cli; cli(sys.argv[1:])"
 )
 
@@ -196,7 +188,7 @@ def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path)
     code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
     assert code == 0 and "is up to date (" in out
     assert (
-        make_frame_store(tmp_path, FrameSpec(2), workers=1, progress=False).outcome == "up to date"
+        build_frame_store(tmp_path, FrameSpec(2), workers=1, progress=False).outcome == "up to date"
     )
 
 
@@ -206,7 +198,6 @@ def test_the_space_check_measures_chunks_that_workers_are_still_renaming(
     """zarr writes each chunk as `<key>.<uuid>.partial` and renames it: while the parent measures
     the first block, a worker's temp file can vanish between listing and stat. Neither that
     nor a half-written temp may end the build or skew the estimate."""
-    from dvsgkit import fs
     from dvsgkit.errors import StorageError
     from dvsgkit.framestore import budget as resources
 
@@ -228,7 +219,7 @@ def test_the_space_check_measures_chunks_that_workers_are_still_renaming(
     check.after_block(2)  # no FileNotFoundError
     assert check.checked and check.done == 2
     # Only the complete chunk was measured: 9 samples at its size fit, 9e9 would not.
-    monkeypatch.setattr(fs, "free_bytes", lambda _: 0)
+    monkeypatch.setattr(storage, "free_bytes", lambda _: 0)
     late = resources.SpaceCheck(tmp_path, total=2_000_000, target=tmp_path / "s.zarr")
     with pytest.raises(StorageError, match=r"its first 1 samples, extrapolated"):
         late.after_block(1)

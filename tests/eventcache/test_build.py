@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,10 +17,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dvsgkit import __version__
+from dvsgkit import __version__, fs
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.errors import Stopped
-from dvsgkit.eventcache import build as store
 from dvsgkit.eventcache import write as event_writer
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.layout import LAYOUT, LAYOUT_VERSION, event_cache_path
@@ -178,23 +178,32 @@ def test_bad_input_raises_named_error_and_leaves_no_cache(
     assert leftovers(root) == []  # the stale cache went too
 
 
+def on_write(n: int, act: object) -> object:
+    """A `dvsgkit.fs.free_bytes` that calls `act()` at its n-th call: the estimate before a build
+    is the first, the check before each recording's write the next (so n = 3: the first
+    recording is in the partial file)."""
+    calls = []
+
+    def free_bytes(folder: Path) -> int:
+        calls.append(folder)
+        if len(calls) == n:
+            act()  # type: ignore[operator]
+        return 1 << 40
+
+    return free_bytes
+
+
 def test_interrupt_leaves_nothing_and_next_run_starts_clean(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-    real = store._process
+    def interrupt() -> None:
+        raise KeyboardInterrupt
 
-    def interrupted(rec: object) -> dict:
-        calls.append(rec)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(rec)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store, "_process", interrupted)
+    monkeypatch.setattr(fs, "free_bytes", on_write(3, interrupt))
     with pytest.raises(KeyboardInterrupt):
         build_event_cache(root, workers=1, progress=False)
     assert leftovers(root) == []
-    monkeypatch.setattr(store, "_process", real)
+    monkeypatch.undo()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (root / f".events.h5.{dead}-0a1b2c3d4e5f.partial").write_bytes(b"left by a killed run")
@@ -209,17 +218,15 @@ def test_interrupt_leaves_nothing_and_next_run_starts_clean(
 def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without memfd_create (not Linux) the workers hand over through files in a spool folder,
     which goes when the build ends; the samples are the same."""
-    made = []
-    real = store.make_slots
+    seen: list[list[str]] = []
 
-    def spy(count: int, folder: Path) -> list:
-        made.append(real(count, folder))
-        return made[-1]
+    def spools() -> None:
+        seen.append(sorted(p.name for p in root.glob(".events.h5.*.partial/*")))
 
     monkeypatch.delattr(os, "memfd_create")
-    monkeypatch.setattr(store, "make_slots", spy)
+    monkeypatch.setattr(fs, "free_bytes", on_write(3, spools))
     path = build_event_cache(root, workers=2, progress=False)
-    assert [type(s) for s in made[0]] == [type(root)] * 4  # workers + 2 files
+    assert seen and seen[0] and set(seen[0]) <= {f"{k}.bin" for k in range(4)}  # workers + 2
     assert leftovers(root) == ["events.h5"]
     rec = list_recordings(dataset_dir(root), "test")[0]
     with EventCache(path) as cache:
@@ -240,18 +247,18 @@ def test_two_builds_at_once_both_succeed(root: Path) -> None:
         assert cache.num_samples("train") == 24
 
 
-# Builds ROOT's events.h5 in this process, each recording held until the file argv[2] exists.
+# Builds ROOT's events.h5 in this process, held at its free-space check until argv[2] exists.
 HELD_BUILD = """
 import sys, time
 from pathlib import Path
-from dvsgkit.eventcache import build as s
-real = s._process
-def held(recording, spool=None):
+from dvsgkit import fs
+from dvsgkit.eventcache.build import build_event_cache
+def held(folder):
     while not Path(sys.argv[2]).exists():
         time.sleep(0.01)
-    return real(recording, spool)
-s._process = held
-s.build_event_cache(Path(sys.argv[1]), workers=1, progress=False)
+    return 1 << 40
+fs.free_bytes = held
+build_event_cache(Path(sys.argv[1]), workers=1, progress=False)
 """
 
 
@@ -331,22 +338,30 @@ def test_chunk_boundaries_do_not_matter(root: Path, monkeypatch: pytest.MonkeyPa
     assert os.path.exists(path)
 
 
-def _killed(rec: object, spool: object = None) -> dict:
-    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does to a worker
-    raise AssertionError("unreachable")
+def worker_killer() -> object:
+    """Something that kills the worker processes started after it was made: a build's pool."""
+    others = {child.pid for child in multiprocessing.active_children()}  # DataLoader workers...
+
+    def kill() -> None:
+        for worker in multiprocessing.active_children():
+            if worker.pid not in others:
+                os.kill(worker.pid, signal.SIGKILL)  # what the out-of-memory killer does
+
+    return kill
 
 
 def test_a_killed_worker_fails_the_build_instead_of_hanging(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # multiprocessing.Pool replaces a dead worker but never completes its task; the build
-    # must notice. Run in a thread so that a hang fails the test instead of blocking it.
-    monkeypatch.setattr(store, "_process", _killed)  # module level: the workers fork with it
+    # More recordings than jobs in flight (workers + 1): some are handed out only after the
+    # workers are gone. Run in a thread so that a hang fails the test instead of blocking it.
+    write_synthetic_dataset(tmp_path, seed=1, train_trials=4, test_trials=2, events_per_sample=200)
+    monkeypatch.setattr(fs, "free_bytes", on_write(2, worker_killer()))
     outcome: list[BaseException | None] = []
 
     def build() -> None:
         try:
-            build_event_cache(root, workers=2, progress=False)
+            build_event_cache(tmp_path, workers=2, progress=False)
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
@@ -357,20 +372,15 @@ def test_a_killed_worker_fails_the_build_instead_of_hanging(
     assert outcome, "the build hung after a worker was killed"
     assert isinstance(outcome[0], Stopped)
     assert "died (signal SIGKILL" in str(outcome[0])
-    assert leftovers(root) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_build_cleanly(
     root: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
 ) -> None:
-    real = store._process
-
-    def signalled(rec: object) -> dict:
-        os.kill(os.getpid(), sig)  # noted by the build's handler, acted on between steps
-        return real(rec)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store, "_process", signalled)
+    # Noted by the build's handler, acted on at its next step.
+    monkeypatch.setattr(fs, "free_bytes", on_write(3, lambda: os.kill(os.getpid(), sig)))
     before = signal.getsignal(sig)
     with pytest.raises(KeyboardInterrupt, match=f"interrupted by {sig.name}"):
         build_event_cache(root, workers=1, progress=False)
@@ -379,22 +389,20 @@ def test_a_signal_stops_the_build_cleanly(
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_trials_lists_are_checked_before_any_work(
-    root: Path, monkeypatch: pytest.MonkeyPatch, split: str
-) -> None:
+def test_trials_lists_are_checked_before_any_work(root: Path, split: str) -> None:
     """A repeated recording would duplicate samples; one in both lists would leak test data into
     training. Both are refused before a recording is read, and never look like a stale cache."""
     build_event_cache(root, progress=False)
     folder = dataset_dir(root)
     trials = folder / f"trials_to_{split}.txt"
     trials.write_text(trials.read_text() + "user01_fluorescent.aedat\n")
-    called = []
-    monkeypatch.setattr(store, "_process", lambda *a: called.append(a))
+    for recording in folder.glob("*.aedat"):  # reading any would fail with another error
+        recording.write_bytes(b"not AEDAT")
     match = "listed again" if split == "train" else "also listed in .*trials_to_train.txt"
     with pytest.raises(ValueError, match=rf"trials_to_{split}.txt, line \d+: "
                        rf"'user01_fluorescent.aedat' is {match}"):  # fmt: skip
         build_event_cache(root, workers=1, progress=False)
-    assert called == [] and leftovers(root) == []
+    assert leftovers(root) == []
 
 
 def test_a_worker_forked_during_a_build_dies_on_sigterm_before_its_initializer() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import json
 import os
@@ -17,13 +16,13 @@ import numpy as np
 import pytest
 import zarr
 
+from dvsgkit import fs
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.errors import StorageError
 from dvsgkit.eventcache import seal as integrity
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
-from dvsgkit.framestore import build as store
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.synth import write_synthetic_dataset
@@ -170,29 +169,21 @@ def test_failed_build_leaves_no_store_and_keeps_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = hand_made_root(tmp_path)
-    calls = []
 
-    def fail_on_second_block(task: tuple) -> tuple[int, int, int]:
-        calls.append(task)
-        if len(calls) == 2:
-            raise RuntimeError("disk full (simulated)")
-        return real(task)
+    def fails(folder: Path) -> int:  # the free-space check after the first block
+        raise RuntimeError("disk full (simulated)")
 
-    real = store._integrate_block
-    monkeypatch.setattr(store, "_integrate_block", fail_on_second_block)
+    monkeypatch.setattr(fs, "free_bytes", fails)
     with pytest.raises(RuntimeError, match="simulated"):
         build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     path = frame_store_path(root, FrameSpec(T, "number"))
     assert not path.exists() and not list(root.glob("*.partial"))
     # A complete old store survives a failed rebuild untouched.
-    monkeypatch.setattr(store, "_integrate_block", real)
+    monkeypatch.undo()
     build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     built = zarr.open_group(path, mode="r").attrs["build_id"]
-    read_index = store.read_events_index  # other inputs: the store is stale
-    monkeypatch.setattr(store, "read_events_index",
-                        lambda p: dataclasses.replace(read_index(p), checksum="other"))  # fmt: skip
-    calls.clear()
-    monkeypatch.setattr(store, "_integrate_block", fail_on_second_block)
+    hand_made_root(root, pixel_events=20)  # other inputs: the store is stale
+    monkeypatch.setattr(fs, "free_bytes", fails)
     with pytest.raises(RuntimeError, match="simulated"):
         build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert zarr.open_group(path, mode="r").attrs["build_id"] == built
@@ -236,15 +227,14 @@ def test_event_cache_replaced_during_the_build_leaves_no_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = hand_made_root(tmp_path)
-    real = store._write_store
+    (tmp_path / "other").mkdir()
+    other = hand_made_root(tmp_path / "other", pixel_events=20)  # other samples
 
-    def concurrent_events_rebuild(*args: object) -> None:
-        real(*args)  # type: ignore[arg-type]
-        (tmp_path / "other").mkdir()
-        other = hand_made_root(tmp_path / "other", pixel_events=20)  # other samples
+    def concurrent_events_rebuild(folder: Path) -> int:  # after the first block
         os.replace(other / "events.h5", root / "events.h5")  # as another 'dvsgkit events' ends
+        return 1 << 40
 
-    monkeypatch.setattr(store, "_write_store", concurrent_events_rebuild)
+    monkeypatch.setattr(fs, "free_bytes", concurrent_events_rebuild)
     with pytest.raises(ValueError, match=r"events\.h5 was replaced while the frames were being"):
         build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     assert not frame_store_path(root, FrameSpec(T, "number")).exists()

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import zarr
 
+from dvsgkit import fs
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
-from dvsgkit.info import _summarize_events
+from dvsgkit.info import summarize
 from dvsgkit.synth import write_synthetic_dataset
 
 
@@ -53,7 +54,7 @@ def test_a_sound_cache_verifies_clean_and_its_seals_match(root: Path) -> None:
     with EventCache(root / "events.h5") as cache:
         assert cache.verify() == []
         cache.check_sealed()
-    info = _summarize_events(root / "events.h5", verify=True)
+    info = summarize(root / "events.h5", verify=True)
     assert info["complete"] and info["verified"]
 
 
@@ -79,8 +80,8 @@ def test_two_flipped_bytes_in_a_timestamp_chunk_are_caught_everywhere(root: Path
     assert f"{path}: train/t[" in damaged[0] and "fails its Fletcher-32 checksum" in damaged[0]
     assert f"samples 0..{sample_holding(path, 'train', 23999)}" not in damaged[0]  # named range
     # info: fine by its cheap checks (the stored checksums are as built), damaged by --verify.
-    assert _summarize_events(path)["complete"]
-    info = _summarize_events(path, verify=True)
+    assert summarize(path)["complete"]
+    info = summarize(path, verify=True)
     assert not info["complete"] and "train/t[" in info["problem"]
     # Frame building reads the chunk: one line, not a traceback or changed frames.
     shutil.rmtree(root / "extract")  # no sources: the cache is used as it is
@@ -101,7 +102,7 @@ def test_a_pixel_off_the_sensor_written_by_hand_is_noticed(root: Path) -> None:
     write_pixel(path, "train", "x", event, 200)
 
     # info: incomplete, naming the split and sample, cheaply (no --verify).
-    info = _summarize_events(path)
+    info = summarize(path)
     assert not info["complete"]
     assert f"train sample {sample} has x = 200 (event {event}), off the 128x128" in info["problem"]
     with EventCache(path) as cache:
@@ -131,13 +132,13 @@ def test_any_dataset_changed_after_the_build_breaks_its_seal(root: Path, name: s
             dset[1] = b"user99_lab"[: len(old)]
         else:
             dset[1] = (old + 1) % 11 if name.endswith("labels") else old + 1
-    info = _summarize_events(path)
+    info = summarize(path)
     assert not info["complete"]
     assert f"{name} changed after the build" in info["problem"]
     stamp = path.stat().st_mtime_ns
     build_event_cache(root, workers=1, progress=False)  # not up to date: rebuilt
     assert path.stat().st_mtime_ns != stamp
-    assert _summarize_events(path, verify=True)["complete"]
+    assert summarize(path, verify=True)["complete"]
 
 
 def test_a_cache_of_layout_2_is_rebuilt(root: Path) -> None:
@@ -206,8 +207,6 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
     root: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
     when: str,
 ) -> None:  # fmt: skip
-    from dvsgkit.framestore import build as store
-
     other_root = tmp_path_factory.mktemp("other")
     # More events than the first: reads past its samples succeed, so nothing else would stop it.
     write_synthetic_dataset(other_root, seed=9, train_trials=3, test_trials=2,
@@ -238,25 +237,18 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
             replace()
 
         monkeypatch.setattr(EventCache, "__init__", init)
-    elif when.startswith("in place"):
-        real_write = store._write_store
+    elif when == "between blocks":  # the free-space check after the first block
+        monkeypatch.setattr(fs, "free_bytes", lambda folder: replace() or 1 << 40)
+    else:  # the store's own writes: its labels come before any block, "complete" after all
+        real_set = zarr.storage.LocalStore.set
+        trigger = "/train/labels/" if when == "before the first block" else '"complete": true'
 
-        def write(*args: object) -> None:
-            real_write(*args)
-            replace()
-
-        monkeypatch.setattr(store, "_write_store", write)
-    else:
-        real_block = store._integrate_block
-
-        def block(task: store.BlockTask) -> store.BlockResult:
-            if when == "before the first block":
+        async def write(store: zarr.storage.LocalStore, key: str, value: object) -> None:
+            if trigger in f"/{key}" or trigger.encode() in value.to_bytes():  # type: ignore[attr-defined]
                 replace()
-            result = real_block(task)
-            replace()
-            return result
+            await real_set(store, key, value)
 
-        monkeypatch.setattr(store, "_integrate_block", block)
+        monkeypatch.setattr(zarr.storage.LocalStore, "set", write)
     with pytest.raises(ValueError, match=rf"{path} was replaced while .*; nothing was built from "
                        r"it: rerun"):  # fmt: skip
         build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
@@ -269,13 +261,7 @@ def test_a_cache_replaced_during_a_frame_build_never_mixes_into_a_store(
         assert group.attrs["events"]["checksum"] == cache.checksum()
         for split in ("train", "test"):
             np.testing.assert_array_equal(group[split]["labels"][:], cache.labels(split))
-    assert _summarize_frames_verified(store_path)
-
-
-def _summarize_frames_verified(path: Path) -> bool:
-    from dvsgkit.info import summarize
-
-    return summarize(path, verify=True)["complete"]
+    assert summarize(store_path, verify=True)["complete"]
 
 
 def test_reading_past_the_end_of_a_split_names_the_file(root: Path) -> None:
