@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dvsgkit.errors import InTheWay
-from dvsgkit.frames import FrameSpec
 
 if TYPE_CHECKING:
     from dvsgkit.config import TrainConfig
@@ -107,7 +106,7 @@ def run_demo(
     say(f"[2/4] events -> {root / 'events.h5'}")
     build_event_cache(root, progress=progress)
     say(f"[3/4] frames (T={config.T}) -> {root}")
-    build_frame_store(root, FrameSpec(config.T, config.split_by), progress=progress)
+    build_frame_store(root, config.frame_spec, progress=progress)
     say(f"[4/4] training {config.epochs} epochs on the CPU (channels {config.channels})")
     result = train(config)
 

@@ -63,17 +63,18 @@ def test_training_and_evaluation_use_no_more_threads_than_the_cpus_available(
     one_cpu: None, frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dvsgkit.evaluate as ev
+    import dvsgkit.objective as objective
     import dvsgkit.train as tr
     from dvsgkit.config import TrainConfig
 
     seen: list[int] = []
-    score = tr.score_batch
+    score = objective.score_batch
 
     def counting(*args: object, **kwargs: object) -> object:
         seen.append(torch.get_num_threads())
         return score(*args, **kwargs)
 
-    monkeypatch.setattr(tr, "score_batch", counting)
+    monkeypatch.setattr(objective, "score_batch", counting)
     config = TrainConfig(T=4, channels=4, batch_size=8, epochs=1, workers=0, device="cpu",
                          root=str(frame_root), out_dir=str(tmp_path), progress=False)  # fmt: skip
     run_dir = tr.train(config).run_dir

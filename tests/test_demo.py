@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dvsgkit.demo import run_demo
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import read_metrics
 
 
 def test_demo_runs_end_to_end_and_reruns_cleanly(tmp_path: Path) -> None:
