@@ -183,21 +183,12 @@ def evaluate(
         root = recorded_root(meta["root"], checkpoint) if meta["root"] else DEFAULTS.root
     dev = parse_device(device)
     store = build_frame_store(Path(root), frames, workers=max(workers, 1), progress=progress)
-    loader = make_loader(
-        store, split, batch_size, shuffle=False, drop_last=False, device=dev, workers=workers
-    )
+    loader = make_loader(store, split, batch_size, shuffle=False, drop_last=False, device=dev,
+                         workers=workers)  # fmt: skip
     labels, preds, loss = predict(for_inference(net, dev), loader, dev)
-    return Evaluation(
-        checkpoint=str(checkpoint),
-        source=meta["source"],
-        epoch=meta["epoch"],
-        split=split,
-        frames=frames,
-        channels=meta["channels"],
-        loss=loss,
-        confusion=confusion_matrix(labels, preds),
-        root=str(root),
-    )
+    confusion = confusion_matrix(labels, preds)
+    return Evaluation(str(checkpoint), meta["source"], meta["epoch"], split, frames,
+                      meta["channels"], loss, confusion, str(root))  # fmt: skip
 
 
 def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
@@ -205,19 +196,12 @@ def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
     under a temp name first."""
     from dvsgkit.plots import plot_confusion
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     stem = f"{Path(result.checkpoint).stem}_{result.split}"
-    paths = {
-        "json": out_dir / f"{stem}_eval.json",
-        "text": out_dir / f"{stem}_eval.txt",
-        "png": out_dir / f"{stem}_confusion.png",
-    }
-    for kind, text in (
-        ("json", json.dumps(result.to_dict(), indent=2) + "\n"),
-        ("text", result.report() + "\n"),
-    ):
-        write_text(paths[kind], text)
+    names = {"json": "eval.json", "text": "eval.txt", "png": "confusion.png"}
+    paths = {kind: Path(out_dir) / f"{stem}_{name}" for kind, name in names.items()}
+    write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text(paths["text"], result.report() + "\n")
     title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
     plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
     return paths

@@ -123,14 +123,11 @@ class FiniteWatch:
         if code & 1:
             what.append("the loss")
         if code & 2:
-            bad = [n for n, t in zip(self.names, self.tensors, strict=True) if not _finite(t)]
+            bad = [n for n, t in zip(self.names, self.tensors, strict=True)
+                   if not bool(torch.isfinite(t).all())]  # fmt: skip
             named = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
             what.append(f"the weights{named}")
         return (
             f"training diverged in epoch {epoch}, at step {step + 1} of {int(self.steps)}: "
             f"{' and '.join(what)} became non-finite (NaN or inf)"
         )
-
-
-def _finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t).all())

@@ -1,6 +1,5 @@
-"""Training, SpikingJelly's `classify_dvsg` recipe, top-down: config -> data -> model ->
-optimizer -> loop -> checkpoint; each epoch a metrics line and checkpoints, exact resume, several
-processes under torchrun. The run directory is dvsgkit.run's, the job's stages
+"""Training with SpikingJelly's `classify_dvsg` recipe: config -> data -> model -> optimizer ->
+loop -> checkpoint. The run directory's files are dvsgkit.run's, the torchrun job's stages
 dvsgkit.distributed's."""
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import torch
 from torch import nn
 
 from dvsgkit.config import TrainConfig
-from dvsgkit.constants import SPLITS
 from dvsgkit.data import make_loader
 from dvsgkit.device import set_cpu_threads, training_device
 from dvsgkit.distributed import Job
@@ -77,7 +75,9 @@ def train(
         source = checkpoint_file(resume) if resume is not None else None
         job.enter_context(run)  # its lock and TensorBoard's writer, once rank 0 holds them
         # data: rank 0 builds the frame store if missing, the others wait
-        job.stage(_build_frames, config, main_only=True)
+        workers = max(config.workers, 1)
+        job.stage(build_frame_store, config.root, config.frame_spec, workers=workers,
+                  progress=config.progress, main_only=True)  # fmt: skip
         loaders, frames = job.stage(_data, config, job)
         if ckpt is not None:
             notes += job.stage(check_resume_frames, ckpt.get("frames"), frames, source,
@@ -107,9 +107,6 @@ def train(
         return TrainResult(run.path, config.epochs - first_epoch, max_test_acc, record, job.main)
 
 
-# ----------------------------------------------------------------------------- stages
-
-
 def _start(
     config: TrainConfig, resume: Path | None, root_from_run: bool
 ) -> tuple[TrainConfig, Run, dict[str, Any] | None, list[str]]:
@@ -126,15 +123,9 @@ def _start(
     return config, prepare_run(config, resume, ckpt), ckpt, notes
 
 
-def _build_frames(config: TrainConfig) -> None:
-    """ROOT's frame store of the run's FrameSpec, built when missing or damaged."""
-    build_frame_store(config.root, config.frame_spec, workers=max(config.workers, 1),
-                      progress=config.progress)  # fmt: skip
-
-
 def _data(config: TrainConfig, job: Job) -> tuple[tuple[Any, Any], dict[str, Any]]:
-    """The train and test loaders (this process's share of the train split, the whole test
-    split) and what identifies their frames (the checkpoint's `frames`, frames.json's)."""
+    """The loaders (this process's share of the train split, the whole test split), and what
+    identifies their frames (a checkpoint's `frames`, a frames.json entry)."""
     store = frame_store_path(Path(config.root), config.frame_spec)
     args = {"device": job.device, "seed": config.seed, "workers": config.workers}
     train_loader = make_loader(store, "train", config.batch_size, shuffle=True, drop_last=True,
@@ -147,14 +138,13 @@ def _data(config: TrainConfig, job: Job) -> tuple[tuple[Any, Any], dict[str, Any
             f"one batch of {config.batch_size}; lower --batch-size"
         )
     attrs = dict(open_frame_store(store).attrs)
-    events = attrs.get("events")
-    samples = {"train": len(train_loader.dataset), "test": len(test_loader.dataset)}
+    events = attrs.get("events") if isinstance(attrs.get("events"), dict) else {}
     return (train_loader, test_loader), {
         "path": str(store),
         "build_id": attrs.get("build_id", ""),
-        "events_checksum": events.get("checksum", "") if isinstance(events, dict) else "",
+        "events_checksum": events.get("checksum", ""),
         **FrameSpec.from_dict(attrs).to_dict(),
-        "samples": {split: int(samples[split]) for split in SPLITS},
+        "samples": {"train": len(train_loader.dataset), "test": len(test_loader.dataset)},
     }
 
 
@@ -201,9 +191,6 @@ def build_optim(
             optimizer, step_size=config.step_size, gamma=config.gamma
         )
     return optimizer, scheduler
-
-
-# ----------------------------------------------------------------------------- one epoch
 
 
 def _epoch(
@@ -283,9 +270,6 @@ def _save_epoch(
     )
     if on_epoch is not None:
         on_epoch(record)
-
-
-# ----------------------------------------------------------------------------- divergence
 
 
 def _check_finite(watch: FiniteWatch, epoch: int, run_dir: Path, lr: float) -> None:

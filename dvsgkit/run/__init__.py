@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,16 +136,13 @@ def _progress(run_dir: Path) -> str:
     )
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold run_dir's lock while training there: a second process that would train in it (a
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """run_dir's lock, held while training there: a second process that would train in it (a
     recipe started twice, a run resumed twice) is refused at once, naming the holder."""
-    with build_lock(run_dir / RUN_LOCK, timeout=0, what=f"the run in {run_dir}", doing="training"):
-        yield
+    return build_lock(run_dir / RUN_LOCK, timeout=0, what=f"the run in {run_dir}", doing="training")
 
 
-def _stamp(run_dir: Path) -> tuple[int, int] | None:
-    """(mtime in ns, size) of run_dir's latest checkpoint, or None when it has none."""
+def _stamp(run_dir: Path) -> tuple[int, int] | None:  # the latest checkpoint's mtime and size
     try:
         st = (run_dir / LATEST).stat()
     except FileNotFoundError:
