@@ -179,7 +179,7 @@ def test_evaluate_imports_a_spikingjelly_checkpoint(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A PythonNet-keyed state dict with SpikingJelly's output order scores like the original."""
-    from dvsgkit.evaluate import evaluate
+    from dvsgkit.evaluate import evaluate, load_net
     from dvsgkit.run.checkpoint import load_checkpoint
 
     root, run_dir = trained
@@ -198,4 +198,20 @@ def test_evaluate_imports_a_spikingjelly_checkpoint(
     result = evaluate(path, root=root, T=4, device="cpu", progress=False)
     theirs = evaluate(run_dir / "checkpoint_max.pth", root=root, device="cpu", progress=False)
     assert result.source == "spikingjelly" and result.epoch == 3
+    assert result.frames == FrameSpec(4, "number")  # -T given, split_by training's default
+    assert load_net(path)[1]["frames"] is None  # SpikingJelly records no frames
     assert np.array_equal(result.confusion, theirs.confusion)
+
+
+def test_a_checkpoint_tells_the_frames_its_run_trained_on(trained: tuple[Path, Path]) -> None:
+    from dvsgkit.evaluate import load_net
+
+    root, run_dir = trained
+    _, meta = load_net(run_dir)
+    assert meta["frames"] == FrameSpec(4, "number") and (meta["T"], meta["split_by"]) == (
+        4,
+        "number",
+    )
+    assert (meta["source"], meta["epoch"], meta["channels"], meta["root"]) == (
+        "dvsgkit", 0, 4, str(root),
+    )  # fmt: skip

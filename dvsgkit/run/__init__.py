@@ -290,9 +290,9 @@ def check_resume_frames(
             f"warning: {source} does not record the frame store it trained on (an older "
             f"dvsgkit); continuing on {new['path']} unchecked"
         ]
-    was, now = FrameSpec.from_dict(old).to_dict(), FrameSpec.from_dict(new).to_dict()
+    spec = FrameSpec().to_dict()  # a field an older record lacks had its default value
     pairs = [("events checksum", old["events_checksum"], new["events_checksum"])]
-    pairs += [(key, was[key], now[key]) for key in was]
+    pairs += [(key, old.get(key, value), new.get(key, value)) for key, value in spec.items()]
     if isinstance(old.get("samples"), dict):  # an older dvsgkit's record may lack them
         pairs += [(f"{s} samples", old["samples"].get(s), new["samples"][s]) for s in SPLITS]
     diff = ", ".join(f"{label} {_short(a)} (now {_short(b)})" for label, a, b in pairs if a != b)

@@ -26,7 +26,6 @@ CHECKPOINT_VERSION = 1
 # An optimizer's group options that say how it runs on this machine, not what it computes:
 # torch's load_state_dict would take them from the checkpoint (a GPU run's fused=True on a CPU).
 EXECUTION_OPTIONS = ("fused", "foreach", "capturable")
-PARTS = ("net", "optimizer", "lr_scheduler", "scaler")  # the states a resume loads
 
 
 # ----------------------------------------------------------------------------- files
