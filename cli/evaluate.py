@@ -8,12 +8,7 @@ import click
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import SPLITS
-from dvsgkit_cli.common import (
-    DEVICE,
-    checkpoint_frame_options,
-    root_given,
-    root_option,
-)
+from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, root_given, root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -57,16 +52,10 @@ def evaluate(
     from dvsgkit.evaluate import write_outputs
 
     result = run_evaluation(
-        checkpoint,
-        root=root if root_given() else None,
-        T=T,
-        split_by=split_by,
-        split=split,
-        batch_size=batch_size,
-        device=device or default_device(),
-        workers=workers,
+        checkpoint, root=root if root_given() else None, T=T, split_by=split_by, split=split,
+        batch_size=batch_size, device=device or default_device(), workers=workers,
         progress=progress,
-    )
+    )  # fmt: skip
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     paths = write_outputs(result, out_dir or folder)
     click.echo(result.report())

@@ -1,10 +1,11 @@
-"""`dvsgkit train`: the seed's classify_dvsg options, on the frame store; works under torchrun.
-
-Every option that sets a TrainConfig field takes its default from TrainConfig (`DEFAULTS`)."""
+"""`dvsgkit train`: SpikingJelly's `classify_dvsg` options, on the frame store; works under
+torchrun. Every option that sets a TrainConfig field takes its default from `DEFAULTS`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,143 +21,75 @@ from dvsgkit.config import (
 from dvsgkit_cli.common import DEVICE, root_given, root_option
 
 
+def _field(name: str, *decls: str, help: str, **kwargs: Any) -> Callable:
+    """The option that sets TrainConfig's `name` (a flag when it is a bool), DEFAULTS' default."""
+    default = getattr(DEFAULTS, name)
+    if isinstance(default, bool) and len(decls) == 1 and "/" not in decls[0]:
+        kwargs["is_flag"] = True
+    return click.option(*decls, name, default=default, help=help, **kwargs)
+
+
+AT_LEAST_1 = click.IntRange(min=1)
+OPTIONS = [
+    _field("T", "-T", type=AT_LEAST_1, help="Time steps (frames) per sample."),
+    click.option("--device", type=DEVICE, default=None,
+                 help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]"),
+    _field("batch_size", "-b", "--batch-size", type=AT_LEAST_1, help="Batch size per process."),
+    _field("epochs", "--epochs", type=AT_LEAST_1,
+           help="Total epochs (a resumed run counts the ones done)."),
+    _field("workers", "-j", "--workers", type=click.IntRange(min=0),
+           help="Data loading workers (and frame-building processes)."),
+    _field("channels", "--channels", type=AT_LEAST_1, help="Conv channels of the network."),
+    root_option,
+    _field("out_dir", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
+           help="Where run directories are made."),
+    click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+                 help="Continue from a checkpoint (.pth) or run directory; its epoch + 1 is the "
+                 "first one run."),
+    click.option("--allow-new-store", is_flag=True,
+                 help="With --resume: continue even if ROOT's frame store is not the one the run "
+                 "trained on (other events, T, split_by or sample counts)."),
+    _field("amp", "--amp", help="Mixed precision: float16 autocast + GradScaler (CUDA only)."),
+    _field("cupy", "--cupy",
+           help="Layer-by-layer network with the fused CuPy LIF (else step-by-step)."),
+    _field("fused", "--fused/--no-fused",
+           help="With --cupy: BatchNorm + LIF + max-pool of each conv block as one fused kernel "
+           "pair."),
+    _field("compile_steps", "--compile/--no-compile",
+           help="Step-by-step network on CUDA: torch.compile each time step (fused kernels "
+           "replayed as CUDA graphs; needs Triton; ignored on CPU)."),
+    _field("opt", "--opt", type=click.Choice(OPTIMIZERS), help="Optimizer."),
+    _field("lr", "--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
+    _field("momentum", "--momentum", type=click.FloatRange(min=0), help="SGD momentum."),
+    _field("lr_scheduler", "--lr-scheduler", type=click.Choice(SCHEDULERS),
+           help="Cosine annealing or step decay, stepped once per epoch."),
+    _field("step_size", "--step-size", type=AT_LEAST_1, help="StepLR: epochs between decays."),
+    _field("gamma", "--gamma", type=click.FloatRange(min=0), help="StepLR: decay factor."),
+    _field("T_max", "--T-max", type=AT_LEAST_1, help="CosineAnnealingLR: period in epochs."),
+    _field("split_by", "--split-by", type=click.Choice(SPLIT_BYS),
+           help="How events are cut into frames."),
+    _field("seed", "--seed", type=click.IntRange(0, MAX_SEED),
+           help="Seeds weights, dropout and the shuffle order."),
+    _field("sync_bn", "--sync-bn",
+           help="Under torchrun: synchronise BatchNorm statistics across processes."),
+    _field("channels_last", "--channels-last/--no-channels-last",
+           help="NHWC memory layout on CUDA, the input included (ignored on CPU)."),
+    _field("progress", "--progress/--no-progress", help="tqdm progress bars."),
+    _field("neuron", "--neuron", type=click.Choice(NEURONS),
+           help="Spiking neuron: LIF (tau 2) or PLIF (a learned time constant per spiking layer)."),
+    _field("init_tau", "--init-tau", type=click.FloatRange(min=1, min_open=True),
+           help="--neuron plif: initial membrane time constant of every spiking layer."),
+]  # fmt: skip
+
+
+def _options(command: Callable) -> Callable:
+    for option in reversed(OPTIONS):  # the first in OPTIONS is the first in --help
+        command = option(command)
+    return command
+
+
 @click.command(context_settings={"show_default": True})
-@click.option(
-    "-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
-    help="Time steps (frames) per sample.",
-)  # fmt: skip
-@click.option(
-    "--device",
-    type=DEVICE,
-    default=None,
-    help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
-)
-@click.option(
-    "-b", "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
-    help="Batch size per process.",
-)  # fmt: skip
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.epochs,
-    help="Total epochs (a resumed run counts the ones done).",
-)
-@click.option(
-    "-j",
-    "--workers",
-    type=click.IntRange(min=0),
-    default=DEFAULTS.workers,
-    help="Data loading workers (and frame-building processes).",
-)
-@click.option(
-    "--channels", type=click.IntRange(min=1), default=DEFAULTS.channels,
-    help="Conv channels of the network.",
-)  # fmt: skip
-@root_option
-@click.option(
-    "--out-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(DEFAULTS.out_dir),
-    help="Where run directories are made.",
-)
-@click.option(
-    "--resume",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Continue from a checkpoint (.pth) or run directory; its epoch + 1 is the first one run.",
-)
-@click.option(
-    "--allow-new-store",
-    is_flag=True,
-    help="With --resume: continue even if ROOT's frame store is not the one the run trained on "
-    "(other events, T, split_by or sample counts).",
-)
-@click.option(
-    "--amp", is_flag=True, default=DEFAULTS.amp,
-    help="Mixed precision: float16 autocast + GradScaler (CUDA only).",
-)  # fmt: skip
-@click.option(
-    "--cupy",
-    is_flag=True,
-    default=DEFAULTS.cupy,
-    help="Layer-by-layer network with the fused CuPy LIF (else step-by-step).",
-)
-@click.option(
-    "--fused/--no-fused",
-    default=DEFAULTS.fused,
-    help="With --cupy: BatchNorm + LIF + max-pool of each conv block as one fused kernel pair.",
-)
-@click.option(
-    "--compile/--no-compile",
-    "compile_steps",
-    default=DEFAULTS.compile_steps,
-    help="Step-by-step network on CUDA: torch.compile each time step (fused kernels replayed "
-    "as CUDA graphs; needs Triton; ignored on CPU).",
-)
-@click.option("--opt", type=click.Choice(OPTIMIZERS), default=DEFAULTS.opt, help="Optimizer.")
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
-    help="Learning rate.",
-)  # fmt: skip
-@click.option(
-    "--momentum", type=click.FloatRange(min=0), default=DEFAULTS.momentum, help="SGD momentum."
-)
-@click.option(
-    "--lr-scheduler",
-    type=click.Choice(SCHEDULERS),
-    default=DEFAULTS.lr_scheduler,
-    help="Cosine annealing or step decay, stepped once per epoch.",
-)
-@click.option(
-    "--step-size", type=click.IntRange(min=1), default=DEFAULTS.step_size,
-    help="StepLR: epochs between decays.",
-)  # fmt: skip
-@click.option(
-    "--gamma", type=click.FloatRange(min=0), default=DEFAULTS.gamma, help="StepLR: decay factor."
-)
-@click.option(
-    "--T-max",
-    "T_max",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.T_max,
-    help="CosineAnnealingLR: period in epochs.",
-)
-@click.option(
-    "--split-by",
-    type=click.Choice(SPLIT_BYS),
-    default=DEFAULTS.split_by,
-    help="How events are cut into frames.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, MAX_SEED),
-    default=DEFAULTS.seed,
-    help="Seeds weights, dropout and the shuffle order.",
-)
-@click.option(
-    "--sync-bn",
-    is_flag=True,
-    default=DEFAULTS.sync_bn,
-    help="Under torchrun: synchronise BatchNorm statistics across processes.",
-)
-@click.option(
-    "--channels-last/--no-channels-last",
-    default=DEFAULTS.channels_last,
-    help="NHWC memory layout on CUDA, the input included (ignored on CPU).",
-)
-@click.option("--progress/--no-progress", default=DEFAULTS.progress, help="tqdm progress bars.")
-@click.option(
-    "--neuron",
-    type=click.Choice(NEURONS),
-    default=DEFAULTS.neuron,
-    help="Spiking neuron: LIF (tau 2) or PLIF (a learned time constant per spiking layer).",
-)
-@click.option(
-    "--init-tau",
-    type=click.FloatRange(min=1, min_open=True),
-    default=DEFAULTS.init_tau,
-    help="--neuron plif: initial membrane time constant of every spiking layer.",
-)
+@_options
 def train(
     resume: Path | None,
     allow_new_store: bool,
@@ -165,8 +98,8 @@ def train(
     out_dir: Path,
     **options: object,
 ) -> None:
-    """Train the spiking CNN with the seed recipe on ROOT's frame store, which is built
-    first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
+    """Train the spiking CNN with SpikingJelly's classify_dvsg recipe on ROOT's frame store,
+    which is built first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
     checkpoint_latest.pth, checkpoint_max.pth, tensorboard/.
 
     --resume without --root (or $DVSGKIT_ROOT) continues on the dataset root the run recorded.

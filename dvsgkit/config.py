@@ -12,39 +12,37 @@ from typing import Any
 from dvsgkit.constants import DEFAULT_ROOT
 from dvsgkit.errors import InputError
 from dvsgkit.frames import SPLIT_BY as SPLIT_BYS  # the two frame-cutting rules, named there
+from dvsgkit.frames import FrameSpec
 from dvsgkit.fs import write_text
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
 NEURONS = ("lif", "plif")  # dvsgkit.model.net.NEURONS (not imported: config must not need torch)
 INIT_TAU = 2.0  # PLIF's initial membrane time constant (the paper's)
-DEFAULT_SEED = 2020  # the seed script's _seed_
+DEFAULT_SEED = 2020  # classify_dvsg's _seed_
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
 
 # Fields that define what is learned. A run directory holds one recipe; resuming may change only the
 # other fields (epochs to extend training, and where/how it executes: device, workers, amp, ...).
-RECIPE_FIELDS = (
-    "T",
-    "batch_size",
-    "channels",
-    "split_by",
-    "opt",
-    "lr",
-    "momentum",
-    "lr_scheduler",
-    "step_size",
-    "gamma",
-    "T_max",
-    "seed",
-    "sync_bn",
-    "neuron",
-    "init_tau",
-)
+RECIPE_FIELDS = ("T", "batch_size", "channels", "split_by", "opt", "lr", "momentum",
+                 "lr_scheduler", "step_size", "gamma", "T_max", "seed", "sync_bn", "neuron",
+                 "init_tau")  # fmt: skip
+# Pairs of options that cannot run together, and why.
+CONFLICTS = {
+    ("fused", "sync_bn"): "--fused computes each process's own BatchNorm statistics; --sync-bn "
+    "needs them synchronised across GPUs",
+    ("compile_steps", "sync_bn"): "--compile runs the time steps with plain BatchNorm; --sync-bn "
+    "replaces it",
+    ("compile_steps", "cupy"): "--compile compiles the step-by-step network; --cupy runs the "
+    "layer-by-layer one",
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; the defaults are the seed's (docs/reference.md §6)."""
+    """Everything a training run depends on; the defaults are SpikingJelly's `classify_dvsg`
+    recipe's (docs/reference.md §6). The frames are `frame_spec` (T, split_by: flat keys in
+    config.json, as runs have always saved them)."""
 
     T: int = 16
     device: str = "cpu"
@@ -87,42 +85,31 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.opt not in OPTIMIZERS:
-            raise InputError(f"opt must be one of {OPTIMIZERS}, got {self.opt!r}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise InputError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
-        if self.split_by not in SPLIT_BYS:
-            raise InputError(f"split_by must be one of {SPLIT_BYS}, got {self.split_by!r}")
+        for name, choices in (("opt", OPTIMIZERS), ("lr_scheduler", SCHEDULERS),
+                              ("split_by", SPLIT_BYS), ("neuron", NEURONS)):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr!r}")
-        if self.neuron not in NEURONS:
-            raise InputError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
         if not self.init_tau > 1.0:
             raise InputError(f"init_tau must be > 1, got {self.init_tau!r}")
         if self.fused and not self.cupy:
             raise InputError(
                 "--fused runs the fused CuPy kernels of the layer-by-layer network; add --cupy"
             )
-        if self.fused and self.sync_bn:
-            raise InputError(
-                "--fused computes each process's own BatchNorm statistics; --sync-bn needs them "
-                "synchronised across GPUs: drop one of them"
-            )
-        if self.compile_steps and self.sync_bn:
-            raise InputError(
-                "--compile runs the time steps with plain BatchNorm; --sync-bn replaces it: "
-                "drop one of them"
-            )
-        if self.compile_steps and self.cupy:
-            raise InputError(
-                "--compile compiles the step-by-step network; --cupy runs the layer-by-layer "
-                "one: drop one of them"
-            )
+        for (a, b), why in CONFLICTS.items():
+            if getattr(self, a) and getattr(self, b):
+                raise InputError(f"{why}: drop one of them")
         if self.neuron == "lif" and self.init_tau != INIT_TAU:
             raise InputError(
                 f"--init-tau {self.init_tau} sets the PLIF's initial time constant; add "
                 "--neuron plif (the LIF's tau is fixed at 2)"
             )
+
+    @property
+    def frame_spec(self) -> FrameSpec:
+        """The frames this run trains on (the frame store's, the checkpoint's)."""
+        return FrameSpec(self.T, self.split_by)
 
     @property
     def mode(self) -> str:
@@ -134,14 +121,14 @@ class TrainConfig:
         return "cupy" if self.cupy else "torch"
 
     def run_name(self) -> str:
-        """The run directory's name, built like the seed's (`T_16_b_16_c_128_adam_lr_0.001_...`)."""
+        """The run directory's name, built like classify_dvsg's (`T_16_b_16_c_128_adam_lr_...`);
+        the other recipe fields appear only when they leave the default, so the recipe's own
+        configurations keep its names."""
         name = f"T_{self.T}_b_{self.batch_size}_c_{self.channels}_{self.opt}_lr_{self.lr}_"
         if self.lr_scheduler == "cosalr":
             name += f"cosalr_{self.T_max}"
         else:
             name += f"steplr_{self.step_size}_{self.gamma}"
-        # Beyond the seed: the other recipe fields appear only when they leave the default, so the
-        # seed's own configurations keep the seed's names.
         if self.split_by != DEFAULTS.split_by:
             name += f"_split_{self.split_by}"
         if self.seed != DEFAULT_SEED:
@@ -150,11 +137,7 @@ class TrainConfig:
             name += "_syncbn"
         if self.neuron == "plif":
             name += "_plif" if self.init_tau == INIT_TAU else f"_plif_tau_{self.init_tau}"
-        if self.amp:
-            name += "_amp"
-        if self.cupy:
-            name += "_cupy"
-        return name
+        return name + "_amp" * self.amp + "_cupy" * self.cupy
 
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name()
@@ -168,8 +151,7 @@ class TrainConfig:
         """Rebuild from `to_dict` output; unknown keys (a newer dvsgkit) are an error."""
         if not isinstance(data, dict):
             raise InputError(f"a config is a dict of options, got a {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(data) - names))
+        unknown = sorted(map(str, set(data) - {f.name for f in dataclasses.fields(cls)}))
         if unknown:
             raise InputError(f"unknown config keys {unknown}; written by a newer dvsgkit?")
         try:
@@ -191,16 +173,15 @@ class TrainConfig:
 
     @classmethod
     def load_json(cls, path: Path) -> TrainConfig:
+        fix = "delete it or pick another run"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(
-                f"{path} is not valid JSON ({exc}); delete it or pick another run"
-            ) from exc
+            raise InputError(f"{path} is not valid JSON ({exc}); {fix}") from exc
         try:
             return cls.from_dict(data)
-        except ValueError as exc:
-            raise InputError(f"{path}: {exc}; delete it or pick another run") from exc
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}; {fix}") from exc
 
 
 DEFAULTS = TrainConfig()  # the defaults of every option, for the CLI and the library alike

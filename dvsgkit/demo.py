@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dvsgkit.config import TrainConfig
 from dvsgkit.errors import InTheWay
-from dvsgkit.frames import FrameSpec
-
-if TYPE_CHECKING:
-    from dvsgkit.config import TrainConfig
 
 # Sized for a 2-core CPU: ~2 minutes end to end, ~94 % test accuracy (chance: 1/11 = 9 %).
-DEMO_CONFIG = {
-    "T": 8,
-    "batch_size": 8,
-    "epochs": 12,
-    "workers": 0,
-    "channels": 16,
-    "opt": "adam",
-    "lr": 1e-2,
-    "lr_scheduler": "cosalr",
-    "T_max": 12,
-    "device": "cpu",
-}
+DEMO_CONFIG = {"T": 8, "batch_size": 8, "epochs": 12, "workers": 0, "channels": 16, "opt": "adam",
+               "lr": 1e-2, "lr_scheduler": "cosalr", "T_max": 12, "device": "cpu"}  # fmt: skip
 DEMO_DATA = {"train_trials": 20, "test_trials": 8, "events_per_sample": 20_000, "seed": 0}
 DEMO_ROOT = Path("data/demo")
 DEMO_OUT_DIR = Path("runs/demo")
@@ -73,7 +58,6 @@ def run_demo(
     """Write a synthetic dataset under ROOT, cut and integrate it, train DEMO_CONFIG on the CPU,
     then plot the curves and evaluate the best checkpoint. A previous demo run in OUT_DIR (its
     config.json equals this one's) is replaced; any other run there is left alone."""
-    from dvsgkit.config import TrainConfig
     from dvsgkit.evaluate import evaluate, write_outputs
     from dvsgkit.eventcache.build import build_event_cache
     from dvsgkit.framestore.build import build_frame_store
@@ -107,7 +91,7 @@ def run_demo(
     say(f"[2/4] events -> {root / 'events.h5'}")
     build_event_cache(root, progress=progress)
     say(f"[3/4] frames (T={config.T}) -> {root}")
-    build_frame_store(root, FrameSpec(config.T, config.split_by), progress=progress)
+    build_frame_store(root, config.frame_spec, progress=progress)
     say(f"[4/4] training {config.epochs} epochs on the CPU (channels {config.channels})")
     result = train(config)
 
@@ -132,12 +116,8 @@ def run_demo(
 def _is_same_run(config_json: Path, config: TrainConfig) -> bool:
     """Whether config_json records `config` (so the folder is the demo's own output); the
     progress flag is display only, so a rerun with --no-progress still replaces its own run."""
-
-    def settings(data: dict) -> dict:
-        return {k: v for k, v in data.items() if k != "progress"}
-
     try:
-        recorded = json.loads(config_json.read_text(encoding="utf-8"))
+        recorded = TrainConfig.load_json(config_json)
     except (OSError, ValueError):
         return False
-    return isinstance(recorded, dict) and settings(recorded) == settings(config.to_dict())
+    return replace(recorded, progress=config.progress) == config

@@ -1,15 +1,19 @@
-"""The torch device a command runs on: `--device` checked against this machine, and the CPU
-threads torch may use on it."""
+"""The torch device a command runs on: `--device` checked against this machine (and against the
+training options it cannot run), and the CPU threads torch may use on it."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dvsgkit.errors import InputError
+
+if TYPE_CHECKING:
+    from dvsgkit.config import TrainConfig
 
 THREADS_ENV = "OMP_NUM_THREADS"  # set: torch's intra-op threads, as torch itself reads it
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD"
@@ -37,6 +41,36 @@ def parse_device(text: str) -> torch.device:
                 f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                 "use cuda:0 .. cuda:N-1"
             )
+    return device
+
+
+def training_device(config: TrainConfig) -> torch.device:
+    """`config.device`, after refusing the options it cannot run here, naming the fix."""
+    device = parse_device(config.device)
+    if config.amp and device.type != "cuda":
+        raise InputError(
+            f"--amp needs a CUDA device (float16 autocast + GradScaler), got --device "
+            f"{config.device}; drop --amp on CPU"
+        )
+    if config.sync_bn and device.type != "cuda":
+        raise InputError(
+            f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only), got "
+            f"--device {config.device}; drop --sync-bn"
+        )
+    if config.compile_steps and device.type == "cuda":
+        from dvsgkit.model.graphs import compile_unavailable_reason
+
+        reason = compile_unavailable_reason(device)
+        if reason is not None:
+            raise InputError(f"--compile cannot run: {reason}; or train without --compile")
+    if config.cupy:
+        from dvsgkit.model.lif_cupy import cupy_unavailable_reason
+
+        reason = cupy_unavailable_reason()
+        if reason is not None:
+            raise InputError(f"--cupy cannot run: {reason}; or train without --cupy")
+        if device.type != "cuda":
+            raise InputError(f"--cupy runs CUDA kernels, got --device {config.device}")
     return device
 
 

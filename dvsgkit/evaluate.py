@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,7 @@ class Evaluation:
     source: str  # "dvsgkit" or "spikingjelly"
     epoch: int | None
     split: str
-    T: int
-    split_by: str
+    frames: FrameSpec  # what the samples were cut into
     channels: int
     loss: float  # mean MSE between firing rates and one-hot labels (the training loss)
     confusion: np.ndarray  # int64 [11, 11], rows true, columns predicted
@@ -65,8 +64,7 @@ class Evaluation:
             "epoch": self.epoch,
             "root": self.root,
             "split": self.split,
-            "T": self.T,
-            "split_by": self.split_by,
+            **self.frames.to_dict(),
             "channels": self.channels,
             "samples": self.samples,
             "accuracy": self.accuracy,
@@ -88,7 +86,7 @@ class Evaluation:
         epoch = "" if self.epoch is None else f", epoch {self.epoch}"
         lines = [
             f"{self.checkpoint} ({self.source}{epoch}) on {self.split}: {self.samples} samples, "
-            f"T={self.T}, split_by={self.split_by}, channels={self.channels}",
+            f"T={self.frames.T}, split_by={self.frames.split_by}, channels={self.channels}",
             f"accuracy {100 * self.accuracy:.2f} %  ({np.trace(self.confusion)}/{self.samples})"
             f"   loss {self.loss:.6f}",
             "",
@@ -109,9 +107,9 @@ class Evaluation:
 
 def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     """A GestureNet in eval mode from a dvsgkit or SpikingJelly checkpoint, and what is known of
-    its recipe: {"source", "epoch", "T", "split_by", "channels", "root"} (T, split_by and the
-    dataset root its run trained on are None when unknown)."""
-    from dvsgkit.model import GestureNet
+    its run: {"source", "epoch", "channels", "frames" (its FrameSpec), "T", "split_by", "root"};
+    a SpikingJelly checkpoint records neither frames nor root (None)."""
+    from dvsgkit.model import GestureNet, from_spikingjelly
     from dvsgkit.run.checkpoint import (
         check_checkpoint,
         is_dvsgkit_checkpoint,
@@ -119,29 +117,25 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
         load_weights,
     )
 
-    ckpt = load_checkpoint(checkpoint)
+    path = checkpoint_file(checkpoint)
+    ckpt = load_checkpoint(path)
     if is_dvsgkit_checkpoint(ckpt):
-        check_checkpoint(ckpt, checkpoint_file(checkpoint), resume=False)
-        config = ckpt["config"]
+        config = check_checkpoint(ckpt, path, resume=False)
         # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
-        neuron = config.get("neuron", "lif")  # checkpoints written before PLIF existed: LIF
-        net = GestureNet(config["channels"], mode="layer", backend="torch", neuron=neuron)
-        load_weights(net, ckpt["net"], checkpoint_file(checkpoint))
-        meta = {"source": "dvsgkit", "epoch": ckpt["epoch"], "T": config["T"]}
-        meta |= {"split_by": config["split_by"], "channels": config["channels"]}
-        meta["root"] = config["root"]
+        net = GestureNet(config.channels, mode="layer", backend="torch", neuron=config.neuron)
+        load_weights(net, ckpt["net"], path)
+        spec, root, source = config.frame_spec, config.root, "dvsgkit"
     else:
-        from dvsgkit.model import from_spikingjelly
-
         if not all(isinstance(k, str) for k in ckpt["net"]):
-            raise InputError(f"{checkpoint_file(checkpoint)}: 'net' has keys that are not names")
+            raise InputError(f"{path}: 'net' has keys that are not names")
         try:
             net = from_spikingjelly(ckpt)
         except ValueError as exc:  # its message says what is wrong, not in which file
-            raise InputError(f"{checkpoint_file(checkpoint)}: {exc}") from exc
-        meta = {"source": "spikingjelly", "epoch": ckpt.get("epoch"), "T": None}
-        meta |= {"split_by": None, "channels": net.channels, "root": None}
-    return net.eval(), meta
+            raise InputError(f"{path}: {exc}") from exc
+        spec, root, source = None, None, "spikingjelly"
+    meta = {"source": source, "epoch": ckpt.get("epoch"), "channels": net.channels}
+    meta |= {"frames": spec, "T": spec and spec.T, "split_by": spec and spec.split_by}
+    return net.eval(), meta | {"root": root}
 
 
 def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[Any, Any, float]:
@@ -173,9 +167,9 @@ def evaluate(
     workers: int = 0,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate `checkpoint` on ROOT's frames (built if missing). ROOT, T and split_by default to
-    the checkpoint's run (the root it trained on, its recipe); a SpikingJelly checkpoint records
-    none, so they default to training's (data, 16, number)."""
+    """Evaluate `checkpoint` on ROOT's frames (built if missing). ROOT and the frames (T,
+    split_by) default to the checkpoint's run: the root it trained on, its FrameSpec; a
+    SpikingJelly checkpoint records neither, so they default to training's (data, 16, number)."""
     from dvsgkit.data import make_loader
     from dvsgkit.device import parse_device
     from dvsgkit.framestore.build import build_frame_store
@@ -183,30 +177,18 @@ def evaluate(
 
     checkpoint = checkpoint_file(checkpoint)  # a run directory: its latest, named so in outputs
     net, meta = load_net(checkpoint)
-    T = T or meta["T"] or DEFAULTS.T
-    split_by = split_by or meta["split_by"] or DEFAULTS.split_by
+    given = {key: value for key, value in (("T", T), ("split_by", split_by)) if value}
+    frames = replace(meta["frames"] or DEFAULTS.frame_spec, **given)
     if root is None:
         root = recorded_root(meta["root"], checkpoint) if meta["root"] else DEFAULTS.root
     dev = parse_device(device)
-    store = build_frame_store(
-        Path(root), FrameSpec(T, split_by), workers=max(workers, 1), progress=progress
-    )
-    loader = make_loader(
-        store, split, batch_size, shuffle=False, drop_last=False, device=dev, workers=workers
-    )
+    store = build_frame_store(Path(root), frames, workers=max(workers, 1), progress=progress)
+    loader = make_loader(store, split, batch_size, shuffle=False, drop_last=False, device=dev,
+                         workers=workers)  # fmt: skip
     labels, preds, loss = predict(for_inference(net, dev), loader, dev)
-    return Evaluation(
-        checkpoint=str(checkpoint),
-        source=meta["source"],
-        epoch=meta["epoch"],
-        split=split,
-        T=T,
-        split_by=split_by,
-        channels=meta["channels"],
-        loss=loss,
-        confusion=confusion_matrix(labels, preds),
-        root=str(root),
-    )
+    confusion = confusion_matrix(labels, preds)
+    return Evaluation(str(checkpoint), meta["source"], meta["epoch"], split, frames,
+                      meta["channels"], loss, confusion, str(root))  # fmt: skip
 
 
 def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
@@ -214,19 +196,12 @@ def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
     under a temp name first."""
     from dvsgkit.plots import plot_confusion
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     stem = f"{Path(result.checkpoint).stem}_{result.split}"
-    paths = {
-        "json": out_dir / f"{stem}_eval.json",
-        "text": out_dir / f"{stem}_eval.txt",
-        "png": out_dir / f"{stem}_confusion.png",
-    }
-    for kind, text in (
-        ("json", json.dumps(result.to_dict(), indent=2) + "\n"),
-        ("text", result.report() + "\n"),
-    ):
-        write_text(paths[kind], text)
+    names = {"json": "eval.json", "text": "eval.txt", "png": "confusion.png"}
+    paths = {kind: Path(out_dir) / f"{stem}_{name}" for kind, name in names.items()}
+    write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text(paths["text"], result.report() + "\n")
     title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
     plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
     return paths

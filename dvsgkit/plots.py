@@ -11,8 +11,7 @@ import numpy as np
 from dvsgkit.constants import NUM_CLASSES
 from dvsgkit.errors import InputError
 from dvsgkit.fs import atomic_file
-from dvsgkit.run import CURVES_PNG
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import CURVES_PNG, read_metrics
 
 CURVE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")  # what plot_curves draws
 
@@ -33,8 +32,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train/test loss and accuracy against epoch, two panels side by side (the seed tutorial's
-    four TensorBoard scalars), with the best test accuracy marked. `records` are metrics.jsonl
+    """Train/test loss and accuracy against epoch, two panels side by side (classify_dvsg's four
+    TensorBoard scalars), with the best test accuracy marked. `records` are metrics.jsonl
     lines: each needs epoch, train_loss, train_acc, test_loss, test_acc. A PLIF run's records
     also hold `tau` ({layer: learned time constant}), drawn in a third panel."""
     from matplotlib.figure import Figure  # Figure without pyplot: no GUI backend is touched

@@ -24,15 +24,15 @@ def test_devices_dvsgkit_cannot_train_on_are_refused(device: str) -> None:
 @pytest.mark.parametrize(
     ("v2", "v1", "cpus"),
     [
-        ("150000 100000\n", None, 1.5),  # docker --cpus 1.5
-        ("max 100000\n", None, None),  # no limit
-        (None, ("200000", "100000"), 2.0),  # cgroup v1
-        (None, ("-1", "100000"), None),
-        (None, None, None),  # neither: unknown
+        ("150000 100000\n", None, 1),  # docker --cpus 1.5
+        ("max 100000\n", None, 64),  # no limit
+        (None, ("200000", "100000"), 2),  # cgroup v1
+        (None, ("-1", "100000"), 64),
+        (None, None, 64),  # neither: unknown
     ],
 )
-def test_a_cgroup_cpu_quota_is_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, v2: str | None, v1: tuple | None, cpus: float
+def test_a_cgroup_cpu_quota_caps_the_cpus_available(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, v2: str | None, v1: tuple | None, cpus: int
 ) -> None:
     v1_dir = tmp_path / "cpu"
     v1_dir.mkdir()
@@ -43,17 +43,19 @@ def test_a_cgroup_cpu_quota_is_read(
         (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
     monkeypatch.setattr(device, "CGROUP_V2_CPU_MAX", tmp_path / "cpu.max")
     monkeypatch.setattr(device, "CGROUP_V1_CPU", v1_dir)
-    assert device._cgroup_cpu_quota() == cpus
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert device.cpus_available() == cpus
 
 
 @pytest.fixture
-def one_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def one_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A process limited to one CPU by its cgroup's quota (`docker --cpus 1`), which torch's
     default thread count does not see; torch's threads are put back afterwards."""
     threads = torch.get_num_threads()
     if threads < 2 or device.cpus_available() < 2:
         pytest.skip("needs 2 CPUs to see a limit to 1")
-    monkeypatch.setattr(device, "_cgroup_cpu_quota", lambda: 1.0)
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # a quota of one CPU
+    monkeypatch.setattr(device, "CGROUP_V2_CPU_MAX", tmp_path / "cpu.max")
     monkeypatch.delenv(device.THREADS_ENV, raising=False)
     yield
     torch.set_num_threads(threads)
@@ -63,17 +65,18 @@ def test_training_and_evaluation_use_no_more_threads_than_the_cpus_available(
     one_cpu: None, frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dvsgkit.evaluate as ev
+    import dvsgkit.objective as objective
     import dvsgkit.train as tr
     from dvsgkit.config import TrainConfig
 
     seen: list[int] = []
-    score = tr.score_batch
+    score = objective.score_batch
 
     def counting(*args: object, **kwargs: object) -> object:
         seen.append(torch.get_num_threads())
         return score(*args, **kwargs)
 
-    monkeypatch.setattr(tr, "score_batch", counting)
+    monkeypatch.setattr(objective, "score_batch", counting)
     config = TrainConfig(T=4, channels=4, batch_size=8, epochs=1, workers=0, device="cpu",
                          root=str(frame_root), out_dir=str(tmp_path), progress=False)  # fmt: skip
     run_dir = tr.train(config).run_dir

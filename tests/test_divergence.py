@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import dvsgkit.objective as objective
 import dvsgkit.train as tr
 from dvsgkit.config import TrainConfig
-from dvsgkit.run import BEST, LATEST, RUN_LOCK
+from dvsgkit.objective import TrainingDiverged
+from dvsgkit.run import BEST, LATEST, RUN_LOCK, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
-from dvsgkit.run.divergence import TrainingDiverged
-from dvsgkit.run.metrics import read_metrics
 from dvsgkit_cli.main import cli
 
 # 24 training samples in batches of 8: 3 steps per epoch
@@ -48,7 +48,7 @@ def test_the_last_finite_checkpoint_stays_the_latest(
 ) -> None:
     """Epoch 0 trains as usual; in epoch 1 the second step trains on a NaN loss, or with a
     weight turned NaN. The run stops there, naming both, and writes nothing of epoch 1."""
-    real, steps = tr.score_batch, []
+    real, steps = objective.score_batch, []
 
     def poisoned(net, frames, labels, sums, *, amp):  # noqa: ANN001, ANN202
         if net.training:
@@ -60,7 +60,7 @@ def test_the_last_finite_checkpoint_stays_the_latest(
         loss, pred = real(net, frames, labels, sums, amp=amp)
         return (loss * float("nan") if poison and what == "loss" else loss), pred
 
-    monkeypatch.setattr(tr, "score_batch", poisoned)
+    monkeypatch.setattr(objective, "score_batch", poisoned)
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=3, **TINY)
     with pytest.raises(TrainingDiverged) as err:
         tr.train(config)

@@ -14,7 +14,7 @@ from dvsgkit.constants import CLASS_NAMES, SPIKINGJELLY_LABEL_ORDER
 from dvsgkit.evaluate import Evaluation, confusion_matrix, per_class_accuracy, write_outputs
 from dvsgkit.frames import FrameSpec
 from dvsgkit.plots import plot_confusion, plot_curves, plot_run
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import read_metrics
 from dvsgkit_cli.main import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,8 +34,8 @@ def test_confusion_matrix_counts_true_by_predicted() -> None:
 
 
 def _evaluation(matrix: np.ndarray) -> Evaluation:
-    return Evaluation("runs/x/checkpoint_max.pth", "dvsgkit", 7, "test", 16, "number", 8, 0.0421,
-                      matrix)  # fmt: skip
+    return Evaluation("runs/x/checkpoint_max.pth", "dvsgkit", 7, "test", FrameSpec(16, "number"),
+                      8, 0.0421, matrix)  # fmt: skip
 
 
 def test_report_and_json_name_every_class(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_evaluate_without_root_scores_the_root_its_run_recorded(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dvsgkit.run import LATEST
-    from dvsgkit.run.checkpoint import save_atomic
+    from dvsgkit.run.checkpoint import save_checkpoint
 
     root, run_dir = trained
     monkeypatch.chdir(tmp_path)  # where no data/ is
@@ -159,7 +159,7 @@ def test_evaluate_without_root_scores_the_root_its_run_recorded(
     # A relative root recorded in another working directory: named, with the fix.
     ckpt = torch.load(run_dir / LATEST, weights_only=True)
     ckpt["config"]["root"] = "data/demo"
-    save_atomic(ckpt, tmp_path / "moved.pth")
+    save_checkpoint(ckpt, tmp_path / "moved.pth")
     result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "moved.pth"), "--device", "cpu"])
     assert result.exit_code == 1, result.output
     assert result.output == (
@@ -179,7 +179,7 @@ def test_evaluate_imports_a_spikingjelly_checkpoint(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A PythonNet-keyed state dict with SpikingJelly's output order scores like the original."""
-    from dvsgkit.evaluate import evaluate
+    from dvsgkit.evaluate import evaluate, load_net
     from dvsgkit.run.checkpoint import load_checkpoint
 
     root, run_dir = trained
@@ -198,4 +198,20 @@ def test_evaluate_imports_a_spikingjelly_checkpoint(
     result = evaluate(path, root=root, T=4, device="cpu", progress=False)
     theirs = evaluate(run_dir / "checkpoint_max.pth", root=root, device="cpu", progress=False)
     assert result.source == "spikingjelly" and result.epoch == 3
+    assert result.frames == FrameSpec(4, "number")  # -T given, split_by training's default
+    assert load_net(path)[1]["frames"] is None  # SpikingJelly records no frames
     assert np.array_equal(result.confusion, theirs.confusion)
+
+
+def test_a_checkpoint_tells_the_frames_its_run_trained_on(trained: tuple[Path, Path]) -> None:
+    from dvsgkit.evaluate import load_net
+
+    root, run_dir = trained
+    _, meta = load_net(run_dir)
+    assert meta["frames"] == FrameSpec(4, "number") and (meta["T"], meta["split_by"]) == (
+        4,
+        "number",
+    )
+    assert (meta["source"], meta["epoch"], meta["channels"], meta["root"]) == (
+        "dvsgkit", 0, 4, str(root),
+    )  # fmt: skip

@@ -15,8 +15,8 @@ import torch
 
 from dvsgkit.config import TrainConfig
 from dvsgkit.model import GestureNet
-from dvsgkit.run.divergence import FiniteWatch
-from dvsgkit.train import _run_epoch, build_optim
+from dvsgkit.objective import FiniteWatch, run_epoch
+from dvsgkit.train import build_optim
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
 
@@ -65,10 +65,8 @@ def test_an_epoch_reads_no_tensor_value_back_on_cpu(
     batches = _batches("cpu")
     watch = FiniteWatch(net, torch.device("cpu"))  # the divergence check runs on each step
     with _no_value_reads(monkeypatch) as reads:
-        sums = _run_epoch(
-            net, batches, torch.device("cpu"), False, optimizer if train else None, scaler,
-            _Bar(), watch,
-        )  # fmt: skip
+        step = optimizer if train else None
+        sums = run_epoch(net, batches, torch.device("cpu"), False, _Bar(), step, scaler, watch)
     assert reads == []
     assert sums.tolist()[2] == 12  # [loss sum, correct, samples] stayed a tensor until here
     assert watch.steps.tolist() == (3 if train else 0) and watch.problem(0) is None
@@ -105,14 +103,14 @@ def test_a_cuda_training_step_never_synchronises(name: str) -> None:
     watch = FiniteWatch(net, device)
     # One warm-up step: kernel compilation, cuDNN autotuning and the scaler's lazy state may
     # synchronise once; the steady-state steps after it must not.
-    _run_epoch(net, batches[:1], device, True, optimizer, scaler, _Bar(), watch)
+    run_epoch(net, batches[:1], device, True, _Bar(), optimizer, scaler, watch)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        sums = _run_epoch(net, batches[1:], device, True, optimizer, scaler, _Bar(), watch)
+        sums = run_epoch(net, batches[1:], device, True, _Bar(), optimizer, scaler, watch)
         net.eval()
         with torch.inference_mode():
-            _run_epoch(net, batches[1:], device, True, None, None, _Bar())
+            run_epoch(net, batches[1:], device, True, _Bar())
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert sums.tolist()[2] == 8 and watch.problem(0) is None
@@ -120,7 +118,7 @@ def test_a_cuda_training_step_never_synchronises(name: str) -> None:
         sleep = 2.0  # seconds of GPU time queued before the steps
         torch.cuda._sleep(_cycles_in(sleep))
         start = time.perf_counter()
-        _run_epoch(net.train(), batches[1:], device, True, optimizer, scaler, _Bar(), watch)
+        run_epoch(net.train(), batches[1:], device, True, _Bar(), optimizer, scaler, watch)
         queued = time.perf_counter() - start
         torch.cuda.synchronize()
         assert queued < sleep / 2, f"the host waited {queued:.2f} s for the GPU: a synchronisation"

@@ -1,58 +1,62 @@
-"""dvsgkit checkpoints: written whole or not at all, loaded without running code, and checked
-with an error that names the file before anything is taken from them."""
+"""dvsgkit checkpoints: what they hold (the states of the net, optimizer, scheduler, scaler and
+every RNG, the config, the frames), written whole or not at all, loaded without running code,
+and checked with one line naming the file before anything is taken from them."""
 
 from __future__ import annotations
 
 import io
-import os
 import pickle
+import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dvsgkit import __version__
 from dvsgkit.config import TrainConfig
 from dvsgkit.errors import InputError, NotFound
-from dvsgkit.fs import atomic_file
-from dvsgkit.run import BEST, checkpoint_file
+from dvsgkit.run import BEST, checkpoint_file, write_synced
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
 CHECKPOINT_VERSION = 1
+# An optimizer's group options that say how it runs on this machine, not what it computes:
+# torch's load_state_dict would take them from the checkpoint (a GPU run's fused=True on a CPU).
+EXECUTION_OPTIONS = ("fused", "foreach", "capturable")
 
 
 # ----------------------------------------------------------------------------- files
 
 
 def new_checkpoint(parts: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
-    """A dvsgkit checkpoint: the state dict of each of `parts` (net, optimizer, lr_scheduler,
-    scaler), then `fields` (epoch, max_test_acc, rng, config, world_size, frames), then the
-    format fields `is_dvsgkit_checkpoint` looks for. Tensors and plain types only."""
+    """The state dict of each of `parts` (net, optimizer, lr_scheduler, scaler), then `fields`
+    (epoch, max_test_acc, rng, config, world_size, frames), then the format fields. Tensors and
+    plain types only."""
     checkpoint = {key: part.state_dict() for key, part in parts.items()}
     version = {"format_version": CHECKPOINT_VERSION, "dvsgkit_version": __version__}
     return checkpoint | fields | {"format": CHECKPOINT_FORMAT, **version}
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp name in the same folder, fsync, then rename: a crash mid-write leaves
-    the previous checkpoint intact, never a truncated one under the real name."""
-    # Serialised in memory first: on a full disk torch's zip writer fails with an opaque
-    # RuntimeError, a plain write with an OSError that names the cause.
+def checkpoint_bytes(ckpt: dict[str, Any]) -> bytes:
+    """`ckpt` as torch.save writes it, serialised in memory: on a full disk torch's zip writer
+    fails with an opaque RuntimeError, a plain write with an OSError naming the cause."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """Write `ckpt` whole under a temporary name, then rename: a crash leaves the previous file."""
+    write_synced(Path(path), checkpoint_bytes(ckpt))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load any checkpoint with `weights_only=True` (a pickle could otherwise run code), and
-    refuse one whose weights are not all finite (a run that had diverged when it was written):
-    ValueError naming the file and the first tensor."""
+    """Any checkpoint (a .pth file, or a run directory's latest), loaded with `weights_only=True`
+    (a pickle could otherwise run code), refused when a weight is not finite (its run had
+    diverged): InputError naming the file and the first such tensor."""
     path = checkpoint_file(path)
     if not path.is_file():
         raise NotFound(f"checkpoint {path} not found; pass a .pth file or a run directory")
@@ -102,14 +106,26 @@ def _unpickling_problem(path: Path, exc: pickle.UnpicklingError) -> str:
     )
 
 
-def is_dvsgkit_checkpoint(ckpt: dict[str, Any]) -> bool:
+def is_dvsgkit_checkpoint(ckpt: Mapping[str, Any]) -> bool:
     return ckpt.get("format") == CHECKPOINT_FORMAT
+
+
+def load_resumable(path: Path) -> dict[str, Any]:
+    """A dvsgkit checkpoint to continue training from, checked (`check_checkpoint`)."""
+    ckpt = load_checkpoint(path)
+    if not is_dvsgkit_checkpoint(ckpt):
+        raise InputError(
+            f"{path} is not a dvsgkit training checkpoint (a SpikingJelly one?); resuming needs "
+            "the optimizer, scheduler and RNG states only dvsgkit checkpoints hold"
+        )
+    check_checkpoint(ckpt, checkpoint_file(path), resume=True)
+    return ckpt
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def _bad(path: Path, what: str) -> ValueError:
+def _bad(path: Path, what: str) -> InputError:
     return InputError(
         f"{path} is not a valid dvsgkit checkpoint: {what}; use another checkpoint of the run "
         f"({BEST}, a backup)"
@@ -121,18 +137,17 @@ def _kind(value: Any) -> str:
 
 
 def check_checkpoint(ckpt: Mapping[str, Any], path: Path, *, resume: bool) -> TrainConfig:
-    """The recipe of a dvsgkit checkpoint, after checking that it holds what evaluating (or, with
-    `resume`, continuing) needs in the types dvsgkit writes. ValueError names the file and the
-    first problem: a damaged or edited file fails here, not with a traceback halfway through."""
+    """The recipe of a dvsgkit checkpoint, after checking that it holds what evaluating (or,
+    with `resume`, continuing) needs, in the types dvsgkit writes: a damaged or edited file
+    fails here, naming the file and the first problem, not with a traceback halfway through."""
     needed = {"net": dict, "epoch": int, "max_test_acc": (int, float), "config": dict}
     if resume:
         needed |= {"optimizer": dict, "lr_scheduler": dict, "scaler": dict}
     for key, kind in needed.items():
         if key not in ckpt:
             raise _bad(path, f"missing key {key!r}")
-        value = ckpt[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise _bad(path, f"{key!r} is a {_kind(value)}")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise _bad(path, f"{key!r} is a {_kind(ckpt[key])}")
     if ckpt["epoch"] < 0:
         raise _bad(path, f"'epoch' is {ckpt['epoch']}, expected >= 0")
     if not 0 <= ckpt["max_test_acc"] <= 1:  # also refuses NaN
@@ -149,11 +164,11 @@ def check_checkpoint(ckpt: Mapping[str, Any], path: Path, *, resume: bool) -> Tr
         raise _bad(path, f"its 'config' is invalid ({exc})") from exc
     # Before any network is built from the config: an edited `channels` would otherwise make
     # torch allocate that network (channels 20000: 23 GB) and die with an allocator traceback.
-    check_weights(
-        config_shapes(config), ckpt["net"], path,
+    fit = (
         f" for its config (channels {config.channels}, neuron {config.neuron}): the file was "
-        "edited or damaged; use another checkpoint of the run",
-    )  # fmt: skip
+        "edited or damaged; use another checkpoint of the run"
+    )
+    check_weights(config_shapes(config), ckpt["net"], path, fit)
     return config
 
 
@@ -174,9 +189,9 @@ def _shape(t: torch.Tensor | torch.Size) -> list[int]:
 def check_weights(
     expected: Mapping[str, torch.Size], state: Mapping[str, Any], path: Path, fit: str = ""
 ) -> None:
-    """ValueError with one line naming the file and the first tensor of `state` that is not
-    there, not expected, or not of the `expected` shape; `fit` ends the line (what the shapes
-    come from, and the fix)."""
+    """InputError naming the file and the first tensor of `state` that is not there, not
+    expected, or not of the `expected` shape; `fit` ends the line (where the shapes come from,
+    and the fix)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -198,22 +213,16 @@ def check_weights(
 
 
 def load_weights(net: nn.Module, state: Mapping[str, Any], path: Path) -> None:
-    """`net.load_state_dict(state)`, after checking names and shapes: ValueError with one line
-    naming the file and the first tensor that does not fit (torch's message spans many)."""
+    """`net.load_state_dict(state)` after checking names and shapes (torch's message for a
+    mismatch spans many lines)."""
     check_weights({key: value.shape for key, value in net.state_dict().items()}, state, path)
     net.load_state_dict(state)
 
 
-# An optimizer's group options that say how it runs on this machine, not what it computes:
-# torch's load_state_dict would take them from the checkpoint (a GPU run's fused=True on a CPU).
-EXECUTION_OPTIONS = ("fused", "foreach", "capturable")
-
-
 def load_state(part: Any, state: Any, key: str, path: Path) -> None:
-    """`part.load_state_dict(state)` for an optimizer, scheduler, scaler or RNG state; an edited
-    or foreign state becomes a ValueError naming the file and the part, not torch's traceback.
-    An optimizer keeps its own execution options (`EXECUTION_OPTIONS`) and gets its moments in
-    its parameters' memory layout (see `_fit_optimizer_state`)."""
+    """`part.load_state_dict(state)` for an optimizer, scheduler, scaler or RNG state: an edited
+    or foreign state is an InputError naming the file and the part. An optimizer keeps its own
+    execution options and gets its moments in its parameters' memory layout."""
     execution = []
     if isinstance(part, torch.optim.Optimizer):
         execution = [{k: g[k] for k in EXECUTION_OPTIONS if k in g} for g in part.param_groups]
@@ -221,10 +230,9 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
         part.load_state_dict(state)
     # What torch's load_state_dict raises on an edited state depends on where it first trips.
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else _kind(exc)
         raise InputError(
-            f"{path}: its {key!r} state does not fit this run ({_kind(exc)}: {first}); use "
-            "another checkpoint of the run"
+            f"{path}: its {key!r} state does not fit this run ({_kind(exc)}: {_first_line(exc)}); "
+            "use another checkpoint of the run"
         ) from exc
     if isinstance(part, torch.optim.Optimizer):
         _fit_optimizer_state(part, execution, f"{path}: its {key!r} state does not fit this run")
@@ -232,10 +240,10 @@ def load_state(part: Any, state: Any, key: str, path: Path) -> None:
 
 def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict], bad: str) -> None:
     """After load_state_dict: check each per-element state tensor's shape (torch loads any;
-    step() would fail: ValueError starting with `bad`), give it its parameter's strides (torch
-    moves it keeping the saved ones: a channels_last run's moments would pair with a contiguous
-    parameter element by memory, not by index), put `step` where the optimizer's kernels read it
-    (fused: float32 beside the parameter) and put back this optimizer's execution options."""
+    step() would fail), give it its parameter's strides (torch keeps the saved ones: a
+    channels_last run's moments would pair with a contiguous parameter element by memory, not by
+    index), put `step` where the optimizer's kernels read it (fused: float32 beside the
+    parameter) and put back this optimizer's execution options."""
     for group, options in zip(optimizer.param_groups, execution, strict=True):
         group.update(options)
         fused = bool(group.get("fused")) or bool(group.get("capturable"))
@@ -254,3 +262,62 @@ def _fit_optimizer_state(optimizer: torch.optim.Optimizer, execution: list[dict]
                 elif name == "step" and value.dim() == 0:
                     target = param.device if fused else torch.device("cpu")
                     state[name] = value.to(target, torch.float32)
+
+
+def restore(
+    ckpt: Mapping[str, Any], parts: Mapping[str, Any], rank: int, world_size: int, source: Path
+) -> str | None:
+    """Load a checked checkpoint's states into `parts` and put this process's RNGs where they
+    were when it was written. Returns a note when the job's size changed (no exact resume)."""
+    for key, part in parts.items():
+        if key == "net":
+            load_weights(part, ckpt[key], source)
+        elif ckpt[key]:  # a run without AMP saved an empty scaler state
+            load_state(part, ckpt[key], key, source)
+    states = ckpt.get("rng", [])
+    if len(states) != world_size:
+        return (
+            f"note: {source} was written by {len(states)} process(es), this job has "
+            f"{world_size}; dropout masks restart from the seed (not bit-exact)"
+        )
+    load_state(_RngState(), states[rank], "rng", source)
+    return None
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds the CUDA generators too
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from, as tensors and plain types (weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(py_state), py_gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class _RngState:
+    """set_rng_state behind load_state_dict, for load_state's one-line errors."""
+
+    load_state_dict = staticmethod(set_rng_state)

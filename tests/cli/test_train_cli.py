@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from dvsgkit.config import DEFAULTS, TrainConfig
 from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore.build import frame_store_path
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.framestore.layout import frame_store_path
+from dvsgkit.run import read_metrics
 from dvsgkit_cli.main import cli
 
 RUN = "T_4_b_4_c_4_sgd_lr_0.01_steplr_1_0.5"
@@ -150,7 +150,7 @@ def test_the_options_a_resume_may_change_are_train_options_outside_the_recipe() 
     import click
 
     from dvsgkit.config import RECIPE_FIELDS
-    from dvsgkit.run.prepare import resumable_options
+    from dvsgkit.run import resumable_options
 
     command = cli.get_command(click.Context(cli), "train")
     spelled = {o for p in command.params for o in [*p.opts, *p.secondary_opts]}

@@ -19,9 +19,8 @@ from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.model import GestureNet
 from dvsgkit.model.net import SPIKING_LAYERS
 from dvsgkit.plots import plot_run
-from dvsgkit.run import LATEST
+from dvsgkit.run import LATEST, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
-from dvsgkit.run.metrics import read_metrics
 from dvsgkit.train import train
 
 TINY = {"T": 4, "channels": 4, "batch_size": 4, "workers": 0, "device": "cpu", "progress": False}

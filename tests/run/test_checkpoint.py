@@ -12,15 +12,20 @@ import pytest
 import torch
 
 from dvsgkit.run import LATEST
-from dvsgkit.run.checkpoint import load_checkpoint, load_state, save_atomic
-from dvsgkit.run.rng import rng_state, set_rng_state
+from dvsgkit.run.checkpoint import (
+    load_checkpoint,
+    load_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
-def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+def test_save_checkpoint_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint_latest.pth"
-    save_atomic({"net": {"w": torch.ones(3)}, "epoch": 0}, path)
+    save_checkpoint({"net": {"w": torch.ones(3)}, "epoch": 0}, path)
     with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for an unpicklable value
-        save_atomic({"net": {}, "epoch": 1, "bad": lambda: 0}, path)
+        save_checkpoint({"net": {}, "epoch": 1, "bad": lambda: 0}, path)
     assert load_checkpoint(path)["epoch"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
 
@@ -33,7 +38,7 @@ def test_load_checkpoint_refuses_missing_truncated_and_unsafe_files(tmp_path: Pa
     with pytest.raises(FileNotFoundError, match="nope.pth not found"):
         load_checkpoint(tmp_path / "nope.pth")
     good = tmp_path / "good.pth"
-    save_atomic({"net": {"w": torch.arange(1000.0)}, "epoch": 3}, good)
+    save_checkpoint({"net": {"w": torch.arange(1000.0)}, "epoch": 3}, good)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(good.read_bytes()[:300])
     with pytest.raises(ValueError, match="cut.pth is not a readable checkpoint"):
@@ -46,7 +51,7 @@ def test_load_checkpoint_refuses_missing_truncated_and_unsafe_files(tmp_path: Pa
     torch.save({"model": {}}, no_net)
     with pytest.raises(ValueError, match="holds no 'net'"):
         load_checkpoint(no_net)
-    save_atomic({"net": {}, "epoch": 7}, tmp_path / LATEST)
+    save_checkpoint({"net": {}, "epoch": 7}, tmp_path / LATEST)
     assert load_checkpoint(tmp_path)["epoch"] == 7  # a run directory means its latest checkpoint
 
 
@@ -72,7 +77,7 @@ def test_a_refused_file_is_named_with_what_it_holds_and_no_unsafe_advice(tmp_pat
 def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     torch.rand(5), np.random.rand(7), random.random()
-    save_atomic({"net": {}, "rng": [rng_state()]}, tmp_path / "c.pth")
+    save_checkpoint({"net": {}, "rng": [rng_state()]}, tmp_path / "c.pth")
     expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
     torch.rand(10), np.random.rand(10), random.random()
     set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])

@@ -15,9 +15,8 @@ from click.testing import CliRunner
 from dvsgkit.config import TrainConfig
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
-from dvsgkit.run import CONFIG, FRAMES_RECORD, LATEST
-from dvsgkit.run.checkpoint import load_checkpoint, save_atomic
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import CONFIG, FRAMES_RECORD, LATEST, read_metrics
+from dvsgkit.run.checkpoint import load_checkpoint, save_checkpoint
 from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
@@ -115,7 +114,7 @@ def test_a_checkpoint_without_provenance_resumes_with_a_warning(
     latest = one_epoch.run_dir() / LATEST
     ckpt = torch.load(latest, weights_only=True)
     del ckpt["frames"]  # as an older dvsgkit wrote it
-    save_atomic(ckpt, latest)
+    save_checkpoint(ckpt, latest)
     train(replace(one_epoch, epochs=2), resume=latest)
     out = capsys.readouterr().out
     assert f"warning: {latest} does not record the frame store it trained on" in out

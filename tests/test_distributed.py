@@ -16,9 +16,8 @@ import torch
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.fs.lock import build_lock
-from dvsgkit.run import BEST, LATEST, RUN_LOCK
+from dvsgkit.run import BEST, LATEST, RUN_LOCK, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
-from dvsgkit.run.metrics import read_metrics
 from dvsgkit.synth import write_synthetic_dataset
 
 # Runs in each torchrun process: records what the train loader served and the final weights,

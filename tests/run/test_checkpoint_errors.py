@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dvsgkit.config import TrainConfig
 from dvsgkit.run import LATEST
-from dvsgkit.run.checkpoint import save_atomic
+from dvsgkit.run.checkpoint import save_checkpoint
 from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
@@ -95,7 +95,7 @@ def _tampered(run_dir: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Pa
     shutil.copytree(run_dir, copy)
     ckpt = torch.load(copy / LATEST, weights_only=True)
     edit(ckpt)
-    save_atomic(ckpt, copy / LATEST)
+    save_checkpoint(ckpt, copy / LATEST)
     return copy
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dvsgkit.demo import run_demo
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import read_metrics
 
 
 def test_demo_runs_end_to_end_and_reruns_cleanly(tmp_path: Path) -> None:
@@ -36,17 +36,20 @@ def test_demo_runs_end_to_end_and_reruns_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_rerun_with_other_progress_bars_is_still_the_demos_own_run(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     from dvsgkit.config import TrainConfig
-    from dvsgkit.demo import DEMO_CONFIG, _is_same_run
+    from dvsgkit.demo import DEMO_CONFIG
 
-    config = TrainConfig(root=str(tmp_path), out_dir=str(tmp_path / "runs"), **DEMO_CONFIG)
-    config.save_json(tmp_path / "config.json")  # written by `dvsgkit demo` (bars on)
-    assert _is_same_run(tmp_path / "config.json", replace(config, progress=False))
-    assert not _is_same_run(tmp_path / "config.json", replace(config, momentum=0.5))
-    (tmp_path / "config.json").write_text("[]")
-    assert not _is_same_run(tmp_path / "config.json", config)
+    root, out = tmp_path / "data", tmp_path / "runs"
+    config = TrainConfig(root=str(root), out_dir=str(out), **{**DEMO_CONFIG, "epochs": 1,
+                                                              "T_max": 1})  # fmt: skip
+    config.run_dir().mkdir(parents=True)
+    config.save_json(config.run_dir() / "config.json")  # written by `dvsgkit demo` (bars on)
+    kwargs = {"epochs": 1, "train_trials": 2, "test_trials": 1, "log": False}
+    result = run_demo(root, out, progress=False, **kwargs)  # its own run: replaced
+    assert result.run_dir == config.run_dir()
+    (result.run_dir / "config.json").write_text("[]")  # unreadable: never deleted
+    with pytest.raises(FileExistsError, match="is not a previous demo run"):
+        run_demo(root, out, progress=False, **kwargs)
 
 
 def test_the_next_commands_use_the_demos_root_and_work_when_pasted(

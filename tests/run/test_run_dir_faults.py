@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import dvsgkit.train as tr
+import dvsgkit.run as run
 from dvsgkit.config import TrainConfig
 from dvsgkit.fs import sweep
-from dvsgkit.run import LATEST
+from dvsgkit.run import LATEST, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
-from dvsgkit.run.metrics import read_metrics
 from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
@@ -85,7 +84,7 @@ def test_resume_removes_a_killed_checkpoint_write(
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
     assert len(_partials(run_dir)) == 1
-    tr.train(TrainConfig(**{**config.to_dict(), "epochs": 2}), resume=run_dir)
+    train(TrainConfig(**{**config.to_dict(), "epochs": 2}), resume=run_dir)
     assert _partials(run_dir) == []
     assert load_checkpoint(run_dir / LATEST)["epoch"] == 1
 
@@ -175,30 +174,44 @@ def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) ->
     assert _partials(small_fs) == [] and not list(small_fs.rglob("*.pth"))
 
 
-def test_a_disk_that_fills_during_training(
-    frame_root: Path, small_fs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_epoch = tr._write_epoch
+def test_a_disk_that_fills_during_training(frame_root: Path, small_fs: Path) -> None:
     filler: list[Path] = []
-
-    def fill_after_epoch_0(run_dir, checkpoint, record, best, writer):  # noqa: ANN001, ANN202
-        write_epoch(run_dir, checkpoint, record, best, writer)
-        if not filler:
-            filler.append(_fill(small_fs))
-
-    monkeypatch.setattr(tr, "_write_epoch", fill_after_epoch_0)
-    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "3"))
+    config = TrainConfig(root=str(frame_root), out_dir=str(small_fs / "runs"), epochs=3, **TINY)
+    with pytest.raises(OSError) as err:  # the disk fills once epoch 0 is written
+        train(config, on_epoch=lambda record: filler or filler.append(_fill(small_fs)))
     run_dir = small_fs / "runs" / RUN
-    assert f"cannot write {run_dir}/" in line and ": no space left on device;" in line, line
-    assert f"{run_dir / LATEST} is intact: free some space, then rerun with --resume" in line
+    line = str(err.value)
+    assert line.startswith(f"not enough free space for {run_dir / LATEST}: "), line
+    assert line.endswith(f"{run_dir / LATEST} is intact: free some space, then rerun with "
+                         f"--resume {run_dir / LATEST}"), line  # fmt: skip
     assert load_checkpoint(run_dir / LATEST)["epoch"] == 0
     assert _partials(small_fs) == []
     assert (run_dir / "metrics.jsonl").read_bytes().endswith(b"}\n")  # no torn line
 
-    monkeypatch.setattr(tr, "_write_epoch", write_epoch)
     filler[0].unlink()  # space again: the run continues where it stopped
     result = _train(frame_root, small_fs / "runs", "--epochs", "2", "--resume", str(run_dir))
     assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+
+
+def test_a_full_disk_during_training_stops_in_one_line_naming_the_checkpoint(
+    frame_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above without a real file system to fill: dvsgkit.fs.free_bytes says the disk is full.
+    import dvsgkit.fs
+
+    def full(record: dict) -> None:
+        monkeypatch.setattr(dvsgkit.fs, "free_bytes", lambda folder: 0)
+
+    config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=3, **TINY)
+    run_dir = config.run_dir()
+    with pytest.raises(OSError, match=f"{run_dir / LATEST} is intact: free some space, then rerun "
+                       f"with --resume {run_dir / LATEST}$"):  # fmt: skip
+        train(config, on_epoch=full)
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0]
+    assert load_checkpoint(run_dir / LATEST)["epoch"] == 0 and _partials(run_dir) == []
+    monkeypatch.undo()
+    train(replace(config, epochs=2), resume=run_dir)
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
 
 
@@ -243,7 +256,7 @@ def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Pa
 
 
 def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
-    from dvsgkit.run.metrics import append_line
+    from dvsgkit.run import append_line
 
     metrics = small_fs / "metrics.jsonl"
     metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more
@@ -261,14 +274,14 @@ def test_a_run_made_while_this_one_was_prepared_is_refused(
     # finishes before the second takes the run directory's lock. The second must then refuse
     # (the run exists), not train over it.
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
-    lock = tr.run_lock
+    lock = run.run_lock
 
     def the_other_run_finishes_first(run_dir: Path):  # noqa: ANN202
-        monkeypatch.setattr(tr, "run_lock", lock)
+        monkeypatch.setattr(run, "run_lock", lock)
         train(config)
         return lock(run_dir)
 
-    monkeypatch.setattr(tr, "run_lock", the_other_run_finishes_first)
+    monkeypatch.setattr(run, "run_lock", the_other_run_finishes_first)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config)
     assert [r["epoch"] for r in read_metrics(config.run_dir())] == [0]  # the first run's epoch
@@ -281,14 +294,14 @@ def test_a_run_resumed_twice_at_once_trains_once(
     # before the second takes the lock. The second must refuse, not train epoch 1 again over it.
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
     run_dir = train(config).run_dir
-    lock = tr.run_lock
+    lock = run.run_lock
 
     def the_other_resume_finishes_first(where: Path):  # noqa: ANN202
-        monkeypatch.setattr(tr, "run_lock", lock)
+        monkeypatch.setattr(run, "run_lock", lock)
         train(replace(config, epochs=2), resume=run_dir)
         return lock(where)
 
-    monkeypatch.setattr(tr, "run_lock", the_other_resume_finishes_first)
+    monkeypatch.setattr(run, "run_lock", the_other_resume_finishes_first)
     with pytest.raises(ValueError, match="another process trained in .* while this run was start"):
         train(replace(config, epochs=3), resume=run_dir)
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]

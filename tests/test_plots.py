@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dvsgkit.run.metrics import read_metrics
+from dvsgkit.run import read_metrics
 from dvsgkit_cli.main import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
