@@ -1,4 +1,4 @@
-"""Options and error handling shared by the command modules."""
+"""Options shared by the command modules (errors become one line in `dvsgkit_cli.main`)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,13 @@ class Device(click.ParamType):
 
 
 DEVICE = Device()
+device_option = click.option(
+    "--device", type=DEVICE, default=None,
+    help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
+)  # fmt: skip
+
+
+def out_dir_option(default: Path | None, help: str) -> Callable[[Callable], Callable]:
+    """--out-dir: a folder the command creates if need be (StorageError when it cannot)."""
+    return click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=default, help=help)  # fmt: skip

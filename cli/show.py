@@ -9,7 +9,7 @@ import click
 from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
 from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
-from dvsgkit_cli.common import root_option
+from dvsgkit_cli.common import out_dir_option, root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -26,10 +26,7 @@ from dvsgkit_cli.common import root_option
 @click.option("--fps", type=float, default=DEFAULT_FPS,
               help=f"Recording mode: frames per second of recording time ({MIN_FPS:g} to "
               f"{MAX_FPS:.0f}).")  # fmt: skip
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    help="Where the GIF (and PNG) go.",
-)  # fmt: skip
+@out_dir_option(Path("."), "Where the GIF (and PNG) go.")
 def show(
     recording: Path | None,
     root: Path,
@@ -47,6 +44,7 @@ def show(
     number and true label. With RECORDING (.aedat, .npz, .h5, in time order): its events from
     --start for --duration as a GIF at --fps, captioned with the time and the gesture of
     <stem>_labels.csv when one sits beside it. OFF events are orange, ON events blue."""
+    from dvsgkit.frames import FrameSpec
     from dvsgkit.io.recordings import parse_duration
     from dvsgkit.show import show_recording, show_sample
 
@@ -60,7 +58,7 @@ def show(
             parse_duration(duration, "--duration"), fps, out_dir,
         )  # fmt: skip
     else:
-        shown = show_sample(root, split, index, T, split_by, out_dir)
+        shown = show_sample(root, split, index, FrameSpec(T, split_by), out_dir)
     click.echo(f"gif: {shown.gif} ({shown.frames} frames of {shown.size[0]}x{shown.size[1]})")
     if shown.png is not None:
         click.echo(f"png: {shown.png}")
