@@ -47,20 +47,9 @@ class AedatHeader:
     data_offset: int  # byte offset of the first packet
 
     def field(self, name: str) -> str | None:
-        """The value of header line `#<name>: value` (e.g. "Start-Time"), or None."""
+        """The value of header line `#<name>: value` (e.g. "Start-Time", "Source 1"), or None."""
         prefix = f"#{name}:"
         return next((ln[len(prefix) :].strip() for ln in self.lines if ln.startswith(prefix)), None)
-
-    @property
-    def source(self) -> str | None:
-        """The recording device, e.g. "DVS128" (from `#Source 1: DVS128`)."""
-        found = (ln for ln in self.lines if ln.startswith("#Source ") and ":" in ln)
-        return next((ln.split(":", 1)[1].strip() for ln in found), None)
-
-    @property
-    def start_time(self) -> str | None:
-        """The `#Start-Time:` value as written (free text in this dataset)."""
-        return self.field("Start-Time")
 
 
 def open_map(f: Any, path: Path) -> mmap.mmap:
