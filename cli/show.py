@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
+from dvsgkit.frames import SPLIT_BY, FrameSpec
 from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
 from dvsgkit_cli.common import out_dir_option, root_option
 
@@ -17,9 +17,9 @@ from dvsgkit_cli.common import out_dir_option, root_option
 @root_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
-@click.option("-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
+@click.option("-T", "T", type=click.IntRange(min=1), default=FrameSpec().T,
               help=f"Sample mode: frames (at most {MAX_FRAMES}).")  # fmt: skip
-@click.option("--split-by", type=click.Choice(SPLIT_BYS), default=DEFAULTS.split_by,
+@click.option("--split-by", type=click.Choice(SPLIT_BY), default=FrameSpec().split_by,
               help="Sample mode: frame cutting.")  # fmt: skip
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")
@@ -44,7 +44,6 @@ def show(
     number and true label. With RECORDING (.aedat, .npz, .h5, in time order): its events from
     --start for --duration as a GIF at --fps, captioned with the time and the gesture of
     <stem>_labels.csv when one sits beside it. OFF events are orange, ON events blue."""
-    from dvsgkit.frames import FrameSpec
     from dvsgkit.io.recordings import parse_duration
     from dvsgkit.show import show_recording, show_sample
 

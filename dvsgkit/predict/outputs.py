@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
+from dvsgkit.constants import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
 from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.fs import atomic_file, make_folder, probe_writable
 from dvsgkit.predict.windows import Prediction
 
-RATE_COLUMNS = tuple(
-    "rate_" + name.replace(" ", "_").replace("-", "_") for name in CLASS_NAMES
-)  # rate_hand_clapping, ..., rate_other_gestures
+RATE_COLUMNS = tuple(f"rate_{key}" for key in CLASS_KEYS)  # rate_hand_clapping, ...
 CSV_COLUMNS = ("start_us", "end_us", "start_s", "events", "predicted", "name", "true_label",
                *RATE_COLUMNS)  # fmt: skip
 SUFFIXES = {"csv": "_predictions.csv", "json": "_predictions.json", "png": "_timeline.png"}
@@ -38,7 +36,7 @@ def output_paths(
 def plan_outputs(
     recordings: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR
 ) -> list[dict[str, Path]]:
-    """`output_paths` of each recording, checked before any recording runs: ValueError when two
+    """`output_paths` of each recording, checked before any recording runs: InputError when two
     would write the same files; `out_dir` is created, and StorageError names it (or the first
     file) when files cannot be made there (read-only, no permission, a file in the way)."""
     plans = [output_paths(recording, out_dir) for recording in recordings]
