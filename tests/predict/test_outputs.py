@@ -186,3 +186,20 @@ def test_a_spikingjelly_checkpoint_predicts_like_the_original(
     assert [w["rates"] for w in outs["sj"]["windows"]] == [
         w["rates"] for w in outs["ours"]["windows"]
     ]
+
+
+def test_predict_recordings_from_python_yields_what_it_wrote(
+    trained: tuple[Path, Path], recording: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The Python front of `dvsgkit predict` (docs/predict.md): each prediction, in the
+    checkpoint's frames, with the paths of the files written for it."""
+    from dvsgkit.predict import predict_recordings
+
+    _, ckpt = trained
+    aedat, csv = recording
+    options = {"out_dir": tmp_path, "window_us": 3_000_000, "hop_us": 1_000_000, "device": "cpu"}
+    ((pred, paths),) = predict_recordings(ckpt, [aedat], [csv], **options)
+    assert pred.frames == FrameSpec(T, "number") and pred.score["gestures_scored"] == 12
+    assert sorted(paths) == ["csv", "json", "png"]
+    assert all(path.parent == tmp_path and path.is_file() for path in paths.values())
+    assert read_predictions_csv(paths["csv"])["predicted"].tolist() == pred.preds.tolist()
