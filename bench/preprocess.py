@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.io.aedat import _parse_header, _polarity_packets
+from dvsgkit.io.aedat_format import open_map, parse_header, walk_packets
 from dvsgkit.samples import Recording, dataset_dir, list_recordings
 from dvsgkit.synth import write_synthetic_dataset
 
@@ -48,11 +48,9 @@ REAL_TRAIN, REAL_TEST = 98, 24
 
 def count_events(path: Path) -> int:
     """Polarity events in a file, from its packet headers (no decoding)."""
-    import mmap
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        packets, _ = _polarity_packets(mm, _parse_header(mm, path).data_offset, path)
-        return int(packets[:, 1].sum())
+    with open(path, "rb") as f, open_map(f, path) as mm:
+        packets, _ = walk_packets(mm, parse_header(mm, path).data_offset, path, None)
+        return sum(number for _, number, _, _ in packets)
 
 
 def _tree_rss(pid: int) -> int:

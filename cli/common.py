@@ -1,4 +1,4 @@
-"""Options and error handling shared by the command modules."""
+"""Options shared by the command modules (errors become one line in `dvsgkit_cli.main`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import DEFAULT_ROOT, ROOT_ENV_VAR
+from dvsgkit.frames import SPLIT_BY, FrameSpec
+
+SJ_FRAMES = FrameSpec()  # a SpikingJelly checkpoint records no frames: its recipe's defaults
 
 # OpenMP threads (torch's on the CPU) that wait for the others sleep instead of spinning. Beside
 # other jobs on a few cores a spinning thread holds the core that a descheduled peer needs, and
@@ -44,14 +46,14 @@ def checkpoint_frame_options(per: str) -> Callable[[Callable], Callable]:
 
     def decorate(command: Callable) -> Callable:
         command = click.option(
-            "--split-by", type=click.Choice(SPLIT_BYS), default=None,
+            "--split-by", type=click.Choice(SPLIT_BY), default=None,
             help="Frame cutting.  [default: the checkpoint's; "
-            f"{DEFAULTS.split_by} for a SpikingJelly checkpoint]",
+            f"{SJ_FRAMES.split_by} for a SpikingJelly checkpoint]",
         )(command)  # fmt: skip
         return click.option(
             "-T", "T", type=click.IntRange(min=1), default=None,
             help=f"Frames per {per}.  [default: the checkpoint's T; "
-            f"{DEFAULTS.T} for a SpikingJelly checkpoint]",
+            f"{SJ_FRAMES.T} for a SpikingJelly checkpoint]",
         )(command)  # fmt: skip
 
     return decorate
@@ -73,3 +75,13 @@ class Device(click.ParamType):
 
 
 DEVICE = Device()
+device_option = click.option(
+    "--device", type=DEVICE, default=None,
+    help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]",
+)  # fmt: skip
+
+
+def out_dir_option(default: Path | None, help: str) -> Callable[[Callable], Callable]:
+    """--out-dir: a folder the command creates if need be (StorageError when it cannot)."""
+    return click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=default, help=help)  # fmt: skip

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "events": ("events", "events", "Cut the recordings into labelled samples in ROOT/events.h5."),
     "frames": ("frames", "frames", "Integrate the samples into T frames in a Zarr store."),
     "info": ("info", "info", "Summarise an event cache or a frame store."),
-    "train": ("train", "train", "Train the spiking CNN (the seed recipe)."),
+    "train": ("train", "train", "Train the spiking CNN (SpikingJelly's classify_dvsg recipe)."),
     "evaluate": ("evaluate", "evaluate", "Test accuracy, per-class accuracy, confusion matrix."),
     "predict": ("predict", "predict", "Classify the gestures of recordings, window by window."),
     "show": ("show", "show", "Animate a sample's frames or a recording's events (GIF, PNG)."),

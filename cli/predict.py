@@ -8,7 +8,7 @@ import click
 
 from dvsgkit.predict.outputs import DEFAULT_OUT_DIR
 from dvsgkit.predict.windows import DEFAULT_BATCH, DEFAULT_HOP_US, DEFAULT_WINDOW_US, WINDOW_MODES
-from dvsgkit_cli.common import DEVICE, checkpoint_frame_options
+from dvsgkit_cli.common import checkpoint_frame_options, device_option, out_dir_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -34,14 +34,8 @@ from dvsgkit_cli.common import DEVICE, checkpoint_frame_options
     help="Windows per forward pass.  "
     f"[default: {DEFAULT_BATCH['cpu']} on the CPU, {DEFAULT_BATCH['cuda']} on a GPU]",
 )  # fmt: skip
-@click.option(
-    "--device", type=DEVICE, default=None,
-    help="Torch device.  [default: cuda:0 if available, else cpu]",
-)  # fmt: skip
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR,
-    help="Where the CSV, JSON and PNG go (created if need be).",
-)  # fmt: skip
+@device_option
+@out_dir_option(DEFAULT_OUT_DIR, "Where the CSV, JSON and PNG go (created if need be).")
 @click.option(
     "--progress/--no-progress", default=True,
     help="A progress bar over the recordings (on stderr) when there are several.",
@@ -50,27 +44,17 @@ def predict(
     checkpoint: Path,
     recordings: tuple[Path, ...],
     labels: tuple[Path, ...],
-    mode: str,
     window: str,
     hop: str,
-    T: int | None,
-    split_by: str | None,
-    batch_size: int | None,
-    device: str | None,
-    out_dir: Path,
-    progress: bool,
+    **options: object,
 ) -> None:
     """Classify RECORDING(s) (AEDAT 3.1 .aedat, or .npz / .h5 event arrays t, x, y, p) with
     CHECKPOINT (dvsgkit or SpikingJelly) and write <stem>_predictions.csv,
     <stem>_predictions.json and <stem>_timeline.png for each in --out-dir. Every recording
     and labels file is checked, and every recording classified, before any file is written."""
-    from tqdm import tqdm
-
-    from dvsgkit.device import default_device, parse_device
     from dvsgkit.io.recordings import parse_duration
-    from dvsgkit.model.inference import for_inference
-    from dvsgkit.predict.outputs import plan_outputs, summary, write_outputs
-    from dvsgkit.predict.windows import check_inputs, load_checkpoint_net, predict_recording
+    from dvsgkit.predict import predict_recordings
+    from dvsgkit.predict.outputs import summary
 
     if labels and len(labels) != len(recordings):
         raise click.BadParameter(
@@ -78,34 +62,10 @@ def predict(
             "--labels per RECORDING, in order",
             param_hint="--labels",
         )
-    window_us = parse_duration(window, "--window")
-    hop_us = parse_duration(hop, "--hop")
-    check_inputs(recordings, labels)
-    dev = parse_device(device or default_device())
-    net, meta = load_checkpoint_net(checkpoint)
-    net = for_inference(net, dev)
-    plan_outputs(recordings, out_dir)
-    with tqdm(recordings, unit="rec", leave=False,
-              disable=not progress or len(recordings) < 2) as bar:  # fmt: skip
-        results = [
-            predict_recording(
-                net,
-                meta,
-                recording,
-                checkpoint=str(checkpoint),
-                labels=labels[i] if labels else None,
-                mode=mode,
-                window_us=window_us,
-                hop_us=hop_us,
-                T=T,
-                split_by=split_by,
-                device=dev,
-                batch_size=batch_size,
-            )  # fmt: skip
-            for i, recording in enumerate(bar)
-        ]
-    for result in results:
-        paths = write_outputs(result, out_dir)
+    window_us, hop_us = parse_duration(window, "--window"), parse_duration(hop, "--hop")
+    for result, paths in predict_recordings(
+        checkpoint, recordings, labels, window_us=window_us, hop_us=hop_us, **options
+    ):
         click.echo(summary(result))
         for kind, path in paths.items():
             click.echo(f"  {kind}: {path}")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.config import DEFAULTS, SPLIT_BYS
 from dvsgkit.constants import SPLITS
+from dvsgkit.frames import SPLIT_BY, FrameSpec
 from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
-from dvsgkit_cli.common import root_option
+from dvsgkit_cli.common import out_dir_option, root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -17,19 +17,16 @@ from dvsgkit_cli.common import root_option
 @root_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
-@click.option("-T", "T", type=click.IntRange(min=1), default=DEFAULTS.T,
+@click.option("-T", "T", type=click.IntRange(min=1), default=FrameSpec().T,
               help=f"Sample mode: frames (at most {MAX_FRAMES}).")  # fmt: skip
-@click.option("--split-by", type=click.Choice(SPLIT_BYS), default=DEFAULTS.split_by,
+@click.option("--split-by", type=click.Choice(SPLIT_BY), default=FrameSpec().split_by,
               help="Sample mode: frame cutting.")  # fmt: skip
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")
 @click.option("--fps", type=float, default=DEFAULT_FPS,
               help=f"Recording mode: frames per second of recording time ({MIN_FPS:g} to "
               f"{MAX_FPS:.0f}).")  # fmt: skip
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    help="Where the GIF (and PNG) go.",
-)  # fmt: skip
+@out_dir_option(Path("."), "Where the GIF (and PNG) go.")
 def show(
     recording: Path | None,
     root: Path,
@@ -60,7 +57,7 @@ def show(
             parse_duration(duration, "--duration"), fps, out_dir,
         )  # fmt: skip
     else:
-        shown = show_sample(root, split, index, T, split_by, out_dir)
+        shown = show_sample(root, split, index, FrameSpec(T, split_by), out_dir)
     click.echo(f"gif: {shown.gif} ({shown.frames} frames of {shown.size[0]}x{shown.size[1]})")
     if shown.png is not None:
         click.echo(f"png: {shown.png}")

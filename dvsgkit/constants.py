@@ -25,6 +25,8 @@ CLASS_NAMES = (
     "other gestures",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+# The names as identifiers: gesture_mapping.csv's actions, `dvsgkit predict`'s rate columns.
+CLASS_KEYS = tuple(name.replace(" ", "_").replace("-", "_") for name in CLASS_NAMES)
 
 # SpikingJelly sorts its label folders as strings, so its output j means true label
 # SPIKINGJELLY_LABEL_ORDER[j] (its issue #628).

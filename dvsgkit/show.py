@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE
 from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.frames import FrameSpec, integrate
@@ -70,14 +69,18 @@ def render(frames: np.ndarray, captions: Sequence[str], scale: int = SCALE) -> l
     return images
 
 
-def save_gif(images: list, path: Path, frame_ms: int) -> Path:
-    """An animated GIF that loops, `frame_ms` per frame, written under a temp name first; a
-    failed write is a StorageError naming `path`."""
-    path = Path(path)
+def save_image(image: Any, path: Path, **options: Any) -> Path:
+    """`image.save(path, **options)` under a temporary name, then renamed; a failed write is a
+    StorageError naming `path`."""
     with storage_errors(path, "write", WRITE_FIX), atomic_file(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=frame_ms, loop=0, disposal=1)  # fmt: skip
-    return path
+        image.save(tmp, **options)
+    return Path(path)
+
+
+def save_gif(images: list, path: Path, frame_ms: int) -> Path:
+    """An animated GIF of `images` that loops, `frame_ms` per frame."""
+    return save_image(images[0], path, format="GIF", save_all=True, append_images=images[1:],
+                      duration=frame_ms, loop=0, disposal=1)  # fmt: skip
 
 
 def grid(images: list) -> Any:
@@ -104,48 +107,37 @@ def grid(images: list) -> Any:
     return out
 
 
-def save_grid(images: list, path: Path) -> Path:
-    """`grid` as a PNG, written under a temp name first; a failed write is a StorageError
-    naming `path`."""
-    path = Path(path)
-    with storage_errors(path, "write", WRITE_FIX), atomic_file(path) as tmp:
-        grid(images).save(tmp, format="PNG", optimize=True)
-    return path
-
-
 def show_sample(
     root: str | os.PathLike[str],
     split: str,
     index: int,
-    T: int = DEFAULTS.T,
-    split_by: str = DEFAULTS.split_by,
+    frames: FrameSpec | None = None,
     out_dir: str | os.PathLike[str] = ".",
     frame_ms: int = 250,
 ) -> Shown:
-    """Sample `index` of `split` in ROOT/events.h5, integrated into T frames (1..MAX_FRAMES)
-    exactly as the frame store does, as `<split>_<index>_T<T>.gif` (one frame each `frame_ms`)
-    and `.png` (the T frames in rows of GRID_COLUMNS, with a colour key), each frame captioned
-    with its number and the true label."""
+    """Sample `index` of `split` in ROOT/events.h5, integrated into `frames` (FrameSpec's
+    defaults if None; T at most MAX_FRAMES) exactly as the frame store does, as
+    `<split>_<index>_T<T>.gif` (one frame each `frame_ms`) and `.png` (the T frames in rows of
+    GRID_COLUMNS, with a colour key), each frame captioned with its number and the true label."""
     from dvsgkit.eventcache.layout import event_cache_path
     from dvsgkit.eventcache.read import EventCache
 
-    if not 1 <= T <= MAX_FRAMES:
+    frames = frames or FrameSpec()
+    T = frames.T
+    if T > MAX_FRAMES:
         raise InputError(f"-T {T} is out of range: show draws 1..{MAX_FRAMES} frames")
-
     with EventCache(event_cache_path(root)) as cache:
         n = cache.num_samples(split)
         if not 0 <= index < n:
             raise InputError(f"--index {index} is out of range: {split} has samples 0..{n - 1}")
         events = cache.sample(split, index)
         label = int(cache.labels(split)[index])
-    frames = integrate(events, FrameSpec(T, split_by))  # [T, 2, H, W]
-    name = CLASS_NAMES[label]
-    captions = [f"frame {k + 1}/{T} | {label} {name}" for k in range(T)]
-    images = render(frames, captions)
+    captions = [f"frame {k + 1}/{T} | {label} {CLASS_NAMES[label]}" for k in range(T)]
+    images = render(integrate(events, frames), captions)  # [T, 2, H, W] counts drawn
     out = make_folder(Path(out_dir), WRITE_FIX)
     stem = f"{split}_{index}_T{T}"
     gif = save_gif(images, out / f"{stem}.gif", frame_ms)
-    png = save_grid(images, out / f"{stem}.png")
+    png = save_image(grid(images), out / f"{stem}.png", format="PNG", optimize=True)
     return Shown(gif, png, T, images[0].size, tuple(captions))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dvsgkit.constants import (
-    CLASS_NAMES,
+    CLASS_KEYS,
     DATASET_DIR,
     EVENT_DTYPE,
     EXTRACT_DIR,
@@ -194,9 +194,6 @@ def write_synthetic_dataset(
                     f"train_trials={train_trials}, test_trials={test_trials}, "
                     f"events_per_sample={events_per_sample}\n"
                 )
-                mapping = "".join(
-                    f"{name.replace(' ', '_').replace('-', '_')},{i + 1}\r\n"
-                    for i, name in enumerate(CLASS_NAMES)
-                )
+                mapping = "".join(f"{key},{i + 1}\r\n" for i, key in enumerate(CLASS_KEYS))
                 write_text(extract / MAPPING_NAME, "action,label\r\n" + mapping)
     return final

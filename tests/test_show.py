@@ -39,7 +39,7 @@ WIDTH, HEIGHT = 128 * SCALE, 128 * SCALE + CAPTION_HEIGHT  # one frame, captione
 def test_sample_gif_and_grid(frame_root: Path, tmp_path: Path, frames: int) -> None:
     """The GIF holds the T frames; the PNG lays them out in rows of at most 8, above a key
     that shows the two polarity colours."""
-    shown = show_sample(frame_root, "test", 5, T=frames, out_dir=tmp_path)
+    shown = show_sample(frame_root, "test", 5, FrameSpec(frames), out_dir=tmp_path)
     with EventCache(event_cache_path(frame_root)) as cache:
         counts = integrate(cache.sample("test", 5), FrameSpec(frames, "number"))  # [T, 2, H, W]
         label = int(cache.labels("test")[5])

@@ -42,7 +42,7 @@ def test_real_layout(tmp_path: Path) -> None:
         windows = read_labels(labels)
         assert sorted(windows["label"].tolist()) == sorted([*range(NUM_CLASSES), 7])
         header = read_header(folder / name)
-        assert header.source == "DVS128" and header.start_time
+        assert header.field("Source 1") == "DVS128" and header.field("Start-Time")
         ev = read_events(folder / name)
         assert np.all(np.diff(ev["t"]) >= 0)  # timestamps increase
         assert ev["x"].max() < 128 and ev["y"].max() < 128

@@ -1,14 +1,11 @@
-"""Read AEDAT 3.1 files (the DVS128 Gesture recordings) in bulk, with numpy; the format's
-constants. Writing: `dvsgkit.io.aedat_writer`."""
+"""Read the polarity events of AEDAT 3.1 files (the DVS128 Gesture recordings) in bulk, with
+numpy, in bounded memory. The layout and the packet walk: `dvsgkit.io.aedat_format`."""
 
 from __future__ import annotations
 
 import mmap
 import os
-import re
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,186 +13,35 @@ import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.errors import InputError
+from dvsgkit.io.aedat_format import (
+    P_SHIFT,
+    PACKET_HEADER,
+    POLARITY_EVENT_SIZE,
+    WINDOW_BYTES,
+    X_SHIFT,
+    XY_MASK,
+    Y_SHIFT,
+    AedatError,
+    Packet,
+    open_map,
+    parse_header,
+    read_header,
+    release,
+    walk_packets,
+)
 
-POLARITY_EVENT = 1  # eventType of polarity events
-POLARITY_EVENT_SIZE = 8  # uint32 data, uint32 timestamp
-PACKET_HEADER = struct.Struct("<HHIIIIII")  # 28 bytes, see docs/reference.md §2
-END_HEADER = "#!END-HEADER"
-_VERSION_LINE = re.compile(rb"#!AER-DAT3\.(\d+)\r?\n")
-# libcaer's polarity layout: valid bit 0, polarity bit 1, y bits 2..16, x bits 17..31, masked
-# with 0x7FFF like libcaer and SpikingJelly 0.0.0.0.14's load_aedat_v3. The dataset's README
-# writes 0x1FFF; the two agree whenever x, y < 8192, and the event cache rejects anything off
-# the 128 x 128 sensor either way.
-X_SHIFT, Y_SHIFT, P_SHIFT, XY_MASK = 17, 2, 1, 0x7FFF
-TS_MASK = 0x7FFFFFFF  # a packet's timestamps hold 31 bits; eventTSOverflow holds the rest
+__all__ = [  # the reading API, AedatError and read_header included (from aedat_format)
+    "AedatError", "DEFAULT_CHUNK_EVENTS", "ReadBuffers", "decode_words", "first_off_sensor",
+    "iter_events", "iter_words", "max_xy", "read_events", "read_header", "unpack_data",
+    "unpack_into", "xy_bound",
+]  # fmt: skip
+
 DEFAULT_CHUNK_EVENTS = 1 << 22  # ~4 M events per chunk: ~32 MB of file, 48 MB decoded (t, data)
-# The window: a chunk's walk stops after this much of the file (plus its last packet), so that
-# a file of few events (or none: zero-filled) is still read with a window's pages mapped.
-WINDOW_BYTES = 64 << 20
-
-
-class AedatError(InputError):
-    """A malformed AEDAT file; the message names the file and the byte offset."""
-
-
-@dataclass(frozen=True)
-class AedatHeader:
-    """The ASCII header of an AEDAT 3.x file."""
-
-    version: str  # "3.1"
-    lines: tuple[str, ...]  # every header line without its line ending, first and last included
-    data_offset: int  # byte offset of the first packet
-
-    def field(self, name: str) -> str | None:
-        """The value of header line `#<name>: value` (e.g. "Start-Time"), or None."""
-        prefix = f"#{name}:"
-        for line in self.lines:
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        return None
-
-    @property
-    def source(self) -> str | None:
-        """The recording device, e.g. "DVS128" (from `#Source 1: DVS128`)."""
-        for line in self.lines:
-            if line.startswith("#Source ") and ":" in line:
-                return line.split(":", 1)[1].strip()
-        return None
-
-    @property
-    def start_time(self) -> str | None:
-        """The `#Start-Time:` value as written (free text in this dataset)."""
-        return self.field("Start-Time")
-
-
-def _parse_header(buf: bytes | mmap.mmap, path: Path) -> AedatHeader:
-    match = _VERSION_LINE.match(buf, 0)
-    if match is None:
-        first = bytes(buf[:40]).split(b"\n", 1)[0]
-        raise AedatError(
-            f"{path}: not an AEDAT 3.x file: byte 0 starts with {first!r}, expected '#!AER-DAT3.1'"
-        )
-    lines = []
-    pos = 0
-    while True:
-        end = buf.find(b"\n", pos)
-        if end < 0 or buf[pos : pos + 1] != b"#":
-            raise AedatError(
-                f"{path}: no {END_HEADER} line: the header ends at byte {pos} "
-                f"(file size {len(buf)}); the file is truncated or not AEDAT 3.1"
-            )
-        line = bytes(buf[pos:end]).rstrip(b"\r").decode("ascii", errors="replace")
-        lines.append(line)
-        pos = end + 1
-        if line == END_HEADER:
-            break
-    return AedatHeader(f"3.{match.group(1).decode()}", tuple(lines), pos)
-
-
-def read_header(path: str | os.PathLike[str]) -> AedatHeader:
-    """Parse the header of an AEDAT 3.x file (reads only as far as `#!END-HEADER`)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise AedatError(f"{path}: empty file at byte 0, expected '#!AER-DAT3.1'")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return _parse_header(mm, path)
-
-
-def _walk(
-    mm: mmap.mmap, pos: int, path: Path, max_events: int | None, max_bytes: int | None = None
-) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Walk the packet headers from byte `pos` until the end of the file, until the polarity
-    packets seen hold at least `max_events` events, or until the walk has passed `max_bytes` of
-    the file. Return (polarity packets as (payload offset, eventNumber, eventCapacity,
-    eventTSOverflow), byte offset where the walk stopped). Other packet types are skipped by
-    their declared size. One Python step per packet (packets hold thousands of events), except
-    over runs of empty packets, which `_skip_empty` steps over in bulk."""
-    size = len(mm)
-    stop = size if max_bytes is None else min(size, pos + max_bytes)
-    rows = []
-    events = 0
-    unpack = PACKET_HEADER.unpack_from
-    while pos < stop and (max_events is None or events < max_events):
-        if size - pos < PACKET_HEADER.size:
-            raise AedatError(
-                f"{path}: truncated packet header at byte {pos}: {size - pos} bytes left, "
-                f"{PACKET_HEADER.size} needed"
-            )
-        etype, _src, esize, _tsoff, overflow, capacity, number, _valid = unpack(mm, pos)
-        payload = capacity * esize
-        if payload == 0 and _nothing_to_check(etype, esize, number):
-            pos = _skip_empty(mm, pos + PACKET_HEADER.size, stop)
-            continue
-        if pos + PACKET_HEADER.size + payload > size:
-            raise AedatError(
-                f"{path}: packet at byte {pos} declares {capacity} x {esize} bytes of events "
-                f"but only {size - pos - PACKET_HEADER.size} bytes remain (truncated file)"
-            )
-        if etype == POLARITY_EVENT:
-            if esize != POLARITY_EVENT_SIZE:
-                raise AedatError(
-                    f"{path}: polarity packet at byte {pos} has eventSize {esize}, "
-                    f"expected {POLARITY_EVENT_SIZE}"
-                )
-            if number > capacity:
-                raise AedatError(
-                    f"{path}: packet at byte {pos} has eventNumber {number} > "
-                    f"eventCapacity {capacity}"
-                )
-            if number:
-                rows.append((pos + PACKET_HEADER.size, number, capacity, overflow))
-                events += number
-        pos += PACKET_HEADER.size + payload
-    return rows, pos
-
-
-def _nothing_to_check(etype: Any, esize: Any, number: Any) -> Any:
-    """Whether an empty packet (eventCapacity or eventSize 0) passes `_walk`'s checks: any type
-    but polarity, or a polarity packet with eventSize 8 and eventNumber 0. Python ints or numpy
-    arrays of them."""
-    return (etype != POLARITY_EVENT) | ((esize == POLARITY_EVENT_SIZE) & (number == 0))
-
-
-def _skip_empty(mm: mmap.mmap, pos: int, stop: int) -> int:
-    """The byte offset of the first packet header at or after `pos` that is not an empty packet
-    passing `_walk`'s checks or, when every whole header before `stop` is one, the offset after
-    the last of them. Headers are read as [n, 7] uint32 arrays of 16, then 256, ... up to 65,536
-    at a time (1.8 MB), so a zero-filled stretch (a 28-byte header of zeros declares
-    eventCapacity 0, eventSize 0) costs one numpy step per 1.8 MB, not one Python step per 28
-    bytes."""
-    n = 16
-    while True:
-        n = min(n, (stop - pos) // PACKET_HEADER.size, 1 << 16)
-        if n <= 0:
-            return pos
-        # [n, 7] words: type | source << 16, size, TS offset, overflow, capacity, number, valid
-        head = np.frombuffer(mm, "<u4", count=7 * n, offset=pos).reshape(n, 7)
-        etype, esize, capacity, number = head[:, 0] & 0xFFFF, head[:, 1], head[:, 4], head[:, 5]
-        empty = ((capacity == 0) | (esize == 0)) & _nothing_to_check(etype, esize, number)
-        del head, etype, esize, capacity, number  # no export of the map outlives the step
-        k = n if empty.all() else int(np.argmin(empty))  # the first header that is not
-        pos += k * PACKET_HEADER.size
-        if k < n:
-            return pos
-        n *= 16
-
-
-def _polarity_packets(
-    mm: mmap.mmap, start: int, path: Path, max_events: int | None = None
-) -> tuple[np.ndarray, int]:
-    """`_walk` as arrays: ([K, 3] int64 rows (payload offset, eventNumber, eventTSOverflow) of
-    the polarity packets, byte offset where the walk stopped)."""
-    rows, pos = _walk(mm, start, path, max_events)
-    packets = np.array(rows, dtype=np.int64).reshape(-1, 4)
-    return packets[:, [0, 1, 3]], pos
 
 
 def unpack_data(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Polarity data words (uint32) -> x uint16, y uint16, p uint8."""
-    x = np.empty(len(data), np.uint16)
-    y = np.empty(len(data), np.uint16)
+    x, y = np.empty(len(data), np.uint16), np.empty(len(data), np.uint16)
     p = np.empty(len(data), np.uint8)
     unpack_into(data, x, y, p)
     return x, y, p
@@ -255,10 +101,6 @@ class ReadBuffers:
             self.t = np.empty(events, np.int64)
             self.data = np.empty(events, np.uint32)
 
-    def reserve_raw(self, size: int) -> None:
-        if len(self.raw) < size:
-            self.raw = bytearray(size)
-
 
 def iter_words(
     path: str | os.PathLike[str],
@@ -270,44 +112,45 @@ def iter_words(
     """The polarity events of an AEDAT 3.x file in file order, as chunks of (t int64 µs [n],
     data uint32 [n]) of at most about `chunk_events` events (a packet is never split): the
     undecoded form, cheapest to cut (see `unpack_into`). Memory stays a window plus one chunk
-    whatever the file size: the file is memory-mapped, a chunk's packets are found within at
-    most `WINDOW_BYTES` of it (a file with few events gives smaller chunks), and its pages are
-    unmapped once the chunk is decoded (they stay in the page cache). Runs of empty packets (a
-    zero-filled stretch reads as 28-byte headers declaring no events) are stepped over with
-    numpy, at several GB/s, not one Python step per packet.
+    whatever the file size: the file is memory-mapped, a chunk's packets are found within
+    `WINDOW_BYTES` of it, and its pages are unmapped once it is decoded.
 
     A chunk's arrays live in `buffers` (fresh ones if None) and are overwritten by the next
     chunk: copy what you keep. `digest` (a hashlib object), if given, is updated with every
     byte of the file in order, so that one pass over the file both hashes and decodes it.
 
-    Each polarity packet contributes its first `eventNumber` slots (slots beyond it are unused
-    capacity), minus the events whose valid bit is 0. Timestamps are
-    `timestamp | eventTSOverflow << 31`. Raises AedatError (file + byte offset) on bad input.
-    """
+    Each polarity packet contributes its first `eventNumber` slots minus the events whose valid
+    bit is 0; timestamps are `timestamp | eventTSOverflow << 31`. Raises AedatError (file and
+    byte offset) on bad input."""
     if chunk_events < 1:
         raise InputError(f"chunk_events must be >= 1, got {chunk_events}")
     path = Path(path)
     buffers = ReadBuffers() if buffers is None else buffers
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise AedatError(f"{path}: empty file at byte 0, expected '#!AER-DAT3.1'")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = _parse_header(mm, path).data_offset
-            _hash(digest, mm, 0, pos)
-            while pos < size:
-                packets, end = _walk(mm, pos, path, chunk_events, WINDOW_BYTES)
-                _hash(digest, mm, pos, end)  # before the decode: then the pages are mapped
-                if packets:
-                    yield _decode_packets(mm, packets, buffers)
-                _release(mm, pos, end)
-                pos = end
+    with open(path, "rb") as f, open_map(f, path) as mm:
+        for packets in _chunks(mm, path, chunk_events, digest):
+            yield _decode_packets(mm, packets, buffers)
+
+
+def _chunks(
+    mm: mmap.mmap, path: Path, chunk_events: int, digest: Any = None
+) -> Iterator[list[Packet]]:
+    """The polarity packets of the mapped file, about `chunk_events` events at a time; each
+    chunk's bytes are fed to `digest` before it is decoded (its pages are mapped then), and
+    released once the caller asks for the next."""
+    pos = parse_header(mm, path).data_offset
+    _hash(digest, mm, 0, pos)
+    while pos < len(mm):
+        packets, end = walk_packets(mm, pos, path, chunk_events, WINDOW_BYTES)
+        _hash(digest, mm, pos, end)
+        if packets:
+            yield packets
+        release(mm, pos, end)
+        pos = end
 
 
 def _hash(digest: Any, mm: mmap.mmap, start: int, end: int) -> None:
     """Feed bytes [start, end) of the map to `digest`. A stretch longer than the window (one
-    packet of another type declaring gigabytes) is released window by window as it is hashed;
-    the decode maps back the few pages it needs."""
+    packet of another type declaring gigabytes) is released window by window as it is hashed."""
     if digest is None:
         return
     with memoryview(mm) as view:  # no copy
@@ -315,39 +158,21 @@ def _hash(digest: Any, mm: mmap.mmap, start: int, end: int) -> None:
             b = min(a + WINDOW_BYTES, end)
             digest.update(view[a:b])
             if end - start > WINDOW_BYTES:
-                _release(mm, a, b)
-
-
-def _release(mm: mmap.mmap, start: int, end: int) -> None:
-    """Unmap the pages of [start, end) that are done with, so that the resident size stays one
-    chunk however large the file (they stay in the page cache)."""
-    if hasattr(mmap, "MADV_DONTNEED"):  # Linux and most Unixes
-        lo, hi = start // mmap.PAGESIZE * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-        if hi > lo:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-
-def iter_events(
-    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
-) -> Iterator[np.ndarray]:
-    """`iter_words`, decoded: EVENT_DTYPE chunks in file order."""
-    for t, data in iter_words(path, chunk_events=chunk_events):
-        yield decode_words(t, data)
+                release(mm, a, b)
 
 
 def _decode_packets(
-    mm: mmap.mmap, packets: list[tuple[int, int, int, int]], buffers: ReadBuffers
+    mm: mmap.mmap, packets: list[Packet], buffers: ReadBuffers
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t int64, data uint32) of the valid events of these polarity packets of the map, in file
     order, as views of buffers.t and buffers.data: copied out of the map with strided views,
     nothing else allocated."""
     rows = np.array(packets, dtype=np.int64)  # [K, (payload offset, number, capacity, overflow)]
     offsets, numbers, capacities, overflows = rows.T
-    n = int(numbers.sum())
+    n, k = int(numbers.sum()), len(rows)
     buffers.reserve(n)
     t, data = buffers.t[:n], buffers.data[:n]
-    first, k = int(offsets[0]), len(rows)
-    stride = PACKET_HEADER.size + POLARITY_EVENT_SIZE * int(numbers[0])
+    head, stride = PACKET_HEADER.size, PACKET_HEADER.size + POLARITY_EVENT_SIZE * int(numbers[0])
     if (
         (numbers == capacities).all()
         and (numbers == numbers[0]).all()
@@ -355,21 +180,22 @@ def _decode_packets(
     ):
         # Back-to-back full packets of one size (the dataset's form): one strided view of
         # all their payloads, [K, events, (data, timestamp)] words, and two copies.
-        head = PACKET_HEADER.size
-        words = np.frombuffer(mm, "<u4", count=k * stride // 4, offset=first - head)
+        words = np.frombuffer(mm, "<u4", count=k * stride // 4, offset=int(offsets[0]) - head)
         words = words.reshape(k, stride // 4)[:, head // 4 :].reshape(k, -1, 2)
         t.reshape(k, -1)[...] = words[:, :, 1]
         data.reshape(k, -1)[...] = words[:, :, 0]
     else:
         # Packets of varying sizes (recorders close a packet after a time span): gather the
         # payloads with one memory copy each, the cheapest Python step per packet, then split.
-        size = POLARITY_EVENT_SIZE
-        buffers.reserve_raw(n * size)
+        if len(buffers.raw) < n * POLARITY_EVENT_SIZE:
+            buffers.raw = bytearray(n * POLARITY_EVENT_SIZE)
         with memoryview(mm) as src, memoryview(buffers.raw) as dst:
             a = 0
-            for o, m in zip(offsets.tolist(), numbers.tolist(), strict=True):
-                dst[a : a + m * size] = src[o : o + m * size]
-                a += m * size
+            for o, m in zip(
+                offsets.tolist(), (numbers * POLARITY_EVENT_SIZE).tolist(), strict=True
+            ):
+                dst[a : a + m] = src[o : o + m]
+                a += m
         words = np.frombuffer(buffers.raw, "<u4", count=2 * n).reshape(n, 2)
         t[...] = words[:, 1]
         data[...] = words[:, 0]
@@ -383,6 +209,14 @@ def _decode_packets(
         t[:m], data[:m] = t[valid], data[valid]
         t, data = t[:m], data[:m]
     return t, data
+
+
+def iter_events(
+    path: str | os.PathLike[str], *, chunk_events: int = DEFAULT_CHUNK_EVENTS
+) -> Iterator[np.ndarray]:
+    """`iter_words`, decoded: EVENT_DTYPE chunks in file order."""
+    for t, data in iter_words(path, chunk_events=chunk_events):
+        yield decode_words(t, data)
 
 
 def read_events(
@@ -403,12 +237,9 @@ def first_off_sensor(
     of an AEDAT 3.x file that lies off a sensor of `sensor` (height, width) pixels, or None.
     For error messages: it reads the file again, one Python step per polarity packet."""
     height, width = sensor
-    path = Path(path)
-    index = 0
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        pos = _parse_header(mm, path).data_offset
-        while pos < len(mm):
-            packets, end = _walk(mm, pos, path, DEFAULT_CHUNK_EVENTS, WINDOW_BYTES)
+    path, index = Path(path), 0
+    with open(path, "rb") as f, open_map(f, path) as mm:
+        for packets in _chunks(mm, path, DEFAULT_CHUNK_EVENTS):
             for offset, number, _capacity, _overflow in packets:
                 # The data words of the packet's events (a copy: no export of the map survives).
                 data = np.frombuffer(mm, "<u4", count=2 * number, offset=offset)[::2].copy()
@@ -420,6 +251,4 @@ def first_off_sensor(
                     found = index + int(valid[:k].sum())
                     return found, offset + POLARITY_EVENT_SIZE * k, int(x[k]), int(y[k])
                 index += int(valid.sum())
-            _release(mm, pos, end)
-            pos = end
     return None

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.errors import InputError
 from dvsgkit.fs import atomic_file
-from dvsgkit.io.aedat import (
+from dvsgkit.io.aedat_format import (
     END_HEADER,
     P_SHIFT,
     PACKET_HEADER,
@@ -45,23 +44,18 @@ def packet_header(
     capacity: int,
     *,
     number: int | None = None,
-    valid: int | None = None,
     ts_overflow: int = 0,
-    source: int = 1,
-    ts_offset: int = 4,
 ) -> bytes:
-    """The 28-byte header of one packet (number and valid default to capacity)."""
+    """The 28-byte header of one packet of source 1 (eventNumber and eventValid default to
+    `capacity`)."""
     number = capacity if number is None else number
-    valid = number if valid is None else valid
-    return PACKET_HEADER.pack(
-        event_type, source, event_size, ts_offset, ts_overflow, capacity, number, valid
-    )
+    return PACKET_HEADER.pack(event_type, 1, event_size, 4, ts_overflow, capacity, number, number)
 
 
 class AedatWriter:
     """Write an AEDAT 3.1 file in chunks, atomically: events go to a temporary file beside it
-    (see `dvsgkit.fs`), renamed to `path` only when the `with`
-    block ends without an exception.
+    (`dvsgkit.fs.atomic_file`), renamed to `path` only when the `with` block ends without an
+    exception.
 
         with AedatWriter(path) as w:
             w.write(events)          # EVENT_DTYPE, any number of calls, in file order
@@ -95,42 +89,29 @@ class AedatWriter:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._file is None:
-            return
+    def __exit__(self, *exc_info: Any) -> None:
         self._file = None
         # Closes the file, then renames it onto `path`, or deletes it after an exception.
-        self._stack.__exit__(exc_type, exc, tb)
+        self._stack.__exit__(*exc_info)
 
     def write_raw(self, data: bytes) -> None:
         """Append bytes as they are (a hand-made packet, e.g. in tests)."""
-        if self._file is None:
-            raise RuntimeError("AedatWriter.write_raw outside its `with` block")
-        self._file.write(data)
+        self._open().write(data)
 
     def write(self, events: np.ndarray) -> None:
         """Append events as full polarity packets of `packet_events` (the last may be smaller);
         a packet never spans two eventTSOverflow values."""
-        if self._file is None:
-            raise RuntimeError("AedatWriter.write outside its `with` block")
+        out = self._open()
         if events.dtype != EVENT_DTYPE:
             raise InputError(f"events must have dtype EVENT_DTYPE, got {events.dtype}")
-        if len(events) == 0:
-            return
-        t = events["t"]
-        if t.min() < 0:
-            raise InputError(f"timestamps must be >= 0, got {t.min()}")
-        overflow = t >> 31
-        cuts = np.flatnonzero(np.diff(overflow)) + 1
-        for run in np.split(np.arange(len(events)), cuts):
-            self._write_run(events[run[0] : run[-1] + 1], int(overflow[run[0]]))
+        if len(events) and events["t"].min() < 0:
+            raise InputError(f"timestamps must be >= 0, got {events['t'].min()}")
+        overflow = events["t"] >> 31
+        for run in np.split(events, np.flatnonzero(np.diff(overflow)) + 1):
+            if len(run):
+                self._write_run(out, run, int(run["t"][0] >> 31))
 
-    def _write_run(self, events: np.ndarray, overflow: int) -> None:
+    def _write_run(self, out: BinaryIO, events: np.ndarray, overflow: int) -> None:
         k = self.packet_events
         words = encode_polarity(events)
         full = len(events) // k
@@ -139,11 +120,16 @@ class AedatWriter:
             block = np.empty((full, 7 + 2 * k), dtype="<u4")  # [packets, header words + events]
             block[:, :7] = header
             block[:, 7:] = words[: full * k].reshape(full, 2 * k)
-            self._file.write(block.tobytes())
+            out.write(block.tobytes())
         rest = words[full * k :]
         if len(rest):
-            self._file.write(packet_header(POLARITY_EVENT, 8, len(rest), ts_overflow=overflow))
-            self._file.write(rest.tobytes())
+            out.write(packet_header(POLARITY_EVENT, 8, len(rest), ts_overflow=overflow))
+            out.write(rest.tobytes())
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            raise RuntimeError("AedatWriter used outside its `with` block")
+        return self._file
 
 
 def write_aedat(

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dvsgkit.constants import (
     ARCHIVE_NAME,
@@ -22,13 +23,15 @@ from dvsgkit.constants import (
     RESOURCES,
     Resource,
 )
-from dvsgkit.fs import atomic_file, write_text
+from dvsgkit.errors import storage_errors
+from dvsgkit.fs import atomic_file, make_folder, write_text
 
 VERIFY_CACHE = ".dvsgkit-md5.json"  # in ROOT/download/: name -> {size, mtime_ns, md5}
+# What a fetch has received so far, kept under this fixed name so that a later run resumes it.
 PARTIAL_SUFFIX = ".partial"
-CHUNK = (
-    4 << 20
-)  # 4 MiB: big enough for hashlib/disk throughput, small enough for a live progress bar
+# 4 MiB: big enough for hashlib and disk throughput, small enough for a live progress bar.
+CHUNK = 4 << 20
+SPACE_FIX = "free some space, or use another --root"
 
 VERIFIED, MISSING, CORRUPT = "verified", "missing", "corrupt"
 
@@ -54,21 +57,21 @@ def download_dir(root: Path) -> Path:
     return Path(root) / DOWNLOAD_DIR
 
 
-def md5_file(path: Path, *, chunk: int = CHUNK, progress: bool = False) -> str:
-    """Hex md5 of a file, read in `chunk`-byte pieces (constant memory for the 3 GB archive)."""
+def byte_bar(total: int | None, desc: str, progress: bool, initial: int = 0) -> Any:
+    """A tqdm bar counting bytes (on stderr, gone when done), or a silent one."""
     from tqdm import tqdm
 
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc,
+                disable=not progress, leave=False)  # fmt: skip
+
+
+def md5_file(path: Path, *, chunk: int = CHUNK, progress: bool = False) -> str:
+    """Hex md5 of a file, read in `chunk`-byte pieces (constant memory for the 3 GB archive)."""
     digest = hashlib.md5()
+    name = Path(path).name.removesuffix(PARTIAL_SUFFIX)
     with (
         open(path, "rb") as f,
-        tqdm(
-            total=os.fstat(f.fileno()).st_size,
-            unit="B",
-            unit_scale=True,
-            desc=f"md5 {Path(path).name.removesuffix(PARTIAL_SUFFIX)}",
-            disable=not progress,
-            leave=False,
-        ) as bar,
+        byte_bar(os.fstat(f.fileno()).st_size, f"md5 {name}", progress) as bar,
     ):
         while block := f.read(chunk):
             digest.update(block)
@@ -193,12 +196,10 @@ def manual_steps(root: Path, statuses: Sequence[FileStatus]) -> str:
 
 def install_mapping(root: Path) -> Path:
     """Copy the verified ROOT/download/gesture_mapping.csv to ROOT/extract/, where the SpikingJelly
-    layout keeps it beside DvsGesture/. Atomic: copy to a .partial, then rename."""
-    src = download_dir(root) / MAPPING_NAME
-    dest = Path(root) / EXTRACT_DIR / MAPPING_NAME
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(dest) as tmp:
-        shutil.copyfile(src, tmp)
+    layout keeps it beside DvsGesture/, atomically."""
+    dest = make_folder(Path(root) / EXTRACT_DIR, SPACE_FIX) / MAPPING_NAME
+    with storage_errors(dest, "write", SPACE_FIX), atomic_file(dest) as tmp:
+        shutil.copyfile(download_dir(root) / MAPPING_NAME, tmp)
     return dest
 
 

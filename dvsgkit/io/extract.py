@@ -17,13 +17,13 @@ from dvsgkit import __version__
 from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.fs import require_free, scratch_dir, swap_in, sweep, write_text
 from dvsgkit.fs.lock import build_lock, lock_of, to_stderr
+from dvsgkit.io.download import SPACE_FIX, byte_bar
 
 MARKER = ".dvsgkit-extracted.json"  # written last: its presence means the extraction completed
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What to do about an archive that its verified md5 no longer describes (edited in place with
 # its size and mtime kept, which the md5 cache trusts) or that cannot be read.
 RECHECK = "check it with 'dvsgkit download --rehash', or delete it and download it again"
-SPACE_FIX = "free some space, or use another --root"
 
 
 class ArchiveError(InputError):
@@ -104,22 +104,10 @@ def _extract_into(archive: Path, root: Path, progress: bool, archive_md5: str) -
     """Stream `archive` into the empty folder `root`, checking each member before writing it,
     and the md5 of every byte read against `archive_md5` at the end. An archive that cannot be
     read raises ArchiveError naming it, the byte reached and the fix."""
-    from tqdm import tqdm
-
     done = _Extracted()
     digest = hashlib.md5()
     size = archive.stat().st_size
-    with (
-        open(archive, "rb") as raw,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"extract {archive.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar,
-    ):
+    with open(archive, "rb") as raw, byte_bar(size, f"extract {archive.name}", progress) as bar:
 
         class _Counting:
             """Feeds the progress bar and the md5 with the compressed bytes tarfile reads."""

@@ -12,17 +12,20 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from dvsgkit import __version__
 from dvsgkit.constants import Resource
-from dvsgkit.errors import DvsgkitError, InputError, NotFound
+from dvsgkit.errors import DvsgkitError, InputError, NotFound, storage_errors
+from dvsgkit.fs import make_folder
 from dvsgkit.io.download import (
     CHUNK,
     PARTIAL_SUFFIX,
+    SPACE_FIX,
     VERIFIED,
     FileStatus,
     VerifyCache,
+    byte_bar,
     download_dir,
     md5_file,
 )
@@ -127,26 +130,17 @@ def _transfer_once(
     progress: bool,
 ) -> None:
     """One attempt: append to (or restart) `partial` from what the source sends."""
-    from tqdm import tqdm
-
     have = partial.stat().st_size if partial.exists() else 0
     stream, start, total = opener(have)
     if stream is None:
         return  # the source has nothing after what we hold: verify it
     written = start
     try:
-        with (
+        with (  # a full disk is one line, and stops every fetch
             stream,
+            storage_errors(partial, "write", SPACE_FIX),
             open(partial, "ab" if start else "wb") as out,
-            tqdm(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                desc=desc,
-                disable=not progress,
-                leave=False,
-            ) as bar,
+            byte_bar(total, desc, progress, initial=start) as bar,
         ):
             while block := stream.read(CHUNK):
                 out.write(block)
@@ -176,8 +170,7 @@ def fetch_resource(
     with the wrong md5 is deleted, never renamed; when a resumed file fails, the stale head of the
     .partial may be the culprit, so it is fetched once more from byte 0 before giving up."""
     kind, base = resolve_source(source)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / resource.name
+    final = make_folder(dest_dir, SPACE_FIX) / resource.name
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     if kind == "url":
         where = f"{base}/{urllib.parse.quote(resource.name)}"
@@ -225,14 +218,11 @@ def fetch_missing(
     root: Path,
     source: str,
     statuses: Sequence[FileStatus],
-    *,
-    retry_delays: Sequence[float] = RETRY_DELAYS,
-    timeout: float = TIMEOUT,
-    progress: bool = True,
+    **options: Any,
 ) -> list[FileStatus]:
-    """Fetch every resource not yet verified; return the new states, with `error` on failures.
-
-    One failing file does not stop the others: the user sees every problem in one run."""
+    """Fetch every resource not yet verified (`options` as `fetch_resource` takes them); return
+    the new states, with `error` on failures. One failing file does not stop the others: the
+    user sees every problem in one run (a full disk stops all: StorageError)."""
     resolve_source(source)  # a bad --from is one error, not four
     out = []
     for s in statuses:
@@ -240,14 +230,7 @@ def fetch_missing(
             out.append(s)
             continue
         try:
-            path = fetch_resource(
-                s.resource,
-                source,
-                download_dir(root),
-                retry_delays=retry_delays,
-                timeout=timeout,
-                progress=progress,
-            )
+            path = fetch_resource(s.resource, source, download_dir(root), **options)
         except DownloadError as exc:
             partial = s.path.with_name(s.path.name + PARTIAL_SUFFIX)
             kept = partial.stat().st_size if partial.exists() else 0

@@ -43,7 +43,7 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
 
     The first line is the header `class,startTime_usec,endTime_usec`; blank lines are skipped.
     Classes must be 1..11 and 0 <= start <= end; rows may come in any order, repeat a class and
-    overlap. Raises ValueError naming the file, the line and the data row on bad input.
+    overlap. Raises InputError naming the file, the line and the data row on bad input.
     """
     path = Path(path)
     lines = _text(path, "labels file").splitlines()  # CRLF and LF alike
@@ -98,7 +98,7 @@ def recording_key(folder: str | os.PathLike[str], name: str) -> str:
 def read_trials_numbered(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     """(1-based line number, recording name) of a `trials_to_{train,test}.txt` list, in order
     (blanks skipped). A recording listed twice, under any spelling (`recording_key`), would
-    duplicate its samples: ValueError naming the file, both lines and both names."""
+    duplicate its samples: InputError naming the file, both lines and both names."""
     path = Path(path)
     lines = [line.strip() for line in _text(path, "trials list").splitlines()]
     numbered = [(lineno, name) for lineno, name in enumerate(lines, start=1) if name]

@@ -40,7 +40,7 @@ def parse_duration(text: str | float, what: str = "duration", *, allow_zero: boo
 
 
 def check_recording(path: Path) -> None:
-    """Raise RecordingError for a file type dvsgkit cannot read, FileNotFoundError for no file."""
+    """Raise RecordingError for a file type dvsgkit cannot read, NotFound for no file."""
     if path.suffix.lower() not in SUFFIXES:
         raise RecordingError(
             f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat) or "
@@ -62,32 +62,25 @@ def iter_recording(
     `.aedat` (AEDAT 3.1) and `.h5`/`.hdf5` (datasets t, x, y, p at the file's root) are read a
     chunk at a time, so memory stays bounded whatever the file size; `.npz` (arrays t, x, y, p,
     as `np.savez` writes them) is loaded whole. Timestamps are microseconds. Raises
-    RecordingError naming the file (and the byte offset or event index) on bad input, and when
-    the file holds no event at all. With `time_order`, also at the first event whose timestamp
-    is earlier than the one before it (a clock reset, files joined, shuffled events): readers
-    that stream by time would otherwise lose such events without a word."""
+    RecordingError (AedatError for an .aedat's bytes) naming the file and the byte offset or
+    event index on bad input, and when the file holds no event. With `time_order`, also at the
+    first event earlier than the one before it (a clock reset, files joined, shuffled events):
+    readers that stream by time would otherwise lose such events without a word."""
     path = Path(path)
     check_recording(path)
     suffix = path.suffix.lower()
     if suffix in AEDAT_SUFFIXES:
         chunks = iter_events(path, chunk_events=chunk_events)
-    elif suffix in NPZ_SUFFIXES:
-        chunks = _iter_npz(path, chunk_events)
     else:
-        chunks = iter_h5_events(path, chunk_events)
+        chunks = (_iter_npz if suffix in NPZ_SUFFIXES else iter_h5_events)(path, chunk_events)
     seen, last_t = 0, -1
-    try:
-        for chunk in chunks:
-            _check_chunk(path, chunk, seen)
-            if time_order:
-                last_t = _check_time_order(path, chunk, seen, last_t)
-            seen += len(chunk)
-            if len(chunk):
-                yield chunk
-    except RecordingError:
-        raise
-    except ValueError as exc:  # AedatError and the array readers' errors name the file already
-        raise RecordingError(str(exc)) from exc
+    for chunk in chunks:  # AedatError and the array readers' errors name the file already
+        _check_chunk(path, chunk, seen)
+        if time_order:
+            last_t = _check_time_order(path, chunk, seen, last_t)
+        seen += len(chunk)
+        if len(chunk):
+            yield chunk
     if seen == 0:
         raise RecordingError(f"{path}: the recording holds no events")
 

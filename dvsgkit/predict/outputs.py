@@ -11,16 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
+from dvsgkit.constants import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
 from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.fs import atomic_file, make_folder, probe_writable
 from dvsgkit.predict.windows import Prediction
 
-RATE_COLUMNS = tuple(
-    "rate_" + name.replace(" ", "_").replace("-", "_") for name in CLASS_NAMES
-)  # rate_hand_clapping, ..., rate_other_gestures
+RATE_COLUMNS = tuple(f"rate_{key}" for key in CLASS_KEYS)  # rate_hand_clapping, ...
 CSV_COLUMNS = ("start_us", "end_us", "start_s", "events", "predicted", "name", "true_label",
                *RATE_COLUMNS)  # fmt: skip
 SUFFIXES = {"csv": "_predictions.csv", "json": "_predictions.json", "png": "_timeline.png"}
@@ -40,7 +36,7 @@ def output_paths(
 def plan_outputs(
     recordings: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR
 ) -> list[dict[str, Path]]:
-    """`output_paths` of each recording, checked before any recording runs: ValueError when two
+    """`output_paths` of each recording, checked before any recording runs: InputError when two
     would write the same files; `out_dir` is created, and StorageError names it (or the first
     file) when files cannot be made there (read-only, no permission, a file in the way)."""
     plans = [output_paths(recording, out_dir) for recording in recordings]
@@ -78,6 +74,7 @@ def to_csv(pred: Prediction) -> str:
 
 
 def to_dict(pred: Prediction) -> dict[str, Any]:
+    """The JSON document: the recipe, the windows, and the score (docs/predict.md)."""
     truth = pred.window_labels()
     windows = [
         {
@@ -94,7 +91,10 @@ def to_dict(pred: Prediction) -> dict[str, Any]:
     return {
         "recording": pred.recording,
         "checkpoint": pred.checkpoint,
-        **{key: pred.meta.get(key) for key in ("source", "epoch", "T", "split_by", "channels")},
+        "source": pred.meta.get("source"),
+        "epoch": pred.meta.get("epoch"),
+        **pred.frames.to_dict(),  # T, split_by
+        "channels": pred.meta.get("channels"),
         "windows_mode": pred.mode,
         "window_us": pred.window_us,
         "hop_us": pred.hop_us,
@@ -111,7 +111,7 @@ def summary(pred: Prediction) -> str:
     labels how many windows and gestures are right out of how many were scored."""
     line = f"{pred.recording}: {len(pred.starts)} windows"
     if pred.few_events:
-        line += f" ({pred.few_events} with fewer than T={pred.meta['T']} events)"
+        line += f" ({pred.few_events} with fewer than T={pred.frames.T} events)"
     s = pred.score
     if s is not None:
         if s["window_accuracy"] is not None:
@@ -129,14 +129,6 @@ def summary(pred: Prediction) -> str:
             unscored = len(s["gestures"]) - s["gestures_scored"]
             line += f"; {unscored} shorter than a window, not scored)" if unscored else ")"
     return line
-
-
-def plot_timeline(pred: Prediction, path: Path) -> Path:
-    """`timeline_figure` as a PNG, written under a temporary name and renamed."""
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        _save_png(pred, tmp)
-    return path
 
 
 def timeline_figure(pred: Prediction) -> Any:
@@ -204,36 +196,10 @@ def write_outputs(
         for kind, path in paths.items():
             tmp = stack.enter_context(atomic_file(path))
             with storage_errors(path, "write", WRITE_FIX):
-                _WRITERS[kind](pred, tmp)
+                if kind == "png":
+                    timeline_figure(pred).savefig(tmp, format="png", dpi=100)
+                elif kind == "csv":
+                    tmp.write_text(to_csv(pred), encoding="utf-8")
+                else:
+                    tmp.write_text(json.dumps(to_dict(pred), indent=1) + "\n", encoding="utf-8")
     return paths
-
-
-def _save_csv(pred: Prediction, path: Path) -> None:
-    path.write_text(to_csv(pred), encoding="utf-8")
-
-
-def _save_json(pred: Prediction, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(pred), indent=1) + "\n", encoding="utf-8")
-
-
-def _save_png(pred: Prediction, path: Path) -> None:
-    timeline_figure(pred).savefig(path, format="png", dpi=100)
-
-
-_WRITERS = {"csv": _save_csv, "json": _save_json, "png": _save_png}
-
-
-def read_predictions_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """A predictions CSV back as columns (numbers as arrays; name as strings)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    out: dict[str, np.ndarray] = {}
-    for column in CSV_COLUMNS:
-        values = [row[column] for row in rows]
-        if column == "name":
-            out[column] = np.array(values)
-        elif column in ("start_s", *RATE_COLUMNS):
-            out[column] = np.array(values, dtype=np.float64)
-        else:
-            out[column] = np.array([int(v) if v else -1 for v in values], dtype=np.int64)
-    return out

@@ -1,16 +1,16 @@
-"""Classify the gestures of a recording: windows of events -> frames -> a trained network."""
+"""Classify the gestures of a recording: windows of its events -> frames (a FrameSpec) -> a
+trained network -> a Prediction, scored against a labels CSV when there is one."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.errors import InputError, NotFound
 from dvsgkit.frames import FrameSpec, integrate_many
@@ -35,7 +35,8 @@ class Prediction:
 
     recording: str
     checkpoint: str
-    meta: dict[str, Any]  # load_net's: source, epoch, T, split_by, channels
+    meta: dict[str, Any]  # load_net's: source, epoch, channels, ...
+    frames: FrameSpec  # what each window's events became
     mode: str  # "sliding" or "labels"
     window_us: int | None  # sliding mode only
     hop_us: int | None
@@ -56,7 +57,7 @@ class Prediction:
     def few_events(self) -> int:
         """Windows with fewer events than T frames: all in the last frame (none: empty frames),
         as the frame store integrates such samples."""
-        return int((self.counts < self.meta["T"]).sum())
+        return int((self.counts < self.frames.T).sum())
 
     def window_labels(self) -> np.ndarray:
         """int64 [K]: the label of the first labelled gesture (in file order) that holds each
@@ -70,6 +71,16 @@ class Prediction:
             inside = (self.starts >= g["start"]) & (self.ends <= g["end"])
             out[inside] = g["label"]
         return out
+
+
+def checkpoint_frames(
+    meta: dict[str, Any], T: int | None = None, split_by: str | None = None
+) -> FrameSpec:
+    """The frames a checkpoint was trained on (`meta` from `load_checkpoint_net`; a SpikingJelly
+    checkpoint records none: FrameSpec's defaults, 16 by number), with -T / --split-by
+    overriding them."""
+    recorded = meta.get("frames") or FrameSpec.from_dict({k: v for k, v in meta.items() if v})
+    return replace(recorded, **{k: v for k, v in (("T", T), ("split_by", split_by)) if v})
 
 
 def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
@@ -162,26 +173,24 @@ def sliding_windows(
 def classify(
     net: Any,
     windows: Iterable[tuple[int, int, np.ndarray]],
-    T: int,
-    split_by: str,
+    frames: FrameSpec,
     *,
     device: Any = "cpu",
     batch_size: int = DEFAULT_BATCH["cpu"],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Integrate each window's events into T frames exactly as the frame store does
+    """Integrate each window's events into `frames` exactly as the frame store does
     (`frames.integrate_many`; a window with fewer than T events has them all in its last
     frame, one with none T empty frames) and run `net` on batches of them: (starts int64 [K],
     ends int64 [K], event counts int64 [K], firing rates float32 [K, 11])."""
     import torch
 
-    spec = FrameSpec(T, split_by)
     starts, ends, counts, rates = [], [], [], []
     batch: list[np.ndarray] = []
 
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
-        frames = integrate_many(np.concatenate(batch), offsets, spec)  # [B, T, 2, H, W]
-        x = torch.from_numpy(frames.astype(np.float32)).to(device)
+        counts = integrate_many(np.concatenate(batch), offsets, frames)  # [B, T, 2, H, W]
+        x = torch.from_numpy(counts.astype(np.float32)).to(device)
         with torch.inference_mode():
             rates.append(net(x).float().cpu().numpy())  # [B, 11]
         batch.clear()
@@ -213,18 +222,16 @@ def predict_recording(
     mode: str = "sliding",
     window_us: int = DEFAULT_WINDOW_US,
     hop_us: int = DEFAULT_HOP_US,
-    T: int | None = None,
-    split_by: str | None = None,
+    frames: FrameSpec | None = None,
     device: Any = "cpu",
     batch_size: int | None = None,
 ) -> Prediction:
-    """Classify one recording with `net` (from `load_checkpoint_net`). Mode "sliding": windows
-    of `window_us` every `hop_us` from the first event; mode "labels": exactly the windows of
-    the `labels` CSV, cut as the event cache cuts its samples. T and split_by default to the
-    checkpoint's (16 / number for a SpikingJelly checkpoint). With `labels`, the prediction is
-    also scored (see `score`). `net` runs as given: pass it through
-    `dvsgkit.model.inference.for_inference` first.
-    `batch_size` defaults to DEFAULT_BATCH of the device type."""
+    """Classify one recording with `net` and its `meta` (from `load_checkpoint_net`; run the net
+    through `dvsgkit.model.inference.for_inference` first). Mode "sliding": windows of
+    `window_us` every `hop_us` from the first event; mode "labels": exactly the windows of the
+    `labels` CSV, cut as the event cache cuts its samples. `frames` defaults to the
+    checkpoint's (`checkpoint_frames`), `batch_size` to DEFAULT_BATCH of the device type.
+    With `labels`, the prediction is also scored (see `score`)."""
     if mode not in WINDOW_MODES:
         raise InputError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
     if mode == "labels" and labels is None:
@@ -234,8 +241,7 @@ def predict_recording(
     path = Path(recording)
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
-    T = T or meta.get("T") or DEFAULTS.T
-    split_by = split_by or meta.get("split_by") or DEFAULTS.split_by
+    frames = frames or checkpoint_frames(meta)
     gestures = read_gestures(labels) if labels is not None else None
     stats: dict[str, int] = {}
     if mode == "labels":  # cut as the event cache cuts: whatever the order of the timestamps
@@ -247,7 +253,7 @@ def predict_recording(
         chunks = iter_recording(path, time_order=True)
         windows = sliding_windows(chunks, window_us, hop_us, stats, where=str(path))
     starts, ends, counts, rates = classify(
-        net, windows, T, split_by, device=device, batch_size=batch_size
+        net, windows, frames, device=device, batch_size=batch_size
     )
     if len(starts) == 0:
         raise RecordingError(
@@ -257,7 +263,8 @@ def predict_recording(
     result = Prediction(
         recording=str(path),
         checkpoint=str(checkpoint),
-        meta={**meta, "T": T, "split_by": split_by},
+        meta=meta,
+        frames=frames,
         mode=mode,
         window_us=window_us if mode == "sliding" else None,
         hop_us=hop_us if mode == "sliding" else None,

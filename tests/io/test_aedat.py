@@ -171,8 +171,8 @@ def test_header_fields(tmp_path: Path) -> None:
     path = write_aedat(tmp_path / "h.aedat", make_events(3), start_time="2017-04-07 10:02:46")
     header = read_header(path)
     assert header.version == "3.1"
-    assert header.source == "DVS128"
-    assert header.start_time == "2017-04-07 10:02:46"
+    assert header.field("Source 1") == "DVS128"
+    assert header.field("Start-Time") == "2017-04-07 10:02:46"
     assert header.lines[0] == "#!AER-DAT3.1" and header.lines[-1] == "#!END-HEADER"
     assert path.read_bytes()[header.data_offset - 14 : header.data_offset] == b"#!END-HEADER\r\n"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dvsgkit.constants import Resource
+from dvsgkit.errors import StorageError
 from dvsgkit.io.download import CORRUPT, MISSING, VERIFIED, check_resources, download_dir
 from dvsgkit.io.fetch import (
     ChecksumError,
@@ -307,3 +308,21 @@ def test_bad_sources_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nowhere is not a directory"):
         resolve_source(str(tmp_path / "nowhere"))
     assert resolve_source("https://lab.example/dvs/") == ("url", "https://lab.example/dvs")
+
+
+def test_a_full_disk_stops_every_fetch_with_one_line_naming_the_partial(tmp_path: Path) -> None:
+    # The .partial is /dev/full: every write fails with ENOSPC, as in a full download folder.
+    src = tmp_path / "mirror"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"aaa")
+    root = tmp_path / "root"
+    download_dir(root).mkdir(parents=True)
+    (download_dir(root) / "a.bin.partial").symlink_to("/dev/full")
+    table = [Resource("a.bin", md5(b"aaa"))]
+    with pytest.raises(StorageError) as err:  # not one file's error among others: it stops
+        fetch_missing(root, str(src), check_resources(root, resources=table), progress=False)
+    assert str(err.value) == (
+        f"cannot write {download_dir(root) / 'a.bin.partial'}: no space left on device; "
+        "free some space, or use another --root"
+    )
+    assert not (download_dir(root) / "a.bin").exists()

@@ -1,0 +1,78 @@
+"""What the predict tests share: a small trained network, its test recording, and events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dvsgkit.constants import EVENT_DTYPE
+from dvsgkit.frames import FrameSpec
+from dvsgkit.io.aedat_writer import write_aedat
+from dvsgkit.io.recordings import iter_recording
+from dvsgkit.samples import dataset_dir, list_recordings
+
+T = 4  # the trained network's frames per window
+
+
+@pytest.fixture(scope="package")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset root, best checkpoint) of a small network trained for 10 epochs on 72 synthetic
+    samples at T=4 (~15 s on 2 cores; it learns: ~2/3 of the held-out recording's samples)."""
+    from dvsgkit.config import TrainConfig
+    from dvsgkit.framestore.build import build_frame_store
+    from dvsgkit.run import BEST
+    from dvsgkit.synth import write_synthetic_dataset
+    from dvsgkit.train import train
+
+    root = tmp_path_factory.mktemp("dvsg")
+    write_synthetic_dataset(root, seed=0, train_trials=6, test_trials=1, events_per_sample=3000)
+    build_frame_store(root, FrameSpec(T, "number"), workers=1, progress=False)
+    config = TrainConfig(T=T, channels=8, batch_size=8, epochs=10, workers=0, device="cpu",
+                         opt="adam", lr=1e-2, lr_scheduler="cosalr", T_max=10, root=str(root),
+                         out_dir=str(root / "runs"), progress=False)  # fmt: skip
+    return root, train(config).run_dir / BEST
+
+
+def _first_test_recording(root: Path) -> tuple[Path, Path]:
+    rec = list_recordings(dataset_dir(root), "test")[0]
+    return rec.aedat, rec.labels
+
+
+@pytest.fixture
+def recording_of() -> Callable[[Path], tuple[Path, Path]]:
+    """recording_of(root): (.aedat, labels CSV) of the first test recording of `root`."""
+    return _first_test_recording
+
+
+@pytest.fixture
+def recording(trained: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(.aedat, labels CSV) of the trained root's test recording (read it, never write it)."""
+    return _first_test_recording(trained[0])
+
+
+@pytest.fixture
+def events_at() -> Callable[..., np.ndarray]:
+    """events_at(t, seed=0): EVENT_DTYPE events at times `t`, random pixels and polarities."""
+
+    def make(t: np.ndarray, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        ev = np.zeros(len(t), EVENT_DTYPE)
+        ev["t"], ev["p"] = t, rng.integers(0, 2, len(t))
+        ev["x"], ev["y"] = rng.integers(0, 128, (2, len(t)))
+        return ev
+
+    return make
+
+
+@pytest.fixture
+def shortened() -> Callable[[Path, Path, int], Path]:
+    """shortened(aedat, out, micros): the first `micros` of a recording, as another .aedat."""
+
+    def cut(aedat: Path, out: Path, micros: int) -> Path:
+        events = np.concatenate(list(iter_recording(aedat)))
+        return write_aedat(out, events[events["t"] < events["t"][0] + micros])
+
+    return cut
