@@ -115,7 +115,7 @@ def spikingjelly_lif() -> tuple[LifFn | None, str]:
     """SpikingJelly 0.0.0.0.14's MultiStepLIFNode(backend='cupy') as a stateless function, or
     None and why not (it is optional here: the table then lacks its columns)."""
     try:
-        from sj_seed import stub_missing_imports  # bench/, beside this script
+        from sj_classify_dvsg import stub_missing_imports  # bench/, beside this script
 
         stub_missing_imports()  # else its CuPy backend is dropped without tensorboard
         version = importlib.metadata.version("spikingjelly")

@@ -1,18 +1,19 @@
 """dvsgkit's LIF, PLIF and networks against the real SpikingJelly 0.0.0.0.14.
 
 Needs SpikingJelly, so it runs in .venv-bench or inside bench/gpu_run.sh (which installs it
-from wheels/), not in CI. The seed example's dataset import (torchvision) is stood in for
-by bench/sj_seed.py:
+from wheels/), not in CI. classify_dvsg's dataset import (torchvision) is stood in for
+by bench/sj_classify_dvsg.py:
 
     .venv-bench/bin/python bench/sj_reference.py    # CPU: LIF, PLIF, PythonNet, DVSGestureNet
     python3 bench/sj_reference.py                   # CUDA + CuPy: also CextNet and cupy
 
 Checks (each prints the largest difference; exit 1 if any fails):
 1. MultiStepLIFNode(backend='torch') == lif_multistep: spikes, input gradients.
-2. The seed's PythonNet, imported with from_spikingjelly: rates equal with SpikingJelly's output
+2. classify_dvsg's PythonNet, imported with from_spikingjelly: rates equal with SpikingJelly's
+   output
    group j at true label SPIKINGJELLY_LABEL_ORDER[j]; input gradients equal; in eval mode (both
    dvsgkit modes) and in train mode (batch statistics + dropout masks from the same seed).
-3. With CUDA and CuPy: the seed's CextNet vs GestureNet(mode="layer", backend="cupy").
+3. With CUDA and CuPy: classify_dvsg's CextNet vs GestureNet(mode="layer", backend="cupy").
 4. activation_based ParametricLIFNode(backend='torch') == plif_multistep: spikes, the gradients
    of x and w, at non-default w.
 5. parametric_lif_net.DVSGestureNet (LIF and PLIF) imported with from_spikingjelly: rates in
@@ -25,7 +26,10 @@ from __future__ import annotations
 import sys
 
 import torch
-from sj_seed import seed_module, stub_missing_imports  # bench/, beside this script
+from sj_classify_dvsg import (
+    classify_dvsg_module,
+    stub_missing_imports,
+)  # bench/, beside this script
 
 from dvsgkit.constants import SPIKINGJELLY_LABEL_ORDER
 from dvsgkit.model import from_spikingjelly
@@ -39,10 +43,10 @@ from spikingjelly.activation_based import surrogate as ab_surrogate  # noqa: E40
 from spikingjelly.activation_based.model import parametric_lif_net  # noqa: E402
 from spikingjelly.clock_driven import functional, neuron, surrogate  # noqa: E402
 
-try:  # without torchvision too (sj_seed); a SpikingJelly that does not import skips them
-    classify_dvsg = seed_module()
+try:  # without torchvision too (sj_classify_dvsg); a SpikingJelly that does not import skips them
+    classify_dvsg = classify_dvsg_module()
 except Exception as exc:
-    classify_dvsg, SEED_MISSING = None, f"{type(exc).__name__}: {exc}"
+    classify_dvsg, CLASSIFY_MISSING = None, f"{type(exc).__name__}: {exc}"
 
 FAILURES: list[str] = []
 
@@ -184,7 +188,10 @@ def main() -> int:
         if torch.cuda.is_available():
             check_dvsgesturenet(neuron_name, "cupy", "cuda")
     if classify_dvsg is None:
-        print(f"skipped the seed's PythonNet/CextNet: its example does not import ({SEED_MISSING})")
+        print(
+            "skipped classify_dvsg's PythonNet/CextNet: its example does not import "
+            f"({CLASSIFY_MISSING})"
+        )
     else:
         check_net(classify_dvsg.PythonNet, "step", "torch", "cpu")
         check_net(classify_dvsg.PythonNet, "layer", "torch", "cpu")
@@ -196,7 +203,9 @@ def main() -> int:
         check_net(classify_dvsg.CextNet, "layer", "cupy", "cuda")
         check_net(classify_dvsg.CextNet, "layer", "torch", "cuda")
     else:
-        print("skipped CextNet: needs CUDA and CuPy (the seed defines it only when CuPy imports)")
+        print(
+            "skipped CextNet: needs CUDA and CuPy (classify_dvsg defines it only when CuPy imports)"
+        )
     print("FAILED: " + ", ".join(FAILURES) if FAILURES else "all checks passed")
     return 1 if FAILURES else 0
 

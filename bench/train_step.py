@@ -1,12 +1,12 @@
-"""Train-step time and peak memory: SpikingJelly 0.0.0.0.14's seed networks against dvsgkit's,
-on the same GPU-resident synthetic frames, in one process.
+"""Train-step time and peak memory: SpikingJelly 0.0.0.0.14's classify_dvsg networks against
+dvsgkit's, on the same GPU-resident synthetic frames, in one process.
 
-Every network runs the seed's training step (AMP autocast + GradScaler, Adam, MSE against the
+Every network runs classify_dvsg's training step (AMP autocast + GradScaler, Adam, MSE against the
 one-hot label; SpikingJelly's networks then reset) on one fixed batch [B, T, 2, 128, 128] of
 binary frames already on the device; data loading is excluded. SpikingJelly's networks are timed
-under the seed script's cuDNN flags (deterministic, no autotuning: what classify_dvsg sets at
+under classify_dvsg's cuDNN flags (deterministic, no autotuning: what classify_dvsg sets at
 import) and under dvsgkit's (autotuning on), each named with its flags; dvsgkit's always run
-under its own. SpikingJelly's optimizer is torch's default Adam, as in the seed; dvsgkit's is
+under its own. SpikingJelly's optimizer is torch's default Adam, as in classify_dvsg; dvsgkit's is
 the one its trainer builds (fused Adam on CUDA).
 
 ms per step: median over `--rounds` rounds of `--steps` steps each (CUDA events), after
@@ -14,7 +14,7 @@ ms per step: median over `--rounds` rounds of `--steps` steps each (CUDA events)
 (`peak_gib`): torch's allocator peak over the timed steps, i.e. what training needs (weights,
 optimizer state, the shared batch of 34 MB at b16 T16, activations); `warmup_peak_gib` is the
 peak from building the network to the end of warm-up, which also holds cuDNN's autotuning
-workspaces (SpikingJelly under the seed's flags does not autotune). Networks run most wanted
+workspaces (SpikingJelly under classify_dvsg's flags does not autotune). Networks run most wanted
 first; the JSON is rewritten after each, so a time limit keeps what finished. A network that
 breaks the CUDA context (an illegal address poisons every later call in the process) ends the
 run with exit status 3; `--continue` then runs what the JSON does not hold yet.
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sj_seed import seed_module  # bench/, next to this script
+from sj_classify_dvsg import classify_dvsg_module  # bench/, next to this script
 
 from dvsgkit.config import TrainConfig
 from dvsgkit.constants import NUM_CLASSES
@@ -55,7 +55,7 @@ def set_flags(flags: dict[str, bool]) -> None:
 
 
 def seed_step(net: torch.nn.Module, amp: bool, device: torch.device) -> Callable:
-    """The seed script's training step for one of its networks."""
+    """classify_dvsg's training step for one of its networks."""
     from spikingjelly.clock_driven import functional
 
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -122,7 +122,7 @@ def build(
 ) -> tuple[Callable, torch.nn.Module]:
     """The network's training step, and the network."""
     if "seed" in spec:
-        module = seed_module()
+        module = classify_dvsg_module()
         if not hasattr(module, spec["seed"]):
             raise RuntimeError(f"SpikingJelly defines {spec['seed']} only when CuPy imports")
         set_flags(spec["flags"])

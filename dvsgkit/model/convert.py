@@ -1,6 +1,6 @@
-"""Import SpikingJelly DVS128 Gesture checkpoints as a GestureNet: the seed's PythonNet / CextNet
-(`clock_driven.examples.classify_dvsg`) and `parametric_lif_net.DVSGestureNet` (the network of
-`activation_based.examples.classify_dvsg`), with LIF or PLIF neurons."""
+"""Import SpikingJelly DVS128 Gesture checkpoints as a GestureNet: classify_dvsg's PythonNet /
+CextNet (`clock_driven.examples.classify_dvsg`) and `parametric_lif_net.DVSGestureNet` (the
+network of `activation_based.examples.classify_dvsg`), with LIF or PLIF neurons."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dvsgkit.model.net import CONV_BLOCKS, GestureNet
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-# dvsgkit key -> source key, for each seed network (docs/reference.md §5)
+# dvsgkit key -> source key, for each classify_dvsg network (docs/reference.md §5)
 LAYOUTS: dict[str, dict[str, str]] = {
     "PythonNet": {
         **{f"convs.{i}.weight": f"conv.{4 * i}.weight" for i in range(CONV_BLOCKS)},
@@ -123,10 +123,10 @@ def from_spikingjelly(
     """A GestureNet computing the same firing rates as a network trained with SpikingJelly's
     classify_dvsg, with outputs in dvsgkit's (true) label order.
 
-    `checkpoint`: the loaded dict (`{"net": state_dict, ...}`) or a bare state dict of the seed's
-    PythonNet or CextNet, or of DVSGestureNet with LIF or PLIF neurons (PLIF when its `w` keys
-    are present). Channels, and DVSGestureNet's hidden width, are read from the weights. Load
-    files with `torch.load(path, map_location="cpu", weights_only=True)`.
+    `checkpoint`: the loaded dict (`{"net": state_dict, ...}`) or a bare state dict of
+    classify_dvsg's PythonNet or CextNet, or of DVSGestureNet with LIF or PLIF neurons (PLIF when
+    its `w` keys are present). Channels, and DVSGestureNet's hidden width, are read from the
+    weights. Load files with `torch.load(path, map_location="cpu", weights_only=True)`.
     """
     state = _state_dict(checkpoint)
     layout = detect_layout(state)

@@ -52,17 +52,18 @@ class GestureNet(nn.Module):
     """5 x [Conv3x3 -> BN -> LIF -> MaxPool2] -> Dropout -> Linear -> LIF -> Dropout -> Linear ->
     LIF -> voting (docs/reference.md §5), with `channels` = C feature maps.
 
-    mode "step" feeds one time step at a time through the whole net (the seed's PythonNet);
+    mode "step" feeds one time step at a time through the whole net (classify_dvsg's PythonNet);
     mode "layer" runs each Conv/BN/pool/Linear on all T*N inputs at once and each LIF layer over
-    all T in one call (the seed's CextNet), with backend "torch" (any device) or "cupy" (the fused
-    CUDA kernels; CUDA tensors only). Every mode/backend has the same parameters and state_dict,
-    and computes the same function in eval mode. In train mode BatchNorm normalises over N per
-    step in "step" mode but over T*N in "layer" mode, exactly as the two seed networks differ.
+    all T in one call (classify_dvsg's CextNet), with backend "torch" (any device) or "cupy" (the
+    fused CUDA kernels; CUDA tensors only). Every mode/backend has the same parameters and
+    state_dict, and computes the same function in eval mode. In train mode BatchNorm normalises
+    over N per step in "step" mode but over T*N in "layer" mode, exactly as classify_dvsg's two
+    networks differ.
 
     neuron "lif" (tau 2, parameter-free) or "plif" (one learnable time constant per spiking
     layer, starting at `init_tau`; state_dict keys `plif.{0..6}.w`). `hidden` is fc1's width
-    (default C*2*2, the seed's; SpikingJelly's DVSGestureNet uses 512) and `bias` gives both
-    Linear layers a bias (DVSGestureNet's have one). The defaults are the seed's network.
+    (default C*2*2, classify_dvsg's; SpikingJelly's DVSGestureNet uses 512) and `bias` gives both
+    Linear layers a bias (DVSGestureNet's have one). The defaults are classify_dvsg's network.
 
     `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
     The neurons' membranes live only inside forward, so every call starts from rest.

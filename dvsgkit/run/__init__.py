@@ -183,7 +183,8 @@ class Run(contextlib.ExitStack):
                     f"({_progress(self.path)}); resume from there with --resume "
                     f"{self.path / LATEST}"
                 )
-            sweep(self.path)  # the checkpoint writes of a killed run
+            for name in (CONFIG, METRICS, LATEST, BEST, FRAMES_RECORD):
+                sweep(self.path, name)  # the writes of a killed run (`evaluate` may be at work)
             config.save_json(self.path / CONFIG)
             notes = record_frames(self.path, frames, first_epoch)
             truncate_metrics(self.path, first_epoch - 1)

@@ -131,7 +131,7 @@ def test_kill_9_of_a_frames_build_leaves_no_worker_and_the_next_build_proceeds(
     tiny_root: Path, copy_root, tmp_path: Path, killable: Writers, capsys: pytest.CaptureFixture
 ) -> None:
     from dvsgkit.frames import FrameSpec
-    from dvsgkit.framestore.build import make_frame_store
+    from dvsgkit.framestore.build import build_frame_store
     from dvsgkit.framestore.layout import frame_store_path
     from dvsgkit.framestore.read import open_frame_store
 
@@ -143,7 +143,7 @@ def test_kill_9_of_a_frames_build_leaves_no_worker_and_the_next_build_proceeds(
     assert list(root.glob(f".{name}.{pid}-*.partial"))  # killed mid-write
     assert (root / f".{name}.lock").read_text() == record(pid)  # never let go
     # The next build takes the lock at once (a held lock would time out) and sweeps.
-    build = make_frame_store(root, spec, workers=1, progress=False, lock_timeout=0)
+    build = build_frame_store(root, spec, workers=1, progress=False, lock_timeout=0)
     assert build.outcome == "built" and "waiting for" not in capsys.readouterr().err
     assert open_frame_store(frame_store_path(root, spec), "test")
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary, no lock

@@ -1,5 +1,5 @@
-"""from_spikingjelly: the seed's and DVSGestureNet's key layouts, shapes inferred, labels back in
-true order; against SpikingJelly's own DVSGestureNet when the package is importable."""
+"""from_spikingjelly: classify_dvsg's and DVSGestureNet's key layouts, shapes inferred, labels
+back in true order; against SpikingJelly's own DVSGestureNet when the package is importable."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def trained_like_net(channels: int = 4) -> GestureNet:
 
 
 def seed_state_dict(net: GestureNet, layout: str) -> dict[str, torch.Tensor]:
-    """What the seed would have saved for `net`'s function: its keys, and output groups in
+    """What classify_dvsg would have saved for `net`'s function: its keys, and output groups in
     SpikingJelly's order (its group j is true label SPIKINGJELLY_LABEL_ORDER[j])."""
     ours = net.state_dict()
     state = {src: ours[key].clone() for key, src in LAYOUTS[layout].items()}
@@ -63,7 +63,7 @@ def test_spikingjelly_group_j_becomes_true_label_order_j(tmp_path: Path) -> None
     x = frames()
     sj_rates = GestureNet(4).eval()
     sj_state = seed_state_dict(net, "PythonNet")
-    # Evaluate the seed's own function: our module with its raw (permuted) rows.
+    # Evaluate classify_dvsg's own function: our module with its raw (permuted) rows.
     ours = {key: sj_state[src] for key, src in LAYOUTS["PythonNet"].items()}
     sj_rates.load_state_dict(ours)
     sj_out = sj_rates(x)

@@ -1,9 +1,9 @@
-"""SpikingJelly 0.0.0.0.14's seed example (classify_dvsg: PythonNet, and CextNet when CuPy
+"""SpikingJelly 0.0.0.0.14's example (classify_dvsg: PythonNet, and CextNet when CuPy
 imports) without what only its training script uses.
 
 The module imports the DVS128Gesture dataset class (torchvision, scipy) and SummaryWriter
 (tensorboard) at import time; neither is needed to build its networks. Whichever is missing is
-replaced by a stand-in. cuDNN's flags are put back as they were: the module sets the seed's
+replaced by a stand-in. cuDNN's flags are put back as they were: the module sets classify_dvsg's
 (deterministic, no autotuning) at import.
 """
 
@@ -34,7 +34,7 @@ def stub_missing_imports() -> None:
         sys.modules["spikingjelly.datasets.dvs128_gesture"] = stub
 
 
-def seed_module() -> Any:
+def classify_dvsg_module() -> Any:
     stub_missing_imports()
     flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     from spikingjelly.clock_driven.examples import classify_dvsg
