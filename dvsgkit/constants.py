@@ -70,6 +70,12 @@ RESOURCES = (
 )
 ARCHIVE_NAME = "DvsGesture.tar.gz"
 
+# The neuron of SpikingJelly's classify_dvsg recipe (docs/reference.md §5).
+TAU = 2.0
+V_THRESHOLD = 1.0
+V_RESET = 0.0
+ALPHA = 2.0  # ATan surrogate sharpness
+
 ROOT_ENV_VAR = "DVSGKIT_ROOT"
 DEFAULT_ROOT = "data"
 BUILD_WORKERS = 2  # default processes of the event and frame builds

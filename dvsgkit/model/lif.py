@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TAU = 2.0
-V_THRESHOLD = 1.0
-V_RESET = 0.0
-ALPHA = 2.0  # ATan surrogate sharpness
+from dvsgkit.constants import ALPHA, TAU, V_RESET, V_THRESHOLD
+
 DROPOUT_P = 0.5
 VOTERS = 10  # output neurons per class in the voting layer
 

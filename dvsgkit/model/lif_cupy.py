@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from dvsgkit.constants import ALPHA, TAU, V_RESET, V_THRESHOLD
 from dvsgkit.model.cupy_runtime import (  # noqa: F401  (re-exported: the LIF's public names)
     FALLBACK_HINT,
     INSTALL_HINT,
@@ -41,7 +42,6 @@ from dvsgkit.model.kernels import (  # noqa: F401  (the kernels' names, as befor
     unfused_source,
 )
 from dvsgkit.model.kernels import conversions as _conversions  # noqa: F401  (the test harness)
-from dvsgkit.model.lif import ALPHA, TAU, V_RESET, V_THRESHOLD
 
 
 def kernel_source(
