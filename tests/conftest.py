@@ -35,6 +35,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,29 @@ def killable() -> Iterator[Writers]:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def sj_datasets() -> Any:
+    """SpikingJelly 0.0.0.0.14's `spikingjelly.datasets` module, for its frame and padding
+    functions (integrate_events_by_fixed_duration, pad_sequence_collate, padded_sequence_mask).
+    It imports torchvision for its dataset classes only; where torchvision is not installed,
+    empty stand-ins are registered while it imports (none of them is used here)."""
+    import types
+
+    pytest.importorskip("spikingjelly")
+    names = ("torchvision", "torchvision.datasets", "torchvision.datasets.utils",
+             "torchvision.transforms")  # fmt: skip
+    stubs = {}
+    if importlib.util.find_spec("torchvision") is None:
+        stubs = {name: types.ModuleType(name) for name in names}
+        stubs["torchvision.datasets"].DatasetFolder = object
+        stubs["torchvision.datasets"].utils = stubs["torchvision.datasets.utils"]
+        stubs["torchvision"].datasets = stubs["torchvision.datasets"]
+        stubs["torchvision"].transforms = stubs["torchvision.transforms"]
+        sys.modules.update(stubs)
+    try:
+        return importlib.import_module("spikingjelly.datasets")
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)

@@ -1,56 +1,17 @@
-"""Events -> [T, 2, H, W] count frames, by SpikingJelly's rule (docs/reference.md §4), and
-FrameSpec, the one value that says which frames: what a frame store records and a checkpoint
-keeps."""
+"""T frames per sample cut by event number or by time, SpikingJelly's frames_number rule
+(docs/reference.md §4), for many samples in one bincount."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import numpy as np
 
 from dvsgkit.constants import SENSOR_SIZE
 from dvsgkit.errors import InputError
 
-SPLIT_BY = ("number", "time")
-
 # An EVENT_DTYPE array, or a mapping of its fields to 1-D arrays.
 Events = np.ndarray | Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class FrameSpec:
-    """Which frames a sample's events become: `T` frames, cut by event "number" or by "time".
-    Checked once, here (InputError naming the bad value)."""
-
-    T: int = 16
-    split_by: str = "number"
-
-    def __post_init__(self) -> None:
-        T = self.T
-        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-            raise InputError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
-        if self.split_by not in SPLIT_BY:
-            raise InputError(
-                f"split_by must be one of {', '.join(SPLIT_BY)}; got {self.split_by!r}"
-            )
-        object.__setattr__(self, "T", int(T))
-
-    @property
-    def name(self) -> str:
-        """The frame store's name without .zarr (SpikingJelly's folder name)."""
-        return f"frames_number_{self.T}_split_by_{self.split_by}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values, as a store's attributes and a checkpoint hold them."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FrameSpec:
-        """The spec recorded in `data` (a store's attributes, a checkpoint's config); keys that
-        are not the spec's are ignored, missing ones take the defaults."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: str) -> np.ndarray:
@@ -126,30 +87,17 @@ def frame_lengths(events: Events, offsets: np.ndarray, T: int, split_by: str) ->
     return out
 
 
-def integrate_many(
-    events: Events,
-    offsets: np.ndarray,
-    spec: FrameSpec,
-    sensor_size: tuple[int, int] = SENSOR_SIZE,
+def count_frames(
+    events: Events, offsets: np.ndarray, T: int, split_by: str, frame_size: tuple[int, int]
 ) -> np.ndarray:
     """Frames of S concatenated samples: int64 counts [S, T, 2, H, W], one bincount for all.
 
-    `events` has fields x, y, p (and t for split_by="time"): an EVENT_DTYPE array or a mapping of
-    1-D arrays (what the store reads, without building a structured copy); `offsets` is int
-    [S + 1] into it. Pixel index is [p, y, x]: channel 0 counts polarity 0, channel 1 polarity 1.
-    """
-    T, split_by = spec.T, spec.split_by
-    check_events(events, sensor_size)
-    H, W = sensor_size
+    `events` has fields x, y, p (and t for split_by="time") on a `frame_size` grid; `offsets` is
+    int [S + 1] into it. Pixel index is [p, y, x]: channel 0 counts polarity 0, channel 1
+    polarity 1."""
+    H, W = frame_size
     offsets = np.asarray(offsets, dtype=np.int64)
     S = offsets.size - 1
-    n = events["x"].size
-    if n != offsets[-1] - offsets[0]:
-        raise InputError(
-            f"integrate_many: offsets span {offsets[-1] - offsets[0]} events (offsets[0] = "
-            f"{offsets[0]}, offsets[-1] = {offsets[-1]}) but `events` holds {n}; pass the "
-            "offsets of exactly these events (offsets[-1] - offsets[0] == len(events))"
-        )
     # int32 index arithmetic is ~2x faster than int64 and exact while the block is < 2**31 counts.
     itype = np.int32 if S * T * 2 * H * W < 2**31 else np.int64
     lengths = frame_lengths(events, offsets, T, split_by)
@@ -158,26 +106,21 @@ def integrate_many(
     else:
         sample = np.repeat(np.arange(S, dtype=itype), np.diff(offsets))
         idx = sample * itype(T) + frame_of_event(events, offsets, T, split_by).astype(itype)
-    # Flat index into [S, T, 2, H, W], built in place.
+    return pixel_counts(idx, events, S * T, frame_size, itype).reshape(S, T, 2, H, W)
+
+
+def pixel_counts(
+    frame: np.ndarray, events: Events, frames: int, frame_size: tuple[int, int], itype: type
+) -> np.ndarray:
+    """int64 counts [frames, 2, H, W] of the events, event k in frame `frame[k]` (overwritten:
+    the flat index is built in place)."""
+    H, W = frame_size
+    idx = frame
     idx *= itype(2)
     idx += events["p"].astype(itype)
     idx *= itype(H)
     idx += events["y"].astype(itype)
     idx *= itype(W)
     idx += events["x"].astype(itype)
-    counts = np.bincount(idx.astype(np.intp, copy=False), minlength=S * T * 2 * H * W)
-    return counts.reshape(S, T, 2, H, W)  # [S, T, 2, H, W]
-
-
-def integrate(
-    events: np.ndarray, spec: FrameSpec, sensor_size: tuple[int, int] = SENSOR_SIZE
-) -> np.ndarray:
-    """One sample's events (EVENT_DTYPE, time order) -> int64 counts [T, 2, H, W].
-
-    Equal to SpikingJelly's `integrate_events_by_fixed_frames_number` wherever that runs; where it
-    crashes (an empty time window) the window gives an empty frame.
-    """
-    if events.dtype.names is None or not set("xyp") <= set(events.dtype.names):
-        raise InputError(f"events need fields x, y, p (and t); got dtype {events.dtype}")
-    offsets = np.array([0, events.size], dtype=np.int64)
-    return integrate_many(events, offsets, spec, sensor_size)[0]
+    counts = np.bincount(idx.astype(np.intp, copy=False), minlength=frames * 2 * H * W)
+    return counts.reshape(frames, 2, H, W)
