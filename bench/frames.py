@@ -31,7 +31,7 @@ from dvsgkit.constants import SPLITS
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore import build as frame_build
+from dvsgkit.framestore import blocks as frame_build
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
 from dvsgkit.info import size_on_disk
 from dvsgkit.synth import write_synthetic_dataset

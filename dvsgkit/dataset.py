@@ -20,16 +20,21 @@ from dvsgkit.samples import dataset_dir
 
 class DVSGesture(Dataset):
     """The `split` ("train" or "test") of the DVS128 Gesture dataset at `root`: item i is
-    (float32 tensor [T, 2, 128, 128] of event counts, int label 0..10), the frames of
+    (float32 tensor [T, 2, H, W] of event counts, int label 0..10), by default the frames of
     SpikingJelly's `DVS128Gesture(root, train=..., data_type='frame', frames_number=T,
-    split_by=...)`. With `events=True`, item i is (Tonic-dtype events, label) instead (see
-    `dvsgkit.data.EventDataset`), for Tonic's transforms.
+    split_by=...)`. The frame options of `dvsgkit frames` are keywords, durations as the CLI
+    writes them ("50ms") or integers of µs: `duration` (SpikingJelly's fixed duration: T_i
+    frames, as many as sample i needs), `bin` (Tonic's fixed time bins; with `T`, cut or padded
+    to T), `size` (64 or 32: downsampled, H = W = size) and `denoise` (Tonic's Denoise filter
+    time); see `FrameSpec`. Batch samples of different lengths with
+    `collate_fn=dvsgkit.data.pad_sequence_collate`. With `events=True`, item i is (Tonic-dtype
+    events, label) instead (see `dvsgkit.data.EventDataset`), for Tonic's transforms.
 
     On first use it builds what is missing from the recordings in ROOT/extract/DvsGesture
     ('dvsgkit download' or 'dvsgkit synth' puts them there): ROOT/events.h5, then the frame store
-    ROOT/frames_number_{T}_split_by_{split_by}.zarr, with progress bars (`progress`) and
-    `workers` processes; later it opens them (milliseconds), after checking them. `transform`
-    gets each sample's frames (or events), `target_transform` its label."""
+    ROOT/{spec.name}.zarr (e.g. frames_number_16_split_by_number.zarr), with progress bars
+    (`progress`) and `workers` processes; later it opens them (milliseconds), after checking
+    them. `transform` gets each sample's frames (or events), `target_transform` its label."""
 
     classes = CLASS_NAMES  # label i is classes[i]
 
@@ -37,17 +42,21 @@ class DVSGesture(Dataset):
         self,
         root: str | Path,
         split: str = "train",
-        T: int = 16,
+        T: int | None = None,
         split_by: str = "number",
         transform: Callable[[Any], Any] | None = None,
         target_transform: Callable[[int], Any] | None = None,
         *,
+        duration: int | str | None = None,
+        bin: int | str | None = None,
+        size: int = FrameSpec().size,
+        denoise: int | str | None = None,
         events: bool = False,
         workers: int = BUILD_WORKERS,
         progress: bool = True,
     ) -> None:
         self.root, self.split = Path(root), split
-        self.spec = FrameSpec(T, split_by)
+        self.spec = FrameSpec(T, split_by, duration, bin, size, denoise)
         self.samples: EventDataset | FrameDataset
         if events:
             if dataset_dir(root).is_dir() or not event_cache_path(root).exists():

@@ -156,6 +156,23 @@ class EventCache:
         return integrity.read_columns(self._file[self._split(split)], self.path, fields, a, b,
                                       offsets=offsets, first_sample=first_sample)  # fmt: skip
 
+    def spans(self, split: str) -> np.ndarray:
+        """int64 [N]: each sample's last timestamp minus its first (in recorded order; 0 for an
+        empty sample), from two events a sample."""
+        offsets = self._offsets[self._split(split)]
+        full = np.flatnonzero(np.diff(offsets) > 0)
+        out = np.zeros(offsets.size - 1, np.int64)
+        if full.size:
+            ends = np.unique(np.concatenate([offsets[full], offsets[full + 1] - 1]))
+            try:
+                t = self._file[split]["t"][ends]
+            except OSError as exc:  # a chunk failing its checksum
+                raise InputError(f"{self.path}: {split}/t cannot be read ({exc}); "
+                                 f"{integrity.fix_for(self.path)}") from exc  # fmt: skip
+            first = t[np.searchsorted(ends, offsets[full])]
+            out[full] = t[np.searchsorted(ends, offsets[full + 1] - 1)] - first
+        return out
+
     def sample(self, split: str, i: int) -> np.ndarray:
         """Sample i of `split` as EVENT_DTYPE [E] (absolute µs timestamps, recorded order)."""
         n = self.num_samples(split)

@@ -109,6 +109,11 @@ class FrameSpec:
         object.__setattr__(self, "T", 16 if fixed else None if T is None else int(T))
         object.__setattr__(self, "size", int(self.size))
 
+    def __repr__(self) -> str:
+        hidden = {"T", "split_by"} if self.ragged else set()  # what a ragged spec does not use
+        shown = {k: v for k, v in self.to_dict().items() if k not in hidden}
+        return f"FrameSpec({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @property
     def mode(self) -> str:
         """ "number", "time", "duration", "bin" or "custom": how the frames are cut."""

@@ -11,34 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dvsgkit.constants import NUM_CLASSES, SENSOR_SIZE, SPLITS
-from dvsgkit.errors import DvsgkitError, InTheWay, NotFound
-from dvsgkit.frames import SPLIT_BY, FrameSpec
+from dvsgkit.constants import NUM_CLASSES, SPLITS
+from dvsgkit.errors import DvsgkitError, InputError, InTheWay, NotFound
+from dvsgkit.frames import SPLIT_BY, FrameSpec, frame_size
+from dvsgkit.framestore.chunks import SplitFrames, chunk_key, sample_checksum
 from dvsgkit.framestore.layout import (
-    ARRAYS,
     LAYOUT,
     LAYOUT_VERSION,
     METADATA_FILES,
+    RAGGED_ARRAYS,
     zarr_format_of,
 )
 
 INCOMPLETE = "incomplete (an interrupted build?)"
 # Problems of the record, not damage: what an interrupted or an older build leaves.
 STALE = (INCOMPLETE, "of frame layout_version")
-
-
-def sample_checksum(frames: np.ndarray) -> int:
-    """crc32 of one sample's counts [T, 2, H, W] in their stored dtype (C order, little-endian)."""
-    a = np.ascontiguousarray(frames)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return zlib.crc32(a.view(np.uint8).ravel())
 
 
 array_checksum = sample_checksum  # of a small array (labels, checksums), kept in its split's attrs
@@ -91,7 +81,8 @@ def check(path: Path, split: str | None = None, *, samples: bool = False) -> lis
     if not path.exists():
         record(path)  # NotFound
     # Every metadata file, whichever split is asked for: zarr's own errors name no file.
-    folders = [path, *(path / s for s in SPLITS), *(path / s / a for s in SPLITS for a in ARRAYS)]
+    folders = [path, *(path / s for s in SPLITS)]
+    folders += [path / s / a for s in SPLITS for a in RAGGED_ARRAYS]
     files = [f / name for f in folders for name in METADATA_FILES if (f / name).is_file()]
     problems = [bad for file in files if (bad := _json_problem(file))]
     if problems:
@@ -102,48 +93,61 @@ def check(path: Path, split: str | None = None, *, samples: bool = False) -> lis
     if attrs.get("layout_version") != LAYOUT_VERSION:
         return [f"of frame layout_version {attrs.get('layout_version')}, this dvsgkit reads "
                 f"{LAYOUT_VERSION}"]  # fmt: skip
+    try:
+        spec = FrameSpec.from_dict(attrs)
+    except (InputError, TypeError) as exc:
+        return [f"its record of the frames is not a frame spec ({exc})"]
     import zarr
 
     group = zarr.open_group(path, mode="r")
     for s in splits:
         try:
-            problems += _structure(path, group, attrs.get("T"), s)
+            problems += _structure(path, group, spec, s)
         except Exception as exc:  # zarr's errors for metadata it cannot use: all damage here
             problems.append(f"{s} cannot be opened ({type(exc).__name__}: {exc})")
     if samples and not problems:
         for s in splits:
-            frames, sums = group[s]["frames"], group[s]["checksums"][:]
-            found = (sample_problem(frames, s, i, int(sums[i])) for i in range(frames.shape[0]))
+            frames, sums = SplitFrames(group[s], path / s / "frames"), group[s]["checksums"][:]
+            found = (frames.problem(i, int(sums[i])) for i in range(len(frames)))
             problems += [p for p in found if p is not None]
     return problems
 
 
 def status(
-    target: Path, spec: FrameSpec, checksum: str, zarr_format: int | None, samples: bool
+    target: Path,
+    spec: FrameSpec,
+    checksum: str,
+    zarr_format: int | None,
+    samples: bool,
+    source: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """What a build of `spec` from the event cache with `checksum` finds at `target`: (status,
-    why), status 'absent', 'current', 'stale' (incomplete, an older layout or other inputs),
-    'damaged' (`check` found problems: why names them) or 'format' (not in `zarr_format`; with
-    `samples`, every sample is checked). InTheWay when `target` holds anything else: a sound
-    store of another configuration too."""
+    why), status 'absent', 'current', 'stale' (incomplete, an older layout, other inputs, or
+    another version of the custom integrator whose `source` provenance is given), 'damaged'
+    (`check` found problems: why names them) or 'format' (not in `zarr_format`; with `samples`,
+    every sample is checked). InTheWay when `target` holds anything else: a sound store of
+    another configuration too."""
     if not target.exists():
         return "absent", ""
     attrs = record(target)  # InTheWay: not a dvsgkit frame store
     problems = check(target)
     wanted = spec.to_dict()
-    if {key: attrs.get(key) for key in wanted} != wanted:
-        recorded = ", ".join(f"{key}={attrs.get(key)!r}" for key in wanted)
+    keys = wanted.keys() | FrameSpec.from_dict({}).to_dict().keys() | _spec_keys(attrs)
+    if {key: attrs.get(key) for key in keys} != {key: wanted.get(key) for key in keys}:
+        recorded = ", ".join(f"{key}={attrs.get(key)!r}" for key in sorted(keys))
         if problems:  # its record was edited: the frames themselves are not of that recipe
             return "damaged", f"damaged: it records {recorded}, but {first(problems)}"
-        asked = ", ".join(f"{key}={value!r}" for key, value in wanted.items())
         raise InTheWay(
-            f"{target} holds a frame store of another configuration ({recorded}), not {asked}; "
-            "move it away or delete it, then rerun"
+            f"{target} holds a frame store of another configuration ({recorded}), not "
+            f"{spec.describe()}; move it away or delete it, then rerun"
         )
     if problems and problems[0].startswith(STALE):
         return "stale", problems[0]
     if attrs.get("events", {}).get("checksum") != checksum:
         return "stale", "built from another event cache"
+    built = (attrs.get("integrator_source") or {}).get("source_sha256")
+    if source and source.get("source_sha256") and built and built != source["source_sha256"]:
+        return "stale", f"built by another version of {source['function']}"
     if samples and not problems:
         problems = check(target, samples=True)
     if problems:
@@ -154,6 +158,11 @@ def status(
     return "current", ""
 
 
+def _spec_keys(attrs: dict[str, Any]) -> set[str]:
+    """The FrameSpec fields a store's attributes record."""
+    return set(attrs) & set(FrameSpec().__dataclass_fields__)
+
+
 def _files_under(folder: Path) -> set[str]:
     out = set()
     for d, _, files in os.walk(folder):
@@ -162,40 +171,48 @@ def _files_under(folder: Path) -> set[str]:
     return out
 
 
-def _structure(path: Path, group: Any, T: Any, split: str) -> list[str]:
+def _structure(path: Path, group: Any, spec: FrameSpec, split: str) -> list[str]:
     """What in `split` disagrees with the store's record: arrays missing, shapes or dtypes other
-    than recorded, chunk files missing, labels or checksums other than recorded."""
+    than recorded, chunk files missing, labels, checksums (or frame offsets) other than
+    recorded."""
     if split not in group:
         return [f"split '{split}' missing"]
     sub = group[split]
     rec = dict(sub.attrs)
-    missing = [a for a in ARRAYS if a not in sub]
+    arrays = RAGGED_ARRAYS if spec.ragged else RAGGED_ARRAYS[:-1]
+    missing = [a for a in arrays if a not in sub]
     if missing:
         return [f"{split}/{a} missing" for a in missing]
-    n = rec.get("num_samples")
+    n, frames_count = rec.get("num_samples"), rec.get("num_frames") if spec.ragged else 0
     if not isinstance(n, int) or n < 0:
         return [f"{split} has no recorded sample count (num_samples attr)"]
-    H, W = SENSOR_SIZE
-    expected = {"frames": ((n, T, 2, H, W), rec.get("dtype")), "labels": ((n,), "uint8"),
-                "checksums": ((n,), "uint32")}  # fmt: skip
+    if not isinstance(frames_count, int) or frames_count < 0:
+        return [f"{split} has no recorded frame count (num_frames attr)"]
+    frame = (2, *frame_size(spec))
+    sample = frame if spec.ragged else (spec.T, *frame)
+    expected = {"frames": (((frames_count if spec.ragged else n), *sample), rec.get("dtype")),
+                "labels": ((n,), "uint8"), "checksums": ((n,), "uint32"),
+                "frame_offsets": ((n + 1,), "int64")}  # fmt: skip
     problems = [
         f"{split}/{name} is {sub[name].dtype} {list(sub[name].shape)}, the store records "
         f"{dtype} {list(shape)}"
         for name, (shape, dtype) in expected.items()
-        if tuple(sub[name].shape) != shape or str(sub[name].dtype) != dtype
+        if name in arrays and (tuple(sub[name].shape) != shape or str(sub[name].dtype) != dtype)
     ]
     if problems:
         return problems
     frames = sub["frames"]
-    if frames.chunks != (1, T, 2, H, W):
-        return [f"{split}/frames has chunks {list(frames.chunks)}, not one sample per chunk"]
+    if frames.chunks != (1, *sample):
+        unit = "frame" if spec.ragged else "sample"
+        return [f"{split}/frames has chunks {list(frames.chunks)}, not one {unit} per chunk"]
     present = _files_under(path / split / "frames")
-    for i in range(n):
+    for i in range(frames.shape[0]):
         if (key := chunk_key(frames, i)) not in present:
-            problems.append(f"{split} sample {i}: chunk file {split}/frames/{key} missing")
-    for name in ("labels", "checksums"):
+            what = f"frame {i}" if spec.ragged else f"sample {i}"
+            problems.append(f"{split} {what}: chunk file {split}/frames/{key} missing")
+    for name in arrays[1:]:
         array, key = sub[name], chunk_key(sub[name], 0)
-        if n and key not in _files_under(path / split / name):
+        if array.shape[0] and key not in _files_under(path / split / name):
             problems.append(f"{split}/{name}: chunk file {split}/{name}/{key} missing")
             continue
         try:
@@ -209,28 +226,6 @@ def _structure(path: Path, group: Any, T: Any, split: str) -> list[str]:
         elif name == "labels" and n and int(values.max()) >= NUM_CLASSES:
             problems.append(f"{split}/labels hold a class >= {NUM_CLASSES}")
     return problems
-
-
-def chunk_key(array: Any, sample: int) -> str:
-    """The store key (path inside the array's folder) of the chunk holding `sample`."""
-    return array.metadata.encode_chunk_key((sample,) + (0,) * (len(array.shape) - 1))
-
-
-def sample_problem(
-    frames: Any, split: str, i: int, expected: int, values: np.ndarray | None = None
-) -> str | None:
-    """None when sample `i` decodes and matches its checksum, else what is wrong, naming the
-    sample and its chunk. `values`: the sample already read, if it was."""
-    where = f"{split} sample {i} (chunk {split}/frames/{chunk_key(frames, i)})"
-    if values is None:
-        try:
-            values = frames[i]
-        except Exception as exc:  # numcodecs/blosc raise several types for a corrupt chunk
-            return f"{where} cannot be decoded ({type(exc).__name__}: {exc})"
-    actual = sample_checksum(values)
-    if actual != expected:
-        return f"{where} does not match its checksum (crc32 {actual:08x}, built {expected:08x})"
-    return None
 
 
 def first(problems: list[str]) -> str:
@@ -252,16 +247,22 @@ def one_line(path: Path, problems: list[str]) -> str:
 def rebuild_hint(path: Path) -> str:
     """The command that rebuilds the store at `path`, and the one that checks it. T and split_by
     are those of its name, frames_number_{T}_split_by_{split_by}.zarr (its attrs may have been
-    edited); the attrs' for a store under another name."""
+    edited); the other options are its attrs' (for a custom integrator: the Python call)."""
     head, _, split_by = path.name.removesuffix(".zarr").partition("_split_by_")
     T = head.removeprefix("frames_number_")
+    options = f"-T {T} --split-by {split_by}"
     if not (head.startswith("frames_number_") and T.isdigit() and split_by in SPLIT_BY):
         try:
-            attrs = record(path)
-        except DvsgkitError:
-            attrs = {}
-        T, split_by = attrs.get("T", "<T>"), attrs.get("split_by", "<number|time>")
+            spec = FrameSpec.from_dict(record(path))
+            options = spec.cli_options()
+        except (DvsgkitError, TypeError):
+            options, spec = "-T <T> --split-by <number|time>", None
+        if spec is not None and spec.mode == "custom":
+            return (f"rebuild it in Python with build_frames({str(path.parent)!r}, FrameSpec("
+                    f"size={spec.size}, denoise_us={spec.denoise_us}), integrate="
+                    f"{spec.integrator}); 'dvsgkit info --verify {path}' checks every "
+                    "sample")  # fmt: skip
     return (
-        f"rebuild it with 'dvsgkit frames --root {path.parent} -T {T} --split-by {split_by}' "
+        f"rebuild it with 'dvsgkit frames --root {path.parent} {options}' "
         f"(it replaces a damaged store); 'dvsgkit info --verify {path}' checks every sample"
     )

@@ -14,6 +14,7 @@ LAYOUT_VERSION = 2
 ZARR_FORMATS = (2, 3)
 DEFAULT_ZARR_FORMAT = 2
 ARRAYS = ("frames", "labels", "checksums")  # each split's arrays
+RAGGED_ARRAYS = (*ARRAYS, "frame_offsets")  # and a ragged split's: sample i is frames o[i]:o[i+1]
 METADATA_FILES = (".zgroup", ".zattrs", ".zarray", "zarr.json")
 CHECKSUM = "crc32"  # zlib.crc32 of a sample's bytes as stored: C order, little-endian
 
@@ -28,3 +29,8 @@ def zarr_format_of(path: Path) -> int | None:
     if (path / "zarr.json").is_file():
         return 3
     return 2 if (path / ".zgroup").is_file() else None
+
+
+def frame_axes(ragged: bool) -> list[str]:
+    """What the axes of a split's `frames` array are."""
+    return ["frame", "polarity", "y", "x"] if ragged else ["sample", "time", "polarity", "y", "x"]
