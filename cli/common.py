@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,23 +41,74 @@ def root_given() -> bool:
     return click.get_current_context().get_parameter_source("root") not in defaults
 
 
+FRAME_HELP = {
+    "T": "Frames per {per}, cut by --split-by{bins}.",
+    "split_by": "number: equal event counts per frame; time: equal time windows "
+    "(SpikingJelly's frames_number rules).",
+    "duration_us": "One frame per DURATION (e.g. 50ms), as many as each {per} needs: "
+    "SpikingJelly's fixed-duration frames.",
+    "bin_us": "Fixed time bins of BIN (e.g. 10ms) from each {per}'s first event: Tonic's "
+    "ToFrame(time_window); with -T, cut or padded to T bins.",
+    "size": "Frame side in pixels: 128, or 64 / 32 downsampled as Tonic's Downsample does.",
+    "denoise_us": "Drop events no 4-neighbour pixel preceded within DENOISE (e.g. 10ms): "
+    "Tonic's Denoise(filter_time).",
+    "integrator": "The frames of a custom integrator NAME, built in Python with "
+    "build_frames(root, spec, integrate=NAME) (the other options but --size and --denoise "
+    "do not apply).",
+}
+CUTS = tuple(FRAME_HELP)[:-1]  # the options `dvsgkit frames` can build from
+FRAME_DEFAULTS = {  # shown in --help: the library's own defaults
+    "T": f"{SJ_FRAMES.T}; with --duration or --bin, as many as each {{per}} needs",
+    "split_by": SJ_FRAMES.split_by,
+    "size": str(SJ_FRAMES.size),
+}
+
+
+def frame_options(
+    per: str, *, checkpoint: bool = False, only: tuple[str, ...] = CUTS,
+    T: tuple[str, ...] = ("-T",), duration: str = "--duration",
+) -> Callable[[Callable], Callable]:  # fmt: skip
+    """The frame options (FrameSpec's fields: -T, --split-by, --duration, --bin, --size,
+    --denoise, and --integrator if `only` names it), each passing its field by name, as
+    text: FrameSpec parses and checks them (`frame_spec`). `per`: "sample" or "window". With
+    `checkpoint`, each defaults to the checkpoint's. `T`, `duration`: the options' names
+    (--duration means something else to `show`)."""
+    decls = {"T": T, "split_by": ("--split-by",), "duration_us": (duration,),
+             "bin_us": ("--bin",), "size": ("--size",), "denoise_us": ("--denoise",),
+             "integrator": ("--integrator",)}  # fmt: skip
+    bins = "; with --bin, the bins kept (padded to T)" if "bin_us" in only else ""
+    kinds = {"T": click.IntRange(min=1), "split_by": click.Choice(SPLIT_BY), "size": int}
+    metavars = {"duration_us": "DURATION", "bin_us": "BIN", "size": "SIZE",
+                "denoise_us": "DENOISE", "integrator": "NAME"}  # fmt: skip
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(only):
+            default = FRAME_DEFAULTS.get(name)
+            if checkpoint:  # a SpikingJelly checkpoint records no frames: the recipe's defaults
+                default = "the checkpoint's" + (
+                    f"; {getattr(SJ_FRAMES, name)} for a SpikingJelly checkpoint" if default else ""
+                )
+            shown = f"  [default: {default.format(per=per)}]" if default else ""
+            text = FRAME_HELP[name].format(per=per, bins=bins)
+            value = None if checkpoint or name == "T" else getattr(SJ_FRAMES, name)
+            command = click.option(*decls[name], name, type=kinds.get(name, str), default=value,
+                                   help=text + shown, metavar=metavars.get(name),
+                                   show_default=False)(command)  # fmt: skip
+        return command
+
+    return decorate
+
+
 def checkpoint_frame_options(per: str) -> Callable[[Callable], Callable]:
     """-T and --split-by of a command that runs a checkpoint on frames (`per`: "sample",
     "window"): both default to the checkpoint's own recipe."""
+    return frame_options(per, checkpoint=True, only=("T", "split_by"))
 
-    def decorate(command: Callable) -> Callable:
-        command = click.option(
-            "--split-by", type=click.Choice(SPLIT_BY), default=None,
-            help="Frame cutting.  [default: the checkpoint's; "
-            f"{SJ_FRAMES.split_by} for a SpikingJelly checkpoint]",
-        )(command)  # fmt: skip
-        return click.option(
-            "-T", "T", type=click.IntRange(min=1), default=None,
-            help=f"Frames per {per}.  [default: the checkpoint's T; "
-            f"{SJ_FRAMES.T} for a SpikingJelly checkpoint]",
-        )(command)  # fmt: skip
 
-    return decorate
+def frame_spec(options: dict[str, Any]) -> FrameSpec:
+    """The FrameSpec of the frame options among a command's `options` (popped from them)."""
+    given = {name: options.pop(name) for name in FRAME_HELP if name in options}
+    return FrameSpec(**{name: value for name, value in given.items() if value is not None})
 
 
 class Device(click.ParamType):

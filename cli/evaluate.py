@@ -8,13 +8,13 @@ import click
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import SPLITS
-from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, root_given, root_option
+from dvsgkit_cli.common import DEVICE, frame_options, root_given, root_option
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @root_option
-@checkpoint_frame_options("sample")
+@frame_options("sample", checkpoint=True)
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Which split to score.")
 @click.option(
     "-b", "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
@@ -33,17 +33,17 @@ from dvsgkit_cli.common import DEVICE, checkpoint_frame_options, root_given, roo
 def evaluate(
     checkpoint: Path,
     root: Path,
-    T: int | None,
-    split_by: str | None,
     split: str,
     batch_size: int,
     device: str | None,
     workers: int,
     out_dir: Path | None,
     progress: bool,
+    **frames: object,
 ) -> None:
     """Score CHECKPOINT (a dvsgkit checkpoint_*.pth, a run directory, or a SpikingJelly
-    classify_dvsg checkpoint) on ROOT's frames: prints the report and writes
+    classify_dvsg checkpoint) on ROOT's frames, those it trained on unless frame options are
+    given (a cut given replaces the recorded one): prints the report and writes
     <stem>_<split>_eval.json, <stem>_<split>_eval.txt and <stem>_<split>_confusion.png.
     Without --root (or $DVSGKIT_ROOT) a dvsgkit checkpoint is scored on the root its run
     trained on."""
@@ -52,9 +52,8 @@ def evaluate(
     from dvsgkit.evaluate import write_outputs
 
     result = run_evaluation(
-        checkpoint, root=root if root_given() else None, T=T, split_by=split_by, split=split,
-        batch_size=batch_size, device=device or default_device(), workers=workers,
-        progress=progress,
+        checkpoint, root=root if root_given() else None, split=split, batch_size=batch_size,
+        device=device or default_device(), workers=workers, progress=progress, **frames,
     )  # fmt: skip
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     paths = write_outputs(result, out_dir or folder)

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from dvsgkit.constants import SPLITS
-from dvsgkit.frames import SPLIT_BY, FrameSpec
-from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MAX_FRAMES, MIN_FPS
-from dvsgkit_cli.common import out_dir_option, root_option
+from dvsgkit.show import DEFAULT_FPS, MAX_FPS, MIN_FPS
+from dvsgkit_cli.common import frame_options, frame_spec, out_dir_option, root_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -17,10 +16,7 @@ from dvsgkit_cli.common import out_dir_option, root_option
 @root_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", help="Sample mode: the split.")
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Sample mode: which one.")
-@click.option("-T", "T", type=click.IntRange(min=1), default=FrameSpec().T,
-              help=f"Sample mode: frames (at most {MAX_FRAMES}).")  # fmt: skip
-@click.option("--split-by", type=click.Choice(SPLIT_BY), default=FrameSpec().split_by,
-              help="Sample mode: frame cutting.")  # fmt: skip
+@frame_options("sample", duration="--frame-duration")  # sample mode's frames
 @click.option("--start", default="0s", help="Recording mode: from this long after the first event.")
 @click.option("--duration", default="3s", help="Recording mode: for this long.")
 @click.option("--fps", type=float, default=DEFAULT_FPS,
@@ -32,18 +28,19 @@ def show(
     root: Path,
     split: str,
     index: int | None,
-    T: int,
-    split_by: str,
     start: str,
     duration: str,
     fps: float,
     out_dir: Path,
+    **frames: object,
 ) -> None:
     """Write pictures of the data. With --index: sample INDEX of --split from ROOT/events.h5 as
-    T frames (<split>_<index>_T<T>.gif and a .png grid with a colour key), captioned with frame
-    number and true label. With RECORDING (.aedat, .npz, .h5, in time order): its events from
-    --start for --duration as a GIF at --fps, captioned with the time and the gesture of
-    <stem>_labels.csv when one sits beside it. OFF events are orange, ON events blue."""
+    frames of the frame options, --frame-duration being `dvsgkit frames --duration`
+    (<split>_<index>_T<T>.gif, or <split>_<index>_<store name>.gif for other options, and a
+    .png grid with a colour key), captioned with frame number and true label. With RECORDING
+    (.aedat, .npz, .h5, in time order): its events from --start for --duration as a GIF at
+    --fps, captioned with the time and the gesture of <stem>_labels.csv when one sits beside
+    it. OFF events are orange, ON events blue."""
     from dvsgkit.io.recordings import parse_duration
     from dvsgkit.show import show_recording, show_sample
 
@@ -57,7 +54,7 @@ def show(
             parse_duration(duration, "--duration"), fps, out_dir,
         )  # fmt: skip
     else:
-        shown = show_sample(root, split, index, FrameSpec(T, split_by), out_dir)
+        shown = show_sample(root, split, index, frame_spec(frames), out_dir)
     click.echo(f"gif: {shown.gif} ({shown.frames} frames of {shown.size[0]}x{shown.size[1]})")
     if shown.png is not None:
         click.echo(f"png: {shown.png}")

@@ -9,16 +9,15 @@ from typing import Any
 
 import click
 
-from dvsgkit.config import (
-    DEFAULTS,
-    MAX_SEED,
-    NEURONS,
-    OPTIMIZERS,
-    SCHEDULERS,
-    SPLIT_BYS,
-    TrainConfig,
+from dvsgkit.config import DEFAULTS, MAX_SEED, NEURONS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from dvsgkit_cli.common import (
+    DEVICE,
+    FRAME_HELP,
+    frame_options,
+    frame_spec,
+    root_given,
+    root_option,
 )
-from dvsgkit_cli.common import DEVICE, root_given, root_option
 
 
 def _field(name: str, *decls: str, help: str, **kwargs: Any) -> Callable:
@@ -31,7 +30,7 @@ def _field(name: str, *decls: str, help: str, **kwargs: Any) -> Callable:
 
 AT_LEAST_1 = click.IntRange(min=1)
 OPTIONS = [
-    _field("T", "-T", type=AT_LEAST_1, help="Time steps (frames) per sample."),
+    frame_options("sample", only=tuple(FRAME_HELP)),  # -T, --split-by, ..., --integrator
     click.option("--device", type=DEVICE, default=None,
                  help="cpu, cuda or cuda:N.  [default: cuda:0 if available, else cpu]"),
     _field("batch_size", "-b", "--batch-size", type=AT_LEAST_1, help="Batch size per process."),
@@ -48,7 +47,7 @@ OPTIONS = [
                  "first one run."),
     click.option("--allow-new-store", is_flag=True,
                  help="With --resume: continue even if ROOT's frame store is not the one the run "
-                 "trained on (other events, T, split_by or sample counts)."),
+                 "trained on (other events, frame options or sample counts)."),
     _field("amp", "--amp", help="Mixed precision: float16 autocast + GradScaler (CUDA only)."),
     _field("cupy", "--cupy",
            help="Layer-by-layer network with the fused CuPy LIF (else step-by-step)."),
@@ -66,8 +65,6 @@ OPTIONS = [
     _field("step_size", "--step-size", type=AT_LEAST_1, help="StepLR: epochs between decays."),
     _field("gamma", "--gamma", type=click.FloatRange(min=0), help="StepLR: decay factor."),
     _field("T_max", "--T-max", type=AT_LEAST_1, help="CosineAnnealingLR: period in epochs."),
-    _field("split_by", "--split-by", type=click.Choice(SPLIT_BYS),
-           help="How events are cut into frames."),
     _field("seed", "--seed", type=click.IntRange(0, MAX_SEED),
            help="Seeds weights, dropout and the shuffle order."),
     _field("sync_bn", "--sync-bn",
@@ -98,9 +95,12 @@ def train(
     out_dir: Path,
     **options: object,
 ) -> None:
-    """Train the spiking CNN with SpikingJelly's classify_dvsg recipe on ROOT's frame store,
-    which is built first if missing. Writes OUT_DIR/<run name>/: config.json, metrics.jsonl,
-    checkpoint_latest.pth, checkpoint_max.pth, tensorboard/.
+    """Train the spiking CNN with SpikingJelly's classify_dvsg recipe on ROOT's frame store of
+    the frame options, which is built first if missing (with --duration or --bin without -T,
+    batches are padded to their longest sample and each sample's firing rate is averaged over
+    its own frames; with --size the classifier takes the smaller frames). Writes
+    OUT_DIR/<run name>/: config.json, metrics.jsonl, checkpoint_latest.pth,
+    checkpoint_max.pth, tensorboard/.
 
     --resume without --root (or $DVSGKIT_ROOT) continues on the dataset root the run recorded.
 
@@ -112,8 +112,9 @@ def train(
 
     if allow_new_store and resume is None:
         raise click.UsageError("--allow-new-store applies to --resume only")
+    frames = frame_spec(options).to_dict()
     config = TrainConfig(
-        device=device or default_device(), root=str(root), out_dir=str(out_dir), **options
+        device=device or default_device(), root=str(root), out_dir=str(out_dir), **options, **frames
     )
     result = run_training(
         config, resume=resume, allow_new_store=allow_new_store, root_from_run=not root_given()

@@ -15,6 +15,7 @@ from dvsgkit.frames import SPLIT_BY as SPLIT_BYS  # the two frame-cutting rules,
 from dvsgkit.frames import FrameSpec
 from dvsgkit.fs import write_text
 
+FRAME_FIELDS = tuple(FrameSpec.__dataclass_fields__)  # T, split_by, duration_us, ..., integrator
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosalr", "steplr")
 NEURONS = ("lif", "plif")  # dvsgkit.model.net.NEURONS (not imported: config must not need torch)
@@ -26,7 +27,8 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
 # other fields (epochs to extend training, and where/how it executes: device, workers, amp, ...).
 RECIPE_FIELDS = ("T", "batch_size", "channels", "split_by", "opt", "lr", "momentum",
                  "lr_scheduler", "step_size", "gamma", "T_max", "seed", "sync_bn", "neuron",
-                 "init_tau")  # fmt: skip
+                 "init_tau", "duration_us", "bin_us", "size", "denoise_us",
+                 "integrator")  # fmt: skip
 # Pairs of options that cannot run together, and why.
 CONFLICTS = {
     ("fused", "sync_bn"): "--fused computes each process's own BatchNorm statistics; --sync-bn "
@@ -41,10 +43,11 @@ CONFLICTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; the defaults are SpikingJelly's `classify_dvsg`
-    recipe's (docs/reference.md §6). The frames are `frame_spec` (T, split_by: flat keys in
-    config.json, as runs have always saved them)."""
+    recipe's (docs/reference.md §6). The frames are `frame_spec`: FrameSpec's fields, flat keys
+    in config.json (T and split_by as runs have always saved them; T is None for frames of
+    varying count per sample)."""
 
-    T: int = 16
+    T: int | None = FrameSpec().T
     device: str = "cpu"
     batch_size: int = 16
     epochs: int = 64
@@ -70,9 +73,18 @@ class TrainConfig:
     init_tau: float = INIT_TAU
     fused: bool = False  # --cupy: fused BatchNorm + LIF + max-pool kernels per conv block
     compile_steps: bool = False  # step-by-step on CUDA: each time step compiled (CUDA graphs)
+    # The other frame options (FrameSpec's fields; checked there).
+    duration_us: int | None = None
+    bin_us: int | None = None
+    size: int = FrameSpec().size
+    denoise_us: int | None = None
+    integrator: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("T", "batch_size", "epochs", "channels", "step_size", "T_max"):
+        spec = FrameSpec(**{name: getattr(self, name) for name in FRAME_FIELDS})
+        for name in FRAME_FIELDS:  # normalised: durations in µs, T None or a number
+            object.__setattr__(self, name, getattr(spec, name))
+        for name in ("batch_size", "epochs", "channels", "step_size", "T_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -86,7 +98,7 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
         for name, choices in (("opt", OPTIMIZERS), ("lr_scheduler", SCHEDULERS),
-                              ("split_by", SPLIT_BYS), ("neuron", NEURONS)):  # fmt: skip
+                              ("neuron", NEURONS)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise InputError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -109,7 +121,7 @@ class TrainConfig:
     @property
     def frame_spec(self) -> FrameSpec:
         """The frames this run trains on (the frame store's, the checkpoint's)."""
-        return FrameSpec(self.T, self.split_by)
+        return FrameSpec(**{name: getattr(self, name) for name in FRAME_FIELDS})
 
     @property
     def mode(self) -> str:
@@ -123,8 +135,12 @@ class TrainConfig:
     def run_name(self) -> str:
         """The run directory's name, built like classify_dvsg's (`T_16_b_16_c_128_adam_lr_...`);
         the other recipe fields appear only when they leave the default, so the recipe's own
-        configurations keep its names."""
-        name = f"T_{self.T}_b_{self.batch_size}_c_{self.channels}_{self.opt}_lr_{self.lr}_"
+        configurations keep its names. Frames other than T by number or time are named as their
+        store is (`duration_50000_b_16_...`)."""
+        spec = self.frame_spec
+        count = f"frames_number_{self.T}_split_by_{self.split_by}"
+        frames = spec.name.replace(count, f"T_{self.T}") if spec.mode in SPLIT_BYS else spec.name
+        name = f"{frames}_b_{self.batch_size}_c_{self.channels}_{self.opt}_lr_{self.lr}_"
         if self.lr_scheduler == "cosalr":
             name += f"cosalr_{self.T_max}"
         else:

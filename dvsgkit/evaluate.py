@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ class Evaluation:
         epoch = "" if self.epoch is None else f", epoch {self.epoch}"
         lines = [
             f"{self.checkpoint} ({self.source}{epoch}) on {self.split}: {self.samples} samples, "
-            f"T={self.frames.T}, split_by={self.frames.split_by}, channels={self.channels}",
+            f"{self.frames.describe()}, channels={self.channels}",
             f"accuracy {100 * self.accuracy:.2f} %  ({np.trace(self.confusion)}/{self.samples})"
             f"   loss {self.loss:.6f}",
             "",
@@ -122,7 +122,8 @@ def load_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     if is_dvsgkit_checkpoint(ckpt):
         config = check_checkpoint(ckpt, path, resume=False)
         # Eval mode computes the same function in every mode; layer-by-layer is the faster one.
-        net = GestureNet(config.channels, mode="layer", backend="torch", neuron=config.neuron)
+        net = GestureNet(config.channels, mode="layer", backend="torch", neuron=config.neuron,
+                         size=config.size)  # fmt: skip
         load_weights(net, ckpt["net"], path)
         spec, root, source = config.frame_spec, config.root, "dvsgkit"
     else:
@@ -147,8 +148,9 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
 
     labels, preds, sums = [], [], new_sums(device)
     with torch.inference_mode():
-        for frames, target in loader:
-            _, pred = score_batch(net, frames, target, sums, amp=amp)
+        for frames, target, *lengths in loader:  # lengths: a ragged store's
+            _, pred = score_batch(net, frames, target, sums, amp=amp,
+                                  lengths=next(iter(lengths), None))  # fmt: skip
             labels.append(target)
             preds.append(pred)
     labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
@@ -166,10 +168,13 @@ def evaluate(
     device: str = "cpu",
     workers: int = 0,
     progress: bool = True,
+    **frame_options: object,
 ) -> Evaluation:
-    """Evaluate `checkpoint` on ROOT's frames (built if missing). ROOT and the frames (T,
-    split_by) default to the checkpoint's run: the root it trained on, its FrameSpec; a
-    SpikingJelly checkpoint records neither, so they default to training's (data, 16, number)."""
+    """Evaluate `checkpoint` on ROOT's frames (built if missing). ROOT and the frames default to
+    the checkpoint's run: the root it trained on, its FrameSpec, which T, split_by and
+    `frame_options` (FrameSpec's duration_us, bin_us, size, denoise_us) override
+    (`FrameSpec.override`); a SpikingJelly checkpoint records neither, so they default to
+    training's (data, 16, number)."""
     from dvsgkit.data import make_loader
     from dvsgkit.device import parse_device
     from dvsgkit.framestore.build import build_frame_store
@@ -177,8 +182,13 @@ def evaluate(
 
     checkpoint = checkpoint_file(checkpoint)  # a run directory: its latest, named so in outputs
     net, meta = load_net(checkpoint)
-    given = {key: value for key, value in (("T", T), ("split_by", split_by)) if value}
-    frames = replace(meta["frames"] or DEFAULTS.frame_spec, **given)
+    frames = (meta["frames"] or DEFAULTS.frame_spec).override(T=T, split_by=split_by,
+                                                              **frame_options)  # fmt: skip
+    if frames.size != net.size:
+        raise InputError(
+            f"--size {frames.size}: {checkpoint}'s network takes {net.size} x {net.size} frames "
+            f"(it was trained on them); drop --size, or give --size {net.size}"
+        )
     if root is None:
         root = recorded_root(meta["root"], checkpoint) if meta["root"] else DEFAULTS.root
     dev = parse_device(device)

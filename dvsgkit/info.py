@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES, SPLITS
-from dvsgkit.errors import DamagedError, InputError, NotFound
+from dvsgkit.errors import DamagedError, DvsgkitError, InputError, NotFound
+from dvsgkit.frames import FrameSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -48,9 +48,6 @@ def summarize(path: Path, verify: bool = False) -> dict[str, Any]:
             "ROOT/events.h5, a ROOT/frames_*.zarr store or a dataset ROOT"
         )
     return {"path": str(path), "kind": "root", "complete": True, "holds": holds}
-
-
-FRAME_STORE_NAME = re.compile(r"frames_number_(\d+)_split_by_(\w+)\.zarr")
 
 
 def _root_parts(root: Path) -> dict[str, dict[str, str]]:
@@ -103,15 +100,25 @@ def _root_parts(root: Path) -> dict[str, dict[str, str]]:
             "what": f"event cache, {_mb(events.stat().st_size)}",
             "inspect": f"dvsgkit info {events} (add --verify to read every byte)",
         }
-    for store in sorted(root.glob("frames_*.zarr")):
-        match = FRAME_STORE_NAME.fullmatch(store.name)
-        if not store.is_dir() or match is None:
+    for store in sorted(root.glob("*.zarr")):
+        spec = _store_spec(store)
+        if spec is None:
             continue
         parts[store.name] = {
-            "what": f"frame store, T={match[1]}, split_by {match[2]}, {_mb(size_on_disk(store))}",
+            "what": f"frame store, {spec.describe()}, {_mb(size_on_disk(store))}",
             "inspect": f"dvsgkit info {store} (add --verify to check every sample)",
         }
     return parts
+
+
+def _store_spec(path: Path) -> FrameSpec | None:
+    """The FrameSpec a dvsgkit frame store at `path` records (None: not one, or no spec)."""
+    from dvsgkit.framestore.check import record
+
+    try:
+        return FrameSpec.from_dict(record(path)) if path.is_dir() else None
+    except (DvsgkitError, TypeError):
+        return None
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -176,6 +183,9 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
         "bytes": size_on_disk(path),
         "T": attrs.get("T"),
         "split_by": attrs.get("split_by"),
+        "frames": {
+            key: value for key, value in attrs.items() if key in FrameSpec.__dataclass_fields__
+        },
         "zarr_format": group.metadata.zarr_format,
         "splits": {},
         "provenance": {
@@ -197,6 +207,11 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
                 "raw_bytes": int(frames.nbytes),
                 "classes": {} if problems else _class_counts(labels[:]),
             }
+            if "frame_offsets" in group[split] and not problems:  # ragged: frames per sample
+                lengths = np.diff(group[split]["frame_offsets"][:])
+                out["splits"][split]["frames_per_sample"] = [
+                    int(lengths.min(initial=0)), float(lengths.mean()) if lengths.size else 0.0,
+                    int(lengths.max(initial=0))]  # fmt: skip
         except Exception:  # a split missing or unreadable: named among the problems
             continue
     if verify:
@@ -210,6 +225,14 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
         out["damage"] = problems
         out["fix"] = checks.rebuild_hint(path)
     return out
+
+
+def _describe(recorded: dict[str, Any]) -> str:
+    """A store's frame options as one line (what its record says, however edited)."""
+    try:
+        return FrameSpec.from_dict(recorded).describe()
+    except (DvsgkitError, TypeError):
+        return ", ".join(f"{key} {value!r}" for key, value in recorded.items())
 
 
 def _mb(n: int) -> str:
@@ -235,7 +258,10 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"  fix             {info['fix']}")
     lines.append(f"  size on disk    {_mb(info['bytes'])}")
     if info["kind"] == "frames":
-        lines.append(f"  T               {info['T']} (split_by {info['split_by']})")
+        if set(info["frames"]) <= {"T", "split_by"}:  # T frames by number or time
+            lines.append(f"  T               {info['T']} (split_by {info['split_by']})")
+        else:
+            lines.append(f"  frames          {_describe(info['frames'])}")
         lines.append(f"  zarr format     {info['zarr_format']}")
     for split, s in info.get("splits", {}).items():
         if info["kind"] == "events":
@@ -247,6 +273,9 @@ def format_summary(info: dict[str, Any]) -> str:
                 f"{s['max_count']}, {_mb(s['bytes'])} ({ratio:.1f}x compressed)"
             )
         lines.append(f"  {split:<15} {head}")
+        if "frames_per_sample" in s:
+            low, mean, high = s["frames_per_sample"]
+            lines.append(f"  {'':<15} frames per sample {low}..{high} (mean {mean:.1f})")
         per_class = ", ".join(f"{n}" for n in s["classes"].values())
         lines.append(f"  {'':<15} per class (0..10): {per_class}")
     prov = info.get("provenance", {})

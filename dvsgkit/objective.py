@@ -23,15 +23,27 @@ def new_sums(device: torch.device | str) -> torch.Tensor:
 
 
 def score_batch(
-    net: Any, frames: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor, *, amp: bool
+    net: Any,
+    frames: torch.Tensor,
+    labels: torch.Tensor,
+    sums: torch.Tensor,
+    *,
+    amp: bool,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one batch (frames [B, T, 2, H, W], labels int64 [B]) and add its loss sum, correct
+    """Run one batch (frames [B, T, 2, H, W], labels int64 [B]; a ragged store's batch also
+    `lengths` [B], each sample's own frames, the rest padding) and add its loss sum, correct
     predictions and size to `sums` (from `new_sums`, on the batch's device; autocast to float16
     there when `amp`). Returns the batch's mean loss (float32, with its graph when gradients are
     on) and the predicted classes, int64 [B]."""
+    from dvsgkit.data import padded_sequence_mask
+
     onehot = F.one_hot(labels, NUM_CLASSES).float()
     with torch.autocast(sums.device.type, dtype=torch.float16, enabled=amp):
-        rates = net(frames)  # [B, 11] firing rates
+        if lengths is None:
+            rates = net(frames)  # [B, 11] firing rates
+        else:  # averaged over each sample's own frames (SpikingJelly's padded_sequence_mask)
+            rates = net(frames, padded_sequence_mask(lengths, frames.shape[1]))
     loss = F.mse_loss(rates.float(), onehot)
     preds = rates.argmax(1)
     n = labels.numel()
@@ -55,8 +67,8 @@ def run_epoch(
     step left the loss and the weights finite. Returns [loss sum, correct, samples] on the
     device: the sums (and the watch's record) stay there, so that no step waits for the host."""
     sums = new_sums(device)
-    for frames, labels in loader:
-        loss, _ = score_batch(net, frames, labels, sums, amp=amp)
+    for frames, labels, *lengths in loader:  # lengths: a ragged store's
+        loss, _ = score_batch(net, frames, labels, sums, amp=amp, lengths=next(iter(lengths), None))
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -116,26 +116,32 @@ def show_sample(
     frame_ms: int = 250,
 ) -> Shown:
     """Sample `index` of `split` in ROOT/events.h5, integrated into `frames` (FrameSpec's
-    defaults if None; T at most MAX_FRAMES) exactly as the frame store does, as
-    `<split>_<index>_T<T>.gif` (one frame each `frame_ms`) and `.png` (the T frames in rows of
+    defaults if None; at most MAX_FRAMES frames) exactly as the frame store does, as
+    `<split>_<index>_T<T>.gif` (other specs: `<split>_<index>_<spec.name>.gif`; one frame
+    each `frame_ms`) and `.png` (the T frames in rows of
     GRID_COLUMNS, with a colour key), each frame captioned with its number and the true label."""
     from dvsgkit.eventcache.layout import event_cache_path
     from dvsgkit.eventcache.read import EventCache
 
     frames = frames or FrameSpec()
-    T = frames.T
-    if T > MAX_FRAMES:
-        raise InputError(f"-T {T} is out of range: show draws 1..{MAX_FRAMES} frames")
+    if (frames.T or 0) > MAX_FRAMES:
+        raise InputError(f"-T {frames.T} is out of range: show draws 1..{MAX_FRAMES} frames")
     with EventCache(event_cache_path(root)) as cache:
         n = cache.num_samples(split)
         if not 0 <= index < n:
             raise InputError(f"--index {index} is out of range: {split} has samples 0..{n - 1}")
         events = cache.sample(split, index)
         label = int(cache.labels(split)[index])
+    counts = integrate(events, frames)  # [T, 2, H, W]
+    T = len(counts)
+    if T > MAX_FRAMES:
+        raise InputError(f"{frames.describe()} gives sample {index} {T} frames: show draws "
+                         f"1..{MAX_FRAMES}; give a longer duration or bin")  # fmt: skip
     captions = [f"frame {k + 1}/{T} | {label} {CLASS_NAMES[label]}" for k in range(T)]
-    images = render(integrate(events, frames), captions)  # [T, 2, H, W] counts drawn
+    images = render(counts, captions)  # [T, 2, H, W] counts drawn
     out = make_folder(Path(out_dir), WRITE_FIX)
-    stem = f"{split}_{index}_T{T}"
+    plain = frames == FrameSpec(frames.T, frames.split_by)  # T frames, nothing else
+    stem = f"{split}_{index}_T{T}" if plain else f"{split}_{index}_{frames.name}"
     gif = save_gif(images, out / f"{stem}.gif", frame_ms)
     png = save_image(grid(images), out / f"{stem}.png", format="PNG", optimize=True)
     return Shown(gif, png, T, images[0].size, tuple(captions))

@@ -154,7 +154,7 @@ def _model(config: TrainConfig, job: Job) -> dict[str, Any]:
     seed_everything(config.seed)
     net = GestureNet(config.channels, config.mode, config.backend, neuron=config.neuron,
                      init_tau=config.init_tau, fused=config.fused,
-                     compile_steps=config.compile_steps)  # fmt: skip
+                     compile_steps=config.compile_steps, size=config.size)  # fmt: skip
     if config.sync_bn and job.world_size > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(job.device)

@@ -81,7 +81,7 @@ class FrameSpec:
             given = " and ".join(OPTIONS[n] for n in cut)
             raise InputError(f"{given} are different ways to cut frames; give one of them")
         if T is not None and (isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1):
-            raise InputError(f"T (frames per sample) must be an integer >= 1, got {T!r}")
+            raise InputError(f"T must be an integer >= 1, got {T!r} (frames per sample)")
         if self.split_by not in SPLIT_BY:
             raise InputError(
                 f"split_by must be one of {', '.join(SPLIT_BY)}; got {self.split_by!r}"
@@ -147,13 +147,13 @@ class FrameSpec:
         return cut + size + (f"_denoise_{self.denoise_us}" if self.denoise_us else "")
 
     def describe(self) -> str:
-        """One line for people: "T=16, split_by number", "duration 50ms, size 32", ..."""
+        """One line for people: "T=16, split_by=number", "duration 50ms, size 32", ..."""
         cut = {
             "duration": f"duration {format_us(self.duration_us or 0)} (frames per sample vary)",
             "bin": f"bins of {format_us(self.bin_us or 0)}"
             + (f", T={self.T}" if self.T else " (frames per sample vary)"),
             "custom": f"custom integrator {self.integrator} (frames per sample vary)",
-        }.get(self.mode, f"T={self.T}, split_by {self.split_by}")
+        }.get(self.mode, f"T={self.T}, split_by={self.split_by}")
         size = f", size {self.size}" if self.size != SENSOR_HEIGHT else ""
         return cut + size + (f", denoise {format_us(self.denoise_us)}" if self.denoise_us else "")
 

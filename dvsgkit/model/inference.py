@@ -26,7 +26,7 @@ from torch import nn
 
 from dvsgkit.device import set_cpu_threads
 from dvsgkit.model.lif import vote
-from dvsgkit.model.net import NUM_OUTPUTS, GestureNet
+from dvsgkit.model.net import NUM_OUTPUTS, GestureNet, step_votes
 
 
 class _Neuron:
@@ -76,9 +76,9 @@ def pool_spikes(s: torch.Tensor) -> torch.Tensor:
 
 class InferenceNet(nn.Module):
     """`net`'s eval-mode forward, step by step with in-place neurons, channels-last convolutions
-    and BatchNorm with the running statistics: `forward(x [N, T, 2, 128, 128]) -> [N, 11]`
-    firing rates, equal to `net.eval()(x)` in step mode. Holds a copy of net's layers (eval
-    mode, on net's device); gradients are never recorded."""
+    and BatchNorm with the running statistics: `forward(x [N, T, 2, H, W], mask=None) ->
+    [N, 11]` firing rates, equal to `net.eval()(x, mask)` in step mode. Holds a copy of net's
+    layers (eval mode, on net's device); gradients are never recorded."""
 
     def __init__(self, net: GestureNet) -> None:
         super().__init__()
@@ -101,7 +101,7 @@ class InferenceNet(nn.Module):
         return f"channels={self.channels}, neuron={self.neuron!r}"
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         n, t = x.shape[:2]
         cells = self.cells
         v: list[torch.Tensor | None] = [None] * len(cells)  # at rest before the first step
@@ -116,8 +116,8 @@ class InferenceNet(nn.Module):
             spike, v[-2] = cells[-2].fire(h)
             h = cells[-1].charge(self.fc2(spike), v[-1])
             spike, v[-1] = cells[-1].fire(h)
-            rates += vote(spike)
-        return rates / t
+            rates += step_votes(vote(spike), mask, step)
+        return rates / (t if mask is None else mask.sum(0, keepdim=True).T)
 
 
 def for_inference(net: nn.Module, device: str | torch.device) -> nn.Module:

@@ -65,8 +65,15 @@ class GestureNet(nn.Module):
     (default C*2*2, classify_dvsg's; SpikingJelly's DVSGestureNet uses 512) and `bias` gives both
     Linear layers a bias (DVSGestureNet's have one). The defaults are classify_dvsg's network.
 
-    `forward(x [N, T, 2, 128, 128] float) -> [N, 11]` class firing rates averaged over T.
-    The neurons' membranes live only inside forward, so every call starts from rest.
+    `size` is the frames' side (128, 64 or 32: a frame store's `--size`); fc1 takes the
+    C*(size/32)^2 features the five poolings leave.
+
+    `forward(x [N, T, 2, size, size] float, mask=None) -> [N, 11]` class firing rates averaged
+    over T; with `mask` (bool [T, N], SpikingJelly's `padded_sequence_mask` of a padded batch)
+    averaged over each sample's own steps only. Padding follows a sample's frames, so its
+    steps never reach the outputs of the sample's own (BatchNorm's batch statistics in train
+    mode do see the padded frames, as in SpikingJelly's padded training). The neurons'
+    membranes live only inside forward, so every call starts from rest.
 
     After `net.to(memory_format=torch.channels_last)` every convolution, BatchNorm, LIF and
     max-pool runs on NHWC tensors; on CUDA the input too: it is laid out NHWC once, its 2
@@ -90,8 +97,11 @@ class GestureNet(nn.Module):
         bias: bool = False,
         fused: bool = False,
         compile_steps: bool = False,
+        size: int = INPUT_SIZE,
     ) -> None:
         super().__init__()
+        if not isinstance(size, int) or size < 1 << CONV_BLOCKS or size % (1 << CONV_BLOCKS):
+            raise ValueError(f"size must be a multiple of {1 << CONV_BLOCKS}, got {size!r}")
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         hidden = channels * 2 * 2 if hidden is None else hidden
@@ -106,7 +116,7 @@ class GestureNet(nn.Module):
         execution = (mode, backend, bool(fused), bool(compile_steps))
         if execution not in EXECUTIONS:
             raise ValueError(next(why for i, value, why in REFUSALS if execution[i] == value))
-        self.channels, self.mode, self.backend = channels, mode, backend
+        self.channels, self.mode, self.backend, self.size = channels, mode, backend, size
         self.compile_steps = bool(compile_steps)
         self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)
         self.convs = nn.ModuleList(
@@ -114,7 +124,7 @@ class GestureNet(nn.Module):
             for i in range(CONV_BLOCKS)
         )
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(CONV_BLOCKS))
-        side = INPUT_SIZE >> CONV_BLOCKS  # 4
+        side = size >> CONV_BLOCKS  # 4 at 128
         self.drop1 = SampleDropout()
         self.fc1 = nn.Linear(channels * side * side, hidden, bias=bias)
         self.drop2 = SampleDropout()
@@ -152,6 +162,7 @@ class GestureNet(nn.Module):
         return (
             f"channels={self.channels}, mode={self.mode!r}, backend={self.backend!r}, "
             f"neuron={self.neuron!r}, hidden={self.hidden}, bias={self.bias}"
+            + (f", size={self.size}" if self.size != INPUT_SIZE else "")
             + (", fused=True" if self.fused else "")
             + (", compile_steps=True" if self.compile_steps else "")
         )
@@ -187,22 +198,25 @@ class GestureNet(nn.Module):
         weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(y, weight, conv.bias, conv.stride, conv.padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[2] != 2 or x.shape[3:] != (self.size, self.size):
             raise ValueError(
-                f"GestureNet takes frames [N, T, 2, {INPUT_SIZE}, {INPUT_SIZE}], "
+                f"GestureNet takes frames [N, T, 2, {self.size}, {self.size}], "
                 f"got shape {tuple(x.shape)}"
             )
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[1::-1]):
+            raise ValueError(f"mask must be [T, N] = {list(x.shape[1::-1])}, got "
+                             f"{list(mask.shape)}")  # fmt: skip
         if self.backend == "cupy" and not x.is_cuda:
             raise ValueError(
                 f"backend 'cupy' needs CUDA tensors, got input on {x.device}; move the model "
                 "and the data to a CUDA device, or build GestureNet(backend='torch')"
             )
         if self.mode == "layer":
-            return self._forward_layer(x)
-        return self._forward_step(x)
+            return self._forward_layer(x, mask)
+        return self._forward_step(x, mask)
 
-    def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_layer(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         n, t = x.shape[:2]
         neurons = self.neurons()
         y = self._input(x).flatten(0, 1)  # [T*N, 2 (or 8), H, W], time-major
@@ -218,7 +232,9 @@ class GestureNet(nn.Module):
         y = y.reshape(t, n, -1)  # [T, N, C*4*4] in NCHW order (a small copy when NHWC)
         y = neurons[-2](self.fc1(self.drop1(y)))  # [T, N, hidden]
         y = neurons[-1](self.fc2(self.drop2(y)))  # [T, N, 110]
-        return vote(y).mean(0)  # [N, 11]
+        if mask is None:
+            return vote(y).mean(0)  # [N, 11]
+        return masked_mean(vote(y), mask)
 
     def _compiles_steps(self, x: torch.Tensor) -> bool:
         """Whether forward runs the compiled time step (`graphs`): asked for, and it can run."""
@@ -230,7 +246,7 @@ class GestureNet(nn.Module):
             and plain_batchnorms(self.bns)
         )
 
-    def _forward_step(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_step(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         t = x.shape[1]
         # One membrane per spiking layer (5 conv + 2 fc), at rest before the first step.
         v: list[torch.Tensor | float] = [V_RESET] * len(SPIKING_LAYERS)
@@ -247,7 +263,7 @@ class GestureNet(nn.Module):
             later_step = graphs.compiled(time_step)
         # The first step runs eagerly: it draws the dropout masks and starts from rest.
         votes, v, masks, stats = time_step(self, steps[0], v, None, stats_out)
-        rates = x.new_zeros(x.shape[0], NUM_OUTPUTS) + votes  # summed in x's dtype
+        rates = x.new_zeros(x.shape[0], NUM_OUTPUTS) + step_votes(votes, mask, 0)  # in x's dtype
         for step in range(1, t):
             if stats_out:
                 graphs.update_running_stats(self.bns, stats)
@@ -255,10 +271,20 @@ class GestureNet(nn.Module):
                 votes, v, _, stats = later_step(self, steps[step], v, masks, stats_out)
             else:
                 votes, v, _, _ = time_step(self, steps[step], v, masks)
-            rates = rates + votes  # [N, 11]
+            rates = rates + step_votes(votes, mask, step)  # [N, 11]
         if stats_out:
             graphs.update_running_stats(self.bns, stats)
-        return rates / t
+        return rates / (t if mask is None else mask.sum(0, keepdim=True).T)
+
+
+def step_votes(votes: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
+    """A time step's votes [N, 11], zero for the samples whose frames ended before `step`."""
+    return votes if mask is None else votes * mask[step, :, None]
+
+
+def masked_mean(votes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of votes [T, N, 11] over each sample's own steps (mask [T, N]): [N, 11]."""
+    return (votes * mask[..., None]).sum(0) / mask.sum(0)[:, None]
 
 
 def time_step(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
 from dvsgkit.errors import InputError, NotFound
-from dvsgkit.frames import FrameSpec, integrate_many
+from dvsgkit.frames import FrameSpec, integrate_samples, pad_samples
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import RecordingError, check_recording, iter_recording
 from dvsgkit.run import checkpoint_file
@@ -57,7 +57,7 @@ class Prediction:
     def few_events(self) -> int:
         """Windows with fewer events than T frames: all in the last frame (none: empty frames),
         as the frame store integrates such samples."""
-        return int((self.counts < self.frames.T).sum())
+        return 0 if self.frames.ragged else int((self.counts < self.frames.T).sum())
 
     def window_labels(self) -> np.ndarray:
         """int64 [K]: the label of the first labelled gesture (in file order) that holds each
@@ -77,10 +77,16 @@ def checkpoint_frames(
     meta: dict[str, Any], T: int | None = None, split_by: str | None = None
 ) -> FrameSpec:
     """The frames a checkpoint was trained on (`meta` from `load_checkpoint_net`; a SpikingJelly
-    checkpoint records none: FrameSpec's defaults, 16 by number), with -T / --split-by
-    overriding them."""
+    checkpoint records none: FrameSpec's defaults, 16 by number), every option of them, with
+    -T / --split-by overriding its cut (`FrameSpec.override`)."""
     recorded = meta.get("frames") or FrameSpec.from_dict({k: v for k, v in meta.items() if v})
-    return replace(recorded, **{k: v for k, v in (("T", T), ("split_by", split_by)) if v})
+    if recorded.mode == "custom":
+        raise InputError(
+            f"the checkpoint was trained on frames of the custom integrator "
+            f"{recorded.integrator}, which dvsgkit cannot apply to windows; train on frames of "
+            "dvsgkit frames' options to predict with 'dvsgkit predict'"
+        )
+    return recorded.override(T=T, split_by=split_by)
 
 
 def load_checkpoint_net(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
@@ -179,20 +185,28 @@ def classify(
     batch_size: int = DEFAULT_BATCH["cpu"],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Integrate each window's events into `frames` exactly as the frame store does
-    (`frames.integrate_many`; a window with fewer than T events has them all in its last
-    frame, one with none T empty frames) and run `net` on batches of them: (starts int64 [K],
-    ends int64 [K], event counts int64 [K], firing rates float32 [K, 11])."""
+    (`frames.integrate_samples`; a window with fewer than T events has them all in its last
+    frame, one with none T empty frames; windows of a ragged spec padded to the batch's
+    longest, with a mask) and run `net` on batches of them: (starts int64 [K], ends int64 [K],
+    event counts int64 [K], firing rates float32 [K, 11])."""
     import torch
+
+    from dvsgkit.data import padded_sequence_mask
 
     starts, ends, counts, rates = [], [], [], []
     batch: list[np.ndarray] = []
 
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
-        counts = integrate_many(np.concatenate(batch), offsets, frames)  # [B, T, 2, H, W]
+        counts, frame_offsets = integrate_samples(np.concatenate(batch), offsets, frames)
+        mask = None
+        if frames.ragged:  # padded to the longest window, masked (SpikingJelly's padding)
+            counts, lengths = pad_samples(counts, frame_offsets)  # [B, T, 2, H, W], [B]
+            mask = padded_sequence_mask(torch.from_numpy(lengths).to(device))
+        counts = counts.reshape(len(batch), -1, *counts.shape[1:])  # [B, T, 2, H, W]
         x = torch.from_numpy(counts.astype(np.float32)).to(device)
         with torch.inference_mode():
-            rates.append(net(x).float().cpu().numpy())  # [B, 11]
+            rates.append((net(x) if mask is None else net(x, mask)).float().cpu().numpy())
         batch.clear()
 
     for start, end, events in windows:

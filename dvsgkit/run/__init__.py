@@ -291,7 +291,8 @@ def check_resume_frames(
             f"warning: {source} does not record the frame store it trained on (an older "
             f"dvsgkit); continuing on {new['path']} unchecked"
         ]
-    spec = FrameSpec().to_dict()  # a field an older record lacks had its default value
+    spec = {f.name: f.default for f in dataclasses.fields(FrameSpec)}  # an older record lacks
+    # the options added since: they had their default values
     pairs = [("events checksum", old["events_checksum"], new["events_checksum"])]
     pairs += [(key, old.get(key, value), new.get(key, value)) for key, value in spec.items()]
     if isinstance(old.get("samples"), dict):  # an older dvsgkit's record may lack them

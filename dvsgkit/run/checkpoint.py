@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dvsgkit import __version__
-from dvsgkit.config import TrainConfig
+from dvsgkit.config import DEFAULTS, TrainConfig
 from dvsgkit.errors import InputError, NotFound
 from dvsgkit.run import BEST, checkpoint_file, write_synced
 
@@ -165,7 +165,8 @@ def check_checkpoint(ckpt: Mapping[str, Any], path: Path, *, resume: bool) -> Tr
     # Before any network is built from the config: an edited `channels` would otherwise make
     # torch allocate that network (channels 20000: 23 GB) and die with an allocator traceback.
     fit = (
-        f" for its config (channels {config.channels}, neuron {config.neuron}): the file was "
+        f" for its config (channels {config.channels}, neuron {config.neuron}"
+        f"{f', size {config.size}' if config.size != DEFAULTS.size else ''}): the file was "
         "edited or damaged; use another checkpoint of the run"
     )
     check_weights(config_shapes(config), ckpt["net"], path, fit)
@@ -178,7 +179,7 @@ def config_shapes(config: TrainConfig) -> dict[str, torch.Size]:
     from dvsgkit.model import GestureNet
 
     with torch.device("meta"):  # the layer-by-layer torch net: every mode has the same weights
-        net = GestureNet(config.channels, "layer", "torch", neuron=config.neuron)
+        net = GestureNet(config.channels, "layer", "torch", neuron=config.neuron, size=config.size)
     return {key: value.shape for key, value in net.state_dict().items()}
 
 

@@ -27,13 +27,20 @@ def _train(root: Path | None, out: Path, *extra: str) -> object:
 
 
 def test_every_config_option_defaults_to_train_config() -> None:
+    from dvsgkit.config import FRAME_FIELDS
+    from dvsgkit_cli.common import frame_spec
     from dvsgkit_cli.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     options = [p for p in train.params if p.name in fields and p.name != "device"]
     # --device alone differs: the CLI picks cuda:0 when one is visible (TrainConfig says cpu).
     assert {p.name for p in options} == fields - {"device"}
+    # The frame options' defaults are FrameSpec's (-T: 16, unless --duration or --bin).
+    frames = {p.name: p.default for p in options if p.name in FRAME_FIELDS}
+    assert frames["T"] is None and frame_spec(dict(frames)) == DEFAULTS.frame_spec
     for param in options:
+        if param.name in FRAME_FIELDS:
+            continue
         default = param.default if param.name != "out_dir" else str(param.default)
         assert default == getattr(DEFAULTS, param.name), param.name
 
