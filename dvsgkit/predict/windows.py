@@ -203,7 +203,8 @@ def classify(
         if frames.ragged:  # padded to the longest window, masked (SpikingJelly's padding)
             counts, lengths = pad_samples(counts, frame_offsets)  # [B, T, 2, H, W], [B]
             mask = padded_sequence_mask(torch.from_numpy(lengths).to(device))
-        counts = counts.reshape(len(batch), -1, *counts.shape[1:])  # [B, T, 2, H, W]
+        else:
+            counts = counts.reshape(len(batch), frames.T, *counts.shape[1:])  # [B, T, 2, H, W]
         x = torch.from_numpy(counts.astype(np.float32)).to(device)
         with torch.inference_mode():
             rates.append((net(x) if mask is None else net(x, mask)).float().cpu().numpy())

@@ -122,3 +122,35 @@ def test_what_the_fast_path_does_not_take_is_refused() -> None:
     with pytest.raises(RuntimeError, match="only evaluates"):
         fast.train()
     assert not any(p.requires_grad for p in fast.parameters())
+
+
+@pytest.mark.parametrize("size", [128, 32])
+def test_padded_batches_rate_each_samples_own_frames_only(size: int) -> None:
+    """A batch padded to its longest sample with SpikingJelly's pad_sequence_collate, run with
+    padded_sequence_mask: each sample's rates are those of the sample run alone (its own T),
+    in both modes and in InferenceNet; without the mask the short samples' rates differ. The
+    network takes frames of its `size` (a --size 32 store's)."""
+    from dvsgkit.data import pad_sequence_collate, padded_sequence_mask
+
+    torch.manual_seed(7)
+    nets = {mode: GestureNet(4, mode=mode, hidden=24, size=size) for mode in ("step", "layer")}
+    nets["layer"].load_state_dict(nets["step"].state_dict())
+    for net in nets.values():
+        trained_like(net, seed=3)
+    nets["layer"].load_state_dict(nets["step"].state_dict())
+    g = torch.Generator().manual_seed(2)
+    samples = [(torch.randint(0, 4, (t, 2, size, size), generator=g).float()
+                * (torch.rand(t, 2, size, size, generator=g) < 0.1), t % 11)
+               for t in (3, 1, 5, 2)]  # fmt: skip
+    x, _, lengths = pad_sequence_collate(samples)  # [N, 5, 2, size, size]
+    mask = padded_sequence_mask(lengths)  # [5, N]
+    with torch.no_grad():
+        alone = torch.cat([nets["step"](s[None]) for s, _ in samples])  # [N, 11]
+        for net in (*nets.values(), InferenceNet(nets["step"])):
+            torch.testing.assert_close(net(x, mask), alone, rtol=0, atol=1e-6)
+        unmasked = nets["step"](x)
+    assert 0.0 < float(alone.mean()) < 1.0  # neither silent nor saturated: the test can fail
+    assert not torch.allclose(unmasked[lengths < 5], alone[lengths < 5])
+    assert nets["step"].fc1.in_features == 4 * (size // 32) ** 2
+    with pytest.raises(ValueError, match=f"frames \\[N, T, 2, {size}, {size}\\]"):
+        nets["step"](torch.zeros(1, 2, 2, size * 2, size * 2))
