@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from dvsgkit.data import FrameDataset
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 
@@ -30,7 +31,10 @@ def test_notebook_executes_against_a_store(
 ) -> None:
     copy_root(tiny_root, tmp_path, with_=("recordings", "events"))
     store = build_frame_store(tmp_path, FrameSpec(4, "time"), workers=1, progress=False)
+    ragged = build_frame_store(tmp_path, FrameSpec(duration_us="400ms"), workers=1,
+                               progress=False)  # fmt: skip
     monkeypatch.setenv("DVSGKIT_FRAMES_STORE", str(store))
+    monkeypatch.setenv("DVSGKIT_RAGGED_STORE", str(ragged))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -41,5 +45,12 @@ def test_notebook_executes_against_a_store(
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "'T': 4, 'split_by': 'time'" in text
     assert "train frames (12, 4, 2, 128, 128) uint8" in text
+    # The ragged store read with zarr alone: what dvsgkit's own reader gives.
+    lengths = FrameDataset(ragged, "train").lengths
+    assert "{'duration_us': 400000, 'frame_axes': ['frame', 'polarity', 'y', 'x']}" in text
+    assert f"train frames ({lengths.sum()}, 2, 128, 128) uint8 for 12 samples" in text
+    assert f"frames per sample {lengths.min()}..{lengths.max()}" in text
+    assert f"padded batch (4, {lengths[:4].max()}, 2, 128, 128) lengths" in text
+    assert f"lengths {lengths[:4].tolist()}" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2
