@@ -14,6 +14,7 @@ row times `dvsgkit.frames.denoise.denoise_keep` and Tonic's per-event loop on th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.layout import event_cache_path
@@ -46,9 +48,11 @@ OPTIONS = [
 ]  # fmt: skip
 
 
-def build_times(root: Path, workers: int, reps: int) -> dict[str, list[float]]:
-    """Seconds of each option's build, `reps` each, the options interleaved."""
+def build_times(root: Path, workers: int, reps: int) -> tuple[dict[str, list[float]], dict]:
+    """Seconds of each option's build, `reps` each, the options interleaved; and the frames
+    each option's store holds."""
     times: dict[str, list[float]] = {label: [] for label, _ in OPTIONS}
+    frames = {}
     build_frame_store(root, BASELINE[1], workers=workers, progress=False)  # warm-up, not timed
     for rep in range(reps):
         for label, spec in OPTIONS if rep % 2 == 0 else OPTIONS[::-1]:
@@ -56,7 +60,10 @@ def build_times(root: Path, workers: int, reps: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             build_frame_store(root, spec, workers=workers, progress=False)
             times[label].append(time.perf_counter() - start)
-    return times
+            group = zarr.open_group(frame_store_path(root, spec), mode="r")
+            shapes = [group[split]["frames"].shape for split in ("train", "test")]
+            frames[label] = sum(math.prod(shape[:-3]) for shape in shapes)  # [N, T] or [F]
+    return times, frames
 
 
 def denoise_times(root: Path, samples: int, filter_us: int) -> tuple[int, float, float]:
@@ -105,14 +112,17 @@ def main() -> None:
         print(f"{n} samples, {events / 1e6:.1f} M events; workers {args.workers}, "
               f"reps {args.reps}; load average {os.getloadavg()[0]:.2f} (cores: "
               f"{os.cpu_count()})")  # fmt: skip
-        times = build_times(root, args.workers, args.reps)
+        times, frames = build_times(root, args.workers, args.reps)
         base = statistics.median(times[BASELINE[0]])
-        print(f"\n| option | build (median of {args.reps}) | ratio to `-T 16` |")
-        print("|---|---|---|")
+        per_frame = base / frames[BASELINE[0]]
+        print(f"\n| option | frames stored | build (median of {args.reps}, range) | ratio to "
+              "`-T 16` | per frame, ratio |")  # fmt: skip
+        print("|---|---|---|---|---|")
         for label, values in times.items():
             median = statistics.median(values)
-            print(f"| `{label}` | {median:.2f} s ({min(values):.2f}-{max(values):.2f}) | "
-                  f"{median / base:.2f}x |")  # fmt: skip
+            print(f"| `{label}` | {frames[label]:,} | {median:.2f} s ({min(values):.2f}-"
+                  f"{max(values):.2f}) | {median / base:.2f}x | "
+                  f"{median / frames[label] / per_frame:.2f}x |")  # fmt: skip
         count, ours, theirs = denoise_times(root, args.denoise_samples, 10_000)
         print(
             f"\n| denoise 10ms, {args.denoise_samples} samples, {count / 1e6:.2f} M events | "
