@@ -148,9 +148,9 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
 
     labels, preds, sums = [], [], new_sums(device)
     with torch.inference_mode():
-        for frames, target, *lengths in loader:  # lengths: a ragged store's
-            _, pred = score_batch(net, frames, target, sums, amp=amp,
-                                  lengths=next(iter(lengths), None))  # fmt: skip
+        for frames, target, *lengths in loader:  # lengths: a ragged store's batches only
+            ragged = {"lengths": lengths[0]} if lengths else {}
+            _, pred = score_batch(net, frames, target, sums, amp=amp, **ragged)
             labels.append(target)
             preds.append(pred)
     labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()

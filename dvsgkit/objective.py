@@ -67,8 +67,9 @@ def run_epoch(
     step left the loss and the weights finite. Returns [loss sum, correct, samples] on the
     device: the sums (and the watch's record) stay there, so that no step waits for the host."""
     sums = new_sums(device)
-    for frames, labels, *lengths in loader:  # lengths: a ragged store's
-        loss, _ = score_batch(net, frames, labels, sums, amp=amp, lengths=next(iter(lengths), None))
+    for frames, labels, *lengths in loader:  # lengths: a ragged store's batches only
+        ragged = {"lengths": lengths[0]} if lengths else {}
+        loss, _ = score_batch(net, frames, labels, sums, amp=amp, **ragged)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
