@@ -198,3 +198,30 @@ def test_event_array_files_predict_like_the_aedat(
         np.testing.assert_array_equal(other.rates, runs[0].rates)
     first, last = int(events["t"][0]), int(events["t"][-1])
     assert len(runs[0].starts) == (last + 1 - first - 2_000_000) // 1_000_000 + 1 == 6
+
+
+def test_windows_of_a_ragged_spec_are_rated_over_their_own_frames(
+    trained: tuple[Path, Path], recording: tuple[Path, Path]
+) -> None:
+    """Frames of a fixed duration (a --duration checkpoint's): each window has as many frames
+    as it needs, the windows of a batch are padded to the longest, and each window's rates are
+    those of the network run on that window's frames alone."""
+    from dvsgkit.frames import integrate
+
+    _, ckpt = trained
+    net, meta = load_checkpoint_net(ckpt)
+    spec = FrameSpec(duration_us="200ms")
+    aedat, csv = recording
+    ours = predict_recording(for_inference(net, "cpu"), meta, aedat, labels=csv, mode="labels",
+                             frames=spec, batch_size=4)  # fmt: skip
+    events = np.concatenate(list(iter_recording(aedat)))
+    lengths = set()
+    for k, (start, end) in enumerate(zip(ours.starts, ours.ends, strict=True)):
+        window = events[(events["t"] >= start) & (events["t"] < end)]
+        frames = torch.from_numpy(integrate(window, spec)).float()[None]  # [1, T_k, 2, H, W]
+        lengths.add(frames.shape[1])
+        with torch.inference_mode():
+            alone = net(frames)[0].numpy()
+        np.testing.assert_allclose(ours.rates[k], alone, rtol=0, atol=1e-6)
+    assert len(lengths) > 1 and ours.few_events == 0  # the batches were padded
+    assert 0.0 < float(ours.rates.mean()) < 1.0
