@@ -199,7 +199,7 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
         try:
             frames, labels = group[split]["frames"], group[split]["labels"]
             out["splits"][split] = {
-                "samples": int(frames.shape[0]),
+                "samples": int(labels.shape[0]),
                 "shape": list(frames.shape),
                 "dtype": str(frames.dtype),
                 "max_count": group[split].attrs.get("max_count"),
@@ -209,9 +209,10 @@ def _summarize_frames(path: Path, verify: bool = False) -> dict[str, Any]:
             }
             if "frame_offsets" in group[split] and not problems:  # ragged: frames per sample
                 lengths = np.diff(group[split]["frame_offsets"][:])
-                out["splits"][split]["frames_per_sample"] = [
-                    int(lengths.min(initial=0)), float(lengths.mean()) if lengths.size else 0.0,
-                    int(lengths.max(initial=0))]  # fmt: skip
+                out["splits"][split]["frames_per_sample"] = (
+                    [int(lengths.min()), float(lengths.mean()), int(lengths.max())]
+                    if lengths.size else [0, 0.0, 0]
+                )  # fmt: skip
         except Exception:  # a split missing or unreadable: named among the problems
             continue
     if verify:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from dvsgkit.evaluate import load_net
@@ -64,7 +66,7 @@ def test_stores_of_each_option_live_side_by_side(
     }  # fmt: skip
     for args, name in runs.items():
         code, out = run_cli("frames", "--root", root, "--no-progress", *args)
-        assert code == 0 and f"wrote {root / name}.zarr" in out, out
+        assert code == 0 and f"wrote {root / name}.zarr: 12 train + 12 test samples" in out, out
     for args, name in runs.items():  # a rerun does nothing
         code, out = run_cli("frames", "--root", root, "--no-progress", *args)
         assert code == 0 and f"{root / name}.zarr is up to date" in out, out
@@ -73,7 +75,13 @@ def test_stores_of_each_option_live_side_by_side(
     assert "duration 500ms (frames per sample vary)" in out and "bins of 400ms, T=6" in out
     assert "T=4, split_by=number, size 32, denoise 10ms" in out
     code, out = run_cli("info", root / "duration_500000.zarr")
-    assert code == 0 and "frames          duration 500ms" in out and "frames per sample" in out
+    assert code == 0 and "frames          duration 500ms" in out
+    lengths = np.diff(
+        zarr.open_group(root / "duration_500000.zarr", mode="r")["train/frame_offsets"][:]
+    )
+    assert lengths.min() > 0  # every sample has events, so frames
+    assert f"train           12 samples, uint8 [{lengths.sum()}, 2, " in out, out
+    assert f"frames per sample {lengths.min()}..{lengths.max()} (mean {lengths.mean():.1f})" in out
 
 
 def _only_run(runs: Path) -> Path:
