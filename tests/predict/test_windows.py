@@ -15,13 +15,12 @@ from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import iter_recording
 from dvsgkit.model.inference import for_inference
+from dvsgkit.predict.cutting import MAX_WINDOWS, sliding_windows
 from dvsgkit.predict.windows import (
-    MAX_WINDOWS,
     Prediction,
     checkpoint_frames,
     load_checkpoint_net,
     predict_recording,
-    sliding_windows,
 )
 
 T = 4  # the trained network's (conftest)
