@@ -68,19 +68,20 @@ def check_roi(roi: Roi, sensor: tuple[int, int], where: object) -> Roi:
     return roi
 
 
-def to_dvs128(events: np.ndarray, roi: Roi) -> tuple[np.ndarray, int]:
+def to_dvs128(events: np.ndarray, roi: Roi) -> tuple[np.ndarray, np.ndarray]:
     """EVENT_DTYPE events of any sensor -> (the events inside `roi` on the 128 x 128 sensor,
-    how many lay outside and were dropped). x' = (x - X) * 128 // W and y' = (y - Y) * 128 // H:
-    every event inside lands on exactly one pixel, so counts add up; t and p are kept."""
+    bool [n]: which events lay inside; the others are dropped). x' = (x - X) * 128 // W and
+    y' = (y - Y) * 128 // H: every event inside lands on exactly one pixel, so counts add up;
+    t and p are kept."""
     x = events["x"].astype(np.int64) - roi.x  # [n] int64: no wrap below 0 or above 65535
     y = events["y"].astype(np.int64) - roi.y
     inside = (x >= 0) & (x < roi.w) & (y >= 0) & (y < roi.h)
     if roi == Roi(0, 0, SENSOR_WIDTH, SENSOR_HEIGHT) and inside.all():
-        return events, 0  # DVS128 on its own sensor: nothing to do
+        return events, inside  # DVS128 on its own sensor: nothing to do
     out = events[inside]  # a copy
     out["x"] = x[inside] * SENSOR_WIDTH // roi.w
     out["y"] = y[inside] * SENSOR_HEIGHT // roi.h
-    return out, len(events) - len(out)
+    return out, inside
 
 
 def in_roi(chunks: Iterable[np.ndarray], roi: Roi, counts: dict[str, int]) -> Iterator[np.ndarray]:
@@ -88,7 +89,7 @@ def in_roi(chunks: Iterable[np.ndarray], roi: Roi, counts: dict[str, int]) -> It
     dropped so far."""
     counts.setdefault("outside_roi", 0)
     for chunk in chunks:
-        mapped, outside = to_dvs128(chunk, roi)
-        counts["outside_roi"] += outside
+        mapped, _ = to_dvs128(chunk, roi)
+        counts["outside_roi"] += len(chunk) - len(mapped)
         if len(mapped):
             yield mapped

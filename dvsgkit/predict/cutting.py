@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE
+from dvsgkit.errors import InputError
 from dvsgkit.io.recordings import RecordingError
 
 # A recording whose timestamps span more windows than this is refused before it runs for days:
@@ -27,6 +28,8 @@ class WindowCutter:
     naming `where` (the file or stream) before they run."""
 
     def __init__(self, window_us: int, hop_us: int, stats: dict[str, int], where: str = "") -> None:
+        if window_us <= 0 or hop_us <= 0:
+            raise InputError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
         self.window_us, self.hop_us, self.stats, self.where = window_us, hop_us, stats, where
         self.buf = np.empty(0, EVENT_DTYPE)
         self.buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: searching a strided view copies

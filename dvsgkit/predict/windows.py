@@ -190,8 +190,6 @@ def predict_recording(
         raise InputError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
     if mode == "labels" and labels is None:
         raise InputError(f"{recording}: --windows labels needs a labels CSV (--labels)")
-    if window_us <= 0 or hop_us <= 0:
-        raise InputError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
     path = Path(recording)
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
