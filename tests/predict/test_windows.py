@@ -15,7 +15,7 @@ from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import iter_recording
 from dvsgkit.model.inference import for_inference
-from dvsgkit.predict.cutting import MAX_WINDOWS, sliding_windows
+from dvsgkit.predict.cutting import MAX_WINDOWS, WindowCutter, sliding_windows
 from dvsgkit.predict.windows import (
     Prediction,
     checkpoint_frames,
@@ -197,3 +197,27 @@ def test_event_array_files_predict_like_the_aedat(
         np.testing.assert_array_equal(other.rates, runs[0].rates)
     first, last = int(events["t"][0]), int(events["t"][-1])
     assert len(runs[0].starts) == (last + 1 - first - 2_000_000) // 1_000_000 + 1 == 6
+
+
+def test_pushing_pieces_as_a_stream_gives_the_windows_of_the_whole(events_at: Events) -> None:
+    """The live mode pushes whatever has come (datagrams of any size, some empty) into the
+    cutter: the windows are those of the recording cut whole, each given out by the first push
+    that holds an event at or after its end (`next_end`), the last ones by `close`."""
+    rng = np.random.default_rng(5)
+    ev = events_at(np.sort(rng.integers(0, 40_000, 5000)))
+    whole = list(sliding_windows([ev], 4000, 1500, {}))
+    cutter, stats = WindowCutter(4000, 1500, {}), {}
+    assert cutter.next_end is None
+    got, cuts = [], np.sort(rng.integers(0, len(ev), 300))
+    for piece in np.split(ev, cuts):
+        end = cutter.next_end
+        out = list(cutter.push(piece))
+        closes = end is not None and len(piece) > 0 and int(piece["t"][-1]) >= end
+        assert bool(out) == closes or (end is None and bool(out))
+        got += out
+    got += list(cutter.close())
+    assert len(got) == len(whole) > 20
+    for (s1, e1, w1), (s2, e2, w2) in zip(got, whole, strict=True):
+        assert (s1, e1) == (s2, e2) and np.array_equal(w1, w2)
+    with pytest.raises(ValueError, match="window and hop must be > 0 µs, got 4000 and 0"):
+        WindowCutter(4000, 0, stats)
