@@ -78,12 +78,15 @@ class Receiver:
                 return
             self.queue.put((time.perf_counter(), bytes(buf[:n])))
 
-    def take(self, timeout: float) -> list[Datagram]:
-        """Every datagram received so far, waiting up to `timeout` seconds for a first one."""
+    def take(self, timeout: float, gather: float = 0.0) -> list[Datagram]:
+        """Every datagram received so far, waiting up to `timeout` seconds for a first one, then
+        `gather` seconds for more (fewer, larger batches for the reader)."""
         try:
             out = [self.queue.get(timeout=timeout)]
         except queue.Empty:
             return []
+        if gather > 0:
+            time.sleep(gather)
         while True:
             try:
                 out.append(self.queue.get_nowait())

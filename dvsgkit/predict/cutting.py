@@ -31,8 +31,12 @@ class WindowCutter:
         if window_us <= 0 or hop_us <= 0:
             raise InputError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
         self.window_us, self.hop_us, self.stats, self.where = window_us, hop_us, stats, where
+        # Events pushed and still needed are buf[head:tail]; buf_t holds their t, contiguous
+        # (searching a strided view copies). A push writes after tail, so the windows given
+        # out (views before tail) stay as they are; a full buffer is replaced, not overwritten.
         self.buf = np.empty(0, EVENT_DTYPE)
-        self.buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: searching a strided view copies
+        self.buf_t = np.empty(0, np.int64)
+        self.head = self.tail = 0
         self.first: int | None = None
         self.k, self.t_max, self.seen = 0, -1, 0
 
@@ -62,8 +66,18 @@ class WindowCutter:
             )
         self.t_max = int(t[-1])
         self.seen += len(t)
-        self.buf, self.buf_t = np.concatenate([self.buf, chunk]), np.concatenate([self.buf_t, t])
+        self._append(chunk, t)
         return self._cut(self.t_max)  # an event at t_max is in: windows ending by it are whole
+
+    def _append(self, chunk: np.ndarray, t: np.ndarray) -> None:
+        n, a, b = len(t), self.head, self.tail
+        if b + n > len(self.buf):  # room for more pushes of this size before the next copy
+            size = (b - a) + n + max(n, b - a)
+            buf, buf_t = np.empty(size, EVENT_DTYPE), np.empty(size, np.int64)
+            buf[: b - a], buf_t[: b - a] = self.buf[a:b], self.buf_t[a:b]
+            self.buf, self.buf_t, self.head, self.tail = buf, buf_t, 0, b - a
+        self.buf[self.tail : self.tail + n], self.buf_t[self.tail : self.tail + n] = chunk, t
+        self.tail += n
 
     def close(self) -> Iterator[Window]:
         """The windows that the end of the stream makes whole (those ending by its last event)."""
@@ -75,11 +89,11 @@ class WindowCutter:
         while self.first + self.k * self.hop_us + self.window_us <= limit:
             start = self.first + self.k * self.hop_us
             end = start + self.window_us
-            lo, hi = np.searchsorted(self.buf_t, [start, end], side="left")
+            held = self.buf_t[self.head : self.tail]
+            lo, hi = self.head + np.searchsorted(held, [start, end], side="left")
             yield start, end, self.buf[lo:hi]
-            self.k += 1
-            drop = int(np.searchsorted(self.buf_t, start + self.hop_us, side="left"))
-            self.buf, self.buf_t = self.buf[drop:], self.buf_t[drop:]  # what no later window needs
+            self.k += 1  # drop what no later window needs
+            self.head += int(np.searchsorted(held, start + self.hop_us, side="left"))
 
 
 def sliding_windows(

@@ -141,7 +141,8 @@ def classify(
 
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
-        counts = integrate_many(np.concatenate(batch), offsets, frames)  # [B, T, 2, H, W]
+        events = batch[0] if len(batch) == 1 else np.concatenate(batch)  # a window: no copy
+        counts = integrate_many(events, offsets, frames)  # [B, T, 2, H, W]
         x = torch.from_numpy(counts.astype(np.float32)).to(device)
         with torch.inference_mode():
             rates.append(net(x).float().cpu().numpy())  # [B, 11]
