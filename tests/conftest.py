@@ -24,19 +24,29 @@ next to its recordings takes a private copy first:
 `copy_root` copies (never hard-links: a link would share the very file a test writes into)
 the parts asked for: "recordings", "events", "frames". Sizes and modification times are kept,
 so a copied event cache and frame store are up to date with the copied recordings.
+
+Also here: `run_cli` (a `dvsgkit` command through click's CliRunner) and `error_line` (the
+one line of its refusal); `tmpfs` and `small_fs` (real small file systems to make read-only or,
+with `fill_disk`, full); `killable` (writers killed mid-write).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import shutil
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from click.testing import Result
 
 SIZES = {
     "tiny": {"seed": 0, "train_trials": 1, "test_trials": 1, "events_per_sample": 400},
@@ -189,3 +199,82 @@ def killable() -> Iterator[Writers]:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., tuple[int, str]]:
+    """`run_cli(*args, env=None)`: `dvsgkit ARGS` through click's CliRunner in this process;
+    returns (exit status, output), which never holds a traceback."""
+    from click.testing import CliRunner
+
+    from dvsgkit_cli.main import cli
+
+    def run(*args: object, env: dict[str, str] | None = None) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
+        assert "Traceback" not in result.output, result.output
+        return result.exit_code, result.output
+
+    return run
+
+
+def _error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def error_line() -> Callable[[Result], str]:
+    """`error_line(result)`: the one `Error:` line of a CliRunner result that failed with exit
+    status 1, as the CLI's own refusal (SystemExit, not an exception's traceback)."""
+    return _error_line
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tmpfs(size="4m")`: a real tmpfs of that size, mounted at a new folder in tmp_path and
+    unmounted after the test (lazily: a failed build's last writes may still hold it busy).
+    Mounting needs root: where it is not allowed, the test is skipped with the reason."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "4m") -> Path:
+        point = tmp_path / f"fs{len(mounted) or ''}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmpfs: Callable[[str], Path]) -> Path:
+    """A real 4 MiB tmpfs (see `tmpfs`): fill it for a full disk, or remount it read-only."""
+    return tmpfs("4m")
+
+
+def _fill_disk(folder: Path, leave: int = 0) -> Path:
+    filler = folder / "filler"
+    if leave:
+        st = os.statvfs(folder)
+        filler.write_bytes(b"\1" * max(st.f_bavail * st.f_frsize - leave, 0))
+        return filler
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError) as err:
+        while True:
+            f.write(b"\0" * 65536)
+    assert err.value.errno == errno.ENOSPC, err.value
+    return filler
+
+
+@pytest.fixture(scope="session")
+def fill_disk() -> Callable[..., Path]:
+    """`fill_disk(folder, leave=0)`: write FOLDER/filler until about `leave` bytes are free on
+    its file system (0: until a write fails with ENOSPC); returns the filler."""
+    return _fill_disk

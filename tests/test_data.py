@@ -17,9 +17,8 @@ from dvsgkit.data import TONIC_EVENT_DTYPE, EventDataset, FrameDataset, make_loa
 from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
-from dvsgkit.framestore.build import build_frame_store, frame_store_path
+from dvsgkit.framestore.build import frame_store_path
 from dvsgkit.framestore.check import array_checksum, sample_checksum
-from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
 
@@ -34,11 +33,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 train + 12 test samples at T=4."""
-    root = tmp_path_factory.mktemp("data")
-    write_synthetic_dataset(root, seed=2, train_trials=2, test_trials=1, events_per_sample=400)
-    return build_frame_store(root, FrameSpec(T), workers=1, progress=False)
+def store(small_root: Path) -> Path:
+    """24 train + 12 test samples at T=4: the shared small root's frame store."""
+    return frame_store_path(small_root, FrameSpec(T))
 
 
 def test_dataset_items_are_float_frames_and_int_labels(store: Path) -> None:
@@ -148,10 +145,9 @@ def test_ranks_get_disjoint_equal_shares(store: Path, drop_last: bool, per_rank:
     assert three[0].num_samples == 4 and len(three[0]) == 2
 
 
-def test_wide_counts_load_exactly(tmp_path: Path) -> None:
-    root = tmp_path
-    write_synthetic_dataset(root, seed=0, train_trials=1, test_trials=1, events_per_sample=300)
-    path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
+def test_wide_counts_load_exactly(tiny_root: Path, copy_root, tmp_path: Path) -> None:
+    root = copy_root(tiny_root, tmp_path, with_=("frames",))
+    path = frame_store_path(root, FrameSpec(T))
     # Turn the store's train frames into uint16 values above 255, as a dense sample would give.
     group = zarr.open_group(path, mode="r+")["train"]
     frames = group["frames"][:].astype(np.uint16) * 300

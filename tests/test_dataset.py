@@ -16,7 +16,6 @@ from dvsgkit import DVSGesture
 from dvsgkit.constants import CLASS_NAMES
 from dvsgkit.data import TONIC_EVENT_DTYPE
 from dvsgkit.errors import NotFound
-from dvsgkit.synth import write_synthetic_dataset
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -28,11 +27,13 @@ def readme_snippet() -> str:
     return code
 
 
-def test_the_readme_snippet_runs_as_shown_on_a_fresh_root(tmp_path: Path) -> None:
+def test_the_readme_snippet_runs_as_shown_on_a_fresh_root(
+    tiny_root: Path, copy_root, tmp_path: Path
+) -> None:
     code = readme_snippet()
     assert len(code.splitlines()) <= 10
     root = tmp_path / "data"  # the snippet's root, relative to where it runs
-    write_synthetic_dataset(root, seed=3, train_trials=1, test_trials=1, events_per_sample=300)
+    copy_root(tiny_root, root, with_=("recordings",))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,10 +46,9 @@ def test_the_readme_snippet_runs_as_shown_on_a_fresh_root(tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("front")
-    write_synthetic_dataset(root, seed=4, train_trials=1, test_trials=1, events_per_sample=300)
-    return root
+def root(tiny_root: Path, copy_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny root's recordings alone: the first use builds the rest."""
+    return copy_root(tiny_root, tmp_path_factory.mktemp("front"), with_=("recordings",))
 
 
 def test_first_use_builds_later_use_opens(root: Path) -> None:

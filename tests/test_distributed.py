@@ -13,12 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.fs.lock import build_lock
 from dvsgkit.run import BEST, LATEST, RUN_LOCK, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
-from dvsgkit.synth import write_synthetic_dataset
 
 # Runs in each torchrun process: records what the train loader served and the final weights,
 # then runs the real CLI command.
@@ -63,10 +60,8 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    write_synthetic_dataset(root, seed=1, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
+def test_torchrun_two_cpu_processes(small_root: Path, tmp_path: Path) -> None:
+    root = small_root
     (tmp_path / "worker.py").write_text(WORKER)
     out_dir = tmp_path / "runs"
     args = ["train", "-T", "4", "--channels", "4", "-b", "4", "--epochs", "2", "-j", "0"]

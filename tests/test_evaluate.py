@@ -105,19 +105,15 @@ def test_plot_cli(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(dataset root, run directory) of a one-epoch run on 24/12 synthetic samples at T=4."""
+def trained(small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset root, run directory) of a one-epoch run on the shared small root (24/12, T=4)."""
     from dvsgkit.config import TrainConfig
-    from dvsgkit.framestore.build import build_frame_store
-    from dvsgkit.synth import write_synthetic_dataset
     from dvsgkit.train import train
 
-    root = tmp_path_factory.mktemp("dvsg")
-    write_synthetic_dataset(root, seed=0, train_trials=2, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
+    out = tmp_path_factory.mktemp("runs")
     config = TrainConfig(T=4, channels=4, batch_size=4, epochs=1, workers=0, device="cpu",
-                         root=str(root), out_dir=str(root / "runs"), progress=False)  # fmt: skip
-    return root, train(config).run_dir
+                         root=str(small_root), out_dir=str(out), progress=False)  # fmt: skip
+    return small_root, train(config).run_dir
 
 
 def test_evaluate_cli_on_a_dvsgkit_checkpoint(trained: tuple[Path, Path]) -> None:

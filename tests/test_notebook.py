@@ -11,7 +11,6 @@ from nbclient import NotebookClient
 
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
-from dvsgkit.synth import write_synthetic_dataset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "load_zarr_frames.ipynb"
 
@@ -26,8 +25,10 @@ def test_notebook_uses_only_zarr_numpy_matplotlib() -> None:
     assert NOTEBOOK.stat().st_size < 1_000_000
 
 
-def test_notebook_executes_against_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_synthetic_dataset(tmp_path, seed=3, train_trials=1, test_trials=1, events_per_sample=400)
+def test_notebook_executes_against_a_store(
+    tiny_root: Path, copy_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("recordings", "events"))
     store = build_frame_store(tmp_path, FrameSpec(4, "time"), workers=1, progress=False)
     monkeypatch.setenv("DVSGKIT_FRAMES_STORE", str(store))
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -16,11 +16,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import dvsgkit_cli.download as download_cmd
 from dvsgkit.constants import IBM_BOX_URL, Resource
-from dvsgkit_cli.main import cli
 
 NAMES = ("DvsGesture.tar.gz", "gesture_mapping.csv", "LICENSE.txt", "README.txt")
 
@@ -63,14 +61,10 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return m
 
 
-def _run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["download", *args])
-    assert "Traceback" not in result.output
-    return result.exit_code, result.output
-
-
-def test_without_files_or_mirror_prints_the_manual_steps(tmp_path: Path, mirror: Path) -> None:
-    code, out = _run("--root", str(tmp_path / "root"))
+def test_without_files_or_mirror_prints_the_manual_steps(
+    tmp_path: Path, mirror: Path, run_cli
+) -> None:
+    code, out = run_cli("download", "--root", str(tmp_path / "root"))
     assert code == 1
     assert out.count("missing") == 4
     assert IBM_BOX_URL in out
@@ -80,9 +74,9 @@ def test_without_files_or_mirror_prints_the_manual_steps(tmp_path: Path, mirror:
     assert "dvsgkit download --root" in out
 
 
-def test_mirror_directory_then_rerun_is_a_no_op(tmp_path: Path, mirror: Path) -> None:
+def test_mirror_directory_then_rerun_is_a_no_op(tmp_path: Path, mirror: Path, run_cli) -> None:
     root = tmp_path / "root"
-    code, out = _run("--root", str(root), "--from", str(mirror))
+    code, out = run_cli("download", "--root", str(root), "--from", str(mirror))
     assert code == 0, out
     assert out.count("verified") == 4
     data = root / "extract" / "DvsGesture"
@@ -91,7 +85,7 @@ def test_mirror_directory_then_rerun_is_a_no_op(tmp_path: Path, mirror: Path) ->
     for name in NAMES:
         assert (root / "download" / name).read_bytes() == (mirror / name).read_bytes()
     # Nothing to fetch or extract the second time, and no --from needed.
-    code, out = _run("--root", str(root))
+    code, out = run_cli("download", "--root", str(root))
     assert code == 0 and "already holds a complete extraction" in out
 
 
@@ -108,17 +102,19 @@ def http_mirror(mirror: Path) -> Iterator[str]:
         server.server_close()
 
 
-def test_http_mirror(tmp_path: Path, http_mirror: str) -> None:
-    code, out = _run("--root", str(tmp_path / "root"), "--from", http_mirror)
+def test_http_mirror(tmp_path: Path, http_mirror: str, run_cli) -> None:
+    code, out = run_cli("download", "--root", str(tmp_path / "root"), "--from", http_mirror)
     assert code == 0, out
     assert (tmp_path / "root" / "extract" / "DvsGesture" / "user01_natural.aedat").is_file()
 
 
-def test_wrong_file_on_the_mirror_fails_naming_both_checksums(tmp_path: Path, mirror: Path) -> None:
+def test_wrong_file_on_the_mirror_fails_naming_both_checksums(
+    tmp_path: Path, mirror: Path, run_cli
+) -> None:
     expected = _md5(mirror / "README.txt")
     (mirror / "README.txt").write_text("not the README\n")
     root = tmp_path / "root"
-    code, out = _run("--root", str(root), "--from", str(mirror))
+    code, out = run_cli("download", "--root", str(root), "--from", str(mirror))
     assert code == 1
     assert expected in out and _md5(mirror / "README.txt") in out
     assert "1 of 4 files not verified" in out and "README.txt" in out
@@ -127,39 +123,41 @@ def test_wrong_file_on_the_mirror_fails_naming_both_checksums(tmp_path: Path, mi
     assert (root / "extract" / "DvsGesture" / "trials_to_train.txt").is_file()
 
 
-def test_corrupt_local_file_is_reported_not_trusted(tmp_path: Path, mirror: Path) -> None:
+def test_corrupt_local_file_is_reported_not_trusted(tmp_path: Path, mirror: Path, run_cli) -> None:
     d = tmp_path / "root" / "download"
     d.mkdir(parents=True)
     for name in NAMES:
         (d / name).write_bytes((mirror / name).read_bytes())
     (d / "LICENSE.txt").write_text("edited\n")
-    code, out = _run("--root", str(tmp_path / "root"))
+    code, out = run_cli("download", "--root", str(tmp_path / "root"))
     assert code == 1
     assert "corrupt" in out and hashlib.md5(b"edited\n").hexdigest() in out
     assert "present but corrupt: replace it" in out
     assert not (tmp_path / "root" / "extract").exists()  # stops at the manual steps
-    code, out = _run("--root", str(tmp_path / "root"), "--from", str(mirror))
+    code, out = run_cli("download", "--root", str(tmp_path / "root"), "--from", str(mirror))
     assert code == 0, out
     assert (d / "LICENSE.txt").read_bytes() == (mirror / "LICENSE.txt").read_bytes()
 
 
 def test_hostile_archive_is_refused_cleanly(
-    tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch, run_cli
 ) -> None:
     _archive(mirror / "DvsGesture.tar.gz", {"DvsGesture/a.txt": b"a", "../evil.txt": b"x"})
     table = tuple(Resource(n, _md5(mirror / n)) for n in NAMES)
     monkeypatch.setattr(download_cmd, "RESOURCES", table)
-    code, out = _run("--root", str(tmp_path / "root"), "--from", str(mirror))
+    code, out = run_cli("download", "--root", str(tmp_path / "root"), "--from", str(mirror))
     assert code == 1
     assert "refusing member '../evil.txt'" in out
     assert not (tmp_path / "root" / "extract" / "DvsGesture").exists()
 
 
-def test_archive_damaged_in_place_after_its_md5_was_cached(tmp_path: Path, mirror: Path) -> None:
+def test_archive_damaged_in_place_after_its_md5_was_cached(
+    tmp_path: Path, mirror: Path, run_cli
+) -> None:
     """An edit that keeps the size and mtime passes the md5 cache: the extraction finds the
     damage, says so in one line with the fix, and leaves nothing; the fix works."""
     root = tmp_path / "root"
-    assert _run("--root", str(root), "--from", str(mirror))[0] == 0
+    assert run_cli("download", "--root", str(root), "--from", str(mirror))[0] == 0
     shutil.rmtree(root / "extract")
     archive = root / "download" / "DvsGesture.tar.gz"
     st = archive.stat()
@@ -167,21 +165,23 @@ def test_archive_damaged_in_place_after_its_md5_was_cached(tmp_path: Path, mirro
     data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
     archive.write_bytes(bytes(data))
     os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
-    code, out = _run("--root", str(root))
+    code, out = run_cli("download", "--root", str(root))
     assert code == 1
     (error,) = [line for line in out.splitlines() if line.startswith("Error:")]
     assert error.startswith(f"Error: {archive}: cannot read the archive after ")
     assert error.endswith("check it with 'dvsgkit download --rehash', or delete it and download "
                           "it again")  # fmt: skip
     assert os.listdir(root / "extract") == []
-    code, out = _run("--root", str(root), "--rehash", "--from", str(mirror))
+    code, out = run_cli("download", "--root", str(root), "--rehash", "--from", str(mirror))
     assert code == 0, out
     assert "corrupt" in out
     assert (root / "extract" / "DvsGesture" / "trials_to_train.txt").is_file()
 
 
-def test_unsupported_source_scheme(tmp_path: Path, mirror: Path) -> None:
-    code, out = _run("--root", str(tmp_path / "root"), "--from", "ftp://lab.example/dvs")
+def test_unsupported_source_scheme(tmp_path: Path, mirror: Path, run_cli) -> None:
+    code, out = run_cli(
+        "download", "--root", str(tmp_path / "root"), "--from", "ftp://lab.example/dvs"
+    )
     assert code == 1 and "unsupported scheme 'ftp'" in out
 
 

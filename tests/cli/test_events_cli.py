@@ -9,33 +9,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from dvsgkit_cli.main import cli
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), env=env)
-    return result.exit_code, result.output
-
-
-def test_synth_then_events_then_up_to_date(tmp_path: Path) -> None:
-    code, out = run("synth", "--root", str(tmp_path), "--train-trials", "2", "--test-trials", "1",
-                    "--events-per-sample", "500", "--seed", "5")  # fmt: skip
+def test_synth_then_events_then_up_to_date(tmp_path: Path, run_cli) -> None:
+    args = ["--train-trials", "2", "--test-trials", "1", "--events-per-sample", "500"]
+    code, out = run_cli("synth", "--root", str(tmp_path), *args, "--seed", "5")
     assert code == 0, out
     assert "2 train + 1 test recordings, 36 samples" in out
-    code, out = run("events", "--root", str(tmp_path), "--no-progress")
+    code, out = run_cli("events", "--root", str(tmp_path), "--no-progress")
     assert code == 0, out
     assert "wrote" in out and "24 train + 12 test samples" in out
     assert (tmp_path / "events.h5").is_file()
-    code, out = run("events", "--root", str(tmp_path))
+    code, out = run_cli("events", "--root", str(tmp_path))
     assert code == 0 and "is up to date (24 train, 12 test samples)" in out
 
 
-def test_root_from_the_environment(tmp_path: Path) -> None:
+def test_root_from_the_environment(tmp_path: Path, run_cli) -> None:
     env = {"DVSGKIT_ROOT": str(tmp_path)}
-    assert run("synth", "--train-trials", "1", "--test-trials", "1", env=env)[0] == 0
-    code, out = run("events", "--no-progress", "--workers", "1", env=env)
+    assert run_cli("synth", "--train-trials", "1", "--test-trials", "1", env=env)[0] == 0
+    code, out = run_cli("events", "--no-progress", "--workers", "1", env=env)
     assert code == 0, out
     assert (tmp_path / "events.h5").is_file()
 
@@ -122,12 +114,12 @@ def time_beyond_int64(folder: Path) -> str:
      non_numeric_labels, start_after_end, missing_labels, missing_recording, listed_twice,
      listed_in_both_splits, time_beyond_int64],
 )  # fmt: skip
-def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: object) -> None:
-    assert (
-        run("synth", "--root", str(tmp_path), "--train-trials", "1", "--test-trials", "1")[0] == 0
-    )
+def test_bad_input_is_one_line_error_and_no_cache(
+    tiny_root: Path, copy_root, tmp_path: Path, corrupt: object, run_cli
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("recordings",))
     expected = corrupt(tmp_path / "extract" / "DvsGesture")  # type: ignore[operator]
-    code, out = run("events", "--root", str(tmp_path), "--no-progress")
+    code, out = run_cli("events", "--root", str(tmp_path), "--no-progress")
     assert code == 1
     assert "Traceback" not in out
     lines = out.strip().splitlines()
@@ -137,14 +129,14 @@ def test_bad_input_is_one_line_error_and_no_cache(tmp_path: Path, corrupt: objec
 
 
 def test_killed_worker_is_one_line_error_and_no_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
 ) -> None:
     import multiprocessing
 
     from dvsgkit import fs
 
-    assert run("synth", "--root", str(tmp_path), "--train-trials", "4", "--test-trials", "2",
-               "--events-per-sample", "300")[0] == 0  # fmt: skip
+    assert run_cli("synth", "--root", str(tmp_path), "--train-trials", "4", "--test-trials", "2",
+                   "--events-per-sample", "300")[0] == 0  # fmt: skip
     calls, others = [], {child.pid for child in multiprocessing.active_children()}
 
     def kill_the_workers(folder: Path) -> int:  # before the first recording is written
@@ -155,22 +147,22 @@ def test_killed_worker_is_one_line_error_and_no_cache(
         return 1 << 40
 
     monkeypatch.setattr(fs, "free_bytes", kill_the_workers)
-    code, out = run("events", "--root", str(tmp_path), "--no-progress", "--workers", "2")
+    code, out = run_cli("events", "--root", str(tmp_path), "--no-progress", "--workers", "2")
     assert code == 1
     assert "Error: a worker process (pid" in out and "--workers 1" in out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("events")]
 
 
-def test_missing_dataset_says_what_to_run(tmp_path: Path) -> None:
-    code, out = run("events", "--root", str(tmp_path))
+def test_missing_dataset_says_what_to_run(tmp_path: Path, run_cli) -> None:
+    code, out = run_cli("events", "--root", str(tmp_path))
     assert code == 1 and "run 'dvsgkit download'" in out and "'dvsgkit synth'" in out
 
 
-def test_synth_validates_its_options(tmp_path: Path) -> None:
-    code, out = run("synth", "--root", str(tmp_path), "--train-trials", "0")
+def test_synth_validates_its_options(tmp_path: Path, run_cli) -> None:
+    code, out = run_cli("synth", "--root", str(tmp_path), "--train-trials", "0")
     assert code == 2 and "--train-trials" in out
     (tmp_path / "extract" / "DvsGesture").mkdir(parents=True)
-    code, out = run("synth", "--root", str(tmp_path))
+    code, out = run_cli("synth", "--root", str(tmp_path))
     assert code == 1 and "not written by 'dvsgkit synth'" in out and "Traceback" not in out
 
 
@@ -190,11 +182,11 @@ HELD_EVENTS = (
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_process_leaves_no_cache_and_next_run_works(
-    tmp_path: Path, sig: signal.Signals
+    tmp_path: Path, sig: signal.Signals, run_cli
 ) -> None:
     args = ["--root", str(tmp_path)]
-    assert run("synth", *args, "--train-trials", "2", "--test-trials", "1",
-               "--events-per-sample", "4000")[0] == 0  # fmt: skip
+    assert run_cli("synth", *args, "--train-trials", "2", "--test-trials", "1",
+                   "--events-per-sample", "4000")[0] == 0  # fmt: skip
     cmd = [sys.executable, "-c", HELD_EVENTS, "events", *args, "--no-progress"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -205,5 +197,5 @@ def test_interrupted_process_leaves_no_cache_and_next_run_works(
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert not any("events.h5" in p.name for p in tmp_path.iterdir())
-    code, out = run("events", *args, "--no-progress")
+    code, out = run_cli("events", *args, "--no-progress")
     assert code == 0 and "wrote" in out

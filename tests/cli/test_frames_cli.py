@@ -12,37 +12,23 @@ from pathlib import Path
 
 import pytest
 import zarr
-from click.testing import CliRunner
-
-from dvsgkit.eventcache.build import build_event_cache
-from dvsgkit.synth import write_synthetic_dataset
-from dvsgkit_cli.main import cli
 
 
-@pytest.fixture(scope="module")
-def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    write_synthetic_dataset(root, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
-    return root
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.output
-
-
-def test_frames_builds_events_then_store_and_reruns_as_noop(recordings: Path) -> None:
+def test_frames_builds_events_then_store_and_reruns_as_noop(
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
+) -> None:
+    recordings = copy_root(tiny_root, tmp_path, with_=("recordings",))
     root = str(recordings)
     handler = signal.getsignal(signal.SIGTERM)
-    code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
+    code, out = run_cli("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
     path = recordings / "frames_number_6_split_by_time.zarr"
     assert code == 0, out
     assert signal.getsignal(signal.SIGTERM) is handler  # the command's own is gone again
     assert f"wrote {path}: 12 train + 12 test samples, T=6, split_by=time, uint8" in out
     assert (recordings / "events.h5").is_file()
-    code, out = run("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
+    code, out = run_cli("frames", "--root", root, "-T", "6", "--split-by", "time", "--no-progress")
     assert code == 0 and f"{path} is up to date" in out
-    code, out = run(
+    code, out = run_cli(
         "frames", "--root", root, "-T", "3", "--zarr-format", "3", "--workers", "1", "--no-progress"
     )
     assert (
@@ -53,15 +39,15 @@ def test_frames_builds_events_then_store_and_reruns_as_noop(recordings: Path) ->
         == 3
     )
 
-    code, out = run("info", str(path))
+    code, out = run_cli("info", str(path))
     assert code == 0, out
     assert "frame store" in out and "complete        yes" in out and "T               6" in out
     assert "12 samples, uint8 [12, 6, 2, 128, 128]" in out
-    code, out = run("info", "--json", str(path))
+    code, out = run_cli("info", "--json", str(path))
     summary = json.loads(out)
     assert summary["complete"] and summary["splits"]["train"]["samples"] == 12
     assert sum(summary["splits"]["test"]["classes"].values()) == 12
-    code, out = run("info", str(recordings / "events.h5"))
+    code, out = run_cli("info", str(recordings / "events.h5"))
     assert code == 0 and "event cache" in out and "checksum" in out
     assert summary["provenance"]["events"]["checksum"] in out
 
@@ -75,60 +61,68 @@ def test_frames_builds_events_then_store_and_reruns_as_noop(recordings: Path) ->
         (["--zarr-format", "4"], "'4' is not one of '2', '3'"),
     ],
 )
-def test_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
-    code, out = run("frames", "--root", str(tmp_path), *args)
+def test_bad_options(tmp_path: Path, args: list[str], message: str, run_cli) -> None:
+    code, out = run_cli("frames", "--root", str(tmp_path), *args)
     assert code == 2 and message in out
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_event_cache_without_recordings(tmp_path: Path) -> None:
-    code, out = run("frames", "--root", str(tmp_path), "--no-progress")
+def test_missing_event_cache_without_recordings(tmp_path: Path, run_cli) -> None:
+    code, out = run_cli("frames", "--root", str(tmp_path), "--no-progress")
     assert code == 1 and "Traceback" not in out
     assert f"{tmp_path / 'extract' / 'DvsGesture'} not found" in out
 
 
-def test_corrupted_event_cache_is_named_and_left_alone(tmp_path: Path) -> None:
+def test_corrupted_event_cache_is_named_and_left_alone(tmp_path: Path, run_cli) -> None:
     (tmp_path / "events.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 500)
-    code, out = run("frames", "--root", str(tmp_path), "--no-progress")
+    code, out = run_cli("frames", "--root", str(tmp_path), "--no-progress")
     assert code == 1 and f"{tmp_path / 'events.h5'} is not a readable HDF5 event cache" in out
     assert (tmp_path / "events.h5").read_bytes()[8:] == b"\0" * 500
-    code, out = run("info", str(tmp_path / "events.h5"))
+    code, out = run_cli("info", str(tmp_path / "events.h5"))
     assert code == 1 and "complete        NO" in out
 
 
 def test_store_of_another_configuration_is_not_overwritten(
-    recordings: Path, tmp_path: Path
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
 ) -> None:
-    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    copy_root(tiny_root, tmp_path, with_=("events",))
     assert (
-        run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0] == 0
+        run_cli("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0]
+        == 0
     )
     two, four = (tmp_path / f"frames_number_{t}_split_by_number.zarr" for t in (2, 4))
     two.rename(four)
-    code, out = run("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
+    code, out = run_cli("frames", "--root", str(tmp_path), "-T", "4", "--no-progress")
     assert code == 1 and f"{four} holds a frame store of another configuration (T=2" in out
     assert zarr.open_group(four, mode="r").attrs["T"] == 2
 
 
-def test_info_reports_a_store_missing_a_split(recordings: Path, tmp_path: Path) -> None:
-    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+def test_info_reports_a_store_missing_a_split(
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("events",))
     assert (
-        run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0] == 0
+        run_cli("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")[0]
+        == 0
     )
     path = tmp_path / "frames_number_2_split_by_number.zarr"
     del zarr.open_group(path, mode="r+")["test"]
-    code, out = run("info", str(path))
+    code, out = run_cli("info", str(path))
     assert code == 1 and "NO: damaged: split 'test' missing" in out
 
 
-def test_info_of_a_dataset_root_lists_what_it_holds(tmp_path: Path) -> None:
-    write_synthetic_dataset(tmp_path, seed=5, train_trials=1, test_trials=1, events_per_sample=200)
-    code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress")
+def test_info_of_a_dataset_root_lists_what_it_holds(
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("recordings",))
+    code, out = run_cli(
+        "frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"
+    )
     assert code == 0, out
     (tmp_path / "download").mkdir()
     (tmp_path / "download" / "README.txt").write_text("readme")
     (tmp_path / "download" / "DvsGesture.tar.gz.partial").write_bytes(b"0" * 1000)
-    code, out = run("info", str(tmp_path))
+    code, out = run_cli("info", str(tmp_path))
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0] == f"{tmp_path}: a dataset root; what it holds, and the command for each:"
@@ -143,24 +137,26 @@ def test_info_of_a_dataset_root_lists_what_it_holds(tmp_path: Path) -> None:
     for name, parts in expected.items():
         (line,) = [line for line in lines if line.strip().startswith(name)]
         assert all(part in line for part in parts), (line, parts)
-    summary = json.loads(run("info", "--json", str(tmp_path))[1])
+    summary = json.loads(run_cli("info", "--json", str(tmp_path))[1])
     assert summary["kind"] == "root" and store.name in summary["holds"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "text file", "plain folder"])
-def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
+def test_info_rejects_what_is_not_a_store(tmp_path: Path, kind: str, run_cli) -> None:
     path = tmp_path / "thing"
     if kind == "text file":
         path.write_text("hello")
     elif kind == "plain folder":
         path.mkdir()
-    code, out = run("info", str(path))
+    code, out = run_cli("info", str(path))
     assert code == 1 and str(path) in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: int) -> None:
-    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+def test_a_killed_build_leaves_no_store(
+    tiny_root: Path, copy_root, tmp_path: Path, sig: int, run_cli
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("events",))
     # The real command, held at its free-space check after its first block until a line comes
     # on stdin (sent after the signal), so that the signal always lands mid-build.
     code = (
@@ -183,17 +179,17 @@ def test_a_killed_build_leaves_no_store(recordings: Path, tmp_path: Path, sig: i
     leftovers = list(tmp_path.glob("*.partial"))
     assert not leftovers if sig != signal.SIGKILL else len(leftovers) == 1
     # The next run starts clean and completes.
-    code_, out = run(
+    code_, out = run_cli(
         "frames", "--root", str(tmp_path), "-T", "2", "--workers", "1", "--no-progress"
     )
     assert code_ == 0 and "wrote" in out and not list(tmp_path.glob("*.partial"))
 
 
 def test_ctrl_c_reaches_the_workers_too_and_prints_no_traceback(
-    recordings: Path, tmp_path: Path
+    tiny_root: Path, copy_root, tmp_path: Path
 ) -> None:
     # A terminal's Ctrl-C goes to the whole process group: the workers as well as the command.
-    (tmp_path / "events.h5").symlink_to(build_event_cache(recordings, progress=False))
+    copy_root(tiny_root, tmp_path, with_=("events",))
     # The parent pauses at its free-space check after the first block, so that the signal finds
     # the workers idle once the train split's other block is done, waiting for work (as between
     # splits, or when the writer falls behind). The build notes the signal and stops at its next

@@ -6,18 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from dvsgkit import fs as storage
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.frames import FrameSpec
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.synth import write_synthetic_dataset
-from dvsgkit_cli.main import cli
 
 
 @pytest.fixture(scope="module")
@@ -27,53 +24,13 @@ def events_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_event_cache(root, workers=1, progress=False)
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.output
-
-
-def mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-
-
-def umount(path: Path, patience: float = 5.0) -> None:
-    """Unmount; a failed build's last in-flight chunk writes (zarr's IO thread) may hold the
-    mount busy for a moment after the command has returned."""
-    deadline = time.monotonic() + patience
-    while (done := subprocess.run(["umount", str(path)], capture_output=True)).returncode:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cannot unmount {path}: {done.stderr.decode().strip()}")
-        time.sleep(0.1)
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path):  # noqa: ANN201
-    """A real 1 MiB file system."""
-    mnt = tmp_path / "small"
-    mount_tmpfs(mnt, "size=1m")
-    yield mnt
-    umount(mnt)
-
-
-def fill(fs: Path, leave: int) -> None:
-    """Fill `fs` until about `leave` bytes are free."""
-    st = os.statvfs(fs)
-    free = st.f_bavail * st.f_frsize
-    (fs / "filler").write_bytes(b"\1" * max(free - leave, 0))
-
-
 def test_too_little_space_is_refused_after_the_first_samples(
-    small_fs: Path, events_h5: Path
+    small_fs: Path, events_h5: Path, run_cli, fill_disk
 ) -> None:
     (small_fs / "events.h5").symlink_to(events_h5)
-    fill(small_fs, 200_000)  # room for the first block of samples, not for all of them
-    code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
-                    "--no-progress")  # fmt: skip
+    fill_disk(small_fs, 200_000)  # room for the first block of samples, not for all of them
+    code, out = run_cli("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
+                        "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out
     assert f"not enough free space for {small_fs / 'frames_number_16_split_by_number.zarr'}: " \
            "it needs about" in out  # fmt: skip
@@ -82,17 +39,17 @@ def test_too_little_space_is_refused_after_the_first_samples(
 
 
 def test_a_disk_that_fills_during_the_build_gives_one_line_and_leaves_nothing(
-    small_fs: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch
+    small_fs: Path, events_h5: Path, monkeypatch: pytest.MonkeyPatch, run_cli, fill_disk
 ) -> None:
     (small_fs / "events.h5").symlink_to(events_h5)
 
     def fill_after_the_space_check(folder: Path) -> int:  # after the first block
-        fill(small_fs, 0)  # another writer takes the rest of the disk
+        fill_disk(small_fs)  # another writer takes the rest of the disk
         return 1 << 40  # what the check saw just before
 
     monkeypatch.setattr(storage, "free_bytes", fill_after_the_space_check)
-    code, out = run("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
-                    "--no-progress")  # fmt: skip
+    code, out = run_cli("frames", "--root", str(small_fs), "-T", "16", "--workers", "1",
+                        "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert out.startswith(f"Error: cannot write the frame store {small_fs}/frames_number_16")
     assert "no space left on device" in out and "free some space, or use another --root" in out
@@ -100,35 +57,32 @@ def test_a_disk_that_fills_during_the_build_gives_one_line_and_leaves_nothing(
 
 
 def test_a_read_only_root_gives_one_line_and_a_current_store_stays_usable(
-    tmp_path: Path, events_h5: Path
+    tiny_root: Path, copy_root, tmp_path: Path, tmpfs, run_cli
 ) -> None:
-    root = tmp_path / "ro"
-    root.mkdir()
-    (root / "events.h5").symlink_to(events_h5)
-    code, out = run("frames", "--root", str(root), "-T", "2", "--workers", "1", "--no-progress")
+    root = copy_root(tiny_root, tmp_path / "ro", with_=("events",))
+    code, out = run_cli("frames", "--root", str(root), "-T", "2", "--workers", "1", "--no-progress")
     assert code == 0, out
-    mount_tmpfs(tmp_path / "unused", "size=1m")  # skips where mounting is not allowed
-    umount(tmp_path / "unused")
+    tmpfs("1m")  # skips where mounting is not allowed
     subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(root)], check=True)
-        code, out = run("frames", "--root", str(root), "-T", "4", "--workers", "1",
-                        "--no-progress")  # fmt: skip
+        code, out = run_cli("frames", "--root", str(root), "-T", "4", "--workers", "1",
+                            "--no-progress")  # fmt: skip
         assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
         assert f"cannot write the frame store {root}/frames_number_4_split_by_number.zarr: " \
                "read-only file system" in out and "use another --root" in out  # fmt: skip
-        code, out = run("frames", "--root", str(root), "-T", "2", "--no-progress")
+        code, out = run_cli("frames", "--root", str(root), "-T", "2", "--no-progress")
         assert code == 0 and "is up to date" in out  # nothing to write: reading is enough
     finally:
-        umount(root)
+        subprocess.run(["umount", "-l", str(root)], check=True)
 
 
 def test_a_T_too_large_for_memory_is_refused_before_any_work(
-    tmp_path: Path, events_h5: Path
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
 ) -> None:
-    (tmp_path / "events.h5").symlink_to(events_h5)
-    code, out = run("frames", "--root", str(tmp_path), "-T", "100000", "--workers", "2",
-                    "--no-progress")  # fmt: skip
+    copy_root(tiny_root, tmp_path, with_=("events",))
+    code, out = run_cli("frames", "--root", str(tmp_path), "-T", "100000", "--workers", "2",
+                        "--no-progress")  # fmt: skip
     assert code == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert "Error: -T 100000 needs about 439.5 GiB of memory to build (2 workers x 8 samples x " \
            "100000 frames x 2 x 128 x 128 counts x 9 bytes)" in out  # fmt: skip
@@ -152,8 +106,10 @@ BUILD = (  # the real command, slowed down at its free-space check so that the t
 )
 
 
-def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path) -> None:
-    (tmp_path / "events.h5").symlink_to(events_h5)
+def test_two_builds_at_once_say_which_one_built(
+    tiny_root: Path, copy_root, tmp_path: Path, run_cli
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("events",))
     procs = [
         subprocess.Popen(
             [
@@ -185,7 +141,7 @@ def test_two_builds_at_once_say_which_one_built(tmp_path: Path, events_h5: Path)
     )
     assert f"waiting for process {procs[0].pid if outs[1] is waited else procs[1].pid}, " \
            f"which is building {path}" in waited[1]  # fmt: skip
-    code, out = run("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
+    code, out = run_cli("frames", "--root", str(tmp_path), "-T", "2", "--no-progress")
     assert code == 0 and "is up to date (" in out
     assert (
         build_frame_store(tmp_path, FrameSpec(2), workers=1, progress=False).outcome == "up to date"

@@ -5,7 +5,6 @@ and are skipped without). Each is one line naming the path and the cause, and le
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,27 +30,8 @@ def checkpoint(frame_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return train(config).run_dir / BEST
 
 
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def _read_only(mnt: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-
-
-def _fill(mnt: Path) -> None:
-    with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="space"):
-        while True:
-            f.write(b"\0" * 65536)
 
 
 def _error(args: list[str]) -> str:
@@ -109,28 +89,30 @@ def test_a_demo_run_directory_under_a_file(tmp_path: Path) -> None:
 
 
 def test_a_read_only_output_folder(
-    checkpoint: Path, frame_root: Path, fs: Path, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, frame_root: Path, small_fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dvsgkit.predict.windows
 
     ran: list[object] = []
     monkeypatch.setattr(dvsgkit.predict.windows, "predict_recording", lambda *a, **k: ran.append(a))
     recording = _recording(frame_root)
-    _read_only(fs)
+    _read_only(small_fs)
     cause = "read-only file system"
-    line = _error(_predict(checkpoint, recording, "--out-dir", fs))
-    assert line == f"Error: cannot create {fs / recording.stem}_predictions.csv: {cause}; {FIX}"
-    assert ran == []  # refused before any recording ran
-    line = _error(_predict(checkpoint, recording, "--out-dir", fs / "new"))
-    assert line == f"Error: cannot create the folder {fs / 'new'}: {cause}; {FIX}"
-    assert _error(_show(frame_root, "--out-dir", fs)) == (
-        f"Error: cannot write {fs / 'test_0_T4.gif'}: {cause}; {FIX}"
+    line = _error(_predict(checkpoint, recording, "--out-dir", small_fs))
+    assert (
+        line == f"Error: cannot create {small_fs / recording.stem}_predictions.csv: {cause}; {FIX}"
     )
-    assert _error(["show", recording, "--out-dir", fs]) == (
-        f"Error: cannot write {fs / recording.stem}_0s_3s.gif: {cause}; {FIX}"
+    assert ran == []  # refused before any recording ran
+    line = _error(_predict(checkpoint, recording, "--out-dir", small_fs / "new"))
+    assert line == f"Error: cannot create the folder {small_fs / 'new'}: {cause}; {FIX}"
+    assert _error(_show(frame_root, "--out-dir", small_fs)) == (
+        f"Error: cannot write {small_fs / 'test_0_T4.gif'}: {cause}; {FIX}"
+    )
+    assert _error(["show", recording, "--out-dir", small_fs]) == (
+        f"Error: cannot write {small_fs / recording.stem}_0s_3s.gif: {cause}; {FIX}"
     )
     # The current folder read-only: the default output folders are in it.
-    monkeypatch.chdir(fs)
+    monkeypatch.chdir(small_fs)
     assert _error(_predict(checkpoint, recording)) == (
         f"Error: cannot create the folder predictions: {cause}; {FIX}"
     )
@@ -140,11 +122,11 @@ def test_a_read_only_output_folder(
     )
 
 
-def test_a_full_disk(checkpoint: Path, frame_root: Path, fs: Path) -> None:
+def test_a_full_disk(checkpoint: Path, frame_root: Path, small_fs: Path, fill_disk) -> None:
     recording = _recording(frame_root)
-    _fill(fs)
+    fill_disk(small_fs)
     cause = "no space left on device"
-    out = fs / "out"
+    out = small_fs / "out"
     line = _error(_predict(checkpoint, recording, "--out-dir", out))
     assert line == f"Error: cannot write {out / recording.stem}_predictions.csv: {cause}; {FIX}"
     assert _error(_show(frame_root, "--out-dir", out)) == (
@@ -153,8 +135,8 @@ def test_a_full_disk(checkpoint: Path, frame_root: Path, fs: Path) -> None:
     assert _error(["show", recording, "--out-dir", out]) == (
         f"Error: cannot write {out / recording.stem}_0s_3s.gif: {cause}; {FIX}"
     )
-    root = fs / "data"
+    root = small_fs / "data"
     assert _error(["demo", "--root", root, "--no-progress"]) == (
         f"Error: cannot write {root / 'extract'}: {cause}; give another --root, or free some space"
     )
-    assert _leftovers(fs) == []  # no output, whole or partial
+    assert _leftovers(small_fs) == []  # no output, whole or partial

@@ -30,9 +30,9 @@ from dvsgkit.synth import write_synthetic_dataset
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    write_synthetic_dataset(tmp_path, seed=1, train_trials=2, test_trials=1, events_per_sample=800)
-    return tmp_path
+def root(small_root: Path, copy_root, tmp_path: Path) -> Path:
+    """The shared small root's recordings (2 train + 1 test), without an event cache."""
+    return copy_root(small_root, tmp_path, with_=("recordings",))
 
 
 def leftovers(root: Path) -> list[str]:

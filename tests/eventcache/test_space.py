@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,24 +34,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def mount(tmp_path: Path) -> Iterator[object]:
+def mount(tmpfs: Callable[[str], Path]) -> Callable[[int, Path], Path]:
     """mount(size_mb, dataset) -> a fresh tmpfs of that size holding a copy of the dataset."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    mounted = []
 
     def make(size_mb: int, source: Path) -> Path:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
-                               str(point)], capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(point)
+        point = tmpfs(f"{size_mb}m")
         shutil.copytree(source / "extract", point / "extract")
         return point
 
-    yield make
-    for p in mounted:
-        subprocess.run(["umount", str(p)], check=True)
+    return make
 
 
 def events_cli(root: Path, *patch: str) -> subprocess.CompletedProcess:
@@ -122,10 +113,12 @@ def test_a_read_only_mount(dataset: Path, mount: object) -> None:
     assert cache_files(root) == ["events.h5"]  # left as it was: it cannot be removed
 
 
-def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_free_space_estimate_and_message(
+    tiny_root: Path, copy_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same refusal wherever a tmpfs cannot be mounted: the estimate follows the .aedat
     sizes (8 bytes per event) and the message names the path, the need and the fix."""
-    write_synthetic_dataset(tmp_path, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
+    copy_root(tiny_root, tmp_path, with_=("recordings",))
     aedat = sum(p.stat().st_size for p in (tmp_path / "extract").rglob("*.aedat"))
     need = int(aedat / 8 * store.ESTIMATE_BYTES_PER_EVENT) + store.WRITE_MARGIN
     monkeypatch.setattr(fs, "free_bytes", lambda folder: need - 1)
@@ -137,10 +130,10 @@ def test_free_space_estimate_and_message(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_frames_reports_an_event_cache_it_cannot_write_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_root: Path, copy_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # `dvsgkit frames` (and train, demo) build the event cache first when recordings are there.
-    write_synthetic_dataset(tmp_path, seed=4, train_trials=1, test_trials=1, events_per_sample=500)
+    copy_root(tiny_root, tmp_path, with_=("recordings",))
     monkeypatch.setattr(fs, "free_bytes", lambda folder: 0)
     result = CliRunner().invoke(cli, ["frames", "--root", str(tmp_path), "-T", "2",
                                       "--workers", "1", "--no-progress"])  # fmt: skip

@@ -20,7 +20,6 @@ from dvsgkit import fs
 from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, SPLITS
 from dvsgkit.errors import StorageError
 from dvsgkit.eventcache import seal as integrity
-from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore.build import build_frame_store, frame_store_path
@@ -28,15 +27,6 @@ from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic dataset with its event cache (2 train + 1 test recordings, 36 samples)."""
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(root, seed=1, train_trials=2, test_trials=1, events_per_sample=600)
-    build_event_cache(root, workers=1, progress=False)
-    return root
 
 
 def write_events_h5(path: Path, samples: dict[str, list[tuple[np.ndarray, int]]]) -> None:
@@ -79,11 +69,9 @@ def hand_made_root(tmp_path: Path, pixel_events: int = 10) -> Path:
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_store_holds_every_sample_and_opens_with_plain_zarr(
-    synth_root: Path, tmp_path: Path, zarr_format: int
+    tiny_root: Path, copy_root, tmp_path: Path, zarr_format: int
 ) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "events.h5").symlink_to(synth_root / "events.h5")
+    root = copy_root(tiny_root, tmp_path / "root", with_=("events",))
     path = build_frame_store(
         root, FrameSpec(T, "number"), workers=1, progress=False, zarr_format=zarr_format
     )
@@ -114,8 +102,10 @@ def test_store_holds_every_sample_and_opens_with_plain_zarr(
     assert sum(group["train"].attrs["class_counts"]) == group["train"]["labels"].shape[0]
 
 
-def test_time_split_and_two_workers_side_by_side(synth_root: Path, tmp_path: Path) -> None:
-    (tmp_path / "events.h5").symlink_to(synth_root / "events.h5")
+def test_time_split_and_two_workers_side_by_side(
+    tiny_root: Path, copy_root, tmp_path: Path
+) -> None:
+    copy_root(tiny_root, tmp_path, with_=("events",))
     number = build_frame_store(tmp_path, FrameSpec(T, "number"), workers=1, progress=False)
     time = build_frame_store(tmp_path, FrameSpec(T, "time"), workers=2, progress=False)
     assert number != time and number.is_dir() and time.is_dir()
@@ -128,9 +118,10 @@ def test_time_split_and_two_workers_side_by_side(synth_root: Path, tmp_path: Pat
     assert open_frame_store(number).attrs["T"] == T  # the first store is still complete
 
 
-def test_rerun_is_a_noop_and_changed_inputs_rebuild(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    write_synthetic_dataset(root, seed=0, train_trials=1, test_trials=1, events_per_sample=300)
+def test_rerun_is_a_noop_and_changed_inputs_rebuild(
+    tiny_root: Path, copy_root, tmp_path: Path
+) -> None:
+    root = copy_root(tiny_root, tmp_path / "root", with_=("recordings",))
     path = build_frame_store(root, FrameSpec(T), workers=1, progress=False)
     first = zarr.open_group(path, mode="r").attrs["build_id"]
     assert build_frame_store(root, FrameSpec(T), workers=1, progress=False) == path

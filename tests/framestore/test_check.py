@@ -14,24 +14,21 @@ import zarr
 from dvsgkit import fs
 from dvsgkit.data import FrameDataset, make_loader
 from dvsgkit.errors import DamagedError
-from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore import check as checks
 from dvsgkit.framestore.build import build_frame_store
 from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.info import summarize
-from dvsgkit.synth import write_synthetic_dataset
 
 T = 4
 
 
 @pytest.fixture(scope="module")
-def events_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 train + 12 test synthetic samples in an event cache."""
-    root = tmp_path_factory.mktemp("integrity")
-    write_synthetic_dataset(root, seed=2, train_trials=1, test_trials=1, events_per_sample=400)
-    return build_event_cache(root, workers=1, progress=False)
+def events_h5(tiny_root: Path) -> Path:
+    """12 train + 12 test synthetic samples in an event cache (the shared tiny root's: read it,
+    never write it)."""
+    return tiny_root / "events.h5"
 
 
 def built(tmp_path: Path, events_h5: Path, zarr_format: int = 2) -> Path:

@@ -26,7 +26,6 @@ from dvsgkit.io.aedat_writer import packet_header
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import RecordingError, iter_recording
 from dvsgkit.samples import dataset_dir
-from dvsgkit.synth import write_synthetic_dataset
 
 HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"
 WIDE = [0, 127, 8191, 8192, 8195, 16383, 16384, 24576, 32767]  # 15-bit values around 2**13
@@ -80,9 +79,8 @@ def _patched_recording(root: Path, field: str, value: int) -> tuple[Path, int, i
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    write_synthetic_dataset(tmp_path, seed=0, train_trials=1, test_trials=1, events_per_sample=500)
-    return tmp_path
+def root(tiny_root: Path, copy_root, tmp_path: Path) -> Path:
+    return copy_root(tiny_root, tmp_path, with_=("recordings",))
 
 
 @pytest.mark.parametrize("field", ["x", "y"])

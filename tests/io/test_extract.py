@@ -7,9 +7,7 @@ import gzip
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -280,19 +278,6 @@ def test_a_member_declaring_a_terabyte_is_refused_before_writing(
         "download --rehash'"
     )
     assert _leftovers(dest) == []
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _extract_on_a_full_disk(tmp_path: Path, dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,67 +99,63 @@ def _tampered(run_dir: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Pa
     return copy
 
 
-def _one_error_line(result: object) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
 @pytest.mark.parametrize(("name", "edit", "message"), TAMPERED + RESUME_ONLY,
                          ids=[t[0] for t in TAMPERED + RESUME_ONLY])  # fmt: skip
 def test_resume_from_a_tampered_checkpoint_fails_in_one_line(
-    frame_root: Path, run_dir: Path, tmp_path: Path, name: str, edit: Callable, message: str
-) -> None:
+    frame_root: Path, run_dir: Path, tmp_path: Path, name: str, edit: Callable, message: str,
+    error_line,
+) -> None:  # fmt: skip
     copy = _tampered(run_dir, tmp_path, edit)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
     args = [*TRAIN, "--epochs", "2", "--root", str(frame_root), "--no-progress"]
-    line = _one_error_line(CliRunner().invoke(cli, [*args, "--resume", str(copy / LATEST)]))
+    line = error_line(CliRunner().invoke(cli, [*args, "--resume", str(copy / LATEST)]))
     assert str(copy / LATEST) in line and message in line, line
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize(("name", "edit", "message"), TAMPERED, ids=[t[0] for t in TAMPERED])
 def test_evaluate_of_a_tampered_checkpoint_fails_in_one_line(
-    frame_root: Path, run_dir: Path, tmp_path: Path, name: str, edit: Callable, message: str
-) -> None:
+    frame_root: Path, run_dir: Path, tmp_path: Path, name: str, edit: Callable, message: str,
+    error_line,
+) -> None:  # fmt: skip
     copy = _tampered(run_dir, tmp_path, edit)
     args = ["evaluate", str(copy / LATEST), "--root", str(frame_root), "--device", "cpu"]
-    line = _one_error_line(CliRunner().invoke(cli, [*args, "--no-progress"]))
+    line = error_line(CliRunner().invoke(cli, [*args, "--no-progress"]))
     assert str(copy / LATEST) in line and message in line, line
     assert not list(copy.glob("*_eval.*"))
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_garbage_bytes_fail_in_one_line(frame_root: Path, tmp_path: Path, command: str) -> None:
+def test_garbage_bytes_fail_in_one_line(
+    frame_root: Path, tmp_path: Path, command: str, error_line
+) -> None:
     bad = tmp_path / "checkpoint_latest.pth"
     bad.write_bytes(bytes(range(256)) * 8)
     if command == "train":
         args = [*TRAIN, "--epochs", "2", "--out-dir", str(tmp_path / "runs"), "--resume", str(bad)]
     else:
         args = ["evaluate", str(bad), "--device", "cpu"]
-    line = _one_error_line(CliRunner().invoke(cli, [*args, "--root", str(frame_root)]))
+    line = error_line(CliRunner().invoke(cli, [*args, "--root", str(frame_root)]))
     assert f"{bad} is not a readable checkpoint" in line, line
     assert not (tmp_path / "runs").exists()
 
 
 def test_evaluate_of_a_state_dict_keyed_by_numbers_fails_in_one_line(
-    frame_root: Path, tmp_path: Path
+    frame_root: Path, tmp_path: Path, error_line
 ) -> None:
     odd = tmp_path / "odd.pth"
     torch.save({"net": {1: torch.zeros(3)}}, odd)
     args = ["evaluate", str(odd), "--root", str(frame_root), "--device", "cpu"]
-    line = _one_error_line(CliRunner().invoke(cli, args))
+    line = error_line(CliRunner().invoke(cli, args))
     assert f"{odd}: 'net' has keys that are not names" in line, line
 
 
 def test_predict_refuses_a_non_finite_checkpoint_in_one_line(
-    frame_root: Path, run_dir: Path, tmp_path: Path
+    frame_root: Path, run_dir: Path, tmp_path: Path, error_line
 ) -> None:
     copy = _tampered(run_dir, tmp_path, _nan_weight)
     recording = sorted((frame_root / "extract").rglob("*.aedat"))[0]
     args = ["predict", str(copy / LATEST), str(recording), "--out-dir", str(tmp_path / "out")]
-    line = _one_error_line(CliRunner().invoke(cli, [*args, "--device", "cpu"]))
+    line = error_line(CliRunner().invoke(cli, [*args, "--device", "cpu"]))
     assert f"{copy / LATEST}: weight fc1.weight holds non-finite values (NaN or inf)" in line, line
     assert "lower --lr" in line

@@ -4,7 +4,6 @@ what differs) unless --allow-new-store; a rebuild from the same events is the sa
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,17 +20,6 @@ from dvsgkit.train import train
 from dvsgkit_cli.main import cli
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
-
-
-@pytest.fixture(scope="module")
-def bigger_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Other data: 48 train / 12 test synthetic samples (the shared root has 24 / 12)."""
-    from dvsgkit.synth import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("bigger")
-    write_synthetic_dataset(root, seed=1, train_trials=4, test_trials=1, events_per_sample=2000)
-    build_frame_store(root, FrameSpec(4, "number"), workers=1, progress=False)
-    return root
 
 
 @pytest.fixture
@@ -57,46 +45,45 @@ def test_a_checkpoint_and_the_run_record_the_frame_store(one_epoch: TrainConfig)
 
 
 def test_resume_on_other_data_is_refused_and_changes_nothing(
-    one_epoch: TrainConfig, bigger_root: Path
+    one_epoch: TrainConfig, tiny_root: Path
 ) -> None:
     run_dir = one_epoch.run_dir()
     before = _files(run_dir)
-    other = replace(one_epoch, epochs=2, root=str(bigger_root))
+    other = replace(one_epoch, epochs=2, root=str(tiny_root))
     with pytest.raises(ValueError) as err:
         train(other, resume=run_dir / LATEST)
     message = str(err.value)
     assert "\n" not in message
-    store = frame_store_path(bigger_root, FrameSpec(4, "number"))
+    store = frame_store_path(tiny_root, FrameSpec(4, "number"))
     assert message.startswith(f"cannot resume {run_dir / LATEST} on {store}: "), message
-    assert "train samples 24 (now 48)" in message and "events checksum" in message
+    assert "train samples 24 (now 12)" in message and "events checksum" in message
     assert f"pass --root {one_epoch.root} to continue" in message
     assert "--allow-new-store" in message
     assert _files(run_dir) == before  # config.json keeps the run's root; no epoch was trained
 
 
 def test_allow_new_store_continues_on_the_other_data_and_records_it(
-    one_epoch: TrainConfig, bigger_root: Path, capsys: pytest.CaptureFixture[str]
+    one_epoch: TrainConfig, tiny_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = one_epoch.run_dir()
-    other = replace(one_epoch, epochs=2, root=str(bigger_root))
+    other = replace(one_epoch, epochs=2, root=str(tiny_root))
     train(other, resume=run_dir / LATEST, allow_new_store=True)
     out = capsys.readouterr().out
     assert "warning: continuing on other frames, as --allow-new-store asks: events checksum" in out
-    assert "train samples 24 (now 48)" in out
-    assert [r["train_samples"] for r in read_metrics(run_dir)] == [24, 48]
+    assert "train samples 24 (now 12)" in out
+    assert [r["train_samples"] for r in read_metrics(run_dir)] == [24, 8]  # 12 in batches of 8
     record = json.loads((run_dir / FRAMES_RECORD).read_text())
-    assert [(e["first_epoch"], e["samples"]["train"]) for e in record] == [(0, 24), (1, 48)]
-    assert load_checkpoint(run_dir / LATEST)["frames"]["samples"]["train"] == 48
-    assert TrainConfig.load_json(run_dir / CONFIG).root == str(bigger_root)
+    assert [(e["first_epoch"], e["samples"]["train"]) for e in record] == [(0, 24), (1, 12)]
+    assert load_checkpoint(run_dir / LATEST)["frames"]["samples"]["train"] == 12
+    assert TrainConfig.load_json(run_dir / CONFIG).root == str(tiny_root)
 
 
 def test_a_rebuilt_store_of_the_same_events_is_the_same_data(
-    one_epoch: TrainConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    one_epoch: TrainConfig, frame_root: Path, copy_root, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     # The same events.h5 in another root, its frames built again: a new build_id.
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    shutil.copy2(Path(one_epoch.root) / "events.h5", copy / "events.h5")
+    copy = copy_root(frame_root, tmp_path / "copy", with_=("events",))
     build_frame_store(copy, FrameSpec(4, "number"), workers=1, progress=False)
     old = load_checkpoint(one_epoch.run_dir() / LATEST)["frames"]
     train(replace(one_epoch, epochs=2, root=str(copy)), resume=one_epoch.run_dir())
@@ -121,34 +108,32 @@ def test_a_checkpoint_without_provenance_resumes_with_a_warning(
     assert [r["epoch"] for r in read_metrics(one_epoch.run_dir())] == [0, 1]
 
 
-def test_cli_refuses_other_data_in_one_line(one_epoch: TrainConfig, bigger_root: Path) -> None:
+def test_cli_refuses_other_data_in_one_line(one_epoch: TrainConfig, tiny_root: Path) -> None:
     args = ["train", "-T", "4", "--channels", "4", "-b", "8", "-j", "0", "--device", "cpu"]
-    args += ["--epochs", "2", "--no-progress", "--root", str(bigger_root)]
+    args += ["--epochs", "2", "--no-progress", "--root", str(tiny_root)]
     args += ["--resume", str(one_epoch.run_dir())]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "train samples 24 (now 48)" in errors[0], result.output
+    assert len(errors) == 1 and "train samples 24 (now 12)" in errors[0], result.output
     assert "Traceback" not in result.output
     allowed = CliRunner().invoke(cli, [*args, "--allow-new-store"])
     assert allowed.exit_code == 0, allowed.output
-    assert [r["train_samples"] for r in read_metrics(one_epoch.run_dir())] == [24, 48]
+    assert [r["train_samples"] for r in read_metrics(one_epoch.run_dir())] == [24, 8]
 
 
 def test_a_store_rebuilt_from_other_events_at_the_same_path_is_refused(
-    tmp_path: Path, frame_root: Path, bigger_root: Path
+    tmp_path: Path, frame_root: Path, tiny_root: Path, copy_root
 ) -> None:
-    root = tmp_path / "data"
-    root.mkdir()
-    shutil.copy2(frame_root / "events.h5", root / "events.h5")
+    root = copy_root(frame_root, tmp_path / "data", with_=("events",))
     config = TrainConfig(root=str(root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
     run_dir = train(config).run_dir
-    shutil.copy2(bigger_root / "events.h5", root / "events.h5")  # 'dvsgkit events' of other data
+    copy_root(tiny_root, root, with_=("events",))  # 'dvsgkit events' of other data
     with pytest.raises(ValueError) as err:
         train(replace(config, epochs=2), resume=run_dir)
     message = str(err.value)
     assert "other frames (this store was rebuilt since): events checksum" in message, message
-    assert "train samples 24 (now 48)" in message and "--root" not in message
+    assert "train samples 24 (now 12)" in message and "--root" not in message
 
 
 def test_an_unreadable_frames_record_is_started_again(

@@ -4,13 +4,10 @@ disk and a read-only one (small tmpfs mounts; those tests need root and are skip
 from __future__ import annotations
 
 import errno
-import os
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from click.testing import CliRunner
@@ -22,6 +19,9 @@ from dvsgkit.run import LATEST, read_metrics
 from dvsgkit.run.checkpoint import load_checkpoint
 from dvsgkit.train import train
 from dvsgkit_cli.main import cli
+
+if TYPE_CHECKING:
+    from conftest import Writers  # the `killable` fixture
 
 TINY = {"T": 4, "channels": 4, "batch_size": 8, "workers": 0, "device": "cpu", "progress": False}
 TRAIN = ["train", "-T", "4", "--channels", "4", "-b", "8", "-j", "0", "--device", "cpu"]
@@ -39,36 +39,15 @@ with atomic_file(sys.argv[1]) as tmp, open(tmp, "wb") as f:
 """
 
 
-@pytest.fixture
-def writers() -> Iterator[list[subprocess.Popen]]:
-    """Writer processes started by a test; any still running at its end are killed."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def _start_writer(target: Path, writers: list[subprocess.Popen]) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
-    writers.append(process)
-    assert process.stdout.readline().strip() == "writing"
-    return process
-
-
 def _partials(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*.partial"))
 
 
 def test_the_sweep_removes_every_temporary_and_nothing_else(
-    tmp_path: Path, writers: list[subprocess.Popen]
+    tmp_path: Path, killable: Writers
 ) -> None:
-    dead = _start_writer(tmp_path / "checkpoint_latest.pth", writers)
-    os.kill(dead.pid, signal.SIGKILL)
-    dead.wait()
-    (leftover,) = tmp_path.glob(f".checkpoint_latest.pth.{dead.pid}-*.partial")
+    dead = killable.killed(WRITER, tmp_path / "checkpoint_latest.pth")
+    (leftover,) = tmp_path.glob(f".checkpoint_latest.pth.{dead}-*.partial")
     (tmp_path / ".notes.txt.partial").write_text("not a dvsgkit temporary: kept")
     assert sweep(tmp_path) == [leftover]
     assert _partials(tmp_path) == [".notes.txt.partial"]
@@ -76,15 +55,13 @@ def test_the_sweep_removes_every_temporary_and_nothing_else(
 
 
 def test_resume_removes_a_killed_checkpoint_write(
-    frame_root: Path, tmp_path: Path, writers: list[subprocess.Popen]
+    frame_root: Path, tmp_path: Path, killable: Writers
 ) -> None:
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path), epochs=1, **TINY)
     run_dir = train(config).run_dir
-    dead = _start_writer(run_dir / LATEST, writers)
-    os.kill(dead.pid, signal.SIGKILL)
-    dead.wait()
+    killable.killed(WRITER, run_dir / LATEST)
     # `dvsgkit evaluate` writing its report into the run directory meanwhile, without the lock.
-    evaluating = _start_writer(run_dir / "checkpoint_latest_test_eval.json", writers)
+    evaluating = killable.start(WRITER, run_dir / "checkpoint_latest_test_eval.json")
     assert len(_partials(run_dir)) == 2
     train(TrainConfig(**{**config.to_dict(), "epochs": 2}), resume=run_dir)
     (kept,) = _partials(run_dir)  # the killed checkpoint write is gone, the report stays
@@ -102,21 +79,18 @@ from pathlib import Path
 from dvsgkit.run import RUN_LOCK
 from dvsgkit.fs.lock import build_lock
 with build_lock(Path(sys.argv[1]) / RUN_LOCK, timeout=0):
-    print("holding", flush=True)
+    print("writing", flush=True)
     time.sleep(600)
 """
 
 
 def test_a_run_directory_another_process_trains_in_is_refused(
-    frame_root: Path, tmp_path: Path, writers: list[subprocess.Popen]
+    frame_root: Path, tmp_path: Path, killable: Writers, error_line
 ) -> None:
     run_dir = tmp_path / "runs" / RUN
     run_dir.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    writers.append(holder)
-    assert holder.stdout.readline().strip() == "holding"
-    line = _error_line(_train(frame_root, tmp_path / "runs", "--epochs", "1"))
+    holder = killable.start(HOLDER, run_dir)
+    line = error_line(_train(frame_root, tmp_path / "runs", "--epochs", "1"))
     assert f"process {holder.pid} is training the run in {run_dir}" in line, line
     assert f"kill {holder.pid}" in line
     assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing else written
@@ -127,49 +101,16 @@ def test_a_run_directory_another_process_trains_in_is_refused(
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0]
 
 
-def _mount(mnt: Path, options: str) -> None:
-    mnt.mkdir(exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "fs"
-    _mount(mnt, "size=4m")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def _fill(folder: Path) -> Path:
-    """Write a filler file until the file system is full (ENOSPC)."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError) as err:
-        while True:
-            f.write(b"\0" * 65536)
-    assert err.value.errno == errno.ENOSPC
-    return filler
-
-
 def _train(root: Path, out: Path, *extra: str) -> object:
     args = [*TRAIN, "--root", str(root), "--out-dir", str(out), "--no-progress", *extra]
     return CliRunner().invoke(cli, args)
 
 
-def _error_line(result: object) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
-def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) -> None:
-    _fill(small_fs)
-    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "1"))
+def test_a_full_disk_before_the_first_epoch(
+    frame_root: Path, small_fs: Path, fill_disk, error_line
+) -> None:
+    fill_disk(small_fs)
+    line = error_line(_train(frame_root, small_fs / "runs", "--epochs", "1"))
     run_dir = small_fs / "runs" / RUN
     # the first file a run writes is its lock
     assert f"cannot write {run_dir / 'train.lock'}: no space left on device" in line, line
@@ -177,11 +118,11 @@ def test_a_full_disk_before_the_first_epoch(frame_root: Path, small_fs: Path) ->
     assert _partials(small_fs) == [] and not list(small_fs.rglob("*.pth"))
 
 
-def test_a_disk_that_fills_during_training(frame_root: Path, small_fs: Path) -> None:
+def test_a_disk_that_fills_during_training(frame_root: Path, small_fs: Path, fill_disk) -> None:
     filler: list[Path] = []
     config = TrainConfig(root=str(frame_root), out_dir=str(small_fs / "runs"), epochs=3, **TINY)
     with pytest.raises(OSError) as err:  # the disk fills once epoch 0 is written
-        train(config, on_epoch=lambda record: filler or filler.append(_fill(small_fs)))
+        train(config, on_epoch=lambda record: filler or filler.append(fill_disk(small_fs)))
     run_dir = small_fs / "runs" / RUN
     line = str(err.value)
     assert line.startswith(f"not enough free space for {run_dir / LATEST}: "), line
@@ -218,52 +159,54 @@ def test_a_full_disk_during_training_stops_in_one_line_naming_the_checkpoint(
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
 
 
-def test_a_read_only_run_directory(frame_root: Path, small_fs: Path) -> None:
+def test_a_read_only_run_directory(frame_root: Path, small_fs: Path, error_line) -> None:
     assert _train(frame_root, small_fs / "runs", "--epochs", "1").exit_code == 0
     run_dir = small_fs / "runs" / RUN
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    line = _error_line(_train(frame_root, small_fs / "runs", "--epochs", "2",
+    line = error_line(_train(frame_root, small_fs / "runs", "--epochs", "2",
                               "--resume", str(run_dir)))  # fmt: skip
     assert f"cannot write {run_dir / 'train.lock'}: read-only file system" in line, line
     assert "then rerun with --resume" in line and "make it writable" in line
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
-    line = _error_line(_train(frame_root, small_fs / "other", "--epochs", "1"))
+    line = error_line(_train(frame_root, small_fs / "other", "--epochs", "1"))
     assert f"cannot write {small_fs / 'other'}: read-only file system" in line, line
 
 
 def test_evaluate_and_plot_into_a_read_only_folder(
-    frame_root: Path, tmp_path: Path, small_fs: Path
+    frame_root: Path, tmp_path: Path, small_fs: Path, error_line
 ) -> None:
     config = TrainConfig(root=str(frame_root), out_dir=str(tmp_path / "runs"), epochs=1, **TINY)
     run_dir = train(config).run_dir
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     out = small_fs / "eval"
     args = ["evaluate", str(run_dir), "--root", str(frame_root), "--device", "cpu"]
-    line = _error_line(CliRunner().invoke(cli, [*args, "--out-dir", str(out)]))
+    line = error_line(CliRunner().invoke(cli, [*args, "--out-dir", str(out)]))
     assert "Read-only file system" in line and str(out) in line, line
     png = small_fs / "curves.png"
-    line = _error_line(CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(png)]))
+    line = error_line(CliRunner().invoke(cli, ["plot", str(run_dir), "-o", str(png)]))
     assert "Read-only file system" in line and str(png) in line, line
 
 
-def test_a_read_only_dataset_root(frame_root: Path, small_fs: Path, tmp_path: Path) -> None:
+def test_a_read_only_dataset_root(
+    frame_root: Path, small_fs: Path, tmp_path: Path, error_line
+) -> None:
     root = small_fs / "data"
     root.mkdir()
     (root / "events.h5").write_bytes((frame_root / "events.h5").read_bytes())
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    line = _error_line(_train(root, tmp_path / "runs", "--epochs", "1"))  # frames cannot be built
+    line = error_line(_train(root, tmp_path / "runs", "--epochs", "1"))  # frames cannot be built
     assert "read-only file system" in line.lower() and str(root) in line, line
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path) -> None:
+def test_a_metrics_line_cut_by_a_full_disk_is_removed(small_fs: Path, fill_disk) -> None:
     from dvsgkit.run import append_line
 
     metrics = small_fs / "metrics.jsonl"
     metrics.write_text('{"epoch": 0}\n')  # its page has room for ~4 KB more
-    _fill(small_fs)
+    fill_disk(small_fs)
     with pytest.raises(OSError) as err:
         append_line(metrics, '{"epoch": 1, "pad": "' + "x" * 20000 + '"}\n')
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(metrics)
