@@ -158,22 +158,25 @@ def decode(
 
 
 def send(
-    events: np.ndarray, address: tuple[str, int], per_datagram: int = 100, realtime: bool = False
+    events: np.ndarray,
+    address: tuple[str, int],
+    per_datagram: int = 100,
+    speed: float | None = None,
 ) -> None:
     """Send EVENT_DTYPE `events` to `address` in this format, `per_datagram` events a datagram
-    (faery's default). `realtime`: each datagram once its last event has happened, counting
-    from the first event's time (as a camera sends them); else as fast as the socket takes
-    them. For tests and benchmarks."""
+    (faery's default). `speed` None: as fast as the socket takes them; 1: each datagram once
+    its last event has happened, counting from the first event's time (as a camera sends
+    them); 100: a hundred times faster than that. For tests and benchmarks."""
     records = np.empty(len(events), RECORD)
     records["t"], records["x"], records["y"] = events["t"], events["x"], events["y"]
     records["on"] = events["p"]
-    due = (events["t"] - events["t"][:1]) / 1e6  # [n] seconds after the first event
+    due = (events["t"] - events["t"][:1]) / 1e6 / (speed or 1)  # [n] s after the first event
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         begin = time.perf_counter()
         for i in range(0, len(records), per_datagram):
             part = records[i : i + per_datagram]
-            if realtime:
+            if speed:
                 delay = begin + due[i + len(part) - 1] - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)

@@ -4,16 +4,15 @@ the sensor size from the header; bad files and a missing faery are one line each
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.io.cameras import write_camera
 from dvsgkit.io.recordings import RecordingError, check_recording, iter_recording, recording_sensor
-from dvsgkit_cli.main import cli
 
 SENSOR = (346, 260)
 
@@ -79,8 +78,9 @@ def test_bad_camera_files_are_one_line(tmp_path: Path, events: np.ndarray) -> No
 
 
 def test_without_faery_a_camera_file_is_one_line_naming_the_extra(
-    tmp_path: Path, events: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tmp_path: Path, events: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+    run_cli: Callable[..., tuple[int, str]],
+) -> None:  # fmt: skip
     """faery is optional: without it, a camera file is refused before anything runs, in one
     line that names the extra to install; DVS128 recordings need no faery."""
     path = write_camera(tmp_path / "rec.aedat4", events, SENSOR)
@@ -92,9 +92,8 @@ def test_without_faery_a_camera_file_is_one_line_naming_the_extra(
         "package faery: pip install 'dvsgkit[cameras]'"
     )
     for args in (["predict", str(path), str(path)], ["show", str(path)]):
-        result = CliRunner().invoke(cli, [*args, "--out-dir", str(tmp_path / "out")])
-        assert result.exit_code == 1
-        assert result.output.splitlines() == [f"Error: {err.value}"]
+        code, output = run_cli(*args, "--out-dir", tmp_path / "out")
+        assert code == 1 and output.splitlines() == [f"Error: {err.value}"]
     assert not (tmp_path / "out").exists()
     npz = tmp_path / "dvs.npz"
     np.savez(npz, **{f: events[f] % 128 if f in "xy" else events[f] for f in "txyp"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import faery  # in the [dev] extra, so that CI checks the format against it
 import numpy as np
@@ -75,17 +76,18 @@ def test_a_port_in_use_is_one_line() -> None:
     )
 
 
-def test_the_receiver_gets_every_datagram_of_faerys_sender() -> None:
-    """faery's own sender, and ours paced as a camera sends: every event arrives, in order;
-    what is still in the kernel's buffer when the receiver closes is returned too."""
+def test_the_receiver_gets_every_datagram_of_faerys_sender(
+    faery_replay: Callable[..., int],
+) -> None:
+    """faery's own sender (paced: see `faery_replay`), and ours at a camera's pace: every event
+    arrives, in order; what is still in the kernel's buffer when the receiver closes is
+    returned too."""
     n = 20_000
     ev = np.zeros(n, faery.EVENTS_DTYPE)
     ev["t"], ev["x"], ev["y"], ev["on"] = np.arange(n) * 3, np.arange(n) % 346, 7, np.arange(n) % 2
     with Receiver("127.0.0.1", 0) as receiver:
         address = receiver.sock.getsockname()
-        sender = threading.Thread(
-            target=lambda: faery.events_stream_from_array(ev, (346, 260)).to_udp(address)
-        )
+        sender = threading.Thread(target=faery_replay, args=(ev, (346, 260), address))
         sender.start()
         sender.join()
         got = receiver.take(1.0)
@@ -99,7 +101,7 @@ def test_the_receiver_gets_every_datagram_of_faerys_sender() -> None:
     ours["t"] = np.arange(300) * 1000  # 0.3 s of events
     with Receiver("127.0.0.1", 0) as receiver:
         begin = time.perf_counter()
-        send(ours, receiver.sock.getsockname(), per_datagram=50, realtime=True)
+        send(ours, receiver.sock.getsockname(), per_datagram=50, speed=1)
         took = time.perf_counter() - begin
         time.sleep(0.05)
         arrived = receiver.take(0.5)

@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner
 
 from dvsgkit.io.recordings import iter_recording
 from dvsgkit.io.udp import send
@@ -19,17 +19,16 @@ from dvsgkit.model.inference import for_inference
 from dvsgkit.predict.live import LIVE_FILE
 from dvsgkit.predict.outputs import to_dict
 from dvsgkit.predict.windows import load_checkpoint_net, predict_recording
-from dvsgkit_cli.main import cli
 
 
 def test_ctrl_c_ends_a_live_run_with_its_summary_and_bad_input_is_counted(
     trained: tuple[Path, Path], recording: tuple[Path, Path], tmp_path: Path, free_port: int
 ) -> None:
-    """The recording sent to a running `dvsgkit predict --live`, then a datagram too short, one
-    of faery's other format (8-byte records), events off the 128 x 128 sensor and events out
-    of order; then Ctrl-C. The windows are the offline ones (a line each, and a JSON line
-    each); the bad input is said once per kind on stderr and counted in the summary line;
-    exit status 0."""
+    """The recording sent to a running `dvsgkit predict --live` (at 100 times its pace: paced,
+    so that a busy machine loses nothing), then a datagram too short, one of faery's other
+    format (8-byte records), events off the 128 x 128 sensor and events out of order; then
+    Ctrl-C. The windows are the offline ones (a line each, and a JSON line each); the bad
+    input is said once per kind on stderr and counted in the summary line; exit status 0."""
     _, ckpt = trained
     aedat, _ = recording
     events = np.concatenate(list(iter_recording(aedat)))
@@ -41,7 +40,7 @@ def test_ctrl_c_ends_a_live_run_with_its_summary_and_bad_input_is_counted(
     try:
         listening = proc.stderr.readline()  # once bound (and Ctrl-C handled)
         assert listening.startswith(f"listening on udp://127.0.0.1:{free_port} for a 128x128 ")
-        send(events, address)
+        send(events, address, speed=100)
         off, late = events[-7:].copy(), events[:5].copy()
         off["x"] = 200
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -80,8 +79,9 @@ def test_ctrl_c_ends_a_live_run_with_its_summary_and_bad_input_is_counted(
 
 
 def test_live_options_and_a_port_in_use(
-    trained: tuple[Path, Path], recording: tuple[Path, Path], tmp_path: Path, free_port: int
-) -> None:
+    trained: tuple[Path, Path], recording: tuple[Path, Path], tmp_path: Path, free_port: int,
+    run_cli: Callable[..., tuple[int, str]],
+) -> None:  # fmt: skip
     """Options that do not go with --live (or need it) are usage errors; a port in use is one
     line; --duration ends a run that got nothing with its summary."""
     _, ckpt = trained
@@ -97,30 +97,28 @@ def test_live_options_and_a_port_in_use(
         (): "give RECORDING(s), or --live udp://HOST:PORT",
     }
     for args, message in usage.items():
-        result = CliRunner().invoke(cli, [*base, *args])
-        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        code, output = run_cli(*base, *args)
+        assert code == 2 and message in output, (args, output)
     one_line = {
         ("--live", "udp://127.0.0.1", "--sensor", "128x128"): "is not a UDP address",
         ("--live", url, "--sensor", "128"): "--sensor '128' is not a sensor size",
         ("--live", url, "--sensor", "128x128", "--roi", "0,0,129,128"): "lies off its 128x128",
     }
     for args, message in one_line.items():
-        result = CliRunner().invoke(cli, [*base, *args])
-        assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
-        assert message in result.output
+        code, output = run_cli(*base, *args)
+        assert code == 1 and len(output.splitlines()) == 1 and message in output, output
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", free_port))
-        result = CliRunner().invoke(cli, [*base, "--live", url, "--sensor", "128x128"])
-    assert result.exit_code == 1
-    assert result.output == (
+        code, output = run_cli(*base, "--live", url, "--sensor", "128x128")
+    assert code == 1
+    assert output == (
         f"Error: cannot listen on {url}: Address already in use; give another port, or stop "
         "the program that listens there\n"
     )
     assert not (tmp_path / "out" / LIVE_FILE).exists()
-    result = CliRunner().invoke(cli, [*base, "--live", url, "--sensor", "346x260",
-                                      "--duration", "0.2s"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-2] == (
+    code, output = run_cli(*base, "--live", url, "--sensor", "346x260", "--duration", "0.2s")
+    assert code == 0, output
+    assert output.splitlines()[-2] == (
         f"{url}: 0 windows from 0 events in 0 datagrams; dropped: 0 events out of order, 0 "
         "malformed datagrams, 0 events off the 346x260 sensor, 0 outside the region "
         "43,0,260,260, 0 datagrams lost in a full receive buffer"
