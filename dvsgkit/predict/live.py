@@ -37,6 +37,10 @@ POLL_S = 0.05  # the longest the loop waits for a datagram before it looks at th
 # Datagrams come every 0.1 ms at 1 M events/s: taking them 5 ms at a time costs at most 5 ms of
 # latency and saves the per-batch work of ~50 batches (bench/live.py).
 GATHER_S = 0.005
+# CPUs left to the receiving thread (and a sender on this machine) rather than to torch: on 2
+# cores, one window of the demo's network takes ~15 ms on one thread and 40+ ms on two that
+# share a core with the receiver (bench/live.py).
+LIVE_SPARE_CPUS = 1
 COUNTS = ("datagrams", "received", "malformed", "off_sensor", "out_of_order", "outside_roi")
 # What the first of each kind of bad input gets said (once, as it comes; the summary counts all).
 WARNINGS = {
@@ -201,7 +205,7 @@ def predict_live(
     `duration_us`, until `stop` is set or Ctrl-C; then the windows that the last event makes
     whole are classified too. `note` gets the line saying it listens, and one for the first of
     each kind of bad input (WARNINGS)."""
-    from dvsgkit.device import default_device, parse_device
+    from dvsgkit.device import default_device, parse_device, set_cpu_threads
     from dvsgkit.model.inference import for_inference
 
     host, port = parse_udp_url(url)
@@ -210,6 +214,8 @@ def predict_live(
     cutter = WindowCutter(window_us, hop_us, {}, where=url)
     net, meta = load_checkpoint_net(Path(checkpoint))
     net, frames = for_inference(net, dev), checkpoint_frames(meta, T, split_by)
+    if dev.type == "cpu":  # a CPU for the receiving thread: torch's threads wait for each other
+        set_cpu_threads(spare=LIVE_SPARE_CPUS)
     batch_size = batch_size or DEFAULT_BATCH.get(dev.type, DEFAULT_BATCH["cuda"])
     path = make_folder(Path(out_dir), WRITE_FIX) / LIVE_FILE
     summary = LiveSummary(url, tuple(sensor), roi, path)  # type: ignore[arg-type]
