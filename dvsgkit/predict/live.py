@@ -109,13 +109,13 @@ class _Run:
         self.net, self.frames, self.device, self.batch_size = net, frames, device, batch_size
         self.summary, self.cutter, self.echo, self.note, self.out = summary, cutter, echo, note, out
         self.last_t = -1  # the latest event kept: an earlier one comes out of order
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (events, arrivals) not cut yet
         self.first_arrival: float | None = None
         self.warned: set[str] = set()
 
     def take(self, datagrams: list[Datagram]) -> None:
-        """Decode, keep what is in order and inside the region, hold it until it closes a
-        window (so the cutter's buffer is joined once a window, not once a datagram)."""
+        """Decode, keep what is in order and inside the region, push it to the cutter as it
+        comes (so that a window's events are in place when it closes: closing it costs only its
+        classification) and classify the windows it closes."""
         counts = self.summary.counts
         events, arrivals = decode(datagrams, self.summary.sensor, counts)
         if len(events):
@@ -130,13 +130,14 @@ class _Run:
         self.last_t = int(events["t"][-1])
         mapped, inside = to_dvs128(events, self.summary.roi)
         counts["outside_roi"] += len(events) - len(mapped)
-        if len(mapped):
-            self.pending.append((mapped, arrivals[inside]))
-            if self.first_arrival is None:
-                self.first_arrival = float(arrivals[inside][0])
-        end = self.cutter.next_end
-        if self.pending and (end is None or self.last_t >= end):
-            self.cut()
+        if not len(mapped):
+            return
+        arrivals = arrivals[inside]
+        if self.first_arrival is None:
+            self.first_arrival = float(arrivals[0])
+        windows = list(self.cutter.push(mapped))  # closed by the first event at or past its end
+        closing = np.searchsorted(mapped["t"], [end for _, end, _ in windows], side="left")
+        self.classify(windows, arrivals[closing].tolist())
 
     def warn(self) -> None:
         """`note` the first of each kind of bad input (WARNINGS)."""
@@ -146,17 +147,6 @@ class _Run:
                 width, height = self.summary.sensor
                 self.note(f"{self.summary.url}: {text.format(width=width, height=height)} "
                           "(dropped, counted in the summary)")  # fmt: skip
-
-    def cut(self) -> None:
-        """Push what is held to the cutter and classify the windows it closes."""
-        if not self.pending:
-            return
-        events = np.concatenate([e for e, _ in self.pending])
-        arrivals = np.concatenate([a for _, a in self.pending])
-        self.pending = []
-        windows = list(self.cutter.push(events))
-        closing = np.searchsorted(events["t"], [end for _, end, _ in windows], side="left")
-        self.classify(windows, arrivals[closing].tolist())
 
     def classify(self, windows: list[Window], closed: list[float]) -> None:
         """Classify `windows` (closed at those perf_counter times) in batches; print a line and
@@ -233,7 +223,6 @@ def predict_live(
             run.take(receiver.take(min(POLL_S, max(0.0, end - time.monotonic())), GATHER_S))
         stopped = time.perf_counter()
         run.take(receiver.close())  # what came before the stop, to the last datagram
-        run.cut()
         last = list(cutter.close())
         run.classify(last, [stopped] * len(last))
     summary.kernel_drops = receiver.dropped
