@@ -204,13 +204,16 @@ def predict_live(
     cutter = WindowCutter(window_us, hop_us, {}, where=url)
     net, meta = load_checkpoint_net(Path(checkpoint))
     net, frames = for_inference(net, dev), checkpoint_frames(meta, T, split_by)
-    if dev.type == "cpu":  # a CPU for the receiving thread: torch's threads wait for each other
-        set_cpu_threads(spare=LIVE_SPARE_CPUS)
     batch_size = batch_size or DEFAULT_BATCH.get(dev.type, DEFAULT_BATCH["cuda"])
     path = make_folder(Path(out_dir), WRITE_FIX) / LIVE_FILE
     summary = LiveSummary(url, tuple(sensor), roi, path)  # type: ignore[arg-type]
     stop = stop or threading.Event()
     with contextlib.ExitStack() as stack:
+        if dev.type == "cpu":  # a CPU for the receiving thread, torch's threads as they were after
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            set_cpu_threads(spare=LIVE_SPARE_CPUS)
         receiver = stack.enter_context(Receiver(host, port))
         with storage_errors(path, "write", WRITE_FIX):
             out = stack.enter_context(open(path, "a", encoding="utf-8"))

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from dvsgkit.device import cpus_available
 from dvsgkit.io.recordings import iter_recording
 from dvsgkit.io.udp import send
 from dvsgkit.model.inference import for_inference
@@ -83,7 +85,8 @@ def test_live_options_and_a_port_in_use(
     run_cli: Callable[..., tuple[int, str]],
 ) -> None:  # fmt: skip
     """Options that do not go with --live (or need it) are usage errors; a port in use is one
-    line; --duration ends a run that got nothing with its summary."""
+    line; --duration ends a run that got nothing with its summary, and leaves torch's threads
+    as they were."""
     _, ckpt = trained
     aedat, _ = recording
     url = f"udp://127.0.0.1:{free_port}"
@@ -116,7 +119,13 @@ def test_live_options_and_a_port_in_use(
         "the program that listens there\n"
     )
     assert not (tmp_path / "out" / LIVE_FILE).exists()
-    code, output = run_cli(*base, "--live", url, "--sensor", "346x260", "--duration", "0.2s")
+    before, threads = torch.get_num_threads(), min(2, cpus_available())
+    torch.set_num_threads(threads)  # as many as the run may take: it leaves one to its receiver
+    try:
+        code, output = run_cli(*base, "--live", url, "--sensor", "346x260", "--duration", "0.2s")
+        assert torch.get_num_threads() == threads  # and gives it back
+    finally:
+        torch.set_num_threads(before)
     assert code == 0, output
     assert output.splitlines()[-2] == (
         f"{url}: 0 windows from 0 events in 0 datagrams; dropped: 0 events out of order, 0 "
