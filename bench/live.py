@@ -3,18 +3,18 @@ its printed prediction (median, 95th percentile), windows per second, events los
 
     taskset -c 0,1 .venv/bin/python bench/live.py [--checkpoint runs/demo/.../checkpoint_max.pth]
 
-Runs on 2 CPU threads (torch's, and the process is pinned to 2 cores where it can be). Without
---checkpoint it first trains the demo's network (`dvsgkit demo`'s recipe: 16 channels, T=8) for
-one epoch on a tiny synthetic set (a minute): the work per window, and so the latency, is that
-of the demo's trained network whatever its weights. The stream: the pixels of a synthetic
-recording, one event every 1e6 / --rate µs of its clock for --seconds, sent by another process
-as a camera would (faery's format, 100 events a datagram, each datagram once its last event is
-due) to `predict_live` in this process, which prints a line per window as `dvsgkit predict
---live` does. Latency is measured twice, on the one monotonic clock of the machine: from the sending
-of the datagram that holds the window's last event (the sender records it) to the window's
-printed line, and as the live run measures it itself (from the arrival of the event that
-closes the window). Events lost: sent but not received (the kernel's count of datagrams it
-dropped is printed too).
+Runs on 2 CPU cores (pinned to them where it can be; `predict_live` gives torch one thread and
+leaves the other core to its receiving thread). Without --checkpoint it first trains the demo's
+network (`dvsgkit demo`'s recipe: 16 channels, T=8) for one epoch on a tiny synthetic set (a
+minute): the work per window, and so the latency, is that of the demo's trained network whatever
+its weights. The stream: the pixels of a synthetic recording, one event every 1e6 / --rate µs of
+its clock for --seconds, sent by another process as a camera would (faery's format, 100 events a
+datagram, each datagram once its last event is due) to `predict_live` in this process, which
+prints a line per window as `dvsgkit predict --live` does. Latency is measured twice, on the one
+monotonic clock of the machine: from the sending of the datagram that holds the window's last
+event (the sender records it) to the window's printed line, and as the live run measures it
+itself (from the arrival of the event that closes the window). Events lost: sent but not
+received (the kernel's count of datagrams it dropped is printed too).
 """
 
 from __future__ import annotations
