@@ -22,7 +22,10 @@ from dvsgkit_cli.common import frame_options, frame_spec, out_dir_option, root_o
 @click.option("--fps", type=float, default=DEFAULT_FPS,
               help=f"Recording mode: frames per second of recording time ({MIN_FPS:g} to "
               f"{MAX_FPS:.0f}).")  # fmt: skip
-@out_dir_option(Path("."), "Where the GIF (and PNG) go.")
+@click.option("--roi", default=None, metavar="X,Y,W,H",
+              help="Recording mode: the region of the sensor mapped onto 128x128, as for "
+              "predict.  [default: the largest centred square]")  # fmt: skip
+@out_dir_option(Path("."), "Where the GIF and PNG go.")
 def show(
     recording: Path | None,
     root: Path,
@@ -31,6 +34,7 @@ def show(
     start: str,
     duration: str,
     fps: float,
+    roi: str | None,
     out_dir: Path,
     **frames: object,
 ) -> None:
@@ -38,20 +42,25 @@ def show(
     frames of the frame options, --frame-duration being `dvsgkit frames --duration`
     (<split>_<index>_T<T>.gif, or <split>_<index>_<store name>.gif for other options, and a
     .png grid with a colour key), captioned with frame number and true label. With RECORDING
-    (.aedat, .npz, .h5, in time order): its events from --start for --duration as a GIF at
-    --fps, captioned with the time and the gesture of <stem>_labels.csv when one sits beside
-    it. OFF events are orange, ON events blue."""
+    (as for predict, in time order): its events from --start for --duration as a GIF at --fps of
+    the 128x128 sensor the network sees (--roi mapped onto it), captioned with the time and the
+    gesture of <stem>_labels.csv when one sits beside it, and a PNG of the whole sensor with the
+    region outlined. OFF events are orange, ON events blue."""
     from dvsgkit.io.recordings import parse_duration
+    from dvsgkit.io.roi import parse_roi
     from dvsgkit.show import show_recording, show_sample
 
     if recording is None and index is None:
         raise click.UsageError("give RECORDING, or --index for a sample of --split")
     if recording is not None and index is not None:
         raise click.UsageError("give either RECORDING or --index (a sample of --split), not both")
+    if recording is None and roi is not None:
+        raise click.UsageError("--roi is for RECORDING (a sample is on the 128x128 sensor)")
     if recording is not None:
         shown = show_recording(
             recording, parse_duration(start, "--start", allow_zero=True),
             parse_duration(duration, "--duration"), fps, out_dir,
+            None if roi is None else parse_roi(roi),
         )  # fmt: skip
     else:
         shown = show_sample(root, split, index, frame_spec(frames), out_dir)

@@ -103,14 +103,15 @@ def _cgroup_cpu_quota() -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def set_cpu_threads() -> int:
-    """Give torch one intra-op thread per CPU this process may use (`cpus_available`), never
-    more: torch's own default counts the machine's cores, which oversubscribes a container or a
-    cpuset (threads waiting for descheduled threads cost far more than the parallelism gives).
-    OMP_NUM_THREADS, when set, decides instead (torch has read it). Returns the thread count."""
+def set_cpu_threads(spare: int = 0) -> int:
+    """Give torch one intra-op thread per CPU this process may use (`cpus_available`), less
+    `spare` CPUs left to other work (at least one thread), never more: torch's own default
+    counts the machine's cores, which oversubscribes a container or a cpuset (threads waiting
+    for descheduled threads cost far more than the parallelism gives). OMP_NUM_THREADS, when
+    set, decides instead (torch has read it). Returns the thread count."""
     if os.environ.get(THREADS_ENV, "").strip():
         return torch.get_num_threads()
-    threads = min(torch.get_num_threads(), cpus_available())
+    threads = min(torch.get_num_threads(), max(1, cpus_available() - spare))
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads

@@ -16,11 +16,13 @@ from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.fs import atomic_file, make_folder
 from dvsgkit.io.labels import labels_path_for, read_labels
-from dvsgkit.io.recordings import RecordingError, iter_recording
+from dvsgkit.io.recordings import RecordingError, iter_recording, recording_sensor
+from dvsgkit.io.roi import Roi, check_roi, default_roi, to_dvs128
 
 # Polarity 0 (OFF) in orange, polarity 1 (ON) in blue, on black; both at once mix to white-ish.
 OFF_COLOR = np.array([255, 120, 0], np.float32)
 ON_COLOR = np.array([0, 140, 255], np.float32)
+ROI_COLOR = (255, 230, 0)  # the region outlined on the whole sensor
 SCALE = 2  # pixels per sensor pixel
 CAPTION_HEIGHT = 14  # pixels of caption band above each frame
 GRID_GAP = 2  # grey pixels between two frames of the PNG grid
@@ -153,14 +155,18 @@ def show_recording(
     duration_us: int,
     fps: float = DEFAULT_FPS,
     out_dir: str | os.PathLike[str] = ".",
+    roi: Roi | None = None,
 ) -> Shown:
     """Events of a recording from `start_us` after its first event, for `duration_us`, as an
-    animated GIF at `fps` frames per second of recording time (played at that rate), each
-    frame captioned with its time and the labelled gesture it lies in when a labels CSV sits
-    beside the recording (`<stem>_labels.csv`). Reads the recording a chunk at a time, to its
-    end: a timestamp that goes back anywhere (whose event could belong in the stretch) raises
-    RecordingError naming the file and the event. Written as `<stem>_<start>s_<duration>s.gif`.
-    `fps` lies in MIN_FPS..MAX_FPS, and the stretch holds at most MAX_FRAMES frames."""
+    animated GIF at `fps` frames per second of recording time (played at that rate) of the
+    128 x 128 sensor the network sees (`roi`, default the largest centred square of the
+    recording's sensor, mapped onto it as `predict` maps it), each frame captioned with its
+    time and the labelled gesture it lies in when a labels CSV sits beside the recording
+    (`<stem>_labels.csv`); and as one PNG of the whole sensor with `roi` outlined. Reads the
+    recording a chunk at a time, to its end: a timestamp that goes back anywhere (whose event
+    could belong in the stretch) raises RecordingError naming the file and the event. Written
+    as `<stem>_<start>s_<duration>s.gif` and `.png`. `fps` lies in MIN_FPS..MAX_FPS, and the
+    stretch holds at most MAX_FRAMES frames."""
     recording = Path(recording)
     if not MIN_FPS <= fps <= MAX_FPS:  # nan fails too
         raise InputError(
@@ -175,26 +181,11 @@ def show_recording(
             f"{duration_us / 1e6:g} s at {fps:g} fps is {count} frames, more than {MAX_FRAMES}; "
             "show a shorter --duration or a lower --fps"
         )
+    sensor = recording_sensor(recording)
+    roi = check_roi(roi or default_roi(sensor), sensor, recording)
     labels = labels_path_for(recording)
     gestures = read_labels(labels) if labels.is_file() else None
-    frames = np.zeros((count, 2, *SENSOR_SIZE), np.int32)  # [F, 2, H, W]
-    first = None
-    for chunk in iter_recording(recording, time_order=True):
-        if first is None:
-            first = int(chunk["t"][0])
-            a, b = first + start_us, first + start_us + duration_us
-        t = chunk["t"]
-        inside = chunk[(t >= a) & (t < b)]
-        if len(inside):
-            k = ((inside["t"] - a) * fps // 1e6).astype(np.int64).clip(0, count - 1)
-            index = ((k * 2 + inside["p"]) * SENSOR_SIZE[0] + inside["y"]) * SENSOR_SIZE[1]
-            counts = np.bincount(index + inside["x"], minlength=frames.size)  # [F*2*H*W]
-            frames += counts.reshape(frames.shape).astype(np.int32)
-    if not frames.any():  # (iter_recording has raised already if there is no event at all)
-        raise RecordingError(
-            f"{recording}: no events between {start_us / 1e6:g} s and "
-            f"{(start_us + duration_us) / 1e6:g} s from its first event; is --start past its end?"
-        )
+    frames, whole, a, first = _stretch(recording, start_us, duration_us, fps, count, roi)
     captions = []
     for k in range(count):
         mid = a + (k + 0.5) * 1e6 / fps
@@ -208,4 +199,55 @@ def show_recording(
     out = make_folder(Path(out_dir), WRITE_FIX)
     stem = f"{recording.stem}_{start_us / 1e6:g}s_{duration_us / 1e6:g}s"
     gif = save_gif(images, out / f"{stem}.gif", max(10, round(1000 / fps)))
-    return Shown(gif, None, count, images[0].size, tuple(captions))
+    picture = sensor_picture(whole, roi)
+    png = save_image(picture, out / f"{stem}.png", format="PNG", optimize=True)
+    return Shown(gif, png, count, images[0].size, tuple(captions))
+
+
+def _stretch(
+    recording: Path, start_us: int, duration_us: int, fps: float, count: int, roi: Roi
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The events from `start_us` after the first event, for `duration_us`: as `count` frames
+    of the 128 x 128 sensor ([F, 2, 128, 128] int32, `roi` mapped onto it), and summed on the
+    whole sensor ([2, height, width] int64); with the stretch's start and the first event's
+    time (µs)."""
+    width, height = recording_sensor(recording)
+    frames = np.zeros((count, 2, *SENSOR_SIZE), np.int32)  # [F, 2, H, W]
+    whole = np.zeros((2, height, width), np.int64)
+    first = a = b = 0
+    for n, chunk in enumerate(iter_recording(recording, time_order=True)):
+        if n == 0:
+            first = int(chunk["t"][0])
+            a, b = first + start_us, first + start_us + duration_us
+        t = chunk["t"]
+        inside = chunk[(t >= a) & (t < b)]
+        if len(inside):
+            pixel = (inside["p"].astype(np.int64) * height + inside["y"]) * width + inside["x"]
+            whole += np.bincount(pixel, minlength=whole.size).reshape(whole.shape)
+            mapped, _ = to_dvs128(inside, roi)
+            k = ((mapped["t"] - a) * fps // 1e6).astype(np.int64).clip(0, count - 1)
+            index = ((k * 2 + mapped["p"]) * SENSOR_SIZE[0] + mapped["y"]) * SENSOR_SIZE[1]
+            counts = np.bincount(index + mapped["x"], minlength=frames.size)  # [F*2*H*W]
+            frames += counts.reshape(frames.shape).astype(np.int32)
+    if not whole.any():  # (iter_recording has raised already if there is no event at all)
+        raise RecordingError(
+            f"{recording}: no events between {start_us / 1e6:g} s and "
+            f"{(start_us + duration_us) / 1e6:g} s from its first event; is --start past its end?"
+        )
+    return frames, whole, a, first
+
+
+def sensor_picture(counts: np.ndarray, roi: Roi) -> Any:
+    """Counts [2, H, W] of a whole sensor as one Pillow image (each pixel drawn 2 x 2 up to
+    a 128 x 128 sensor, 1 x 1 above), captioned with its size and the region `roi`, which is
+    outlined: what `predict` maps onto the 128 x 128 sensor."""
+    from PIL import ImageDraw
+
+    height, width = counts.shape[1:]
+    scale = max(1, 256 // max(width, height))
+    caption = f"{width}x{height}, region {roi}"
+    image = render(counts[None], [caption], scale)[0]
+    top = CAPTION_HEIGHT + roi.y * scale
+    box = (roi.x * scale, top, (roi.x + roi.w) * scale - 1, top + roi.h * scale - 1)
+    ImageDraw.Draw(image).rectangle(box, outline=ROI_COLOR, width=2)
+    return image

@@ -94,6 +94,22 @@ def test_omp_num_threads_decides_when_set(one_cpu: None, monkeypatch: pytest.Mon
     assert device.set_cpu_threads() == 1 and torch.get_num_threads() == 1
 
 
+def test_spare_cpus_are_left_to_other_work_but_one_thread_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`predict --live` leaves a CPU to its receiving thread: 3 torch threads on 4 CPUs, and
+    never fewer than one."""
+    threads = torch.get_num_threads()
+    monkeypatch.delenv(device.THREADS_ENV, raising=False)
+    monkeypatch.setattr(device, "cpus_available", lambda: 4)
+    try:
+        torch.set_num_threads(4)
+        assert device.set_cpu_threads(spare=1) == 3 == torch.get_num_threads()
+        assert device.set_cpu_threads(spare=8) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_command_line_makes_waiting_openmp_threads_sleep() -> None:
     code = "import os, dvsgkit_cli.common; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

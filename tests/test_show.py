@@ -3,6 +3,7 @@ are, captions naming the label; bad requests refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.io.aedat_writer import write_aedat
+from dvsgkit.io.cameras import write_camera
 from dvsgkit.io.labels import WINDOW_DTYPE, write_labels
 from dvsgkit.show import (
     CAPTION_HEIGHT,
@@ -23,6 +25,7 @@ from dvsgkit.show import (
     KEY_HEIGHT,
     OFF_COLOR,
     ON_COLOR,
+    ROI_COLOR,
     SCALE,
     show_recording,
     show_sample,
@@ -188,3 +191,37 @@ def _events_of(path: Path) -> np.ndarray:
     from dvsgkit.io.recordings import iter_recording
 
     return np.concatenate(list(iter_recording(path)))
+
+
+def test_a_camera_recording_shows_its_whole_sensor_with_the_region(
+    tmp_path: Path, run_cli: Callable[..., tuple[int, str]]
+) -> None:
+    """An AEDAT 4 recording of a 346 x 260 sensor, events at x = 10 (left of the default region,
+    the largest centred square 43,0,260,260) and x = 200, y = 100: the GIF is the 128 x 128
+    sensor the network sees (only x = 200 on it, at (200 - 43) * 128 // 260 = 77, y = 100 *
+    128 // 260 = 49); the PNG is the whole sensor, both events on it and the region outlined.
+    --roi moves the region."""
+    ev = np.zeros(2000, EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = np.arange(2000) * 500, 10, 100, 1
+    ev["x"][1::2] = 200
+    path = write_camera(tmp_path / "rec.aedat4", ev, (346, 260))
+    out = tmp_path / "out"
+    code, output = run_cli("show", path, "--duration", "1s", "--fps", "1", "--out-dir", out)
+    assert code == 0, output
+    assert output.splitlines()[-1] == f"png: {out / 'rec_0s_1s.png'}"
+    frame = np.asarray(Image.open(out / "rec_0s_1s.gif").convert("RGB"))[CAPTION_HEIGHT:, :, :]
+    lit = np.argwhere(frame[::SCALE, ::SCALE].sum(-1) > 0)  # [k, (y, x)] on the 128 x 128
+    assert lit.tolist() == [[49, 77]]
+    whole = np.asarray(Image.open(out / "rec_0s_1s.png").convert("RGB"))
+    assert whole.shape == (CAPTION_HEIGHT + 260, 346, 3)  # 1 x 1 above 128 x 128
+    sensor = whole[CAPTION_HEIGHT:]
+    assert sensor[100, 10].any() and sensor[100, 200].any()
+    outline = [tuple(sensor[130, x]) for x in (43, 44, 301, 302)]
+    assert outline == [ROI_COLOR] * 4 and tuple(sensor[130, 45]) != ROI_COLOR
+    assert tuple(sensor[0, 150]) == ROI_COLOR and tuple(sensor[259, 150]) == ROI_COLOR
+    code, _ = run_cli("show", path, "--duration", "1s", "--fps", "1", "--roi", "0,50,100,100",
+                      "--out-dir", out)  # fmt: skip
+    frame = np.asarray(Image.open(out / "rec_0s_1s.gif").convert("RGB"))[CAPTION_HEIGHT:, :, :]
+    assert code == 0 and np.argwhere(frame[::SCALE, ::SCALE].sum(-1) > 0).tolist() == [[64, 12]]
+    sensor = np.asarray(Image.open(out / "rec_0s_1s.png").convert("RGB"))[CAPTION_HEIGHT:]
+    assert tuple(sensor[100, 0]) == ROI_COLOR and tuple(sensor[100, 99]) == ROI_COLOR

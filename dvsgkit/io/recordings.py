@@ -1,4 +1,5 @@
-"""A recording to classify or look at: AEDAT 3.1 or an event array file, streamed in chunks."""
+"""A recording to classify or look at, streamed in chunks: AEDAT 3.1 or an event array file of
+the DVS128, or a camera file of any sensor (AEDAT 4, EVT, .dat, .es: `dvsgkit.io.cameras`)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dvsgkit.constants import EVENT_DTYPE, SENSOR_HEIGHT, SENSOR_WIDTH
 from dvsgkit.errors import InputError, NotFound
 from dvsgkit.io.aedat import DEFAULT_CHUNK_EVENTS, first_off_sensor, iter_events
+from dvsgkit.io.cameras import CAMERA_SUFFIXES, faery_module, is_camera_file
 
 AEDAT_SUFFIXES = (".aedat",)
 NPZ_SUFFIXES = (".npz",)
 H5_SUFFIXES = (".h5", ".hdf5")
-SUFFIXES = AEDAT_SUFFIXES + NPZ_SUFFIXES + H5_SUFFIXES
+SUFFIXES = AEDAT_SUFFIXES + NPZ_SUFFIXES + H5_SUFFIXES + CAMERA_SUFFIXES
+DVS128 = (SENSOR_WIDTH, SENSOR_HEIGHT)  # (width, height) of AEDAT 3.1, .npz and .h5 recordings
 FIELDS = ("t", "x", "y", "p")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|ms|us|µs)?\s*$")
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "µs": 1, None: 1_000_000}
@@ -40,14 +44,26 @@ def parse_duration(text: str | float, what: str = "duration", *, allow_zero: boo
 
 
 def check_recording(path: Path) -> None:
-    """Raise RecordingError for a file type dvsgkit cannot read, NotFound for no file."""
+    """Raise RecordingError for a file type dvsgkit cannot read, NotFound for no file, and
+    InputError for a camera file without faery installed."""
     if path.suffix.lower() not in SUFFIXES:
         raise RecordingError(
-            f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat) or "
-            f"an event array file with t, x, y, p ({', '.join(NPZ_SUFFIXES + H5_SUFFIXES)})"
+            f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat), "
+            f"an event array file with t, x, y, p ({', '.join(NPZ_SUFFIXES + H5_SUFFIXES)}) or "
+            f"a camera file ({', '.join(CAMERA_SUFFIXES)})"
         )
     if not path.is_file():
         raise NotFound(f"recording {path} not found")
+    if is_camera_file(path):
+        faery_module(path)
+
+
+def recording_sensor(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of a recording's sensor: 128 x 128 for AEDAT 3.1, .npz and .h5 (DVS128
+    recordings), what the header declares for a camera file."""
+    path = Path(path)
+    check_recording(path)
+    return _camera_sensor(path) if is_camera_file(path) else DVS128
 
 
 def iter_recording(
@@ -57,25 +73,28 @@ def iter_recording(
     time_order: bool = False,
 ) -> Iterator[np.ndarray]:
     """The events of a recording in recorded order, as EVENT_DTYPE chunks of at most about
-    `chunk_events` events, checked against the 128 x 128 DVS128 sensor and polarity 0/1.
+    `chunk_events` events, checked against its sensor (`recording_sensor`) and polarity 0/1.
 
-    `.aedat` (AEDAT 3.1) and `.h5`/`.hdf5` (datasets t, x, y, p at the file's root) are read a
-    chunk at a time, so memory stays bounded whatever the file size; `.npz` (arrays t, x, y, p,
-    as `np.savez` writes them) is loaded whole. Timestamps are microseconds. Raises
-    RecordingError (AedatError for an .aedat's bytes) naming the file and the byte offset or
-    event index on bad input, and when the file holds no event. With `time_order`, also at the
-    first event earlier than the one before it (a clock reset, files joined, shuffled events):
-    readers that stream by time would otherwise lose such events without a word."""
+    `.aedat` (AEDAT 3.1), `.h5`/`.hdf5` (datasets t, x, y, p at the file's root) and camera
+    files are read a chunk at a time, so memory stays bounded whatever the file size; `.npz`
+    (arrays t, x, y, p, as `np.savez` writes them) is loaded whole. Timestamps are
+    microseconds. Raises RecordingError (AedatError for an .aedat's bytes) naming the file and
+    the byte offset or event index on bad input, and when the file holds no event. With
+    `time_order`, also at the first event earlier than the one before it (a clock reset, files
+    joined, shuffled events): readers that stream by time would otherwise lose such events
+    without a word."""
     path = Path(path)
     check_recording(path)
-    suffix = path.suffix.lower()
-    if suffix in AEDAT_SUFFIXES:
+    suffix, sensor = path.suffix.lower(), DVS128
+    if is_camera_file(path):
+        sensor, chunks = _camera_sensor(path), _iter_camera(path, chunk_events)
+    elif suffix in AEDAT_SUFFIXES:
         chunks = iter_events(path, chunk_events=chunk_events)
     else:
         chunks = (_iter_npz if suffix in NPZ_SUFFIXES else iter_h5_events)(path, chunk_events)
     seen, last_t = 0, -1
     for chunk in chunks:  # AedatError and the array readers' errors name the file already
-        _check_chunk(path, chunk, seen)
+        _check_chunk(path, chunk, seen, sensor)
         if time_order:
             last_t = _check_time_order(path, chunk, seen, last_t)
         seen += len(chunk)
@@ -85,23 +104,29 @@ def iter_recording(
         raise RecordingError(f"{path}: the recording holds no events")
 
 
-def _check_chunk(path: Path, chunk: np.ndarray, first: int) -> None:
-    """Raise RecordingError when an event lies off the 128 x 128 sensor or has a polarity other
-    than 0/1, naming the first such event's index in the file."""
+def _check_chunk(path: Path, chunk: np.ndarray, first: int, sensor: tuple[int, int]) -> None:
+    """Raise RecordingError when an event lies off the (width, height) sensor or has a polarity
+    other than 0/1, naming the first such event's index in the file."""
     if not len(chunk):
         return
-    bad = (chunk["x"] >= SENSOR_WIDTH) | (chunk["y"] >= SENSOR_HEIGHT) | (chunk["p"] > 1)
+    width, height = sensor
+    bad = (chunk["x"] >= width) | (chunk["y"] >= height) | (chunk["p"] > 1)
     if bad.any():
         k = int(np.argmax(bad))
         ev = chunk[k]
         found = None
-        if path.suffix.lower() in AEDAT_SUFFIXES:  # name the byte too: the word is there
+        if path.suffix.lower() in AEDAT_SUFFIXES and sensor == DVS128:  # name the byte too
             found = first_off_sensor(path, (SENSOR_HEIGHT, SENSOR_WIDTH))
         at = f" at byte {found[1]}" if found is not None and found[0] == first + k else ""
+        if sensor == DVS128 and not is_camera_file(path):
+            what = f"the {width}x{height} DVS128 sensor"
+            fix = ("AEDAT 3.1, .npz and .h5 recordings are DVS128 ones; give other sensors' "
+                   "recordings as AEDAT 4 or EVT files, which state their sensor size")  # fmt: skip
+        else:
+            what, fix = f"the {width}x{height} sensor its header declares", "the file is damaged"
         raise RecordingError(
-            f"{path}: event {first + k}{at} (x {ev['x']}, y {ev['y']}, p {ev['p']}) lies off the "
-            f"{SENSOR_WIDTH}x{SENSOR_HEIGHT} DVS128 sensor or has a polarity other than 0/1; "
-            "dvsgkit classifies DVS128 recordings only (crop or rescale other sensors first)"
+            f"{path}: event {first + k}{at} (x {ev['x']}, y {ev['y']}, p {ev['p']}) lies off "
+            f"{what} or has a polarity other than 0/1; {fix}"
         )
 
 
@@ -218,3 +243,47 @@ def iter_h5_events(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
                     f"{path}: events {start}..{stop - 1} cannot be read ({exc})"
                 ) from exc
             yield to_events(path, columns, f", events {start}..{stop - 1}")
+
+
+def _camera_stream(path: Path) -> Any:
+    """faery's stream of a camera file; its size (0, 0) when the header states none."""
+    faery = faery_module(path)
+    try:
+        return faery.events_stream_from_file(path, dimensions_fallback=(0, 0))
+    except Exception as exc:  # faery raises Exception or RuntimeError for every bad file
+        raise RecordingError(f"{path}: not a readable event file ({exc})") from exc
+
+
+def _camera_sensor(path: Path) -> tuple[int, int]:
+    width, height = _camera_stream(path).dimensions()
+    if width < 1 or height < 1:
+        raise RecordingError(
+            f"{path}: its header states no sensor size (EVT and .dat files carry it as "
+            "'% geometry WxH' or '% Width' and '% Height'); record or convert it with the "
+            "camera's own software, which writes it"
+        )
+    return int(width), int(height)
+
+
+def _iter_camera(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
+    """A camera file's events as EVENT_DTYPE chunks, polarity 1 for ON: faery's packets (DV
+    writes one every few ms) joined up to about `chunk_events` events, so that a reader by time
+    does little work per chunk."""
+    packets = iter(_camera_stream(path))
+    held: list[np.ndarray] = []
+    size, seen = 0, 0
+    while True:
+        try:
+            packet = next(packets, None)
+        except Exception as exc:  # faery: a truncated or damaged file
+            raise RecordingError(f"{path}: damaged after event {seen + size} ({exc})") from exc
+        if packet is not None and len(packet):
+            held.append(packet)
+            size += len(packet)
+        if held and (packet is None or size >= chunk_events):
+            joined = np.concatenate(held)
+            columns = {"t": joined["t"], "x": joined["x"], "y": joined["y"], "p": joined["on"]}
+            yield to_events(path, columns, f", events {seen}..{seen + size - 1}")
+            held, seen, size = [], seen + size, 0
+        if packet is None:
+            return

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dvsgkit.constants import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
 from dvsgkit.errors import InputError, storage_errors
 from dvsgkit.fs import atomic_file, make_folder, probe_writable
@@ -73,20 +75,29 @@ def to_csv(pred: Prediction) -> str:
     return buf.getvalue()
 
 
+def window_fields(start: int, end: int, events: int, rates: np.ndarray) -> dict[str, Any]:
+    """One window as the JSON holds it (and `--live` writes it): times in µs, event count, the
+    predicted class (the highest of the 11 firing `rates`) and its name, the rates."""
+    predicted = int(np.argmax(rates))
+    return {
+        "start_us": int(start),
+        "end_us": int(end),
+        "events": int(events),
+        "predicted": predicted,
+        "name": CLASS_NAMES[predicted],
+        "rates": [float(f"{r:.7g}") for r in rates.tolist()],  # float32's digits
+    }
+
+
 def to_dict(pred: Prediction) -> dict[str, Any]:
     """The JSON document: the recipe, the windows, and the score (docs/predict.md)."""
     truth = pred.window_labels()
     windows = [
         {
-            "start_us": int(pred.starts[k]),
-            "end_us": int(pred.ends[k]),
-            "events": int(pred.counts[k]),
-            "predicted": c,
-            "name": CLASS_NAMES[c],
+            **window_fields(pred.starts[k], pred.ends[k], pred.counts[k], pred.rates[k]),
             "true_label": None if pred.gestures is None or truth[k] < 0 else int(truth[k]),
-            "rates": [float(f"{r:.7g}") for r in pred.rates[k].tolist()],  # float32 digits
         }
-        for k, c in enumerate(pred.preds.tolist())
+        for k in range(len(pred.starts))
     ]
     return {
         "recording": pred.recording,
@@ -99,6 +110,9 @@ def to_dict(pred: Prediction) -> dict[str, Any]:
         "window_us": pred.window_us,
         "hop_us": pred.hop_us,
         "first_event_us": pred.first_t,
+        "sensor": list(pred.sensor),
+        "roi": [pred.roi.x, pred.roi.y, pred.roi.w, pred.roi.h],
+        "outside_roi": pred.outside_roi,
         "labels": pred.labels_path,
         "class_names": list(CLASS_NAMES),
         "windows": windows,
@@ -112,6 +126,12 @@ def summary(pred: Prediction) -> str:
     line = f"{pred.recording}: {len(pred.starts)} windows"
     if pred.few_events:
         line += f" ({pred.few_events} with fewer than T={pred.frames.T} events)"
+    if pred.outside_roi:
+        width, height = pred.sensor
+        line += (
+            f", {pred.outside_roi:,} events outside the region {pred.roi} of the "
+            f"{width}x{height} sensor (dropped)"
+        )
     s = pred.score
     if s is not None:
         if s["window_accuracy"] is not None:

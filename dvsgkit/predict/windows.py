@@ -11,11 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from dvsgkit.constants import CLASS_NAMES, EVENT_DTYPE, NUM_CLASSES
+from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
 from dvsgkit.errors import InputError, NotFound
 from dvsgkit.frames import FrameSpec, integrate_samples, pad_samples
 from dvsgkit.io.labels import read_labels
-from dvsgkit.io.recordings import RecordingError, check_recording, iter_recording
+from dvsgkit.io.recordings import (
+    DVS128,
+    RecordingError,
+    check_recording,
+    iter_recording,
+    recording_sensor,
+)
+from dvsgkit.io.roi import Roi, check_roi, default_roi, in_roi
+from dvsgkit.predict.cutting import sliding_windows
 from dvsgkit.run import checkpoint_file
 from dvsgkit.samples import cut_chunks
 
@@ -23,9 +31,6 @@ WINDOW_MODES = ("sliding", "labels")
 DEFAULT_WINDOW_US = 1_500_000
 DEFAULT_HOP_US = 250_000
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}  # windows per forward pass (bench/predict.py)
-# A recording whose timestamps span more windows than this is refused before it runs for days:
-# 69 hours at the default hop (a corrupt timestamp far ahead would otherwise do it).
-MAX_WINDOWS = 1_000_000
 
 
 @dataclass
@@ -45,6 +50,9 @@ class Prediction:
     ends: np.ndarray  # int64 [K]
     counts: np.ndarray  # int64 [K] events per window
     rates: np.ndarray  # float32 [K, 11] firing rate of each class, averaged over T
+    sensor: tuple[int, int] = DVS128  # (width, height) of the recording's sensor
+    roi: Roi = default_roi(DVS128)  # the region of it mapped onto 128 x 128 (`io.roi`)
+    outside_roi: int = 0  # events outside the region, dropped
     gestures: np.ndarray | None = None  # WINDOW_DTYPE [G], the labels CSV's rows, when given
     labels_path: str | None = None
     score: dict[str, Any] | None = None
@@ -120,62 +128,6 @@ def check_inputs(
         read_gestures(path)
 
 
-def sliding_windows(
-    chunks: Iterable[np.ndarray],
-    window_us: int,
-    hop_us: int,
-    stats: dict[str, int],
-    where: str = "",
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Windows [first + k*hop, first + k*hop + window) over a recording given as consecutive
-    EVENT_DTYPE chunks in time order (as `iter_recording(path, time_order=True)` checks), each
-    with its events (start <= t < end), as (start, end, events). A window is cut once an event
-    at or after its end has been read (or the recording ends: the last window is the last
-    whole one), so only one window's events and one chunk are held. Windows in a quiet stretch
-    may hold few events, or none. stats["first_t"] is set to the first event's time and
-    stats["span_us"] to the time read so far. A recording spanning more than MAX_WINDOWS
-    windows raises RecordingError naming `where` (the file) before they run."""
-    buf = np.empty(0, EVENT_DTYPE)
-    buf_t = np.empty(0, np.int64)  # buf["t"], contiguous: binary search on a strided view copies
-    first: int | None = None
-    k, t_max, seen = 0, -1, 0
-    chunks = iter(chunks)
-    done = False
-    while not done:
-        chunk = next(chunks, None)
-        if chunk is None:
-            done, limit = True, t_max + 1  # the recording's end: windows ending by it are whole
-        else:
-            t = np.ascontiguousarray(chunk["t"])
-            if first is None:
-                first = stats["first_t"] = int(t[0])
-            t_max = int(t[-1])
-            # An event here makes window MAX_WINDOWS + 1 whole, by the recording's end at last.
-            bound = first + MAX_WINDOWS * hop_us + window_us - 1
-            if t_max >= bound:
-                i = int(np.argmax(t >= bound))
-                raise RecordingError(
-                    f"{where}: event {seen + i} (t {int(t[i])} µs) lies "
-                    f"{(int(t[i]) - first) / 1e6:g} s after the first event: more than "
-                    f"{MAX_WINDOWS:,} windows every {hop_us / 1e6:g} s; check that timestamp, "
-                    "or give a longer --hop"
-                )
-            seen += len(t)
-            buf, buf_t = np.concatenate([buf, chunk]), np.concatenate([buf_t, t])
-            limit = t_max  # an event at t_max has been read: windows ending by it are whole
-        if first is None:
-            return
-        stats["span_us"] = t_max + 1 - first
-        while first + k * hop_us + window_us <= limit:
-            start = first + k * hop_us
-            end = start + window_us
-            lo, hi = np.searchsorted(buf_t, [start, end], side="left")
-            yield start, end, buf[lo:hi]
-            k += 1
-            drop = int(np.searchsorted(buf_t, first + k * hop_us, side="left"))
-            buf, buf_t = buf[drop:], buf_t[drop:]  # views: what no later window needs
-
-
 def classify(
     net: Any,
     windows: Iterable[tuple[int, int, np.ndarray]],
@@ -198,7 +150,8 @@ def classify(
 
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
-        counts, frame_offsets = integrate_samples(np.concatenate(batch), offsets, frames)
+        events = batch[0] if len(batch) == 1 else np.concatenate(batch)  # a window: no copy
+        counts, frame_offsets = integrate_samples(events, offsets, frames)
         mask = None
         if frames.ragged:  # padded to the longest window, masked (SpikingJelly's padding)
             counts, lengths = pad_samples(counts, frame_offsets)  # [B, T, 2, H, W], [B]
@@ -240,36 +193,44 @@ def predict_recording(
     frames: FrameSpec | None = None,
     device: Any = "cpu",
     batch_size: int | None = None,
+    roi: Roi | None = None,
 ) -> Prediction:
     """Classify one recording with `net` and its `meta` (from `load_checkpoint_net`; run the net
     through `dvsgkit.model.inference.for_inference` first). Mode "sliding": windows of
     `window_us` every `hop_us` from the first event; mode "labels": exactly the windows of the
     `labels` CSV, cut as the event cache cuts its samples. `frames` defaults to the
-    checkpoint's (`checkpoint_frames`), `batch_size` to DEFAULT_BATCH of the device type.
+    checkpoint's (`checkpoint_frames`), `batch_size` to DEFAULT_BATCH of the device type, `roi`
+    (the region of the recording's sensor mapped onto 128 x 128) to the largest centred square.
     With `labels`, the prediction is also scored (see `score`)."""
     if mode not in WINDOW_MODES:
         raise InputError(f"mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}")
     if mode == "labels" and labels is None:
         raise InputError(f"{recording}: --windows labels needs a labels CSV (--labels)")
-    if window_us <= 0 or hop_us <= 0:
-        raise InputError(f"window and hop must be > 0 µs, got {window_us} and {hop_us}")
     path = Path(recording)
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
     frames = frames or checkpoint_frames(meta)
     gestures = read_gestures(labels) if labels is not None else None
-    stats: dict[str, int] = {}
+    sensor = recording_sensor(path)
+    roi = check_roi(roi or default_roi(sensor), sensor, path)
+    stats: dict[str, int] = {"outside_roi": 0}
     if mode == "labels":  # cut as the event cache cuts: whatever the order of the timestamps
-        samples = cut_chunks(_noting_first(iter_recording(path), stats), gestures)
+        chunks = _noting_first(in_roi(iter_recording(path), roi, stats), stats)
         windows: Iterable[tuple[int, int, np.ndarray]] = (
-            (int(g["start"]), int(g["end"]), s) for g, s in zip(gestures, samples, strict=True)
+            (int(g["start"]), int(g["end"]), s)
+            for g, s in zip(gestures, cut_chunks(chunks, gestures), strict=True)
         )
     else:  # streamed by time: events out of order would be lost, so they are refused
-        chunks = iter_recording(path, time_order=True)
+        chunks = in_roi(iter_recording(path, time_order=True), roi, stats)
         windows = sliding_windows(chunks, window_us, hop_us, stats, where=str(path))
     starts, ends, counts, rates = classify(
         net, windows, frames, device=device, batch_size=batch_size
     )
+    if "first_t" not in stats:
+        raise RecordingError(
+            f"{path}: none of its {stats['outside_roi']:,} events lies inside the region "
+            f"{roi} of its {sensor[0]}x{sensor[1]} sensor; give another --roi X,Y,W,H"
+        )
     if len(starts) == 0:
         raise RecordingError(
             f"{path}: the recording spans {stats.get('span_us', 0) / 1e6:g} s, shorter than one "
@@ -288,6 +249,9 @@ def predict_recording(
         ends=ends,
         counts=counts,
         rates=rates,
+        sensor=sensor,
+        roi=roi,
+        outside_roi=stats["outside_roi"],
         gestures=gestures,
         labels_path=None if labels is None else str(labels),
     )

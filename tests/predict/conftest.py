@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +77,11 @@ def shortened() -> Callable[[Path, Path, int], Path]:
         return write_aedat(out, events[events["t"] < events["t"][0] + micros])
 
     return cut
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A UDP port of 127.0.0.1 that nothing listens on (free when asked)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -15,13 +15,12 @@ from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.labels import read_labels
 from dvsgkit.io.recordings import iter_recording
 from dvsgkit.model.inference import for_inference
+from dvsgkit.predict.cutting import MAX_WINDOWS, WindowCutter, sliding_windows
 from dvsgkit.predict.windows import (
-    MAX_WINDOWS,
     Prediction,
     checkpoint_frames,
     load_checkpoint_net,
     predict_recording,
-    sliding_windows,
 )
 
 T = 4  # the trained network's (conftest)
@@ -225,3 +224,27 @@ def test_windows_of_a_ragged_spec_are_rated_over_their_own_frames(
         np.testing.assert_allclose(ours.rates[k], alone, rtol=0, atol=1e-6)
     assert len(lengths) > 1 and ours.few_events == 0  # the batches were padded
     assert 0.0 < float(ours.rates.mean()) < 1.0
+
+
+def test_pushing_pieces_as_a_stream_gives_the_windows_of_the_whole(events_at: Events) -> None:
+    """The live mode pushes whatever has come (datagrams of any size, some empty) into the
+    cutter: the windows are those of the recording cut whole, each given out by the first push
+    that holds an event at or after its end (`next_end`), the last ones by `close`."""
+    rng = np.random.default_rng(5)
+    ev = events_at(np.sort(rng.integers(0, 40_000, 5000)))
+    whole = list(sliding_windows([ev], 4000, 1500, {}))
+    cutter, stats = WindowCutter(4000, 1500, {}), {}
+    assert cutter.next_end is None
+    got, cuts = [], np.sort(rng.integers(0, len(ev), 300))
+    for piece in np.split(ev, cuts):
+        end = cutter.next_end
+        out = list(cutter.push(piece))
+        closes = end is not None and len(piece) > 0 and int(piece["t"][-1]) >= end
+        assert bool(out) == closes or (end is None and bool(out))
+        got += out
+    got += list(cutter.close())
+    assert len(got) == len(whole) > 20
+    for (s1, e1, w1), (s2, e2, w2) in zip(got, whole, strict=True):
+        assert (s1, e1) == (s2, e2) and np.array_equal(w1, w2)
+    with pytest.raises(ValueError, match="window and hop must be > 0 µs, got 4000 and 0"):
+        WindowCutter(4000, 0, stats)
