@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    import numpy as np
     from click.testing import Result
 
 SIZES = {
@@ -331,3 +332,21 @@ def faery_replay() -> Callable[..., int]:
     """`faery_replay(events, (width, height), (host, port), every=500)`: faery's UDP sender,
     paced (see `_faery_replay`); returns the datagrams sent."""
     return _faery_replay
+
+
+@pytest.fixture
+def events_at() -> Callable[..., np.ndarray]:
+    """events_at(t, seed=0): EVENT_DTYPE events at times `t`, random pixels and polarities."""
+
+    import numpy as np
+
+    from dvsgkit.constants import EVENT_DTYPE
+
+    def make(t: np.ndarray, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        ev = np.zeros(len(t), EVENT_DTYPE)
+        ev["t"], ev["p"] = t, rng.integers(0, 2, len(t))
+        ev["x"], ev["y"] = rng.integers(0, 128, (2, len(t)))
+        return ev
+
+    return make

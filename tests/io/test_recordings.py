@@ -3,22 +3,14 @@ durations parsed, and timestamps that go back refused by index."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.recordings import iter_recording, parse_duration
-
-
-def _events(t: np.ndarray, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ev = np.zeros(len(t), EVENT_DTYPE)
-    ev["t"], ev["p"] = t, rng.integers(0, 2, len(t))
-    ev["x"], ev["y"] = rng.integers(0, 128, (2, len(t)))
-    return ev
 
 
 @pytest.mark.parametrize(
@@ -59,7 +51,7 @@ def _write_events(path: Path, ev: np.ndarray) -> Path:
     [("clock reset", 2500), ("shuffled", 8), ("back at a chunk's start", 1000)],
 )
 def test_recordings_out_of_time_order_are_refused(
-    tmp_path: Path, suffix: str, disorder: str, index: int
+    tmp_path: Path, events_at: Callable[..., np.ndarray], suffix: str, disorder: str, index: int
 ) -> None:
     """Read in time order (as sliding windows and show read), a recording whose timestamps go
     back is refused at its first such event, by index, whatever the format and chunking."""
@@ -70,7 +62,7 @@ def test_recordings_out_of_time_order_are_refused(
         t[7], t[8] = t[8], t[7] - 1
     else:  # event 1000 opens the second chunk of 1000
         t[1000] = t[999] - 1
-    path = _write_events(tmp_path / f"rec{suffix}", _events(t))
+    path = _write_events(tmp_path / f"rec{suffix}", events_at(t))
     assert sum(len(c) for c in iter_recording(path)) == 3000  # read as recorded without the check
     with pytest.raises(ValueError) as err:
         for _ in iter_recording(path, chunk_events=1000, time_order=True):

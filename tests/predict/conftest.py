@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dvsgkit.constants import EVENT_DTYPE
 from dvsgkit.frames import FrameSpec
 from dvsgkit.io.aedat_writer import write_aedat
 from dvsgkit.io.recordings import iter_recording
@@ -52,20 +51,6 @@ def recording_of() -> Callable[[Path], tuple[Path, Path]]:
 def recording(trained: tuple[Path, Path]) -> tuple[Path, Path]:
     """(.aedat, labels CSV) of the trained root's test recording (read it, never write it)."""
     return _first_test_recording(trained[0])
-
-
-@pytest.fixture
-def events_at() -> Callable[..., np.ndarray]:
-    """events_at(t, seed=0): EVENT_DTYPE events at times `t`, random pixels and polarities."""
-
-    def make(t: np.ndarray, seed: int = 0) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        ev = np.zeros(len(t), EVENT_DTYPE)
-        ev["t"], ev["p"] = t, rng.integers(0, 2, len(t))
-        ev["x"], ev["y"] = rng.integers(0, 128, (2, len(t)))
-        return ev
-
-    return make
 
 
 @pytest.fixture
