@@ -1,7 +1,8 @@
 """A split of the frame store, written block by block: workers read a block of samples from
 events.h5 and integrate them; a regular split's workers write their samples (one chunk each),
-a ragged split's send their frames compressed and the parent writes them in order, since
-where a block's frames go depends on how many frames the blocks before it had."""
+a ragged split's send their frames back and the parent writes them in order, RAGGED_CHUNK_FRAMES
+to a chunk, since where a block's frames go depends on how many frames the blocks before it
+had."""
 
 from __future__ import annotations
 
@@ -54,19 +55,19 @@ class BlockTask:
 class BlockResult:
     """A block's largest count, and each sample's crc32 as written (empty when the counts
     overflow the dtype and nothing was written); for a ragged split each sample's frame count
-    and the frames' chunk bytes, for the parent to write."""
+    and the block's frames [F, 2, H, W], for the parent to write."""
 
     s0: int
     s1: int
     largest: int
     checksums: list[int]
     frames: list[int]
-    chunks: list[bytes]
+    values: np.ndarray | None = None
 
 
 def integrate_block(task: BlockTask, integrate: Integrator | None = None) -> BlockResult:
     """Worker: read the block's samples from events.h5, integrate them, write them (or, ragged,
-    compress them) when they fit the dtype."""
+    return them) when they fit the dtype."""
     build, offsets, spec = task.build, task.offsets, task.build.spec
     s1 = task.s0 + len(offsets) - 1
     fields = ("x", "y", "p", "t") if spec.needs_t else ("x", "y", "p")
@@ -78,19 +79,17 @@ def integrate_block(task: BlockTask, integrate: Integrator | None = None) -> Blo
     counts, frame_offsets = integrate_samples(columns, offsets, spec, integrate=integrate)
     largest = int(counts.max()) if counts.size else 0
     if largest > np.iinfo(task.dtype).max:
-        return BlockResult(task.s0, s1, largest, [], [], [])
+        return BlockResult(task.s0, s1, largest, [], [])
     frames = counts.astype(task.dtype)  # [F, 2, H, W]
     del counts
     parts = [frames[a:b] for a, b in zip(frame_offsets[:-1], frame_offsets[1:], strict=True)]
     sums = [sample_checksum(p) for p in parts]
     if spec.ragged:
-        return BlockResult(
-            task.s0, s1, largest, sums, [len(p) for p in parts], chunks.encode(frames)
-        )
+        return BlockResult(task.s0, s1, largest, sums, [len(p) for p in parts], frames)
     with zarr.config.set(WRITE_ALL):
         array = zarr.open_array(build.store / task.split / "frames", mode="r+")
         array[task.s0 : s1] = frames.reshape(s1 - task.s0, spec.T, *frames.shape[1:])
-    return BlockResult(task.s0, s1, largest, sums, [], [])
+    return BlockResult(task.s0, s1, largest, sums, [])
 
 
 Run = Callable[[list[BlockTask]], Iterable[BlockResult]]  # block results, in task order
@@ -112,19 +111,21 @@ def write_split(
     while True:
         array = sub.create_array(
             "frames", shape=(0 if spec.ragged else n, *shape), dtype=dtype, fill_value=0,
-            chunks=(1, *shape),  # one sample (ragged: one frame) per chunk
+            chunks=(chunks.RAGGED_CHUNK_FRAMES if spec.ragged else 1, *shape),  # or 1 sample
             compressors=chunks.compressor(group.metadata.zarr_format), overwrite=True,
         )  # fmt: skip
         tasks = [BlockTask(build, split, s0, index.offsets[s0 : s0 + build.block + 1], dtype)
                  for s0 in range(0, n, build.block)]  # fmt: skip
         largest, counts = 0, np.zeros(n, np.int64)  # [N] frames of each sample (ragged)
+        writer = chunks.ChunkWriter(array, folder)  # ragged: holds less than one chunk
         for block in run(tasks):
             largest = max(largest, block.largest)
             sums[block.s0 : block.s1] = block.checksums or 0
-            if block.chunks:
-                chunks.write_chunks(array, folder, int(counts.sum()), block.chunks)
+            if block.values is not None and largest <= np.iinfo(dtype).max:  # else: rerun
+                writer.append(block.values)
                 counts[block.s0 : block.s1] = block.frames
             after_block(block.s1 - block.s0)  # an interrupted build stops here, so does a full disk
+        writer.flush()
         if largest <= np.iinfo(dtype).max:
             break
         dtype = np.dtype(next(d for d in FRAME_DTYPES if largest <= np.iinfo(d).max))

@@ -17,7 +17,12 @@ from typing import Any
 from dvsgkit.constants import NUM_CLASSES, SPLITS
 from dvsgkit.errors import DvsgkitError, InputError, InTheWay, NotFound
 from dvsgkit.frames import SPLIT_BY, FrameSpec, frame_size
-from dvsgkit.framestore.chunks import SplitFrames, chunk_key, sample_checksum
+from dvsgkit.framestore.chunks import (
+    RAGGED_CHUNK_FRAMES,
+    SplitFrames,
+    chunk_key,
+    sample_checksum,
+)
 from dvsgkit.framestore.layout import (
     LAYOUT,
     LAYOUT_VERSION,
@@ -201,14 +206,15 @@ def _structure(path: Path, group: Any, spec: FrameSpec, split: str) -> list[str]
     ]
     if problems:
         return problems
-    frames = sub["frames"]
-    if frames.chunks != (1, *sample):
-        unit = "frame" if spec.ragged else "sample"
-        return [f"{split}/frames has chunks {list(frames.chunks)}, not one {unit} per chunk"]
+    frames, k = sub["frames"], RAGGED_CHUNK_FRAMES if spec.ragged else 1
+    if frames.chunks != (k, *sample):
+        unit = f"{k} frames" if spec.ragged else "one sample"
+        return [f"{split}/frames has chunks {list(frames.chunks)}, not {unit} per chunk"]
     present = _files_under(path / split / "frames")
-    for i in range(frames.shape[0]):
+    for i in range(0, frames.shape[0], k):  # the first sample (ragged: frame) of each chunk
         if (key := chunk_key(frames, i)) not in present:
-            what = f"frame {i}" if spec.ragged else f"sample {i}"
+            last = min(i + k, frames.shape[0]) - 1  # ragged: name the chunk's frames
+            what = f"sample {i}" if not spec.ragged else f"frames {i} to {last}"
             problems.append(f"{split} {what}: chunk file {split}/frames/{key} missing")
     for name in arrays[1:]:
         array, key = sub[name], chunk_key(sub[name], 0)

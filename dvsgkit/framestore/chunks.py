@@ -1,12 +1,13 @@
 """The frames of a ragged split (samples of different frame counts, all frames of the split
-concatenated, one frame per chunk), written and read chunk file by chunk file.
+concatenated, RAGGED_CHUNK_FRAMES frames per chunk), written and read chunk file by chunk file.
 
 zarr-python 3 spends ~0.7 ms of Python on each chunk it writes or reads, ten times the cost of
-compressing a 32 KiB frame; a ragged store has tens of frames per sample. So the build
-compresses each frame with the array's own codec (Blosc, as `compressor` configures it) in its
-workers and writes the chunk files under the keys the array's metadata gives, and dvsgkit reads
-them back the same way. The files are the ones zarr would write: any Zarr reader opens the
-store (docs/formats.md)."""
+compressing a 32 KiB frame; a ragged store has tens to hundreds of frames per sample. So the
+build compresses each chunk of K frames with the array's own codec (Blosc, as `compressor`
+configures it) and writes the chunk files under the keys the array's metadata gives, and
+dvsgkit reads them back the same way. The files are the ones zarr would write (the last chunk
+padded with zeros to K frames, as zarr stores an edge chunk): any Zarr reader opens the store
+(docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import numpy as np
 # data at the real density) at ~1 ms per 512 KiB sample; levels 5-9 gain 5-15 % for 4-80x the
 # encoding time.
 BLOSC = {"cname": "zstd", "clevel": 1}
+# Frames per chunk of a ragged split: 16x fewer files, and 16x less per-file overhead, than one
+# frame per chunk; a sample read decodes at most 2 * 15 frames it does not need.
+RAGGED_CHUNK_FRAMES = 16
 
 
 def compressor(zarr_format: int) -> Any:
@@ -39,41 +43,72 @@ def codec() -> Any:
     return numcodecs.Blosc(shuffle=numcodecs.Blosc.BITSHUFFLE, **BLOSC)
 
 
-def encode(frames: np.ndarray) -> list[bytes]:
-    """One chunk file's bytes per frame of `frames` [F, 2, H, W] (little-endian, C order)."""
-    blosc = codec()
-    return [bytes(blosc.encode(np.ascontiguousarray(f, f.dtype.newbyteorder("<")))) for f in frames]
+def encode(frames: np.ndarray, k: int = RAGGED_CHUNK_FRAMES) -> bytes:
+    """One chunk file's bytes: `frames` [<= k, 2, H, W] padded with zeros to k frames (as zarr
+    stores an edge chunk), little-endian, C order."""
+    if len(frames) < k:
+        frames = np.concatenate([frames, np.zeros((k - len(frames), *frames.shape[1:]),
+                                                  frames.dtype)])  # fmt: skip
+    return bytes(codec().encode(np.ascontiguousarray(frames, frames.dtype.newbyteorder("<"))))
 
 
-def chunk_file(array: Any, folder: Path, frame: int) -> Path:
-    """The file of `frame`'s chunk in the array stored at `folder`."""
-    return folder / chunk_key(array, frame)
+def chunk_file(array: Any, folder: Path, index: int) -> Path:
+    """The file of the chunk holding sample (ragged: frame) `index` of the array at `folder`."""
+    return folder / chunk_key(array, index)
 
 
-def write_chunks(array: Any, folder: Path, first: int, chunks: list[bytes]) -> None:
-    """Write frames first, first + 1, ... of `array` (at `folder`) from their encoded bytes."""
-    made: set[Path] = set()
-    for k, data in enumerate(chunks):
-        file = chunk_file(array, folder, first + k)
-        if file.parent not in made:  # format 3 keys are paths: c/<frame>/0/0/0
+class ChunkWriter:
+    """Writes the frames of a ragged array (at `folder`) in order, one chunk file per
+    `array.chunks[0]` frames: `append` writes every chunk it completes and keeps the rest
+    (less than one chunk) for the next; `flush` writes the last, partial chunk."""
+
+    def __init__(self, array: Any, folder: Path) -> None:
+        self.array, self.folder, self.k = array, Path(folder), int(array.chunks[0])
+        self.written = 0  # frames in chunk files
+        self.pending: list[np.ndarray] = []  # frames after those, fewer than k
+        self.made: set[Path] = set()
+
+    def append(self, frames: np.ndarray) -> None:
+        """Add `frames` [n, 2, H, W] after those appended before."""
+        if not len(frames):
+            return
+        if self.pending:
+            frames = np.concatenate([*self.pending, frames])
+        full = len(frames) // self.k * self.k
+        for a in range(0, full, self.k):
+            self._write(frames[a : a + self.k])
+        self.pending = [frames[full:].copy()] if full < len(frames) else []
+
+    def flush(self) -> None:
+        """Write the frames left, zero-padded to a full chunk."""
+        if self.pending:
+            self._write(np.concatenate(self.pending))
+            self.pending = []
+
+    def _write(self, frames: np.ndarray) -> None:
+        file = chunk_file(self.array, self.folder, self.written)
+        if file.parent not in self.made:  # format 3 keys are paths: c/<chunk>/0/0/0
             file.parent.mkdir(parents=True, exist_ok=True)
-            made.add(file.parent)
-        file.write_bytes(data)
+            self.made.add(file.parent)
+        file.write_bytes(encode(frames, self.k))
+        self.written += len(frames)
 
 
 def read_chunks(array: Any, folder: Path, a: int, b: int) -> np.ndarray:
-    """Frames [a, b) of `array` (at `folder`) decoded from their chunk files. A missing file
-    raises FileNotFoundError, a file that does not decode to one frame ValueError."""
+    """Frames [a, b) of `array` (at `folder`) decoded from the chunk files that hold them. A
+    missing file raises FileNotFoundError, a file that does not decode to one chunk ValueError."""
     blosc = codec()
     dtype = np.dtype(array.dtype).newbyteorder("<")
-    shape = tuple(array.shape[1:])
+    k, shape = int(array.chunks[0]), tuple(array.shape[1:])
     out = np.empty((b - a, *shape), dtype)
-    for k in range(b - a):
-        data = blosc.decode(chunk_file(array, folder, a + k).read_bytes())
-        frame = np.frombuffer(data, dtype)
-        if frame.size != out[k].size:
-            raise ValueError(f"chunk of frame {a + k} holds {frame.size} values, not {out[k].size}")
-        out[k] = frame.reshape(shape)
+    size = k * int(np.prod(shape))
+    for c in range(a // k, -(-b // k)):
+        values = np.frombuffer(blosc.decode(chunk_file(array, folder, c * k).read_bytes()), dtype)
+        if values.size != size:
+            raise ValueError(f"chunk {c} (frames {c * k} to {c * k + k - 1}) holds "
+                             f"{values.size} values, not {size}")  # fmt: skip
+        lo, hi = max(a, c * k), min(b, c * k + k)
+        out[lo - a : hi - a] = values.reshape(k, *shape)[lo - c * k : hi - c * k]
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
@@ -106,8 +141,8 @@ class SplitFrames:
         key = f"{self.split}/frames/"
         if self.offsets is None:
             return f"chunk {key}{chunk_key(self.array, i)}"
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return f"chunks {key}{chunk_key(self.array, a)} to {key}{chunk_key(self.array, b - 1)}"
+        first, last = (chunk_key(self.array, int(f)) for f in self.offsets[i : i + 2] - [0, 1])
+        return f"chunk {key}{first}" if first == last else f"chunks {key}{first} to {key}{last}"
 
     def read(self, i: int) -> np.ndarray:
         """Sample i as stored, not checked ([T, 2, H, W]); a corrupt chunk raises whatever its
@@ -140,4 +175,5 @@ class SplitFrames:
 def chunk_key(array: Any, index: int) -> str:
     """The store key (path inside the array's folder) of the chunk holding sample (or, ragged,
     frame) `index`."""
-    return array.metadata.encode_chunk_key((index,) + (0,) * (len(array.shape) - 1))
+    chunk = index // int(array.chunks[0])
+    return array.metadata.encode_chunk_key((chunk,) + (0,) * (len(array.shape) - 1))

@@ -16,11 +16,14 @@ from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.framestore import check as checks
+from dvsgkit.framestore import chunks
 from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.framestore.chunks import RAGGED_CHUNK_FRAMES, read_chunks
 from dvsgkit.framestore.read import open_frame_store
 from dvsgkit.info import summarize
 
 DURATION = FrameSpec(duration_us="400ms")
+K = RAGGED_CHUNK_FRAMES
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ def test_a_ragged_store_holds_every_frame_and_opens_with_plain_zarr(
     for split in ("train", "test"):
         sub = group[split]
         offsets, frames = sub["frame_offsets"][:], sub["frames"]
-        assert frames.chunks == (1, 2, 128, 128) and offsets[0] == 0
+        assert frames.chunks == (K, 2, 128, 128) and offsets[0] == 0
         assert frames.shape[0] == offsets[-1] == sub.attrs["num_frames"]
         expected = [integrate(ev, DURATION) for ev in samples(root, split)]
         assert len({len(f) for f in expected}) > 1  # ragged indeed
@@ -90,21 +93,79 @@ def test_two_workers_write_the_same_ragged_store(root: Path) -> None:
         np.testing.assert_array_equal(open_frame_store(two, split)["frames"][:], frames)
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_ragged_store_writes_one_chunk_file_per_k_frames(
+    root: Path, zarr_format: int, run_cli
+) -> None:
+    spec = FrameSpec(bin_us="100ms")
+    path = build(root, spec, zarr_format=zarr_format, workers=2)
+    group = zarr.open_group(path, mode="r")
+    for split in ("train", "test"):
+        sub = group[split]
+        frames, offsets = sub["frames"], sub["frame_offsets"][:]
+        F = int(offsets[-1])
+        assert F % K and F > 2 * K  # a partial last chunk, and a middle one
+        files = [f for f in (path / split / "frames").rglob("*") if f.is_file()]
+        files = [f for f in files if f.name not in (".zarray", ".zattrs", "zarr.json")]
+        assert len(files) == -(-F // K)  # ceil(F / K) chunk files
+        expected = np.concatenate([integrate(ev, spec) for ev in samples(root, split)])
+        assert expected.shape[0] == F
+        np.testing.assert_array_equal(frames[:], expected)  # zarr alone
+        stored = open_frame_store(path, split)
+        np.testing.assert_array_equal(read_chunks(stored["frames"], path / split / "frames",
+                                                  0, F), expected)  # fmt: skip
+        from dvsgkit.data import FrameDataset
+
+        dataset = FrameDataset(path, split)
+        for i in range(len(offsets) - 1):
+            np.testing.assert_array_equal(dataset.frames.read(i),
+                                          expected[offsets[i] : offsets[i + 1]])  # fmt: skip
+    middle = -(-int(offsets[-1]) // K) // 2  # a chunk of the test split, neither first nor last
+    key = group["test"]["frames"].metadata.encode_chunk_key((middle, 0, 0, 0))
+    (path / "test" / "frames" / key).unlink()
+    code, out = run_cli("info", "--verify", str(path))
+    assert code == 1, out
+    said = f"test frames {middle * K} to {middle * K + K - 1}: chunk file test/frames/{key} missing"
+    assert said in " ".join(out.split()), out
+    assert build(root, spec).outcome == "rebuilt"
+    assert checks.check(path, samples=True) == []
+
+
+def test_a_ragged_store_of_one_frame_per_chunk_is_rebuilt(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:  # the chunking of an earlier dvsgkit
+        m.setattr(chunks, "RAGGED_CHUNK_FRAMES", 1)
+        path = build(root, DURATION)
+    assert zarr.open_group(path, mode="r")["train"]["frames"].chunks == (1, 2, 128, 128)
+    assert checks.check(path, "train") == [
+        f"train/frames has chunks [1, 2, 128, 128], not {K} frames per chunk"
+    ]
+    rebuilt = build(root, DURATION)
+    assert rebuilt.outcome == "rebuilt" and f"not {K} frames per chunk" in rebuilt.why
+    assert zarr.open_group(path, mode="r")["train"]["frames"].chunks == (K, 2, 128, 128)
+    assert checks.check(path, samples=True) == []
+
+
 def test_damage_of_a_ragged_store_is_found_and_rebuilt(root: Path) -> None:
     path = build(root, DURATION)
     offsets = open_frame_store(path, "test")["frame_offsets"][:]
-    gone = path / "test" / "frames" / f"{offsets[2]}.0.0.0"
+    c = int(offsets[2]) // K  # the chunk of sample 2's first frame
+    gone, other = (path / "test" / "frames" / f"{j}.0.0.0" for j in (c, 1 - min(c, 1)))
     data = gone.read_bytes()
     gone.unlink()
-    with pytest.raises(DamagedError, match=rf"test frame {offsets[2]}: chunk file .* missing"):
+    last = min(c * K + K, offsets[-1]) - 1
+    with pytest.raises(DamagedError, match=rf"test frames {c * K} to {last}: chunk file "
+                       rf"test/frames/{c}\.0\.0\.0 missing"):  # fmt: skip
         open_frame_store(path, "test")
-    gone.write_bytes((path / "test" / "frames" / "0.0.0.0").read_bytes())  # another frame's
+    gone.write_bytes(other.read_bytes())  # another chunk's frames
     from dvsgkit.data import FrameDataset
 
     dataset = FrameDataset(path, "test")  # the structure is sound: opens
-    with pytest.raises(DamagedError, match=r"test sample 2 \(chunks test/frames/.*checksum"):
+    with pytest.raises(DamagedError, match=rf"test sample 2 \(chunks? test/frames/{c}\..*checksum"):
         dataset[2]
-    assert "test sample 2" in summarize(path, verify=True)["damage"][0]
+    first = int(np.argmax(offsets[1:] > c * K))  # the first sample with a frame in chunk c
+    assert summarize(path, verify=True)["damage"][0].startswith(f"test sample {first} (")
     gone.write_bytes(data)
     edited = zarr.open_array(path / "test" / "frame_offsets", mode="r+")
     edited[1] = edited[1] + 1
@@ -144,6 +205,29 @@ def test_a_custom_integrator_builds_a_store_named_after_it(root: Path) -> None:
                        r".*in Python, build_frames\("):  # fmt: skip
         build(root, spec)
     assert build(root, spec, integrate=frame_per_event_pair).outcome == "rebuilt"
+
+
+def counts_above_255_after_the_first(events: dict, H: int, W: int) -> np.ndarray:
+    """A custom integrator: 5 frames (60 for 12 samples: a partial last chunk), the last one's
+    corner pixel counting the sample's events (hundreds: uint8 overflows)."""
+    frames = np.zeros((5, 2, H, W))
+    frames[-1, 1, H - 1, W - 1] = len(events["t"])
+    frames[2] = 1
+    return frames
+
+
+def test_counts_above_255_widen_a_ragged_store_never_clip(root: Path) -> None:
+    path = build(root, FrameSpec(size=32), integrate=counts_above_255_after_the_first)
+    group = zarr.open_group(path, mode="r")
+    for split in ("train", "test"):
+        wanted = [counts_above_255_after_the_first({k: ev[k] // (4 if k in "xy" else 1)
+                                                    for k in "txyp"}, 32, 32)
+                  for ev in samples(root, split)]  # fmt: skip
+        assert max(int(w.max()) for w in wanted) > 255
+        frames = group[split]["frames"]
+        assert frames.dtype == np.uint16 and frames.shape[0] == 5 * len(wanted)
+        np.testing.assert_array_equal(frames[:], np.concatenate(wanted))
+    assert checks.check(path, samples=True) == []
 
 
 def test_custom_integrators_that_cannot_be_stored_are_refused(root: Path) -> None:
