@@ -23,6 +23,7 @@ from dvsgkit.framestore.chunks import (
     chunk_key,
     sample_checksum,
 )
+from dvsgkit.framestore.custom import build_call
 from dvsgkit.framestore.layout import (
     LAYOUT,
     LAYOUT_VERSION,
@@ -264,10 +265,8 @@ def rebuild_hint(path: Path) -> str:
         except (DvsgkitError, TypeError):
             options, spec = "-T <T> --split-by <number|time>", None
         if spec is not None and spec.mode == "custom":
-            return (f"rebuild it in Python with build_frames({str(path.parent)!r}, FrameSpec("
-                    f"size={spec.size}, denoise_us={spec.denoise_us}), integrate="
-                    f"{spec.integrator}); 'dvsgkit info --verify {path}' checks every "
-                    "sample")  # fmt: skip
+            return (f"rebuild it in Python with {build_call(path, spec)}; 'dvsgkit info "
+                    f"--verify {path}' checks every sample")  # fmt: skip
     return (
         f"rebuild it with 'dvsgkit frames --root {path.parent} {options}' "
         f"(it replaces a damaged store); 'dvsgkit info --verify {path}' checks every sample"
