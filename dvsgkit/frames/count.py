@@ -46,7 +46,7 @@ def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: st
 
 
 def check_events(events: Events, sensor_size: tuple[int, int] = SENSOR_SIZE) -> None:
-    """Raise ValueError when an event lies outside the sensor or has a polarity other than 0/1."""
+    """Raise InputError when an event lies outside the sensor or has a polarity other than 0/1."""
     if events["x"].size == 0:
         return
     H, W = sensor_size
