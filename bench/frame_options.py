@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from dvsgkit.data import TONIC_EVENT_DTYPE
 from dvsgkit.eventcache.build import build_event_cache
 from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.eventcache.read import EventCache
 from dvsgkit.frames import FrameSpec
 from dvsgkit.frames.denoise import denoise_keep
-from dvsgkit.framestore.build import build_frame_store, frame_store_path
+from dvsgkit.framestore.build import build_frame_store
+from dvsgkit.framestore.layout import frame_store_path
 from dvsgkit.synth import write_synthetic_dataset
 
 BASELINE = ("-T 16", FrameSpec(16))
@@ -70,7 +72,6 @@ def denoise_times(root: Path, samples: int, filter_us: int) -> tuple[int, float,
     """(events, seconds of dvsgkit's filter, seconds of Tonic's) on the same samples."""
     from tonic.functional import denoise_numpy
 
-    tonic_dtype = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
     with EventCache(event_cache_path(root)) as cache:
         events = [cache.sample("train", i) for i in range(samples)]
     ours = theirs = 0.0
@@ -78,8 +79,8 @@ def denoise_times(root: Path, samples: int, filter_us: int) -> tuple[int, float,
         start = time.perf_counter()
         keep = denoise_keep(ev["x"], ev["y"], ev["t"], filter_us)
         ours += time.perf_counter() - start
-        tev = np.empty(ev.size, tonic_dtype)
-        for name in tonic_dtype.names:
+        tev = np.empty(ev.size, TONIC_EVENT_DTYPE)
+        for name in TONIC_EVENT_DTYPE.names:
             tev[name] = ev[name]
         start = time.perf_counter()
         kept = denoise_numpy(tev, filter_us)

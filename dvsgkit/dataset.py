@@ -11,11 +11,8 @@ from torch.utils.data import Dataset
 
 from dvsgkit.constants import BUILD_WORKERS, CLASS_NAMES
 from dvsgkit.data import EventDataset, FrameDataset
-from dvsgkit.eventcache.build import build_event_cache
-from dvsgkit.eventcache.layout import event_cache_path
 from dvsgkit.frames import FrameSpec
-from dvsgkit.framestore.build import build_frame_store
-from dvsgkit.samples import dataset_dir
+from dvsgkit.framestore.build import build_frame_store, refresh_event_cache
 
 
 class DVSGesture(Dataset):
@@ -59,8 +56,7 @@ class DVSGesture(Dataset):
         self.spec = FrameSpec(T, split_by, duration, bin, size, denoise)
         self.samples: EventDataset | FrameDataset
         if events:
-            if dataset_dir(root).is_dir() or not event_cache_path(root).exists():
-                build_event_cache(root, workers=workers, progress=progress)
+            refresh_event_cache(root, workers=workers, progress=progress)
             self.samples = EventDataset(root, split, transform, target_transform=target_transform)
         else:
             store = build_frame_store(root, self.spec, workers=workers, progress=progress)

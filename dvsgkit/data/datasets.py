@@ -49,8 +49,8 @@ class FrameDataset(Dataset):
         frames = SplitFrames(group, self.store / split / "frames")
         self.offsets = frames.offsets  # ragged: int64 [N + 1], sample i is frames o[i]:o[i+1]
         self.lengths = frames.lengths()  # ragged: int64 [N] frames per sample; else None
-        self._frames: SplitFrames | None = None
-        self._pid: int | None = None
+        self._frames: SplitFrames | None = frames  # this process's; a worker opens its own
+        self._pid: int | None = os.getpid()
 
     @property
     def ragged(self) -> bool:

@@ -46,7 +46,7 @@ def frame_of_event(events: np.ndarray, offsets: np.ndarray, T: int, split_by: st
 
 
 def check_events(events: Events, sensor_size: tuple[int, int] = SENSOR_SIZE) -> None:
-    """Raise ValueError when an event lies outside the sensor or has a polarity other than 0/1."""
+    """Raise InputError when an event lies outside the sensor or has a polarity other than 0/1."""
     if events["x"].size == 0:
         return
     H, W = sensor_size
@@ -98,8 +98,7 @@ def count_frames(
     H, W = frame_size
     offsets = np.asarray(offsets, dtype=np.int64)
     S = offsets.size - 1
-    # int32 index arithmetic is ~2x faster than int64 and exact while the block is < 2**31 counts.
-    itype = np.int32 if S * T * 2 * H * W < 2**31 else np.int64
+    itype = index_type(S * T, frame_size)
     lengths = frame_lengths(events, offsets, T, split_by)
     if lengths is not None:  # frames are runs of events: label them with one repeat
         idx = np.repeat(np.arange(S * T, dtype=itype), lengths.ravel())  # [E] sample*T + frame
@@ -107,6 +106,13 @@ def count_frames(
         sample = np.repeat(np.arange(S, dtype=itype), np.diff(offsets))
         idx = sample * itype(T) + frame_of_event(events, offsets, T, split_by).astype(itype)
     return pixel_counts(idx, events, S * T, frame_size, itype).reshape(S, T, 2, H, W)
+
+
+def index_type(frames: int, frame_size: tuple[int, int]) -> type:
+    """The integer type of the flat pixel index of `frames` frames: int32 index arithmetic is
+    ~2x faster than int64 and exact while they hold < 2**31 counts."""
+    H, W = frame_size
+    return np.int32 if frames * 2 * H * W < 2**31 else np.int64
 
 
 def pixel_counts(

@@ -9,7 +9,7 @@ import numpy as np
 
 from dvsgkit.constants import SENSOR_SIZE
 from dvsgkit.errors import InputError
-from dvsgkit.frames.count import Events, check_events, count_frames, pixel_counts
+from dvsgkit.frames.count import Events, check_events, count_frames, index_type, pixel_counts
 from dvsgkit.frames.cut import gather_ranges, ranges_of
 from dvsgkit.frames.denoise import denoise_many
 from dvsgkit.frames.spec import FrameSpec
@@ -74,7 +74,7 @@ def integrate_samples(
     frame, index = gather_ranges(starts, ends)
     taken = {name: columns[name][index] for name in ("x", "y", "p")}
     frames = int(frame_offsets[-1])
-    itype = np.int32 if frames * 2 * H * W < 2**31 else np.int64
+    itype = index_type(frames, (H, W))
     return pixel_counts(frame.astype(itype), taken, frames, (H, W), itype), frame_offsets
 
 

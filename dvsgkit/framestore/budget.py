@@ -51,7 +51,7 @@ def check_memory(
     frame_size: tuple[int, int] = SENSOR_SIZE,
     available: int | None = None,
 ) -> None:
-    """ValueError naming -T, what it needs and the largest T that fits, when a build with these
+    """InputError naming -T, what it needs and the largest T that fits, when a build with these
     parameters would not fit in MEMORY_FRACTION of the available memory. Nothing is allocated."""
     available = available_memory() if available is None else available
     if available is None:

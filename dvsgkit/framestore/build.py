@@ -126,6 +126,20 @@ def _wait_for_zarr_writes() -> None:
     sync(the_others())
 
 
+def refresh_event_cache(
+    root: Path, *, workers: int, progress: bool, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+) -> Path:
+    """ROOT/events.h5, built when missing; while the recordings are there, the event pipeline
+    refreshes a stale cache (a no-op that compares file stats when current), so changed inputs
+    reach what is built from it."""
+    events = event_cache_path(root)
+    if not events.exists() or dataset_dir(root).is_dir():
+        from dvsgkit.eventcache.build import build_event_cache
+
+        build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
+    return events
+
+
 def build_frame_store(
     root: Path,
     spec: FrameSpec,
@@ -158,13 +172,9 @@ def build_frame_store(
     if not spec.ragged:
         check_memory(spec.T, workers, BLOCK_SAMPLES, frame_size(spec))
     root = Path(root)
-    target, events = FrameBuild(frame_store_path(root, spec)), event_cache_path(root)
-    if not events.exists() or dataset_dir(root).is_dir():
-        # Missing: build it. Recordings present: let the event pipeline refresh a stale cache
-        # (a no-op that compares file stats when current), so changed inputs reach the frames.
-        from dvsgkit.eventcache.build import build_event_cache
-
-        build_event_cache(root, workers=workers, progress=progress, lock_timeout=lock_timeout)
+    target = FrameBuild(frame_store_path(root, spec))
+    events = refresh_event_cache(root, workers=workers, progress=progress,
+                                 lock_timeout=lock_timeout)  # fmt: skip
     # Layout, seals, offsets, labels, checksum and the file's identity, from one open file.
     index = cache_read.read_events_index(events)
     # Held open until the build ends, so that the file keeps its inode number (on FUSE too).

@@ -23,6 +23,7 @@ from dvsgkit.framestore.chunks import (
     chunk_key,
     sample_checksum,
 )
+from dvsgkit.framestore.custom import build_call
 from dvsgkit.framestore.layout import (
     LAYOUT,
     LAYOUT_VERSION,
@@ -50,6 +51,12 @@ def _json_problem(file: Path) -> str | None:
 def record(path: Path) -> dict[str, Any]:
     """The root attributes of the dvsgkit frame store at `path`. NotFound: nothing there;
     InTheWay: something else (never replaced: whose it is cannot be known)."""
+    return dict(_root_group(path).attrs)
+
+
+def _root_group(path: Path) -> Any:
+    """The root group of the dvsgkit frame store at `path`, read-only (NotFound, InTheWay as
+    `record`)."""
     path = Path(path)
     if not path.exists():
         raise NotFound(f"{path} not found; build it with 'dvsgkit frames -T <T>'")
@@ -61,18 +68,18 @@ def record(path: Path) -> dict[str, Any]:
     import zarr
 
     try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
+        group = zarr.open_group(path, mode="r")
     except Exception as exc:  # zarr raises several types for "not a group"; all mean: not ours
         raise InTheWay(
             f"{path} exists but is not a Zarr group ({type(exc).__name__}); move it away or "
             "delete it, then rerun"
         ) from exc
-    if attrs.get("layout") != LAYOUT:
+    if (layout := group.attrs.get("layout")) != LAYOUT:
         raise InTheWay(
             f"{path} holds a Zarr group that is not a dvsgkit frame store (layout attr "
-            f"{attrs.get('layout')!r}); move it away or delete it, then rerun"
+            f"{layout!r}); move it away or delete it, then rerun"
         )
-    return attrs
+    return group
 
 
 def check(path: Path, split: str | None = None, *, samples: bool = False) -> list[str]:
@@ -92,7 +99,8 @@ def check(path: Path, split: str | None = None, *, samples: bool = False) -> lis
     problems = [bad for file in files if (bad := _json_problem(file))]
     if problems:
         return problems
-    attrs = record(path)
+    group = _root_group(path)
+    attrs = dict(group.attrs)
     if attrs.get("complete") is not True:
         return [INCOMPLETE]
     if attrs.get("layout_version") != LAYOUT_VERSION:
@@ -102,9 +110,6 @@ def check(path: Path, split: str | None = None, *, samples: bool = False) -> lis
         spec = FrameSpec.from_dict(attrs)
     except (InputError, TypeError) as exc:
         return [f"its record of the frames is not a frame spec ({exc})"]
-    import zarr
-
-    group = zarr.open_group(path, mode="r")
     for s in splits:
         try:
             problems += _structure(path, group, spec, s)
@@ -264,10 +269,8 @@ def rebuild_hint(path: Path) -> str:
         except (DvsgkitError, TypeError):
             options, spec = "-T <T> --split-by <number|time>", None
         if spec is not None and spec.mode == "custom":
-            return (f"rebuild it in Python with build_frames({str(path.parent)!r}, FrameSpec("
-                    f"size={spec.size}, denoise_us={spec.denoise_us}), integrate="
-                    f"{spec.integrator}); 'dvsgkit info --verify {path}' checks every "
-                    "sample")  # fmt: skip
+            return (f"rebuild it in Python with {build_call(path, spec)}; 'dvsgkit info "
+                    f"--verify {path}' checks every sample")  # fmt: skip
     return (
         f"rebuild it with 'dvsgkit frames --root {path.parent} {options}' "
         f"(it replaces a damaged store); 'dvsgkit info --verify {path}' checks every sample"

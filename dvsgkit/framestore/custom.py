@@ -42,12 +42,16 @@ def custom_spec(spec: FrameSpec, fn: Integrator | None) -> tuple[FrameSpec, dict
     return custom, provenance(fn)
 
 
+def build_call(target: Path, spec: FrameSpec) -> str:
+    """The Python call that builds the custom store `target` of `spec`."""
+    return (f"build_frames({str(target.parent)!r}, FrameSpec(size={spec.size}, "
+            f"denoise_us={spec.denoise_us}), integrate={spec.integrator})")  # fmt: skip
+
+
 def refuse_without_function(target: Path, spec: FrameSpec, found: str, why: str) -> str:
     """The line for a custom store that a command without the function would have to build."""
     state = "not built" if found == "absent" else why
-    call = (f"build_frames({str(target.parent)!r}, FrameSpec(size={spec.size}, "
-            f"denoise_us={spec.denoise_us}), integrate={spec.integrator})")  # fmt: skip
     return (
         f"{target} holds frames of the custom integrator {spec.integrator} and is {state}; "
-        f"dvsgkit cannot build it without the function: in Python, {call}"
+        f"dvsgkit cannot build it without the function: in Python, {build_call(target, spec)}"
     )

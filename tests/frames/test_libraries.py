@@ -16,7 +16,7 @@ from dvsgkit.frames import FrameSpec, integrate, integrate_samples
 from dvsgkit.frames.denoise import _keep_any, _keep_ordered, denoise_keep
 
 tonic = pytest.importorskip("tonic")
-TONIC_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
+TONIC_DTYPE = tonic.datasets.DVSGesture.dtype
 
 
 def samples(root: Path) -> list[np.ndarray]:
