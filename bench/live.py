@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ import torch
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dvsgkit command sets it
 
 from dvsgkit.io.recordings import iter_recording  # noqa: E402
-from dvsgkit.io.udp import RECORD  # noqa: E402
+from dvsgkit.io.udp import send  # noqa: E402
 from dvsgkit.predict.live import predict_live  # noqa: E402
 from dvsgkit.synth import write_recording  # noqa: E402
 
@@ -53,22 +52,9 @@ def stream(folder: Path, rate: float, seconds: float) -> np.ndarray:
 
 
 def sender(events: np.ndarray, address: tuple[str, int], out: Path) -> None:
-    """Send `events` in real time in faery's format, PER_DATAGRAM a datagram, and save when each
-    left (perf_counter: CLOCK_MONOTONIC, the one clock of every process)."""
-    records = np.empty(len(events), RECORD)
-    records["t"], records["x"], records["y"], records["on"] = (events[f] for f in "txyp")
-    data = memoryview(records.tobytes())
-    due = (events["t"][PER_DATAGRAM - 1 :: PER_DATAGRAM] - events["t"][0]) / 1e6  # [D] s
-    sent = np.empty(len(due))
-    size = PER_DATAGRAM * RECORD.itemsize
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        begin = time.perf_counter()
-        for d in range(len(due)):
-            while time.perf_counter() < begin + due[d]:
-                time.sleep(0.0002)  # a camera sends an event's datagram once it has happened
-            sock.sendto(data[d * size : (d + 1) * size], address)
-            sent[d] = time.perf_counter()
-    np.save(out, sent)
+    """Send `events` in real time in faery's format, PER_DATAGRAM a datagram (`udp.send`: each
+    once its last event has happened, as a camera sends them), and save when each left."""
+    np.save(out, send(events, address, PER_DATAGRAM, speed=1))
 
 
 def demo_network(folder: Path) -> Path:

@@ -185,7 +185,7 @@ def show_recording(
     roi = check_roi(roi or default_roi(sensor), sensor, recording)
     labels = labels_path_for(recording)
     gestures = read_labels(labels) if labels.is_file() else None
-    frames, whole, a, first = _stretch(recording, start_us, duration_us, fps, count, roi)
+    frames, whole, a, first = _stretch(recording, sensor, start_us, duration_us, fps, count, roi)
     captions = []
     for k in range(count):
         mid = a + (k + 0.5) * 1e6 / fps
@@ -205,13 +205,19 @@ def show_recording(
 
 
 def _stretch(
-    recording: Path, start_us: int, duration_us: int, fps: float, count: int, roi: Roi
+    recording: Path,
+    sensor: tuple[int, int],
+    start_us: int,
+    duration_us: int,
+    fps: float,
+    count: int,
+    roi: Roi,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """The events from `start_us` after the first event, for `duration_us`: as `count` frames
     of the 128 x 128 sensor ([F, 2, 128, 128] int32, `roi` mapped onto it), and summed on the
-    whole sensor ([2, height, width] int64); with the stretch's start and the first event's
-    time (µs)."""
-    width, height = recording_sensor(recording)
+    whole (width, height) `sensor` ([2, height, width] int64); with the stretch's start and the
+    first event's time (µs)."""
+    width, height = sensor
     frames = np.zeros((count, 2, *SENSOR_SIZE), np.int32)  # [F, 2, H, W]
     whole = np.zeros((2, height, width), np.int64)
     first = a = b = 0

@@ -43,9 +43,10 @@ def parse_duration(text: str | float, what: str = "duration", *, allow_zero: boo
     return micros
 
 
-def check_recording(path: Path) -> None:
-    """Raise RecordingError for a file type dvsgkit cannot read, NotFound for no file, and
-    InputError for a camera file without faery installed."""
+def check_recording(path: Path) -> bool:
+    """Whether `path` is a camera file (`is_camera_file`); RecordingError for a file type
+    dvsgkit cannot read, NotFound for no file, and InputError for a camera file without faery
+    installed."""
     if path.suffix.lower() not in SUFFIXES:
         raise RecordingError(
             f"{path}: unknown recording type {path.suffix!r}; give an AEDAT 3.1 file (.aedat), "
@@ -54,16 +55,17 @@ def check_recording(path: Path) -> None:
         )
     if not path.is_file():
         raise NotFound(f"recording {path} not found")
-    if is_camera_file(path):
+    camera = is_camera_file(path)
+    if camera:
         faery_module(path)
+    return camera
 
 
 def recording_sensor(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of a recording's sensor: 128 x 128 for AEDAT 3.1, .npz and .h5 (DVS128
     recordings), what the header declares for a camera file."""
     path = Path(path)
-    check_recording(path)
-    return _camera_sensor(path) if is_camera_file(path) else DVS128
+    return _camera_sensor(_camera_stream(path), path) if check_recording(path) else DVS128
 
 
 def iter_recording(
@@ -84,17 +86,17 @@ def iter_recording(
     joined, shuffled events): readers that stream by time would otherwise lose such events
     without a word."""
     path = Path(path)
-    check_recording(path)
-    suffix, sensor = path.suffix.lower(), DVS128
-    if is_camera_file(path):
-        sensor, chunks = _camera_sensor(path), _iter_camera(path, chunk_events)
+    camera, suffix, sensor = check_recording(path), path.suffix.lower(), DVS128
+    if camera:
+        stream = _camera_stream(path)  # one open: its header's size, then its events
+        sensor, chunks = _camera_sensor(stream, path), _iter_camera(stream, path, chunk_events)
     elif suffix in AEDAT_SUFFIXES:
         chunks = iter_events(path, chunk_events=chunk_events)
     else:
         chunks = (_iter_npz if suffix in NPZ_SUFFIXES else iter_h5_events)(path, chunk_events)
     seen, last_t = 0, -1
     for chunk in chunks:  # AedatError and the array readers' errors name the file already
-        _check_chunk(path, chunk, seen, sensor)
+        _check_chunk(path, chunk, seen, sensor, camera)
         if time_order:
             last_t = _check_time_order(path, chunk, seen, last_t)
         seen += len(chunk)
@@ -104,9 +106,12 @@ def iter_recording(
         raise RecordingError(f"{path}: the recording holds no events")
 
 
-def _check_chunk(path: Path, chunk: np.ndarray, first: int, sensor: tuple[int, int]) -> None:
+def _check_chunk(
+    path: Path, chunk: np.ndarray, first: int, sensor: tuple[int, int], camera: bool
+) -> None:
     """Raise RecordingError when an event lies off the (width, height) sensor or has a polarity
-    other than 0/1, naming the first such event's index in the file."""
+    other than 0/1, naming the first such event's index in the file (`camera`: a camera file's,
+    whose header declares the sensor)."""
     if not len(chunk):
         return
     width, height = sensor
@@ -115,10 +120,10 @@ def _check_chunk(path: Path, chunk: np.ndarray, first: int, sensor: tuple[int, i
         k = int(np.argmax(bad))
         ev = chunk[k]
         found = None
-        if path.suffix.lower() in AEDAT_SUFFIXES and sensor == DVS128:  # name the byte too
+        if path.suffix.lower() in AEDAT_SUFFIXES and not camera:  # name the byte too
             found = first_off_sensor(path, (SENSOR_HEIGHT, SENSOR_WIDTH))
         at = f" at byte {found[1]}" if found is not None and found[0] == first + k else ""
-        if sensor == DVS128 and not is_camera_file(path):
+        if not camera:
             what = f"the {width}x{height} DVS128 sensor"
             fix = ("AEDAT 3.1, .npz and .h5 recordings are DVS128 ones; give other sensors' "
                    "recordings as AEDAT 4 or EVT files, which state their sensor size")  # fmt: skip
@@ -254,8 +259,9 @@ def _camera_stream(path: Path) -> Any:
         raise RecordingError(f"{path}: not a readable event file ({exc})") from exc
 
 
-def _camera_sensor(path: Path) -> tuple[int, int]:
-    width, height = _camera_stream(path).dimensions()
+def _camera_sensor(stream: Any, path: Path) -> tuple[int, int]:
+    """(width, height) that the header of `path` (its faery `stream`) states."""
+    width, height = stream.dimensions()
     if width < 1 or height < 1:
         raise RecordingError(
             f"{path}: its header states no sensor size (EVT and .dat files carry it as "
@@ -265,11 +271,11 @@ def _camera_sensor(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _iter_camera(path: Path, chunk_events: int) -> Iterator[np.ndarray]:
-    """A camera file's events as EVENT_DTYPE chunks, polarity 1 for ON: faery's packets (DV
-    writes one every few ms) joined up to about `chunk_events` events, so that a reader by time
-    does little work per chunk."""
-    packets = iter(_camera_stream(path))
+def _iter_camera(stream: Any, path: Path, chunk_events: int) -> Iterator[np.ndarray]:
+    """The events of a camera file (its faery `stream`) as EVENT_DTYPE chunks, polarity 1 for
+    ON: faery's packets (DV writes one every few ms) joined up to about `chunk_events` events,
+    so that a reader by time does little work per chunk."""
+    packets = iter(stream)
     held: list[np.ndarray] = []
     size, seen = 0, 0
     while True:

@@ -162,22 +162,27 @@ def send(
     address: tuple[str, int],
     per_datagram: int = 100,
     speed: float | None = None,
-) -> None:
+) -> np.ndarray:
     """Send EVENT_DTYPE `events` to `address` in this format, `per_datagram` events a datagram
     (faery's default). `speed` None: as fast as the socket takes them; 1: each datagram once
     its last event has happened, counting from the first event's time (as a camera sends
-    them); 100: a hundred times faster than that. For tests and benchmarks."""
+    them); 100: a hundred times faster than that. For tests and benchmarks: returns when each
+    datagram left (float64 [D], time.perf_counter(), the one monotonic clock of every
+    process)."""
     records = np.empty(len(events), RECORD)
     records["t"], records["x"], records["y"] = events["t"], events["x"], events["y"]
     records["on"] = events["p"]
     due = (events["t"] - events["t"][:1]) / 1e6 / (speed or 1)  # [n] s after the first event
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sent = np.empty(-(-len(records) // per_datagram))  # [D]
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         begin = time.perf_counter()
-        for i in range(0, len(records), per_datagram):
+        for d, i in enumerate(range(0, len(records), per_datagram)):
             part = records[i : i + per_datagram]
             if speed:
                 delay = begin + due[i + len(part) - 1] - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
             sock.sendto(part.tobytes(), address)
+            sent[d] = time.perf_counter()
+    return sent

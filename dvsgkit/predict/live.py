@@ -24,11 +24,11 @@ from dvsgkit.io.udp import Datagram, Receiver, decode, parse_udp_url
 from dvsgkit.predict.cutting import Window, WindowCutter
 from dvsgkit.predict.outputs import DEFAULT_OUT_DIR, WRITE_FIX, window_fields
 from dvsgkit.predict.windows import (
-    DEFAULT_BATCH,
     DEFAULT_HOP_US,
     DEFAULT_WINDOW_US,
     checkpoint_frames,
     classify,
+    default_batch,
     load_checkpoint_net,
 )
 
@@ -204,7 +204,7 @@ def predict_live(
     cutter = WindowCutter(window_us, hop_us, {}, where=url)
     net, meta = load_checkpoint_net(Path(checkpoint))
     net, frames = for_inference(net, dev), checkpoint_frames(meta, T, split_by)
-    batch_size = batch_size or DEFAULT_BATCH.get(dev.type, DEFAULT_BATCH["cuda"])
+    batch_size = batch_size or default_batch(dev)
     path = make_folder(Path(out_dir), WRITE_FIX) / LIVE_FILE
     summary = LiveSummary(url, tuple(sensor), roi, path)  # type: ignore[arg-type]
     stop = stop or threading.Event()

@@ -33,6 +33,12 @@ DEFAULT_HOP_US = 250_000
 DEFAULT_BATCH = {"cpu": 4, "cuda": 16}  # windows per forward pass (bench/predict.py)
 
 
+def default_batch(device: Any) -> int:
+    """DEFAULT_BATCH of a device ("cpu", "cuda:1", a torch.device): a GPU's for any but the
+    CPU."""
+    return DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
+
+
 @dataclass
 class Prediction:
     """The network's answer for every window of one recording. Times are int64 µs on the
@@ -151,14 +157,14 @@ def classify(
     def run() -> None:
         offsets = np.cumsum([0] + [len(e) for e in batch])
         events = batch[0] if len(batch) == 1 else np.concatenate(batch)  # a window: no copy
-        counts, frame_offsets = integrate_samples(events, offsets, frames)
+        pixels, frame_offsets = integrate_samples(events, offsets, frames)
         mask = None
         if frames.ragged:  # padded to the longest window, masked (SpikingJelly's padding)
-            counts, lengths = pad_samples(counts, frame_offsets)  # [B, T, 2, H, W], [B]
+            pixels, lengths = pad_samples(pixels, frame_offsets)  # [B, T, 2, H, W], [B]
             mask = padded_sequence_mask(torch.from_numpy(lengths).to(device))
         else:
-            counts = counts.reshape(len(batch), frames.T, *counts.shape[1:])  # [B, T, 2, H, W]
-        x = torch.from_numpy(counts.astype(np.float32)).to(device)
+            pixels = pixels.reshape(len(batch), frames.T, *pixels.shape[1:])  # [B, T, 2, H, W]
+        x = torch.from_numpy(pixels.astype(np.float32)).to(device)
         with torch.inference_mode():
             rates.append((net(x) if mask is None else net(x, mask)).float().cpu().numpy())
         batch.clear()
@@ -208,7 +214,7 @@ def predict_recording(
         raise InputError(f"{recording}: --windows labels needs a labels CSV (--labels)")
     path = Path(recording)
     if batch_size is None:
-        batch_size = DEFAULT_BATCH.get(str(device).split(":")[0], DEFAULT_BATCH["cuda"])
+        batch_size = default_batch(device)
     frames = frames or checkpoint_frames(meta)
     gestures = read_gestures(labels) if labels is not None else None
     sensor = recording_sensor(path)

@@ -101,8 +101,10 @@ def test_the_receiver_gets_every_datagram_of_faerys_sender(
     ours["t"] = np.arange(300) * 1000  # 0.3 s of events
     with Receiver("127.0.0.1", 0) as receiver:
         begin = time.perf_counter()
-        send(ours, receiver.sock.getsockname(), per_datagram=50, speed=1)
+        sent = send(ours, receiver.sock.getsockname(), per_datagram=50, speed=1)
         took = time.perf_counter() - begin
         time.sleep(0.05)
         arrived = receiver.take(0.5)
     assert took >= 0.299 and len(arrived) == 6  # the last datagram waits for its last event
+    # when each datagram left: once its last event (t 49, 99, ... 299 ms) was due
+    assert len(sent) == 6 and (sent - begin >= np.arange(49, 300, 50) / 1e3).all()

@@ -17,8 +17,10 @@ from dvsgkit.io.recordings import iter_recording
 from dvsgkit.model.inference import for_inference
 from dvsgkit.predict.cutting import MAX_WINDOWS, WindowCutter, sliding_windows
 from dvsgkit.predict.windows import (
+    DEFAULT_BATCH,
     Prediction,
     checkpoint_frames,
+    default_batch,
     load_checkpoint_net,
     predict_recording,
 )
@@ -248,3 +250,11 @@ def test_pushing_pieces_as_a_stream_gives_the_windows_of_the_whole(events_at: Ev
         assert (s1, e1) == (s2, e2) and np.array_equal(w1, w2)
     with pytest.raises(ValueError, match="window and hop must be > 0 µs, got 4000 and 0"):
         WindowCutter(4000, 0, stats)
+
+
+def test_the_default_batch_is_the_cpus_on_the_cpu_and_a_gpus_on_any_other_device() -> None:
+    """Files and the live mode alike: "cpu" or a CPU torch.device get the CPU's batch; "cuda",
+    "cuda:1", a CUDA torch.device and any other device type a GPU's."""
+    devices = ["cpu", torch.device("cpu"), "cuda", "cuda:1", torch.device("cuda", 0), "mps"]
+    cpu, gpu = DEFAULT_BATCH["cpu"], DEFAULT_BATCH["cuda"]
+    assert [default_batch(d) for d in devices] == [cpu, cpu, gpu, gpu, gpu, gpu]
