@@ -61,6 +61,8 @@ CAUSES = {
     errno.EPERM: ("operation not permitted", "make it writable"),
     errno.ENOTDIR: ("part of the path is a file, not a folder", "move the file away"),
 }
+# The fix for an output a command cannot write into its --out-dir (whatever the cause).
+OUT_DIR_FIX = "give another --out-dir, or free some space"
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")  # HDF5 reports the OS error inside its message
 
 
