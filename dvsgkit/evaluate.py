@@ -144,13 +144,11 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
     training scores its test epochs (`objective.score_batch`)."""
     import torch
 
-    from dvsgkit.objective import new_sums, score_batch
+    from dvsgkit.objective import new_sums, score_batches
 
     labels, preds, sums = [], [], new_sums(device)
     with torch.inference_mode():
-        for frames, target, *lengths in loader:  # lengths: a ragged store's batches only
-            ragged = {"lengths": lengths[0]} if lengths else {}
-            _, pred = score_batch(net, frames, target, sums, amp=amp, **ragged)
+        for _, pred, target in score_batches(net, loader, sums, amp):
             labels.append(target)
             preds.append(pred)
     labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
