@@ -128,6 +128,12 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
+def forks() -> bool:
+    """Whether a WorkerPool started now forks its workers, which then inherit this process's
+    open files (memory files included), rather than spawning fresh interpreters."""
+    return _context().get_start_method() == "fork"
+
+
 class WorkerPool:
     """`workers` processes running `fn`, started at once (before the caller starts threads: where
     they are forked, they inherit the caller's memory files) and stopped by `close` (or at the
