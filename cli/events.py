@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dvsgkit.constants import BUILD_WORKERS
+from dvsgkit.constants import BUILD_WORKERS, SPLITS
 from dvsgkit_cli.common import root_option
 
 
@@ -32,7 +32,7 @@ def events(root: Path, workers: int, progress: bool) -> None:
     start = time.perf_counter()
     build_event_cache(root, workers=workers, progress=progress)
     with EventCache(path) as cache:
-        counts = {split: cache.num_samples(split) for split in ("train", "test")}
+        counts = {split: cache.num_samples(split) for split in SPLITS}
         total = int(sum(cache.offsets(s)[-1] for s in counts))
     seconds = time.perf_counter() - start
     if before is not None and path.stat().st_mtime_ns == before:

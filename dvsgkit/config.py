@@ -25,10 +25,10 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
 
 # Fields that define what is learned. A run directory holds one recipe; resuming may change only the
 # other fields (epochs to extend training, and where/how it executes: device, workers, amp, ...).
+# Every frame option (FRAME_FIELDS) is part of the recipe.
 RECIPE_FIELDS = ("T", "batch_size", "channels", "split_by", "opt", "lr", "momentum",
                  "lr_scheduler", "step_size", "gamma", "T_max", "seed", "sync_bn", "neuron",
-                 "init_tau", "duration_us", "bin_us", "size", "denoise_us",
-                 "integrator")  # fmt: skip
+                 "init_tau", *(f for f in FRAME_FIELDS if f not in ("T", "split_by")))  # fmt: skip
 # Pairs of options that cannot run together, and why.
 CONFLICTS = {
     ("fused", "sync_bn"): "--fused computes each process's own BatchNorm statistics; --sync-bn "

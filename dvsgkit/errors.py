@@ -61,6 +61,8 @@ CAUSES = {
     errno.EPERM: ("operation not permitted", "make it writable"),
     errno.ENOTDIR: ("part of the path is a file, not a folder", "move the file away"),
 }
+# The fix for an output a command cannot write into its --out-dir (whatever the cause).
+OUT_DIR_FIX = "give another --out-dir, or free some space"
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")  # HDF5 reports the OS error inside its message
 
 
@@ -73,20 +75,14 @@ def cause_of(exc: OSError) -> int | None:
     return code if code in CAUSES else None
 
 
-def storage_error(code: int, path: object, doing: str, fix: str | None = None) -> StorageError:
-    """ "cannot {doing} {path}: {cause}; {fix}" for an errno of CAUSES; `fix` defaults to the
-    cause's remedy, which "{remedy}" in `fix` stands for."""
-    cause, remedy = CAUSES[code]
-    fix = (fix or "{remedy}").replace("{remedy}", remedy)
-    return StorageError(code, f"cannot {doing} {path}: {cause}; {fix}")
-
-
 @contextlib.contextmanager
 def storage_errors(
     path: Path | str | None, doing: str = "write", fix: str | None = None
 ) -> Iterator[None]:
-    """Turn an OSError of CAUSES raised in the block into one StorageError line naming `path`
-    (None: the file the error names); DvsgkitErrors and other errors propagate as they are."""
+    """Turn an OSError of CAUSES raised in the block into one StorageError line, "cannot {doing}
+    {path}: {cause}; {fix}" (`path` None: the file the error names; `fix` defaults to the
+    cause's remedy, which "{remedy}" in `fix` stands for); DvsgkitErrors and other errors
+    propagate as they are."""
     try:
         yield
     except DvsgkitError:
@@ -95,4 +91,6 @@ def storage_errors(
         code = cause_of(exc)
         if code is None:
             raise
-        raise storage_error(code, path or exc.filename, doing, fix) from exc
+        cause, remedy = CAUSES[code]
+        fix = (fix or "{remedy}").replace("{remedy}", remedy)
+        raise StorageError(code, f"cannot {doing} {path or exc.filename}: {cause}; {fix}") from exc

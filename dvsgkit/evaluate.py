@@ -11,9 +11,9 @@ import numpy as np
 
 from dvsgkit.config import DEFAULTS
 from dvsgkit.constants import CLASS_NAMES, NUM_CLASSES
-from dvsgkit.errors import InputError
+from dvsgkit.errors import OUT_DIR_FIX, InputError, storage_errors
 from dvsgkit.frames import FrameSpec
-from dvsgkit.fs import write_text
+from dvsgkit.fs import make_folder, write_text
 from dvsgkit.run import checkpoint_file, recorded_root
 
 
@@ -144,13 +144,11 @@ def predict(net: Any, loader: Any, device: Any, *, amp: bool = False) -> tuple[A
     training scores its test epochs (`objective.score_batch`)."""
     import torch
 
-    from dvsgkit.objective import new_sums, score_batch
+    from dvsgkit.objective import new_sums, score_batches
 
     labels, preds, sums = [], [], new_sums(device)
     with torch.inference_mode():
-        for frames, target, *lengths in loader:  # lengths: a ragged store's batches only
-            ragged = {"lengths": lengths[0]} if lengths else {}
-            _, pred = score_batch(net, frames, target, sums, amp=amp, **ragged)
+        for _, pred, target in score_batches(net, loader, sums, amp):
             labels.append(target)
             preds.append(pred)
     labels_all, preds_all = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
@@ -203,15 +201,17 @@ def evaluate(
 
 def write_outputs(result: Evaluation, out_dir: Path) -> dict[str, Path]:
     """`<stem>_<split>_eval.json`, `_eval.txt` and `_confusion.png` in out_dir, each written whole
-    under a temp name first."""
+    under a temp name first; a folder or file that cannot be written (under a file, read-only, a
+    full disk) is a StorageError naming it."""
     from dvsgkit.plots import plot_confusion
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(Path(out_dir), OUT_DIR_FIX)
     stem = f"{Path(result.checkpoint).stem}_{result.split}"
     names = {"json": "eval.json", "text": "eval.txt", "png": "confusion.png"}
     paths = {kind: Path(out_dir) / f"{stem}_{name}" for kind, name in names.items()}
-    write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
-    write_text(paths["text"], result.report() + "\n")
     title = f"{Path(result.checkpoint).name} on {result.split}: {100 * result.accuracy:.2f} %"
-    plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
+    with storage_errors(None, "write", OUT_DIR_FIX):  # None: the file the error names
+        write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text(paths["text"], result.report() + "\n")
+        plot_confusion(result.confusion, CLASS_NAMES, paths["png"], title=title)
     return paths

@@ -54,6 +54,7 @@ def _root_parts(root: Path) -> dict[str, dict[str, str]]:
     """What a dataset root holds, cheaply (names and sizes; nothing hashed or decoded): each
     part (its name under ROOT) with what it is and the command that inspects it."""
     from dvsgkit.constants import DATASET_DIR, DOWNLOAD_DIR, EXTRACT_DIR, RESOURCES, TRIALS_FILES
+    from dvsgkit.eventcache.layout import event_cache_path
     from dvsgkit.io import extract
     from dvsgkit.io.download import PARTIAL_SUFFIX
     from dvsgkit.synth import MARKER as SYNTH_MARKER
@@ -94,7 +95,7 @@ def _root_parts(root: Path) -> dict[str, dict[str, str]]:
             "what": f"no {DATASET_DIR}/ folder (not extracted yet)",
             "inspect": f"dvsgkit download --root {root} (extracts the archive)",
         }
-    events = root / "events.h5"
+    events = event_cache_path(root)
     if events.is_file():
         parts[events.name] = {
             "what": f"event cache, {_mb(events.stat().st_size)}",
@@ -131,6 +132,7 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
     read per chunk); `verify` also reads every byte (EventCache.verify: Fletcher-32 of every
     chunk, value ranges) and lists what is damaged."""
     from dvsgkit.eventcache.read import EventCache, read_events_index
+    from dvsgkit.eventcache.seal import fix_for
 
     out: dict[str, Any] = {"path": str(path), "kind": "events", "bytes": size_on_disk(path)}
     try:
@@ -141,7 +143,7 @@ def _summarize_events(path: Path, verify: bool = False) -> dict[str, Any]:
             out["verified"] = sum(len(s.labels) for s in index.splits.values())
             if damaged:
                 out["damage"] = damaged
-                out["fix"] = f"delete {path} and run 'dvsgkit events' to rebuild it"
+                out["fix"] = fix_for(path)
                 raise InputError(f"{len(damaged)} damaged part(s): {'; '.join(damaged)}; "
                                  f"{out['fix']}")  # fmt: skip
         out["splits"] = {

@@ -6,6 +6,7 @@ steps leave the loss and the weights finite."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,6 +54,16 @@ def score_batch(
     return loss, preds
 
 
+def score_batches(
+    net: Any, loader: Any, sums: torch.Tensor, amp: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`score_batch` over each batch of `loader` ((frames, labels), or a ragged store's
+    (frames, labels, lengths)): yields its (loss, predictions, labels)."""
+    for frames, labels, *lengths in loader:
+        ragged = {"lengths": lengths[0]} if lengths else {}
+        yield *score_batch(net, frames, labels, sums, amp=amp, **ragged), labels
+
+
 def run_epoch(
     net: nn.Module,
     loader: Any,
@@ -67,9 +78,7 @@ def run_epoch(
     step left the loss and the weights finite. Returns [loss sum, correct, samples] on the
     device: the sums (and the watch's record) stay there, so that no step waits for the host."""
     sums = new_sums(device)
-    for frames, labels, *lengths in loader:  # lengths: a ragged store's batches only
-        ragged = {"lengths": lengths[0]} if lengths else {}
-        loss, _ = score_batch(net, frames, labels, sums, amp=amp, **ragged)
+    for loss, _, labels in score_batches(net, loader, sums, amp):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

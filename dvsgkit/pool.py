@@ -27,6 +27,7 @@ from typing import Any
 from dvsgkit.errors import DvsgkitError, InputError, Stopped
 
 POLL_SECONDS = 0.1  # how often a waiting parent acts on a signal
+TERM_GRACE = 5.0  # seconds a worker sent SIGTERM has to go before it gets SIGKILL
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -128,6 +129,12 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
+def forks() -> bool:
+    """Whether a WorkerPool started now forks its workers, which then inherit this process's
+    open files (memory files included), rather than spawning fresh interpreters."""
+    return _context().get_start_method() == "fork"
+
+
 class WorkerPool:
     """`workers` processes running `fn`, started at once (before the caller starts threads: where
     they are forked, they inherit the caller's memory files) and stopped by `close` (or at the
@@ -219,12 +226,18 @@ class WorkerPool:
                 )
 
     def close(self) -> None:
-        """Stop every worker (SIGTERM: busy ones too, at once) and wait for them to go."""
+        """Stop every worker (SIGTERM: busy ones too, at once) and wait for them to go. One
+        still there after TERM_GRACE seconds gets SIGKILL: a SIGTERM that reached it as it was
+        forked, before it restored the default action, was lost (Python clears the signals a
+        child inherits)."""
         for proc in self._processes:
             if proc.exitcode is None:
                 proc.terminate()
         for proc in self._processes:
-            proc.join()
+            proc.join(TERM_GRACE)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
             proc.close()
         for conn in self._results:
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from dvsgkit.constants import CLASS_NAMES, SPIKINGJELLY_LABEL_ORDER
+from dvsgkit.errors import StorageError
 from dvsgkit.evaluate import Evaluation, confusion_matrix, per_class_accuracy, write_outputs
 from dvsgkit.frames import FrameSpec
 from dvsgkit.plots import plot_confusion, plot_curves, plot_run
@@ -62,6 +64,24 @@ def test_report_and_json_name_every_class(tmp_path: Path) -> None:
         "checkpoint_max_test_eval.json",
         "checkpoint_max_test_eval.txt",
     ]
+
+
+def test_outputs_that_cannot_be_written_are_one_line_naming_the_path(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    result = _evaluation(np.diag(np.full(11, 3)))
+    fix = "give another --out-dir, or free some space"
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    cause = "part of the path is a file, not a folder"
+    with pytest.raises(StorageError) as err:
+        write_outputs(result, afile / "out")
+    assert str(err.value) == f"cannot create the folder {afile / 'out'}: {cause}; {fix}"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    with pytest.raises(StorageError) as err:
+        write_outputs(result, small_fs)
+    json_path = small_fs / "checkpoint_max_test_eval.json"
+    assert str(err.value) == f"cannot write {json_path}: read-only file system; {fix}"
 
 
 def test_plots_write_pngs_and_refuse_bad_input(tmp_path: Path) -> None:

@@ -145,6 +145,27 @@ def test_close_stops_busy_workers_at_once() -> None:
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]  # gone, and reaped
 
 
+def deaf_to_sigterm() -> int:
+    """What a worker is left as when a SIGTERM reached it as it was forked, before it restored
+    the default action: Python clears the signals a child inherits, so that one is lost."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return os.getpid()
+
+
+def test_close_ends_a_worker_that_outlives_sigterm() -> None:
+    pool = WorkerPool(deaf_to_sigterm, 1)
+    pid = next(pool.map([()], 1, no_check))  # then it waits for a job, SIGTERM ignored
+    closing = threading.Thread(target=pool.close, daemon=True)
+    closing.start()
+    closing.join(timeout=30)
+    try:
+        assert not closing.is_alive(), "close waits for a worker that ignores SIGTERM"
+        assert not Path(f"/proc/{pid}").exists()  # gone, and reaped
+    finally:
+        if closing.is_alive():
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_workers_ignore_ctrl_c_which_the_parent_handles() -> None:
     with WorkerPool(os.getpid, 1) as pool:
         (pid,) = pool.map([()], 1, no_check)

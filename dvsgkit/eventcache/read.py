@@ -190,11 +190,11 @@ class EventCache:
         """The root attributes, each split's offsets, labels and sample ids, the checksum and
         the file's identity, after checking that the offsets and labels describe the event
         columns (ValueError naming the file, split and fix)."""
-        splits = {}
+        splits, recorded = {}, {}
         for split in SPLITS:
             group, offsets, labels = self._file[split], self._offsets[split], self._labels[split]
             n, events = labels.shape[0], group["x"].shape[0]
-            trials = self.trials(split)
+            trials, rows = recorded[split] = self.trials(split), self.rows(split)
             if (
                 offsets.shape != (n + 1,)
                 or offsets[0] != 0
@@ -208,11 +208,11 @@ class EventCache:
                     f"{self.path}:{split} has inconsistent offsets or labels; "
                     f"{integrity.fix_for(self.path)}"
                 )
-            ids = [f"{t}:{r}" for t, r in zip(trials, self.rows(split).tolist(), strict=True)]
+            ids = [f"{t}:{r}" for t, r in zip(trials, rows.tolist(), strict=True)]
             splits[split] = SplitIndex(offsets.astype(np.int64), labels.astype(np.uint8), ids)
         attrs = self._file.attrs
         scalars = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
-        return EventsIndex(scalars, splits, self.checksum(), self.identity)
+        return EventsIndex(scalars, splits, self._checksum(recorded), self.identity)
 
     def verify(self) -> list[str]:
         """Read the whole file and return what is damaged, one line each naming the file, the
@@ -236,15 +236,20 @@ class EventCache:
         """sha256 of the layout version, the sources (names, sizes, sha256s) and every split's
         offsets, labels, trials and rows: a cheap fingerprint that changes whenever the samples
         can, without reading the events (they are a function of the sources' bytes)."""
+        return self._checksum({split: (self.trials(split), self.rows(split)) for split in SPLITS})
+
+    def _checksum(self, recorded: dict[str, tuple[list[str], np.ndarray]]) -> str:
+        """`checksum`, from each split's trials and rows as read already."""
         digest = hashlib.sha256(f"{LAYOUT}/{LAYOUT_VERSION}".encode())
         sources = json.loads(self._file.attrs["sources"])
         named = [[s["name"], s["bytes"], s.get("sha256")] for s in sources]
         digest.update(json.dumps(named).encode())
         for split in SPLITS:
+            trials, rows = recorded[split]
             digest.update(self._offsets[split].tobytes())
             digest.update(self._labels[split].tobytes())
-            digest.update(self.rows(split).astype("<i4").tobytes())
-            digest.update("\n".join(self.trials(split)).encode())
+            digest.update(rows.astype("<i4").tobytes())
+            digest.update("\n".join(trials).encode())
         return digest.hexdigest()
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dvsgkit.pool import forks
+
 Slot = int | Path  # a spool: a memfd inherited by the workers, or a file
 
 
@@ -70,8 +72,9 @@ def _grow(fd: int, size: int, on_disk: bool) -> None:
 
 
 def memfds() -> bool:
-    """Whether slots can be anonymous memory files (Linux)."""
-    return sys.platform == "linux" and hasattr(os, "memfd_create")
+    """Whether slots can be anonymous memory files: on Linux, for workers that are forked and
+    so inherit them (not spawned: `dvsgkit.pool.forks`)."""
+    return sys.platform == "linux" and hasattr(os, "memfd_create") and forks()
 
 
 @contextlib.contextmanager

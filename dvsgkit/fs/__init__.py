@@ -131,10 +131,14 @@ def write_text(target: str | os.PathLike[str], text: str) -> Path:
     return Path(target)
 
 
-def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
-    """`Path.write_bytes`, atomically (see `atomic_file`)."""
-    with atomic_file(target) as tmp:
-        tmp.write_bytes(data)
+def write_bytes(target: str | os.PathLike[str], data: bytes, *, sync: bool = False) -> Path:
+    """`Path.write_bytes`, atomically (see `atomic_file`); with `sync`, fsync'ed before the
+    rename, so that even a crash of the machine leaves the previous file or the new one whole."""
+    with atomic_file(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     return Path(target)
 
 

@@ -28,7 +28,7 @@ from dvsgkit.config import RECIPE_FIELDS, TrainConfig
 from dvsgkit.constants import SPLITS
 from dvsgkit.errors import InputError, InTheWay, NotFound, storage_errors
 from dvsgkit.frames import FrameSpec
-from dvsgkit.fs import atomic_file, require_free, sweep, write_text
+from dvsgkit.fs import require_free, sweep, write_bytes, write_text
 from dvsgkit.fs.lock import build_lock
 
 CONFIG = "config.json"
@@ -58,14 +58,6 @@ def recorded_root(root: str, source: Path) -> Path:
             f"{Path.cwd()}); pass --root"
         )
     return path
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name, fsync, rename: a crash leaves the previous file."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ----------------------------------------------------------------------------- starting a run
@@ -212,7 +204,7 @@ class Run(contextlib.ExitStack):
             require_free(self.path, need, self.path / LATEST, self._fix("free some space"))
             append_line(self.path / METRICS, line)
             for name in (BEST, LATEST) if best else (LATEST,):
-                write_synced(self.path / name, checkpoint)
+                write_bytes(self.path / name, checkpoint, sync=True)
             if self.tensorboard is not None:
                 for key in SCALARS:
                     self.tensorboard.add_scalar(key, record[key], record["epoch"])

@@ -19,7 +19,8 @@ from torch import nn
 from dvsgkit import __version__
 from dvsgkit.config import DEFAULTS, TrainConfig
 from dvsgkit.errors import InputError, NotFound
-from dvsgkit.run import BEST, checkpoint_file, write_synced
+from dvsgkit.fs import write_bytes
+from dvsgkit.run import BEST, checkpoint_file
 
 CHECKPOINT_FORMAT = "dvsgkit.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -50,7 +51,7 @@ def checkpoint_bytes(ckpt: dict[str, Any]) -> bytes:
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     """Write `ckpt` whole under a temporary name, then rename: a crash leaves the previous file."""
-    write_synced(Path(path), checkpoint_bytes(ckpt))
+    write_bytes(path, checkpoint_bytes(ckpt), sync=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

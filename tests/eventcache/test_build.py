@@ -234,6 +234,20 @@ def test_spool_files_where_there_are_no_memfds(root: Path, monkeypatch: pytest.M
             np.testing.assert_array_equal(cache.sample("test", k), sample)
 
 
+def test_spawned_workers_hand_over_through_files(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the workers are spawned, not forked (a process that has initialised CUDA), they
+    cannot inherit memory files: the hand-over goes through spool files, with the same samples."""
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    path = build_event_cache(root, workers=2, progress=False)
+    assert leftovers(root) == ["events.h5"]
+    rec = list_recordings(dataset_dir(root), "test")[0]
+    with EventCache(path) as cache:
+        for k, sample in enumerate(cut_recording(rec)[1]):
+            np.testing.assert_array_equal(cache.sample("test", k), sample)
+
+
 def test_two_builds_at_once_both_succeed(root: Path) -> None:
     """Two processes building one root (e.g. two frame builds) do not trip over each other."""
     code = "import sys; from dvsgkit.eventcache.build import build_event_cache as b; b(sys.argv[1])"
