@@ -41,7 +41,6 @@ from dvsgkit.model.kernels import (  # noqa: F401  (the kernels' names, as befor
     threshold_bracket,
     unfused_source,
 )
-from dvsgkit.model.kernels import conversions as _conversions  # noqa: F401  (the test harness)
 
 
 def kernel_source(
