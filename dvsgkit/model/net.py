@@ -277,7 +277,13 @@ class GestureNet(nn.Module):
             rates = rates + step_votes(votes, mask, step)  # [N, 11]
         if stats_out:
             graphs.update_running_stats(self.bns, stats)
-        return rates / (t if mask is None else mask.sum(0, keepdim=True).T)
+        return rates_over_steps(rates, mask, t)
+
+
+def rates_over_steps(total: torch.Tensor, mask: torch.Tensor | None, t: int) -> torch.Tensor:
+    """Votes [N, 11] summed over the steps as firing rates: divided by T, or with `mask` [T, N]
+    by each sample's own number of steps."""
+    return total / (t if mask is None else mask.sum(0)[:, None])
 
 
 def step_votes(votes: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
@@ -287,7 +293,7 @@ def step_votes(votes: torch.Tensor, mask: torch.Tensor | None, step: int) -> tor
 
 def masked_mean(votes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of votes [T, N, 11] over each sample's own steps (mask [T, N]): [N, 11]."""
-    return (votes * mask[..., None]).sum(0) / mask.sum(0)[:, None]
+    return rates_over_steps((votes * mask[..., None]).sum(0), mask, len(mask))
 
 
 def time_step(
