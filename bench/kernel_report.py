@@ -129,6 +129,7 @@ class Row:
 
 
 def analyse(unit: Unit, folder: Path) -> list[Row]:
+    """Rows of `unit`'s kernels, from its compiled SASS (everything but step_mb)."""
     usage, sass = compile_source(unit.source, folder, unit.name)
     rows = []
     for kernel, code in sass.items():
@@ -139,13 +140,12 @@ def analyse(unit: Unit, folder: Path) -> list[Row]:
         in_flight = sum(o for _, o in loads) / n if n else 0.0
         threads = launch_threads(kernel)
         warps = resident_warps(use.registers, threads, use.shared_bytes)
-        moved = step_bytes(kernel, unit.neuron, unit.dtype, unit.steps)
         rows.append(Row(
             kernel, unit.name, unit.family, unit.neuron, unit.dtype, unit.steps, use.registers,
             use.spill_bytes, threads, warps, n, round(per_load, 2), round(in_flight, 2),
             round(sum(1 for _, o in loads if o == 0) / n, 2) if n else 0.0,
             int(warps * 32 * per_load * (1 + in_flight)),
-            None if moved is None else round(moved / 1e6, 1),
+            None,  # step_mb: per T, filled in by report()
         ))  # fmt: skip
     return rows
 

@@ -220,6 +220,11 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
+    exact = {w for w in args.names.split("|") if w}
+    known = [name for name, _ in networks(device.type == "cuda")]
+    if exact - set(known):
+        parser.error(f"--names {'|'.join(sorted(exact - set(known)))!r}: no such network on "
+                     f"{device.type}; the names are {'|'.join(known)!r}")  # fmt: skip
     if args.tiny:
         args.batch, args.T, args.channels, args.warmup, args.steps, args.rounds = 2, 2, 4, 1, 1, 1
     args.amp = device.type == "cuda"
@@ -242,7 +247,6 @@ def main() -> int:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
     wanted = [w for w in args.only.split(",") if w]
-    exact = {w for w in args.names.split("|") if w}
     for name, spec in networks(device.type == "cuda"):
         if name in done or (wanted and not any(w in name for w in wanted)):
             continue

@@ -26,7 +26,7 @@ from torch import nn
 
 from dvsgkit.device import set_cpu_threads
 from dvsgkit.model.lif import vote
-from dvsgkit.model.net import NUM_OUTPUTS, GestureNet, step_votes
+from dvsgkit.model.net import NUM_OUTPUTS, GestureNet, rates_over_steps, step_votes
 
 
 class _Neuron:
@@ -117,7 +117,7 @@ class InferenceNet(nn.Module):
             h = cells[-1].charge(self.fc2(spike), v[-1])
             spike, v[-1] = cells[-1].fire(h)
             rates += step_votes(vote(spike), mask, step)
-        return rates / (t if mask is None else mask.sum(0, keepdim=True).T)
+        return rates_over_steps(rates, mask, t)
 
 
 def for_inference(net: nn.Module, device: str | torch.device) -> nn.Module:

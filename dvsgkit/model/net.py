@@ -28,8 +28,8 @@ CONV_BLOCKS = 5  # each halves H and W: 128 -> 4
 INPUT_SIZE = SENSOR_HEIGHT  # square frames: the sensor is 128 x 128
 INPUT_CHANNELS = 2  # ON and OFF event counts
 # Every way GestureNet runs, as (mode, backend, fused, compile_steps), with either neuron. Any
-# other combination is refused by the first of REFUSALS whose option it sets: (index in the key,
-# value, why and the fix).
+# other combination is refused by the first of REFUSALS that holds for it: (an option set where
+# it cannot run, why and the fix).
 EXECUTIONS = {
     ("step", "torch", False, False): "one time step at a time through the whole net (PythonNet)",
     ("step", "torch", False, True): "the same, each step after the first compiled (CUDA graphs)",
@@ -39,10 +39,13 @@ EXECUTIONS = {
 }
 _FUSED_NEEDS = "fused=True runs the fused CuPy BatchNorm + LIF + max-pool kernels: use it with"
 REFUSALS = (
-    (1, "cupy", "backend 'cupy' runs whole sequences: use mode='layer' with it"),
-    (2, True, f"{_FUSED_NEEDS} mode='layer', backend='cupy'"),
-    (3, True, "compile_steps compiles the step-by-step network: use mode='step'"),
-)
+    (lambda mode, backend, fused, compile_steps: backend == "cupy" and mode != "layer",
+     "backend 'cupy' runs whole sequences: use mode='layer' with it"),
+    (lambda mode, backend, fused, compile_steps: fused and backend != "cupy",
+     f"{_FUSED_NEEDS} mode='layer', backend='cupy'"),
+    (lambda mode, backend, fused, compile_steps: compile_steps and mode != "step",
+     "compile_steps compiles the step-by-step network: use mode='step'"),
+)  # fmt: skip
 # NHWC convolutions with 2 input channels miss cuDNN's fast kernels (fp16 tensor cores take
 # channels in multiples of 8): the channels_last path zero-pads the input and conv1's weight.
 PADDED_INPUT_CHANNELS = 8
@@ -115,7 +118,7 @@ class GestureNet(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         execution = (mode, backend, bool(fused), bool(compile_steps))
         if execution not in EXECUTIONS:
-            raise ValueError(next(why for i, value, why in REFUSALS if execution[i] == value))
+            raise ValueError(next(why for refuses, why in REFUSALS if refuses(*execution)))
         self.channels, self.mode, self.backend, self.size = channels, mode, backend, size
         self.compile_steps = bool(compile_steps)
         self.neuron, self.hidden, self.bias, self.fused = neuron, hidden, bias, bool(fused)
@@ -274,7 +277,13 @@ class GestureNet(nn.Module):
             rates = rates + step_votes(votes, mask, step)  # [N, 11]
         if stats_out:
             graphs.update_running_stats(self.bns, stats)
-        return rates / (t if mask is None else mask.sum(0, keepdim=True).T)
+        return rates_over_steps(rates, mask, t)
+
+
+def rates_over_steps(total: torch.Tensor, mask: torch.Tensor | None, t: int) -> torch.Tensor:
+    """Votes [N, 11] summed over the steps as firing rates: divided by T, or with `mask` [T, N]
+    by each sample's own number of steps."""
+    return total / (t if mask is None else mask.sum(0)[:, None])
 
 
 def step_votes(votes: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
@@ -284,7 +293,7 @@ def step_votes(votes: torch.Tensor, mask: torch.Tensor | None, step: int) -> tor
 
 def masked_mean(votes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of votes [T, N, 11] over each sample's own steps (mask [T, N]): [N, 11]."""
-    return (votes * mask[..., None]).sum(0) / mask.sum(0)[:, None]
+    return rates_over_steps((votes * mask[..., None]).sum(0), mask, len(mask))
 
 
 def time_step(

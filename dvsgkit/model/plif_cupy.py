@@ -43,8 +43,6 @@ def kernel_source(
     """CUDA C++ source of `plif_forward_w{1,VEC}` and `plif_backward_w{1,VEC}` for one storage
     dtype (v_threshold and alpha baked in; the decay is a kernel argument), from the template in
     `dvsgkit.model.kernels`. Pure: no CuPy."""
-    if dtype_name not in KERNEL_DTYPES:
-        raise ValueError(f"no PLIF kernel for dtype {dtype_name}; choose one of {KERNEL_DTYPES}")
     params = dict(v_threshold=v_threshold, alpha=alpha)
     return unfused_source(dtype_name, "plif", params, bits=index_bits)
 

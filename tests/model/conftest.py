@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dvsgkit.model.lif_cupy import VEC, _conversions
+from dvsgkit.model.kernels import VEC, conversions
 
 CPP_PRELUDE = r"""
 #include <cstdio>
@@ -69,7 +69,7 @@ class CppHarness:
         """`main` may say `wV` / `vecV_t` for the vector width's kernels and type."""
         if name not in self.binaries:
             if dtype_name == "float16":  # PTX cvt -> GCC _Float16 (the only CUDA-only part)
-                source = source.replace(_conversions("float16"), CPP_F16)
+                source = source.replace(conversions("float16"), CPP_F16)
             main = main.replace("wV", f"w{VEC}").replace("vecV_t", f"vec{VEC}_t")
             path = self.folder / f"{name}.cpp"
             path.write_text(CPP_PRELUDE + source.replace('extern "C" ', "") + main)

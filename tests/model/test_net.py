@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -435,8 +437,11 @@ def test_one_table_says_which_combinations_run(monkeypatch: pytest.MonkeyPatch) 
             assert (built.mode, built.backend, built.fused, built.compile_steps) == (
                 mode, backend, fused, compile_steps)  # fmt: skip
             continue
-        with pytest.raises(ValueError, match="use (it with )?mode='(layer|step)'"):
+        with pytest.raises(ValueError, match="use (it with )?mode='(layer|step)'") as refused:
             GestureNet(4, mode, backend, **kwargs)
+        fix = re.findall(r"(mode|backend)='(\w+)'", str(refused.value))
+        asked = {"mode": mode, "backend": backend}
+        assert any(asked[option] != value for option, value in fix), (mode, backend, kwargs)
 
 
 @pytest.mark.gpu

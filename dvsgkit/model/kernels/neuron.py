@@ -29,36 +29,21 @@ def exact_inverse(value: float) -> float | None:
     return 1.0 / f
 
 
-def lif_defines(tau: float, v_threshold: float, v_reset: float, alpha: float) -> list[str]:
-    """The `#define` lines that bake a LIF parameter set into kernel source (float32 literals)."""
-    consts = {
-        "TAU": f32_literal(tau),
-        "V_TH": f32_literal(v_threshold),
-        "V_RESET": f32_literal(v_reset),
-        "HALF_ALPHA": f32_literal(alpha / 2),
-        "PI_HALF_ALPHA": f32_literal(math.pi / 2 * alpha),
-    }
-    inverse = exact_inverse(tau)
+def neuron_defines(neuron: str, params: dict[str, float]) -> list[str]:
+    """The `#define` lines that bake the neuron's parameter set into kernel source (float32
+    literals): the LIF's tau and v_reset, and the threshold and surrogate width of both (the
+    PLIF's decay is read from the device)."""
+    lif = neuron == "lif"
+    consts = {"TAU": f32_literal(params["tau"])} if lif else {}
+    consts["V_TH"] = f32_literal(params["v_threshold"])
+    if lif:
+        consts["V_RESET"] = f32_literal(params["v_reset"])
+    consts["HALF_ALPHA"] = f32_literal(params["alpha"] / 2)
+    consts["PI_HALF_ALPHA"] = f32_literal(math.pi / 2 * params["alpha"])
+    inverse = exact_inverse(params["tau"]) if lif else None
     if inverse is not None:
         consts["INV_TAU"] = f32_literal(inverse)
     return [f"#define {k} {v}" for k, v in consts.items()]
-
-
-def plif_defines(v_threshold: float, alpha: float) -> list[str]:
-    """The PLIF's baked-in parameters (its decay is read from the device)."""
-    consts = {
-        "V_TH": f32_literal(v_threshold),
-        "HALF_ALPHA": f32_literal(alpha / 2),
-        "PI_HALF_ALPHA": f32_literal(math.pi / 2 * alpha),
-    }
-    return [f"#define {k} {v}" for k, v in consts.items()]
-
-
-def neuron_defines(neuron: str, params: dict[str, float]) -> list[str]:
-    """The `#define` lines of the neuron's parameter set."""
-    if neuron == "lif":
-        return lif_defines(params["tau"], params["v_threshold"], params["v_reset"], params["alpha"])
-    return plif_defines(params["v_threshold"], params["alpha"])
 
 
 @dataclass(frozen=True)
@@ -67,14 +52,12 @@ class NeuronCode:
 
     `charge` is the body of `charge(v, x, k)`: membrane v before the step, input x, decay k ->
     h; `grad_x` the body of `grad_x(gh, k)`: dL/dh -> dL/dx (the membrane gets gh - dL/dx, as
-    dh/dv = 1 - dh/dx for both neurons); `reset` the membrane after a spike and at rest.
-    `decay` is where k comes from: "literal" (the LIF's k is 1/tau, baked in) or "device" (the
-    PLIF reads sigmoid(w) from a float32 on the device and learns it)."""
+    dh/dv = 1 - dh/dx for both neurons); `reset` the membrane after a spike and at rest. The
+    LIF's k is unused (its 1/tau is baked in); the PLIF's is sigmoid(w), read from the device."""
 
     charge: str
     grad_x: str
     reset: str
-    decay: str
 
 
 def _lif_code(tau: float) -> NeuronCode:
@@ -85,7 +68,6 @@ def _lif_code(tau: float) -> NeuronCode:
         charge="return __fadd_rn(v, " + scale.format("__fsub_rn(x, __fsub_rn(v, V_RESET))") + ");",
         grad_x="return " + scale.format("gh") + ";",  # dh/dx = 1 / tau
         reset="V_RESET",
-        decay="literal",
     )
 
 
@@ -93,7 +75,6 @@ PLIF_CODE = NeuronCode(  # h = v + (x - v) * k, op for op as the reference
     charge="return __fadd_rn(v, __fmul_rn(__fsub_rn(x, v), k));",
     grad_x="return __fmul_rn(gh, k);",  # dh/dx = k
     reset="0.0f",
-    decay="device",
 )
 
 

@@ -17,7 +17,12 @@ def _recipe_layers(steps: int, batch: int, channels: int) -> dict[str, list[int]
 
 
 def step_traffic(
-    kernel: str, neuron: str, dtype_name: str, steps: int, batch: int = 16, channels: int = 128
+    kernel: str,
+    neuron: str,
+    dtype_name: str,
+    steps: int,
+    batch: int = RECIPE["batch"],
+    channels: int = RECIPE["channels"],
 ) -> int:
     """Bytes `kernel` reads and writes in GPU memory per training step of GestureNet (batch,
     channels, T = steps, 128 x 128 input), counted from its loads and stores. Unfused kernels:
