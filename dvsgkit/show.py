@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES, SENSOR_SIZE
-from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.errors import OUT_DIR_FIX, InputError, storage_errors
 from dvsgkit.frames import FrameSpec, integrate
 from dvsgkit.fs import atomic_file, make_folder
 from dvsgkit.io.labels import labels_path_for, read_labels
@@ -31,7 +31,6 @@ KEY_HEIGHT = 16  # pixels of the colour key beneath the PNG grid
 MAX_FRAMES = 600  # 20 s at 30 fps; the counts of 600 frames take 79 MB
 DEFAULT_FPS = 30.0  # frames per second of recording time
 MIN_FPS, MAX_FPS = 0.01, 1e6  # 100 s a frame (a GIF frame lasts at most 655 s); 1 µs a frame
-WRITE_FIX = "give another --out-dir, or free some space"
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def render(frames: np.ndarray, captions: Sequence[str], scale: int = SCALE) -> l
 def save_image(image: Any, path: Path, **options: Any) -> Path:
     """`image.save(path, **options)` under a temporary name, then renamed; a failed write is a
     StorageError naming `path`."""
-    with storage_errors(path, "write", WRITE_FIX), atomic_file(path) as tmp:
+    with storage_errors(path, "write", OUT_DIR_FIX), atomic_file(path) as tmp:
         image.save(tmp, **options)
     return Path(path)
 
@@ -141,7 +140,7 @@ def show_sample(
                          f"1..{MAX_FRAMES}; give a longer duration or bin")  # fmt: skip
     captions = [f"frame {k + 1}/{T} | {label} {CLASS_NAMES[label]}" for k in range(T)]
     images = render(counts, captions)  # [T, 2, H, W] counts drawn
-    out = make_folder(Path(out_dir), WRITE_FIX)
+    out = make_folder(Path(out_dir), OUT_DIR_FIX)
     plain = frames == FrameSpec(frames.T, frames.split_by)  # T frames, nothing else
     stem = f"{split}_{index}_T{T}" if plain else f"{split}_{index}_{frames.name}"
     gif = save_gif(images, out / f"{stem}.gif", frame_ms)
@@ -196,7 +195,7 @@ def show_recording(
                 name = f"{int(hit[0]['label'])} {CLASS_NAMES[int(hit[0]['label'])]}"
         captions.append(f"{(mid - first) / 1e6:.2f} s | {name}")
     images = render(frames, captions)
-    out = make_folder(Path(out_dir), WRITE_FIX)
+    out = make_folder(Path(out_dir), OUT_DIR_FIX)
     stem = f"{recording.stem}_{start_us / 1e6:g}s_{duration_us / 1e6:g}s"
     gif = save_gif(images, out / f"{stem}.gif", max(10, round(1000 / fps)))
     picture = sensor_picture(whole, roi)

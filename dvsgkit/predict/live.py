@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_NAMES
-from dvsgkit.errors import storage_errors
+from dvsgkit.errors import OUT_DIR_FIX, storage_errors
 from dvsgkit.fs import make_folder
 from dvsgkit.io.roi import Roi, check_roi, default_roi, to_dvs128
 from dvsgkit.io.udp import Datagram, Receiver, decode, parse_udp_url
 from dvsgkit.predict.cutting import Window, WindowCutter
-from dvsgkit.predict.outputs import DEFAULT_OUT_DIR, WRITE_FIX, window_fields
+from dvsgkit.predict.outputs import DEFAULT_OUT_DIR, window_fields
 from dvsgkit.predict.windows import (
     DEFAULT_HOP_US,
     DEFAULT_WINDOW_US,
@@ -164,7 +164,7 @@ class _Run:
                 self.summary.latencies.append(latency)
                 record = window_fields(starts[k], ends[k], counts[k], rates[k])
                 record["latency_ms"] = round(latency * 1e3, 3)
-                with storage_errors(self.summary.path, "write", WRITE_FIX):
+                with storage_errors(self.summary.path, "write", OUT_DIR_FIX):
                     self.out.write(json.dumps(record) + "\n")
                     self.out.flush()
 
@@ -205,7 +205,7 @@ def predict_live(
     net, meta = load_checkpoint_net(Path(checkpoint))
     net, frames = for_inference(net, dev), checkpoint_frames(meta, T, split_by)
     batch_size = batch_size or default_batch(dev)
-    path = make_folder(Path(out_dir), WRITE_FIX) / LIVE_FILE
+    path = make_folder(Path(out_dir), OUT_DIR_FIX) / LIVE_FILE
     summary = LiveSummary(url, tuple(sensor), roi, path)  # type: ignore[arg-type]
     stop = stop or threading.Event()
     with contextlib.ExitStack() as stack:
@@ -215,7 +215,7 @@ def predict_live(
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             set_cpu_threads(spare=LIVE_SPARE_CPUS)
         receiver = stack.enter_context(Receiver(host, port))
-        with storage_errors(path, "write", WRITE_FIX):
+        with storage_errors(path, "write", OUT_DIR_FIX):
             out = stack.enter_context(open(path, "a", encoding="utf-8"))
         stack.enter_context(_stop_on_ctrl_c(stop))
         run = _Run(net, frames, dev, batch_size, summary, cutter, echo, note, out)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dvsgkit.constants import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
-from dvsgkit.errors import InputError, storage_errors
+from dvsgkit.errors import OUT_DIR_FIX, InputError, storage_errors
 from dvsgkit.fs import atomic_file, make_folder, probe_writable
 from dvsgkit.predict.windows import Prediction
 
@@ -23,7 +23,6 @@ CSV_COLUMNS = ("start_us", "end_us", "start_s", "events", "predicted", "name", "
                *RATE_COLUMNS)  # fmt: skip
 SUFFIXES = {"csv": "_predictions.csv", "json": "_predictions.json", "png": "_timeline.png"}
 DEFAULT_OUT_DIR = Path("predictions")  # in the current directory, never inside a dataset
-WRITE_FIX = "give another --out-dir, or free some space"
 
 
 def output_paths(
@@ -47,9 +46,9 @@ def plan_outputs(
             f"two RECORDINGs share a file name and would write the same outputs in {out_dir}; "
             "classify them in separate runs"
         )
-    make_folder(Path(out_dir), WRITE_FIX)
+    make_folder(Path(out_dir), OUT_DIR_FIX)
     if plans:
-        probe_writable(plans[0]["csv"], WRITE_FIX)
+        probe_writable(plans[0]["csv"], OUT_DIR_FIX)
     return plans
 
 
@@ -211,11 +210,11 @@ def write_outputs(
     renamed once all are whole (a full disk leaves none of them); returns their paths. A write
     that fails raises StorageError naming the file and the cause."""
     paths = output_paths(pred.recording, out_dir)
-    make_folder(paths["csv"].parent, WRITE_FIX)
+    make_folder(paths["csv"].parent, OUT_DIR_FIX)
     with contextlib.ExitStack() as stack:  # renamed when the block ends without an error
         for kind, path in paths.items():
             tmp = stack.enter_context(atomic_file(path))
-            with storage_errors(path, "write", WRITE_FIX):
+            with storage_errors(path, "write", OUT_DIR_FIX):
                 if kind == "png":
                     timeline_figure(pred).savefig(tmp, format="png", dpi=100)
                 elif kind == "csv":
