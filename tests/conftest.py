@@ -350,3 +350,19 @@ def events_at() -> Callable[..., np.ndarray]:
         return ev
 
     return make
+
+
+@pytest.fixture
+def faery_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files faery opens as event streams during the test, in order (a list that grows)."""
+    import faery
+
+    opened: list[Path] = []
+    open_stream = faery.events_stream_from_file
+
+    def counting(*args: object, **kwargs: object) -> object:
+        opened.append(Path(str(args[0])))
+        return open_stream(*args, **kwargs)
+
+    monkeypatch.setattr(faery, "events_stream_from_file", counting)
+    return opened

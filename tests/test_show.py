@@ -228,21 +228,13 @@ def test_a_camera_recording_shows_its_whole_sensor_with_the_region(
 
 
 def test_a_camera_recording_is_opened_once_for_its_size_and_once_for_its_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, faery_opens: list[Path]
 ) -> None:
     """show asks a camera file for its sensor size once, then reads its events once."""
-    import faery
 
     ev = np.zeros(2000, EVENT_DTYPE)
     ev["t"], ev["x"], ev["y"], ev["p"] = np.arange(2000) * 500, 200, 100, 1
     path = write_camera(tmp_path / "rec.aedat4", ev, (346, 260))
-    opened: list[Path] = []
-    open_stream = faery.events_stream_from_file
-
-    def counting(*args: object, **kwargs: object) -> object:
-        opened.append(Path(str(args[0])))
-        return open_stream(*args, **kwargs)
-
-    monkeypatch.setattr(faery, "events_stream_from_file", counting)
+    opened = faery_opens
     shown = show_recording(path, 0, 1_000_000, 1, tmp_path / "out")
     assert shown.frames == 1 and opened == [path, path]

@@ -101,21 +101,13 @@ def test_without_faery_a_camera_file_is_one_line_naming_the_extra(
 
 
 def test_a_camera_file_is_opened_once_per_read(
-    tmp_path: Path, events: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, events: np.ndarray, faery_opens: list[Path]
 ) -> None:
     """Reading a camera file opens it once: its header's sensor size and its events come from
     one faery stream; asking for the sensor size alone opens it once too."""
-    import faery
 
     path = write_camera(tmp_path / "rec.aedat4", events, SENSOR)
-    opened: list[Path] = []
-    open_stream = faery.events_stream_from_file
-
-    def counting(*args: object, **kwargs: object) -> object:
-        opened.append(Path(str(args[0])))
-        return open_stream(*args, **kwargs)
-
-    monkeypatch.setattr(faery, "events_stream_from_file", counting)
+    opened = faery_opens
     assert np.array_equal(np.concatenate(list(iter_recording(path, time_order=True))), events)
     assert opened == [path]
     assert recording_sensor(path) == SENSOR and opened == [path, path]
